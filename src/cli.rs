@@ -1,0 +1,144 @@
+//! Command-line and environment configuration. Every `serve` flag can also be
+//! set through `NGINX_DRAIN_<FLAG>` (upper case, `-` as `_`), which is how
+//! the Helm chart sets them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::drain::budget::MIN_DRAIN_TIMEOUT;
+
+/// The default hook port. No common Kubernetes component or exporter uses
+/// 10266; 9099 (an obvious choice) is Calico's health port, which collides
+/// on ingress pods that run with hostNetwork.
+pub const DEFAULT_PORT: u16 = 10266;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nginx-drain",
+    version,
+    about = "A preStop sidecar that drains NGINX gracefully before Kubernetes stops it",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the preStop hook (GET /prestop) and drain NGINX when it is called.
+    Serve(ServeArgs),
+    /// Run a real NGINX on loopback, put traffic through it and drain it
+    /// through the hook exactly as the kubelet would, printing what happens.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve the hook and probes on. The default `[::]:10266` is
+    /// dual-stack; in pods without IPv6 it falls back to 0.0.0.0:10266.
+    #[arg(long, env = "NGINX_DRAIN_LISTEN", default_value_t = SocketAddr::from(([0u16; 8], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+
+    /// NGINX's pid file (its `pid` directive). Without it, the master is
+    /// found in the shared PID namespace by its title "nginx: master process".
+    /// A file that does not exist yet is fine: NGINX may start later.
+    #[arg(long, env = "NGINX_DRAIN_NGINX_PID_FILE", value_name = "PATH")]
+    pub nginx_pid_file: Option<PathBuf>,
+
+    /// The whole budget of one drain, counted from the hook's arrival:
+    /// graceful quit, escalation to SIGTERM and the answer all fit in it.
+    /// Keep it below terminationGracePeriodSeconds (default 30s) by a few
+    /// seconds so that the kubelet never needs SIGKILL.
+    #[arg(long, env = "NGINX_DRAIN_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_drain_timeout, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format: `text` for humans, `json` for log pipelines.
+    #[arg(long, env = "NGINX_DRAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level or filter (`info`, `debug`, `nginx_drain=debug,warn`).
+    #[arg(long, env = "NGINX_DRAIN_LOG_LEVEL", default_value = "info", value_parser = parse_log_level, value_name = "FILTER")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// The `nginx` binary to run (default: `nginx` on PATH, then /usr/sbin/nginx).
+    #[arg(long, env = "NGINX_DRAIN_DEMO_NGINX", value_name = "PATH")]
+    pub nginx: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: write a duration such as 25s or 1m30s"))?;
+    if d < MIN_DRAIN_TIMEOUT {
+        return Err(format!(
+            "{s} is shorter than {}: a drain needs time to quit gracefully and to escalate",
+            humantime::format_duration(MIN_DRAIN_TIMEOUT)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e}: use error, warn, info, debug or trace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_timeout_accepts_humantime_and_rejects_nonsense() {
+        assert_eq!(
+            parse_drain_timeout("1m30s").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(parse_drain_timeout("25").unwrap_err().contains("25s"));
+        assert!(
+            parse_drain_timeout("100ms")
+                .unwrap_err()
+                .contains("shorter")
+        );
+    }
+
+    #[test]
+    fn every_flag_reads_its_env_var() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let long = arg.get_long().unwrap_or_default();
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let expected = format!("NGINX_DRAIN_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{long}"
+            );
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The drain's deadlines, computed once from the hook's arrival.
+//!
+//! Pure arithmetic on monotonic instants, so that the rule can be read and
+//! tested without NGINX.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Time we keep between giving up and the end of the budget, to write the
+/// answer before the kubelet stops waiting.
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(250);
+
+/// How long NGINX's fast shutdown may take: its master re-sends SIGTERM with
+/// a doubling delay from 50 ms and SIGKILLs workers after about 1.5 s.
+pub const FAST_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// The shortest `--drain-timeout` we accept: below this there is no room for
+/// a graceful quit *and* an escalation.
+pub const MIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// When the hook arrived; the budget counts from here.
+    pub start: Instant,
+    /// The end of the budget: the answer must be out before it.
+    pub end: Instant,
+    /// Send SIGTERM if NGINX is still running at this point.
+    pub escalate_at: Instant,
+    /// Answer `timeout` if NGINX is still running at this point.
+    pub give_up_at: Instant,
+}
+
+impl Budget {
+    /// Splits `timeout` counted from `start`: graceful quit until
+    /// `escalate_at`, fast shutdown until `give_up_at`, then the answer.
+    ///
+    /// Both margins shrink with short budgets (at most a tenth and three
+    /// tenths of the budget) so that a short budget still spends most of its
+    /// time on the graceful quit.
+    pub fn new(start: Instant, timeout: Duration) -> Budget {
+        let answer = ANSWER_MARGIN.min(timeout / 10);
+        let fast = FAST_SHUTDOWN_ALLOWANCE.min(timeout * 3 / 10);
+        let end = start + timeout;
+        let give_up_at = end - answer;
+        Budget {
+            start,
+            end,
+            escalate_at: give_up_at - fast,
+            give_up_at,
+        }
+    }
+
+    pub fn left(&self, now: Instant) -> Duration {
+        self.end.saturating_duration_since(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_budget_escalates_2_25s_before_the_end() {
+        let t0 = Instant::now();
+        let b = Budget::new(t0, Duration::from_secs(25));
+        assert_eq!(b.end - t0, Duration::from_secs(25));
+        assert_eq!(b.give_up_at - t0, Duration::from_millis(24_750));
+        assert_eq!(b.escalate_at - t0, Duration::from_millis(22_750));
+    }
+
+    #[test]
+    fn short_budget_keeps_most_of_its_time_for_the_graceful_quit() {
+        let t0 = Instant::now();
+        let b = Budget::new(t0, Duration::from_secs(2));
+        assert_eq!(b.give_up_at - t0, Duration::from_millis(1800));
+        assert_eq!(b.escalate_at - t0, Duration::from_millis(1200));
+        assert!(b.start < b.escalate_at && b.escalate_at < b.give_up_at && b.give_up_at < b.end);
+    }
+}

@@ -1,0 +1,391 @@
+//! The drain: one long-lived task (the *owner*) that tracks the current NGINX
+//! master and runs at most one drain per master.
+//!
+//! Hook handlers never run drains. They ask the owner, which starts the drain
+//! if none exists for this master (single flight) and hands back a `watch`
+//! receiver on which the report will appear. A thousand concurrent hooks cost
+//! a thousand receivers and exactly one SIGQUIT; a hook after the drain gets
+//! the stored report at once. A client that disconnects drops its receiver
+//! and nothing else: the drain goes on.
+//!
+//! The owner also decides when the sidecar may exit after its own SIGTERM:
+//! once no drain is running and the master it watches has exited.
+
+pub mod budget;
+pub mod sequence;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use tracing::Instrument;
+
+use crate::nginx::{Locator, MasterHandle, NotFound, workers};
+use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, ms};
+
+/// How often the owner looks for a master while it has none (NGINX starting,
+/// or restarted after a drain). Not on the drain path.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// After its own SIGTERM, the sidecar waits for the master at most the drain
+/// budget plus this margin when no hook arrives.
+pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub locator: Locator,
+    pub drain_timeout: Duration,
+}
+
+type ReportRx = watch::Receiver<Option<Arc<Report>>>;
+
+enum Command {
+    Prestop {
+        peer: String,
+        reply: oneshot::Sender<ReportRx>,
+    },
+}
+
+/// The handle HTTP handlers use: start or join a drain, read the state.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Snapshot>,
+}
+
+impl Handle {
+    /// Starts a drain (or joins the one in progress) and waits for its report.
+    pub async fn prestop(&self, peer: SocketAddr) -> Option<Arc<Report>> {
+        let (reply, rx) = oneshot::channel();
+        let peer = peer.to_string();
+        self.commands
+            .send(Command::Prestop { peer, reply })
+            .await
+            .ok()?;
+        let mut report = rx.await.ok()?;
+        let r = report.wait_for(Option::is_some).await.ok()?;
+        r.clone()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+}
+
+/// Starts the owner task. It returns once `shutdown` has fired and NGINX is
+/// gone (or the exit bound has passed).
+pub fn spawn(config: Config, shutdown: watch::Receiver<bool>) -> (Handle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let detail = format!("looking for nginx via {}", config.locator.describe());
+    let (snap_tx, snap_rx) = watch::channel(Snapshot::initial(detail));
+    let owner = Owner {
+        config,
+        commands: rx,
+        snapshot: Arc::new(snap_tx),
+        master: None,
+        drain: None,
+        last_problem: None,
+        shutdown,
+        exit_by: None,
+    };
+    let task = tokio::spawn(owner.run());
+    (
+        Handle {
+            commands: tx,
+            snapshot: snap_rx,
+        },
+        task,
+    )
+}
+
+struct Drain {
+    report: ReportRx,
+    task: Option<JoinHandle<Report>>,
+}
+
+struct Owner {
+    config: Config,
+    commands: mpsc::Receiver<Command>,
+    snapshot: Arc<watch::Sender<Snapshot>>,
+    /// The master being watched; kept after its exit until a new one appears.
+    master: Option<Arc<MasterHandle>>,
+    /// The drain of `master`, running or finished.
+    drain: Option<Drain>,
+    /// The last "not found" reason, logged once per change.
+    last_problem: Option<NotFound>,
+    shutdown: watch::Receiver<bool>,
+    exit_by: Option<Instant>,
+}
+
+impl Owner {
+    async fn run(mut self) {
+        self.refresh();
+        loop {
+            if self.may_exit() {
+                tracing::info!("nginx is gone and no drain is running: exiting");
+                return;
+            }
+            let master = self.master.clone();
+            let master_alive = master.as_ref().is_some_and(|m| !m.has_exited());
+            let draining = self.drain.as_ref().is_some_and(|d| d.task.is_some());
+            let next_scan = Instant::now() + DISCOVERY_INTERVAL;
+            let exit_by = self.exit_by;
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Prestop { peer, reply }) => self.on_prestop(peer, reply),
+                    None => return,
+                },
+                report = async { self.drain.as_mut().and_then(|d| d.task.as_mut()).expect("guarded").await }, if draining => {
+                    self.on_drain_finished(report);
+                }
+                _ = async { master.as_ref().expect("guarded").exited().await }, if master_alive && !draining => {
+                    tracing::warn!(pid = master.as_ref().map(|m| m.id().pid), "nginx master exited without a drain (stopped by someone else, or crashed)");
+                    self.refresh();
+                }
+                _ = sleep_until(next_scan), if !master_alive && !draining => self.refresh(),
+                changed = self.shutdown.changed(), if self.exit_by.is_none() => {
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        self.on_shutdown();
+                    }
+                }
+                _ = sleep_until(exit_by.unwrap_or_else(Instant::now)), if exit_by.is_some() && !draining => {
+                    tracing::warn!(
+                        "nginx is still running {} ms after the sidecar's SIGTERM and no hook came: exiting anyway",
+                        ms(self.config.drain_timeout + EXIT_MARGIN)
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn may_exit(&self) -> bool {
+        self.exit_by.is_some()
+            && self.drain.as_ref().is_none_or(|d| d.task.is_none())
+            && self.master.as_ref().is_none_or(|m| m.has_exited())
+    }
+
+    fn on_shutdown(&mut self) {
+        let bound = self.config.drain_timeout + EXIT_MARGIN;
+        self.exit_by = Some(Instant::now() + bound);
+        self.snapshot.send_modify(|s| s.shutting_down = true);
+        let running = self.master.as_ref().is_some_and(|m| !m.has_exited());
+        if running {
+            tracing::info!(
+                bound_ms = ms(bound),
+                "received SIGTERM/SIGINT: staying up until the nginx master has exited (the preStop hook may still arrive)"
+            );
+        } else {
+            tracing::info!("received SIGTERM/SIGINT and no nginx master is running");
+        }
+    }
+
+    /// Looks for the master and updates the state. Idempotent.
+    fn refresh(&mut self) {
+        if let Some(m) = &self.master
+            && !m.has_exited()
+        {
+            return;
+        }
+        match self.config.locator.locate().and_then(MasterHandle::open) {
+            Ok(handle) => {
+                let master = handle.master().clone();
+                let workers = workers(&master.id);
+                let quitting = !workers.is_empty() && workers.iter().all(|w| w.is_shutting_down());
+                tracing::info!(
+                    pid = master.id.pid,
+                    title = %master.title,
+                    workers = workers.len(),
+                    signal_method = if handle.uses_pidfd() { "pidfd" } else { "kill" },
+                    "found nginx master"
+                );
+                if quitting {
+                    tracing::warn!(
+                        pid = master.id.pid,
+                        "nginx master is already shutting down (all workers say \"is shutting down\"): not ready; a hook will wait for its exit"
+                    );
+                }
+                self.master = Some(Arc::new(handle));
+                self.drain = None;
+                self.last_problem = None;
+                self.snapshot.send_modify(|s| {
+                    s.state = if quitting {
+                        State::Quitting
+                    } else {
+                        State::Ready
+                    };
+                    s.detail = if quitting {
+                        format!("nginx master {} is already shutting down", master.id.pid)
+                    } else {
+                        format!("nginx master {} is running", master.id.pid)
+                    };
+                    s.master = Some(master);
+                    s.workers = workers;
+                    s.drain = None;
+                });
+            }
+            Err(problem) => {
+                if self.last_problem.as_ref() != Some(&problem) {
+                    match &problem {
+                        NotFound::NotRunning(m) => tracing::info!("no nginx master to watch: {m}"),
+                        NotFound::Unusable(m) => tracing::error!("{m}"),
+                    }
+                    self.last_problem = Some(problem.clone());
+                }
+                let drained = self.drain.is_some();
+                self.snapshot.send_modify(|s| {
+                    s.state = match (&problem, drained) {
+                        (NotFound::Unusable(_), _) => State::Unusable,
+                        (_, true) => State::Drained,
+                        _ => State::Searching,
+                    };
+                    s.detail = problem.message().to_string();
+                    s.workers.clear();
+                });
+            }
+        }
+    }
+
+    fn on_prestop(&mut self, peer: String, reply: oneshot::Sender<ReportRx>) {
+        if let Some(d) = &self.drain {
+            tracing::info!(%peer, "preStop hook received: joining the drain in progress (or its result)");
+            let _ = reply.send(d.report.clone());
+            return;
+        }
+        let clock = Clock::now();
+        let id = drain_id(clock.wall);
+        tracing::info!(%peer, drain_id = %id, "preStop hook received");
+        self.refresh();
+        let master = match &self.master {
+            Some(m) if !m.has_exited() => m.clone(),
+            _ => {
+                let problem = self.last_problem.clone().unwrap_or_else(|| {
+                    NotFound::NotRunning("the nginx master has exited".to_string())
+                });
+                let report = immediate_report(id, clock, peer, &problem, self.config.drain_timeout);
+                tracing::info!(outcome = report.outcome.as_str(), "{}", report.message);
+                let report = Arc::new(report);
+                self.snapshot
+                    .send_modify(|s| s.last_report = Some(report.clone()));
+                let (_tx, rx) = watch::channel(Some(report));
+                let _ = reply.send(rx);
+                return;
+            }
+        };
+        let (tx, rx) = watch::channel(None);
+        let req = sequence::Request {
+            id: id.clone(),
+            clock,
+            peer,
+            timeout: self.config.drain_timeout,
+        };
+        let snapshot = self.snapshot.clone();
+        let span = tracing::info_span!("drain", drain_id = %id);
+        let task = tokio::spawn(
+            async move {
+                let report = sequence::run(master, req, snapshot).await;
+                let _ = tx.send(Some(Arc::new(report.clone())));
+                report
+            }
+            .instrument(span),
+        );
+        self.snapshot.send_modify(|s| {
+            s.state = State::Draining;
+            s.detail = "a drain is in progress".to_string();
+        });
+        self.drain = Some(Drain {
+            report: rx.clone(),
+            task: Some(task),
+        });
+        let _ = reply.send(rx);
+    }
+
+    fn on_drain_finished(&mut self, joined: Result<Report, tokio::task::JoinError>) {
+        let Some(drain) = self.drain.as_mut() else {
+            return;
+        };
+        drain.task = None;
+        let report = match joined {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                // Only a bug can get here; answer the waiting hooks anyway.
+                let msg = format!("the drain task failed: {e}; please report this as a bug");
+                tracing::error!("{msg}");
+                let clock = Clock::now();
+                let r = Arc::new(immediate_report(
+                    drain_id(clock.wall),
+                    clock,
+                    String::new(),
+                    &NotFound::Unusable(msg),
+                    self.config.drain_timeout,
+                ));
+                drain.report = watch::channel(Some(r.clone())).1;
+                r
+            }
+        };
+        tracing::info!(
+            outcome = report.outcome.as_str(),
+            total_ms = report.durations.total_ms,
+            report = %serde_json::to_string(&*report).unwrap_or_default(),
+            "drain finished"
+        );
+        self.snapshot.send_modify(|s| {
+            s.state = State::Drained;
+            s.detail = format!(
+                "drain {} finished: {}",
+                report.drain_id,
+                report.outcome.as_str()
+            );
+            s.last_report = Some(report.clone());
+        });
+    }
+}
+
+/// The report for a hook that found nothing to drain.
+fn immediate_report(
+    id: String,
+    clock: Clock,
+    peer: String,
+    problem: &NotFound,
+    timeout: Duration,
+) -> Report {
+    let (outcome, message) = match problem {
+        NotFound::NotRunning(m) => (Outcome::NotRunning, format!("nothing to drain: {m}")),
+        NotFound::Unusable(m) => (Outcome::Error, m.clone()),
+    };
+    let now = Instant::now();
+    Report {
+        drain_id: id,
+        outcome,
+        message,
+        master_pid: None,
+        master_title: None,
+        workers_at_start: Vec::new(),
+        workers_left: Vec::new(),
+        signal_method: None,
+        hook_received_at: clock.stamp(clock.mono),
+        hook_peer: peer,
+        sigquit_at: None,
+        sigterm_at: None,
+        exited_at: None,
+        answered_at: clock.stamp(now),
+        durations: Durations {
+            hook_to_sigquit_ms: None,
+            sigquit_to_exit_ms: None,
+            total_ms: clock.millis_since_start(now),
+        },
+        drain_timeout_ms: ms(timeout),
+    }
+}
+
+/// A short id shared by a drain's log lines and its report.
+fn drain_id(wall: SystemTime) -> String {
+    let nanos = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!(
+        "{:08x}",
+        (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32
+    )
+}

@@ -1,0 +1,151 @@
+//! `nginx-drain serve`: wires the listener, the drain owner, the HTTP server
+//! and the process's own signals together, and decides the exit code.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::cli::ServeArgs;
+use crate::drain;
+use crate::nginx::Locator;
+
+/// Exit codes, as in linkerd-await: each means one thing.
+pub mod exit {
+    /// Exited after NGINX was gone (or none was running).
+    pub const OK: u8 = 0;
+    /// An internal failure while serving (see the log).
+    pub const FAILURE: u8 = 1;
+    /// Bad configuration: a flag, the pid file, the listen address.
+    pub const CONFIG: u8 = 2;
+}
+
+/// A configuration problem found at startup: printed, then exit 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+/// Checks the configuration and binds the listener. Everything that can be
+/// wrong with the flags is reported here, before anything runs.
+pub fn prepare(args: &ServeArgs) -> Result<(drain::Config, std::net::TcpListener), ConfigError> {
+    let locator = match &args.nginx_pid_file {
+        Some(p) => Locator::PidFile(p.clone()),
+        None => Locator::Discover,
+    };
+    locator.check_at_startup().map_err(ConfigError)?;
+    let listener = bind(args.listen).map_err(ConfigError)?;
+    Ok((
+        drain::Config {
+            locator,
+            drain_timeout: args.drain_timeout,
+        },
+        listener,
+    ))
+}
+
+/// Binds `addr`. The unspecified IPv6 address is bound dual-stack
+/// (IPV6_V6ONLY off, whatever the sysctl says); where the pod has no IPv6 at
+/// all, it falls back to the IPv4 wildcard instead of failing.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let wildcard_v6 = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    match bind_socket(addr, wildcard_v6) {
+        Ok(l) => Ok(l),
+        Err(e)
+            if wildcard_v6
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc_eafnosupport) if libc_eafnosupport == nix::errno::Errno::EAFNOSUPPORT as i32
+                        || libc_eafnosupport == nix::errno::Errno::EADDRNOTAVAIL as i32
+                        || libc_eafnosupport == nix::errno::Errno::EPROTONOSUPPORT as i32
+                ) =>
+        {
+            let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::info!(error = %e, "IPv6 is not available here: listening on IPv4 only");
+            bind_socket(v4, false).map_err(|e| listen_error(v4, &e))
+        }
+        Err(e) => Err(listen_error(addr, &e)),
+    }
+}
+
+fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn listen_error(addr: SocketAddr, e: &io::Error) -> String {
+    let fix = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            ": another process uses this port; pick a free one with --listen (and the hook's port to match)"
+        }
+        io::ErrorKind::PermissionDenied => {
+            ": ports below 1024 need CAP_NET_BIND_SERVICE; use a higher port"
+        }
+        io::ErrorKind::AddrNotAvailable => ": that address is not on any interface of this pod",
+        _ => "",
+    };
+    format!("cannot listen on {addr} ({e}){fix}")
+}
+
+/// Runs the sidecar until it has seen NGINX go (after its own SIGTERM).
+pub async fn run(config: drain::Config, listener: std::net::TcpListener) -> ExitCode {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot use the listening socket: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let local = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?local,
+        nginx = %config.locator.describe(),
+        drain_timeout = %humantime::format_duration(config.drain_timeout),
+        version = env!("CARGO_PKG_VERSION"),
+        "nginx-drain serving: preStop hook at GET /prestop"
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let signals = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    tokio::spawn(async move {
+        let (mut term, mut int) = signals;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+            _ = int.recv() => tracing::info!("received SIGINT"),
+        }
+        let _ = shutdown_tx.send(true);
+    });
+
+    let (handle, owner) = drain::spawn(config, shutdown_rx);
+    let (stop_http, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(crate::http::serve(listener, handle, stop_rx));
+    let code = match owner.await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            tracing::error!("the drain owner failed: {e}; please report this as a bug");
+            exit::FAILURE
+        }
+    };
+    let _ = stop_http.send(true);
+    let _ = server.await;
+    tracing::info!(code, "nginx-drain exiting");
+    ExitCode::from(code)
+}

@@ -1,0 +1,177 @@
+//! Minimal HTTP/1.1 clients over raw TCP, so that every byte and every
+//! failure (refused, reset, short read) is observed exactly.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How a request failed, in the terms a user of the service would notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection was refused: nothing was listening.
+    Refused,
+    /// The connection was reset or closed before a full response.
+    Reset,
+    /// The response ended before Content-Length bytes arrived.
+    ShortRead { expected: u64, received: u64 },
+    /// Anything else (timeout, bad response).
+    Other(String),
+}
+
+/// A completed response.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+fn classify(e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => Failure::Refused,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => Failure::Reset,
+        _ => Failure::Other(e.to_string()),
+    }
+}
+
+/// An in-flight response whose head has arrived; the body is still coming.
+pub struct Download {
+    stream: TcpStream,
+    pub status: u16,
+    pub headers: String,
+    pub expected: Option<u64>,
+    buffered: Vec<u8>,
+}
+
+/// Connects and sends one request (`Connection: close`), returning once the
+/// response head has arrived.
+pub async fn start(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+) -> Result<Download, Failure> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| classify(&e))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: nginx-drain-testbed\r\nConnection: close\r\n{extra_headers}\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| classify(&e))?;
+    let mut buf = Vec::with_capacity(4096);
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(Failure::Other("response head over 64 KiB".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.map_err(|e| classify(&e))?;
+        if n == 0 {
+            return Err(Failure::Reset);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let buffered = buf[head_end + 4..].to_vec();
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Failure::Other(format!("bad status line {status_line:?}")))?;
+    let headers = headers.replace("\r\n", "\n");
+    let expected = headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
+    });
+    Ok(Download {
+        stream,
+        status,
+        headers,
+        expected,
+        buffered,
+    })
+}
+
+impl Download {
+    /// Reads the rest of the body. With a Content-Length, anything short of
+    /// it is a failure (`ShortRead`): that is a cut download.
+    pub async fn finish(mut self) -> Result<Fetched, Failure> {
+        let mut body = std::mem::take(&mut self.buffered);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if self.expected.is_some_and(|e| body.len() as u64 >= e) {
+                break;
+            }
+            match self.stream.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Err(e) => match self.expected {
+                    Some(expected) => {
+                        return Err(Failure::ShortRead {
+                            expected,
+                            received: body.len() as u64,
+                        });
+                    }
+                    None => return Err(classify(&e)),
+                },
+            }
+        }
+        if let Some(expected) = self.expected
+            && (body.len() as u64) < expected
+        {
+            return Err(Failure::ShortRead {
+                expected,
+                received: body.len() as u64,
+            });
+        }
+        Ok(Fetched {
+            status: self.status,
+            headers: self.headers,
+            body,
+        })
+    }
+}
+
+/// One whole request.
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Result<Fetched, Failure> {
+    start(addr, method, path, "").await?.finish().await
+}
+
+/// `GET path`, bounded by `limit` (tests use it to catch hangs only).
+pub async fn get(addr: SocketAddr, path: &str, limit: Duration) -> Result<Fetched, Failure> {
+    match tokio::time::timeout(limit, request(addr, "GET", path)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Other(format!(
+            "GET {path} took longer than {limit:?}"
+        ))),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

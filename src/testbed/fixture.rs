@@ -1,0 +1,253 @@
+//! A real NGINX master with workers, in a temp dir, on a free loopback port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{find_nginx, free_port};
+
+#[derive(Debug, Clone)]
+pub struct NginxOptions {
+    pub workers: usize,
+    /// Size of the file served at `/blob` (rate-limit it with `?rate=500k`).
+    pub blob_bytes: usize,
+    /// Extra directives for the `http` block.
+    pub extra_http: String,
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for NginxOptions {
+    fn default() -> Self {
+        NginxOptions {
+            workers: 2,
+            blob_bytes: 1 << 20,
+            extra_http: String::new(),
+            binary: None,
+        }
+    }
+}
+
+/// The directory an NGINX runs in; shared by restarts so the pid file stays.
+pub struct Workdir {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    binary: PathBuf,
+    opts: NginxOptions,
+}
+
+pub struct Nginx {
+    pub work: Arc<Workdir>,
+    child: Child,
+    pid: i32,
+    reaped: Option<ExitStatus>,
+}
+
+impl Workdir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.path().join("nginx.pid")
+    }
+    pub fn error_log(&self) -> PathBuf {
+        self.path().join("error.log")
+    }
+}
+
+impl Nginx {
+    /// Starts NGINX (`daemon off`, so it is our child and we choose when to
+    /// reap it) and waits until it accepts connections.
+    pub fn start(opts: NginxOptions) -> io::Result<Nginx> {
+        let binary = find_nginx(opts.binary.as_deref()).map_err(io::Error::other)?;
+        let dir = tempfile::Builder::new().prefix("nginx-drain-").tempdir()?;
+        // Workers run as `nobody` when the master is root: let them read.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let port = free_port();
+        let www = dir.path().join("www");
+        std::fs::create_dir(&www)?;
+        std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755))?;
+        let blob: Vec<u8> = (0..opts.blob_bytes).map(|i| (i % 251) as u8).collect();
+        std::fs::write(www.join("blob"), blob)?;
+        std::fs::set_permissions(www.join("blob"), std::fs::Permissions::from_mode(0o644))?;
+        let work = Arc::new(Workdir {
+            dir,
+            port,
+            binary,
+            opts,
+        });
+        std::fs::write(work.path().join("nginx.conf"), config(&work))?;
+        Nginx::launch(work)
+    }
+
+    /// Starts a fresh master in the same directory, port and pid file, as a
+    /// restarted container would.
+    pub fn restart(&self) -> io::Result<Nginx> {
+        Nginx::launch(self.work.clone())
+    }
+
+    fn launch(work: Arc<Workdir>) -> io::Result<Nginx> {
+        let _ = std::fs::remove_file(work.pid_file());
+        let child = Command::new(&work.binary)
+            .arg("-e")
+            .arg(work.error_log())
+            .arg("-p")
+            .arg(work.path())
+            .arg("-c")
+            .arg(work.path().join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let pid = child.id() as i32;
+        let mut nginx = Nginx {
+            work,
+            child,
+            pid,
+            reaped: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = nginx.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "nginx exited at startup ({status}); see {}",
+                    nginx.work.error_log().display()
+                )));
+            }
+            let pid_written = std::fs::read_to_string(nginx.work.pid_file())
+                .is_ok_and(|s| s.trim() == pid.to_string());
+            if pid_written && std::net::TcpStream::connect(nginx.addr()).is_ok() {
+                return Ok(nginx);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("nginx did not start within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.work.port))
+    }
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.work.pid_file()
+    }
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.work.error_log()).unwrap_or_default()
+    }
+    /// How many times the master logged receiving SIGQUIT.
+    pub fn sigquit_count(&self) -> usize {
+        self.error_log()
+            .lines()
+            .filter(|l| l.contains("signal 3 (SIGQUIT) received"))
+            .count()
+    }
+
+    pub fn signal(&self, sig: Signal) -> nix::Result<()> {
+        if self.reaped.is_some() {
+            return Err(nix::errno::Errno::ESRCH);
+        }
+        kill(Pid::from_raw(self.pid), sig)
+    }
+
+    /// True while the master has not exited. A zombie has exited.
+    pub fn is_running(&self) -> bool {
+        if self.reaped.is_some() {
+            return false;
+        }
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(s) => crate::nginx::procfs::parse_stat(&s).is_ok_and(|st| !st.is_zombie()),
+            Err(_) => false,
+        }
+    }
+
+    /// True when the master has exited but has not been reaped yet.
+    pub fn is_zombie(&self) -> bool {
+        self.reaped.is_none()
+            && std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .ok()
+                .and_then(|s| crate::nginx::procfs::parse_stat(&s).ok())
+                .is_some_and(|st| st.is_zombie())
+    }
+
+    /// Reaps the master if it has exited; waits up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.reaped {
+                return Some(s);
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.reaped = Some(s);
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Pids of the master's children right now, with their titles.
+    pub fn workers(&self) -> Vec<crate::nginx::Worker> {
+        crate::nginx::workers(&crate::nginx::ProcId {
+            pid: self.pid,
+            start_ticks: 0,
+        })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if self.reaped.is_none() {
+            let workers = self.workers();
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            for w in workers {
+                let _ = kill(Pid::from_raw(w.pid), Signal::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn config(work: &Workdir) -> String {
+    let d = work.path().display();
+    let o = &work.opts;
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp-body;
+    proxy_temp_path {d}/tmp-proxy;
+    fastcgi_temp_path {d}/tmp-fastcgi;
+    uwsgi_temp_path {d}/tmp-uwsgi;
+    scgi_temp_path {d}/tmp-scgi;
+    default_type application/octet-stream;
+    {extra}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        root {d}/www;
+        location = /blob {{ limit_rate $arg_rate; }}
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#,
+        workers = o.workers,
+        port = work.port,
+        extra = o.extra_http,
+    )
+}

@@ -1,0 +1,50 @@
+//! A real NGINX and real clients on loopback, for the demo, the tests and
+//! the benchmarks. Nothing here is used by `serve`.
+//!
+//! Everything talks to 127.0.0.1 only, and every loop is bounded.
+
+pub mod client;
+pub mod fixture;
+pub mod kubelet;
+pub mod sidecar;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+pub use fixture::{Nginx, NginxOptions};
+pub use kubelet::{Kubelet, Termination};
+pub use sidecar::Sidecar;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Finds the `nginx` binary: the given path, `nginx` on PATH, then
+/// /usr/sbin/nginx (Debian's place, not on a non-root user's PATH).
+pub fn find_nginx(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!("{} does not exist", p.display()))
+        };
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nginx"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin/nginx")])
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "nginx is not installed: run `sudo apt-get update && sudo apt-get install -y nginx-light` (Debian/Ubuntu), or pass its path".to_string()
+        })
+}
