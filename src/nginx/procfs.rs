@@ -160,7 +160,7 @@ mod tests {
             parse_cmdline(b"nginx: worker process\0\0\0\0"),
             "nginx: worker process"
         );
-        assert_eq!(parse_cmdline(b"sleep\0100\0"), "sleep 100");
+        assert_eq!(parse_cmdline(b"sleep\x00100\x00"), "sleep 100");
         assert_eq!(parse_cmdline(b""), "");
     }
 

@@ -59,12 +59,32 @@ impl Workdir {
     pub fn error_log(&self) -> PathBuf {
         self.path().join("error.log")
     }
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    /// The command that starts this NGINX in the foreground.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-e")
+            .arg(self.error_log())
+            .arg("-p")
+            .arg(self.path())
+            .arg("-c")
+            .arg(self.path().join("nginx.conf"));
+        cmd
+    }
 }
 
 impl Nginx {
     /// Starts NGINX (`daemon off`, so it is our child and we choose when to
     /// reap it) and waits until it accepts connections.
     pub fn start(opts: NginxOptions) -> io::Result<Nginx> {
+        Nginx::launch(Nginx::prepare(opts)?)
+    }
+
+    /// Writes the configuration and content without starting NGINX, for
+    /// tests that start it themselves (e.g. inside a PID namespace).
+    pub fn prepare(opts: NginxOptions) -> io::Result<Arc<Workdir>> {
         let binary = find_nginx(opts.binary.as_deref()).map_err(io::Error::other)?;
         let dir = tempfile::Builder::new().prefix("nginx-drain-").tempdir()?;
         // Workers run as `nobody` when the master is root: let them read.
@@ -83,7 +103,7 @@ impl Nginx {
             opts,
         });
         std::fs::write(work.path().join("nginx.conf"), config(&work))?;
-        Nginx::launch(work)
+        Ok(work)
     }
 
     /// Starts a fresh master in the same directory, port and pid file, as a
@@ -94,13 +114,8 @@ impl Nginx {
 
     fn launch(work: Arc<Workdir>) -> io::Result<Nginx> {
         let _ = std::fs::remove_file(work.pid_file());
-        let child = Command::new(&work.binary)
-            .arg("-e")
-            .arg(work.error_log())
-            .arg("-p")
-            .arg(work.path())
-            .arg("-c")
-            .arg(work.path().join("nginx.conf"))
+        let child = work
+            .command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -65,7 +65,7 @@ impl Kubelet {
             let _ = nginx.signal(Signal::SIGTERM);
         }
         let kill_at = deadline.max(Instant::now() + MINIMUM_GRACE);
-        let mut gone = (!running).then(|| hook_took);
+        let mut gone = (!running).then_some(hook_took);
         while gone.is_none() && Instant::now() < kill_at {
             tokio::time::sleep(Duration::from_millis(5)).await;
             if !nginx.is_running() {
