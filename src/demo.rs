@@ -1,3 +1,253 @@
-pub fn main(_a: crate::cli::DemoArgs) -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! `nginx-drain demo`: the whole story in one command, on loopback.
+//!
+//! A real NGINX serves slow downloads and steady small requests; the pod is
+//! "deleted"; a kubelet emulator calls the preStop hook of an in-process
+//! sidecar exactly as the kubelet would, then SIGTERMs NGINX and would
+//! SIGKILL it at the end of the grace period. Everything is printed as it
+//! happens, then the report and a summary.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cli::DemoArgs;
+use crate::drain;
+use crate::nginx::Locator;
+use crate::testbed::client::{self, Failure};
+use crate::testbed::{Kubelet, Nginx, NginxOptions};
+
+const DOWNLOADS: usize = 4;
+const DOWNLOAD_BYTES: usize = 2 << 20;
+const DOWNLOAD_RATE: &str = "500k";
+const REQUESTS_PER_SECOND: u64 = 20;
+const GRACE: Duration = Duration::from_secs(30);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+pub fn main(args: DemoArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nginx-drain demo: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            println!("\nThe demo saw a failure (see above).");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("nginx-drain demo: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    bytes: AtomicU64,
+}
+
+async fn run(args: DemoArgs) -> Result<bool, String> {
+    let t0 = Instant::now();
+    let at = move || format!("[{:5.2}s]", t0.elapsed().as_secs_f64());
+    println!(
+        "nginx-drain demo: a real NGINX on loopback, drained through the preStop hook as the kubelet does it\n"
+    );
+
+    let nginx = Nginx::start(NginxOptions {
+        workers: 2,
+        blob_bytes: DOWNLOAD_BYTES,
+        binary: args.nginx.clone(),
+        ..Default::default()
+    })
+    .map_err(|e| format!("cannot start nginx: {e}"))?;
+    println!(
+        "{} nginx master pid {} with {} workers on http://{}",
+        at(),
+        nginx.pid(),
+        nginx.workers().len(),
+        nginx.addr()
+    );
+
+    let listener = crate::serve::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+    let hook_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (handle, _owner) = drain::spawn(
+        drain::Config {
+            locator: Locator::PidFile(nginx.pid_file()),
+            drain_timeout: DRAIN_TIMEOUT,
+        },
+        shutdown_rx,
+    );
+    let (_stop_http, stop_rx) = watch::channel(false);
+    tokio::spawn(crate::http::serve(listener, handle.clone(), stop_rx));
+    let ready_by = Instant::now() + Duration::from_secs(5);
+    while !handle.snapshot().is_ready() {
+        if Instant::now() > ready_by {
+            return Err(format!(
+                "the sidecar did not find nginx: {}",
+                handle.snapshot().detail
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{} sidecar ready on http://{hook_addr} (preStop hook: GET /prestop, drain budget {})",
+        at(),
+        humantime::format_duration(DRAIN_TIMEOUT)
+    );
+
+    let counters = Arc::new(Counters::default());
+    let mut downloads = Vec::new();
+    for _ in 0..DOWNLOADS {
+        let d = client::start(
+            nginx.addr(),
+            "GET",
+            &format!("/blob?rate={DOWNLOAD_RATE}"),
+            "",
+        )
+        .await
+        .map_err(|e| format!("download did not start: {e:?}"))?;
+        let c = counters.clone();
+        downloads.push(tokio::spawn(async move {
+            d.finish_counting(Some(&c.bytes)).await
+        }));
+    }
+    println!(
+        "{} {DOWNLOADS} downloads of {} MiB at {DOWNLOAD_RATE}B/s in flight (about {} s each); {REQUESTS_PER_SECOND} new requests/s",
+        at(),
+        DOWNLOAD_BYTES >> 20,
+        DOWNLOAD_BYTES / 500_000
+    );
+
+    // Steady new connections until the pod is deleted (endpoints removed at
+    // once here: the traffic-aware wait for lagging load balancers is the
+    // sidecar's next feature).
+    let (deleted_tx, deleted_rx) = watch::channel(false);
+    let steady = {
+        let c = counters.clone();
+        let addr = nginx.addr();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / REQUESTS_PER_SECOND));
+            for _ in 0..REQUESTS_PER_SECOND * 10 {
+                tick.tick().await;
+                if *deleted_rx.borrow() {
+                    break;
+                }
+                let c = c.clone();
+                tokio::spawn(async move {
+                    match client::get(addr, "/", Duration::from_secs(5)).await {
+                        Ok(r) if r.status == 200 => c.ok.fetch_add(1, Ordering::Relaxed),
+                        _ => c.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                });
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = deleted_tx.send(true);
+    let _ = steady.await;
+    println!(
+        "{} pod deleted: endpoints removed, new requests stop. kubelet calls GET http://{hook_addr}/prestop",
+        at()
+    );
+
+    let kubelet = Kubelet::new(hook_addr, GRACE);
+    let terminate = kubelet.terminate(&nginx);
+    tokio::pin!(terminate);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let term = loop {
+        tokio::select! {
+            term = &mut terminate => break term,
+            _ = tick.tick() => {
+                let snap = handle.snapshot();
+                let phase = snap.drain.as_ref().map_or("-", |d| d.phase);
+                println!(
+                    "{} drain phase {phase:<10} nginx workers {}  requests ok {} failed {}  downloaded {:.1} of {} MiB",
+                    at(),
+                    nginx.workers().len(),
+                    counters.ok.load(Ordering::Relaxed),
+                    counters.failed.load(Ordering::Relaxed),
+                    counters.bytes.load(Ordering::Relaxed) as f64 / (1u64 << 20) as f64,
+                    (DOWNLOADS * DOWNLOAD_BYTES) >> 20,
+                );
+            }
+        }
+    };
+
+    let mut ok = true;
+    match &term.hook {
+        Ok(resp) => {
+            println!(
+                "{} hook answered HTTP {} after {:.2}s with the report:\n{}",
+                at(),
+                resp.status,
+                term.hook_took.as_secs_f64(),
+                resp.text().trim_end()
+            );
+        }
+        Err(e) => {
+            println!("{} hook failed: {e:?}", at());
+            ok = false;
+        }
+    }
+    println!(
+        "{} kubelet: SIGTERM to nginx {}; SIGKILL {}",
+        at(),
+        if term.sigterm_found_nginx_running {
+            "(it was still running)"
+        } else {
+            "found nothing left to stop"
+        },
+        if term.sigkill_needed {
+            "WAS NEEDED"
+        } else {
+            "not needed"
+        }
+    );
+
+    let mut complete = 0;
+    let mut cut = Vec::new();
+    for d in downloads {
+        match d.await {
+            Ok(Ok(f)) if f.body.len() == DOWNLOAD_BYTES => complete += 1,
+            Ok(Ok(f)) => cut.push(format!("short: {} bytes", f.body.len())),
+            Ok(Err(Failure::ShortRead { received, .. })) => {
+                cut.push(format!("cut at {received} bytes"))
+            }
+            Ok(Err(e)) => cut.push(format!("{e:?}")),
+            Err(e) => cut.push(e.to_string()),
+        }
+    }
+    let failed = counters.failed.load(Ordering::Relaxed);
+    println!("\nSummary");
+    println!("  downloads complete with every byte: {complete} of {DOWNLOADS} {cut:?}");
+    println!(
+        "  small requests: {} ok, {failed} failed",
+        counters.ok.load(Ordering::Relaxed)
+    );
+    println!(
+        "  nginx gone {:.2}s after the pod was deleted; SIGQUITs in nginx's log: {}; SIGKILL needed: {}",
+        term.nginx_gone_after.map_or(f64::NAN, |d| d.as_secs_f64()),
+        nginx.sigquit_count(),
+        term.sigkill_needed
+    );
+    ok &=
+        complete == DOWNLOADS && failed == 0 && !term.sigkill_needed && nginx.sigquit_count() == 1;
+    Ok(ok)
 }

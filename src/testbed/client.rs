@@ -120,7 +120,21 @@ pub async fn start(
 impl Download {
     /// Reads the rest of the body. With a Content-Length, anything short of
     /// it is a failure (`ShortRead`): that is a cut download.
-    pub async fn finish(mut self) -> Result<Fetched, Failure> {
+    pub async fn finish(self) -> Result<Fetched, Failure> {
+        self.finish_counting(None).await
+    }
+
+    /// Like [`Download::finish`], adding every body byte to `progress`.
+    pub async fn finish_counting(
+        mut self,
+        progress: Option<&std::sync::atomic::AtomicU64>,
+    ) -> Result<Fetched, Failure> {
+        if let Some(p) = progress {
+            p.fetch_add(
+                self.buffered.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let mut body = std::mem::take(&mut self.buffered);
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
@@ -129,7 +143,12 @@ impl Download {
             }
             match self.stream.read(&mut chunk).await {
                 Ok(0) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    body.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = progress {
+                        p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Err(e) => match self.expected {
                     Some(expected) => {
                         return Err(Failure::ShortRead {
