@@ -21,4 +21,5 @@ pub mod logging;
 pub mod nginx;
 pub mod report;
 pub mod serve;
+pub mod sockets;
 pub mod testbed;

@@ -1,0 +1,186 @@
+//! From a socket dump to what the drain needs: which ports are served,
+//! how many connections each holds, and which connections are new.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+
+use super::{Sock, state};
+
+/// Which local ports count as NGINX's, and which peers are not clients.
+#[derive(Debug, Clone, Default)]
+pub struct PortFilter {
+    /// `--port`: only these. Empty: every listening port but `exclude`.
+    pub only: BTreeSet<u16>,
+    /// The sidecar's own port(s).
+    pub exclude: BTreeSet<u16>,
+    /// `--ignore-peer`: the node (kubelet probes and hooks).
+    pub ignore_peers: Vec<IpNet>,
+}
+
+impl PortFilter {
+    pub fn port_counts(&self, port: u16) -> bool {
+        !self.exclude.contains(&port) && (self.only.is_empty() || self.only.contains(&port))
+    }
+    pub fn peer_counts(&self, peer: &SocketAddr) -> bool {
+        !self.ignore_peers.iter().any(|n| n.contains(&peer.ip()))
+    }
+}
+
+/// Identifies one connection across samples: its two endpoints.
+pub type ConnKey = (SocketAddr, SocketAddr);
+
+/// One census of the namespace, reduced to the counted ports.
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    /// Listening ports that count, with their accept-queue length.
+    pub listening: BTreeMap<u16, u32>,
+    /// Open connections (NGINX has not closed its side) per counted port,
+    /// client peers only.
+    pub open: BTreeMap<u16, u32>,
+    /// Every connection on a counted port from a client peer, in any state,
+    /// TIME_WAIT included (so short connections that closed between two
+    /// samples are still seen), with whether it is open.
+    pub conns: HashMap<ConnKey, bool>,
+}
+
+impl Census {
+    /// Builds a census. `ports_seen` is the set of ports known to be NGINX's
+    /// so far (listeners close at SIGQUIT, their connections stay): it is
+    /// extended with today's listeners.
+    pub fn take(socks: &[Sock], filter: &PortFilter, ports_seen: &mut BTreeSet<u16>) -> Census {
+        let mut c = Census::default();
+        for s in socks.iter().filter(|s| s.state == state::LISTEN) {
+            let port = s.local.port();
+            if filter.port_counts(port) {
+                *c.listening.entry(port).or_default() += s.rx_queue;
+                ports_seen.insert(port);
+            }
+        }
+        ports_seen.extend(filter.only.iter().copied());
+        for s in socks.iter().filter(|s| s.state != state::LISTEN) {
+            let port = s.local.port();
+            if !ports_seen.contains(&port) || !filter.peer_counts(&s.peer) {
+                continue;
+            }
+            let open = s.is_open();
+            if open {
+                *c.open.entry(port).or_default() += 1;
+            }
+            c.conns.insert((s.local, s.peer), open);
+        }
+        c
+    }
+
+    /// Connections in `self` that were not in `before`, or that were closing
+    /// before and are open now (a new connection reusing the endpoints of
+    /// one in TIME_WAIT).
+    pub fn arrivals_since(&self, before: &Census) -> u32 {
+        let n = self
+            .conns
+            .iter()
+            .filter(|(key, open)| match before.conns.get(*key) {
+                None => true,
+                Some(was_open) => **open && !*was_open,
+            })
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    pub fn open_total(&self) -> u32 {
+        self.open.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(state: u8, local: &str, peer: &str) -> Sock {
+        Sock {
+            state,
+            local: local.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            rx_queue: 0,
+            inode: 0,
+        }
+    }
+
+    fn filter() -> PortFilter {
+        PortFilter {
+            exclude: [10266].into(),
+            ignore_peers: vec!["10.0.0.1/32".parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counts_client_connections_on_listening_ports_only() {
+        let socks = [
+            sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0"),
+            sock(state::LISTEN, "0.0.0.0:10266", "0.0.0.0:0"),
+            sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.9:40000"),
+            sock(state::ESTABLISHED, "10.1.0.5:80", "10.0.0.1:40001"), // the node: ignored
+            sock(state::ESTABLISHED, "10.1.0.5:10266", "10.2.0.9:40002"), // the sidecar's port
+            sock(state::ESTABLISHED, "10.1.0.5:43210", "10.3.0.1:8080"), // an upstream
+            sock(state::TIME_WAIT, "10.1.0.5:80", "10.2.0.9:40003"),
+        ];
+        let mut seen = BTreeSet::new();
+        let c = Census::take(&socks, &filter(), &mut seen);
+        assert_eq!(c.listening.keys().copied().collect::<Vec<_>>(), vec![80]);
+        assert_eq!(c.open.get(&80), Some(&1));
+        assert_eq!(c.conns.len(), 2, "the open one and the TIME_WAIT one");
+    }
+
+    #[test]
+    fn arrivals_are_new_endpoints_and_reopened_ones() {
+        let mut seen = BTreeSet::new();
+        let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
+        let a = Census::take(
+            &[
+                l,
+                sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:1"),
+                sock(state::TIME_WAIT, "1.1.1.1:80", "2.2.2.2:2"),
+            ],
+            &filter(),
+            &mut seen,
+        );
+        let b = Census::take(
+            &[
+                sock(state::TIME_WAIT, "1.1.1.1:80", "2.2.2.2:1"), // same conn, now closed
+                sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:2"), // TIME_WAIT reused: new
+                sock(state::TIME_WAIT, "1.1.1.1:80", "2.2.2.2:3"), // came and went: new
+            ],
+            &filter(),
+            &mut seen,
+        );
+        assert_eq!(b.arrivals_since(&a), 2);
+        assert!(b.listening.is_empty(), "listener closed (SIGQUIT)");
+        assert_eq!(
+            b.open.get(&80),
+            Some(&1),
+            "port 80 still counted after its listener closed"
+        );
+    }
+
+    #[test]
+    fn explicit_ports_restrict() {
+        let f = PortFilter {
+            only: [443].into(),
+            ..filter()
+        };
+        let mut seen = BTreeSet::new();
+        let c = Census::take(
+            &[
+                sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0"),
+                sock(state::LISTEN, "0.0.0.0:443", "0.0.0.0:0"),
+                sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:1"),
+            ],
+            &f,
+            &mut seen,
+        );
+        assert_eq!(c.listening.keys().copied().collect::<Vec<_>>(), vec![443]);
+        assert!(c.conns.is_empty());
+    }
+}
