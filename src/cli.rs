@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 use crate::drain::budget::MIN_DRAIN_TIMEOUT;
+use crate::sockets::Method;
 
 /// The default hook port. No common Kubernetes component or exporter uses
 /// 10266; 9099 (an obvious choice) is Calico's health port, which collides
@@ -56,6 +58,40 @@ pub struct ServeArgs {
     #[arg(long, env = "NGINX_DRAIN_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_drain_timeout, value_name = "DURATION")]
     pub drain_timeout: Duration,
 
+    /// The shortest wait between the hook and SIGQUIT, even when no traffic
+    /// is seen: below this, silence is sampling noise.
+    #[arg(long, env = "NGINX_DRAIN_MIN_DELAY", default_value = "250ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub min_delay: Duration,
+
+    /// The longest wait between the hook and SIGQUIT while new connections
+    /// keep arriving (load balancers that are slow to deregister the pod).
+    /// Also capped so that the budget keeps time for the graceful quit.
+    #[arg(long, env = "NGINX_DRAIN_MAX_DELAY", default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_delay: Duration,
+
+    /// Count only connections to these local ports as NGINX traffic
+    /// (repeatable; env: comma-separated). Default: every TCP port listening
+    /// in the pod's network namespace except the sidecar's own.
+    #[arg(
+        long = "port",
+        env = "NGINX_DRAIN_PORT",
+        value_delimiter = ',',
+        value_name = "PORT"
+    )]
+    pub ports: Vec<u16>,
+
+    /// Connections from these peers are not client traffic and never delay
+    /// the quit: the node, whose kubelet sends probes and the hook
+    /// (repeatable; an address or a CIDR; env: comma-separated). The chart
+    /// passes the node's IP (status.hostIP).
+    #[arg(long = "ignore-peer", env = "NGINX_DRAIN_IGNORE_PEER", value_delimiter = ',', value_parser = parse_net, value_name = "CIDR")]
+    pub ignore_peers: Vec<IpNet>,
+
+    /// Where the connection census comes from: `auto` (netlink, falling back
+    /// to /proc/net/tcp when netlink is refused), `netlink` or `proc`.
+    #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = Method::Auto)]
+    pub census: Method,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -99,6 +135,17 @@ fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}: write a duration such as 250ms or 15s"))
+}
+
+/// An address (`10.0.0.1`, `::1`) or a network (`10.0.0.0/8`).
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR such as 10.0.0.0/8"))
+}
+
 fn parse_log_level(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
@@ -121,6 +168,14 @@ mod tests {
                 .unwrap_err()
                 .contains("shorter")
         );
+    }
+
+    #[test]
+    fn peers_are_addresses_or_networks() {
+        assert_eq!(parse_net("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(parse_net("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
+        assert!(parse_net("node").unwrap_err().contains("CIDR"));
     }
 
     #[test]

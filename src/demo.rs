@@ -27,6 +27,8 @@ const DOWNLOAD_RATE: &str = "500k";
 const REQUESTS_PER_SECOND: u64 = 20;
 const GRACE: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+const MIN_DELAY: Duration = Duration::from_millis(250);
+const MAX_DELAY: Duration = Duration::from_secs(15);
 
 pub fn main(args: DemoArgs) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -90,6 +92,17 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         drain::Config {
             locator: Locator::PidFile(nginx.pid_file()),
             drain_timeout: DRAIN_TIMEOUT,
+            policy: drain::sequence::WaitPolicy {
+                min_delay: MIN_DELAY,
+                max_delay: MAX_DELAY,
+            },
+            census: crate::sockets::monitor::MonitorConfig {
+                method: crate::sockets::Method::Auto,
+                filter: crate::sockets::PortFilter {
+                    only: [nginx.addr().port()].into(),
+                    ..Default::default()
+                },
+            },
         },
         shutdown_rx,
     );

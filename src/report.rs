@@ -2,12 +2,14 @@
 //! status snapshot (`/status`). Plain serde types: no logic lives here beyond
 //! turning monotonic instants into wall-clock timestamps for humans.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::drain::quiet::QuitReason;
 use crate::nginx::{Master, Worker};
 
 /// How a drain ended. Only `drained` and `not_running` are successes.
@@ -87,8 +89,102 @@ pub struct Durations {
     pub total_ms: u64,
 }
 
+/// What the census saw around the drain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrafficReport {
+    /// `netlink` or `proc` (the fallback), or `unavailable`.
+    pub census: &'static str,
+    /// The ports counted as NGINX's.
+    pub ports: Vec<u16>,
+    /// New client connections per second over the minute before the hook.
+    pub arrivals_per_second_before_hook: f64,
+    /// New client connections between the hook and SIGQUIT.
+    pub arrivals_during_wait: u64,
+    pub last_arrival_at: Option<String>,
+    /// The quiet period in force when SIGQUIT was sent, and how it was chosen.
+    pub quiet_period_ms: u64,
+    pub quiet_period_reason: String,
+    /// `quiet`, `max_delay`, `budget` or `already_quitting`.
+    pub sigquit_reason: QuitReason,
+    pub wait_before_sigquit_ms: u64,
+    /// Open client connections per port when SIGQUIT was sent.
+    pub connections_at_sigquit: BTreeMap<u16, u32>,
+    /// When the census first saw no open client connection after SIGQUIT.
+    pub last_connection_closed_at: Option<String>,
+    pub last_connection_closed_after_sigquit_ms: Option<u64>,
+    /// The census samples from the hook on (bounded: when full, neighbours
+    /// are merged and the spacing doubles).
+    pub samples_every_ms: u64,
+    pub samples: Vec<SamplePoint>,
+}
+
+/// One point of the drain's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SamplePoint {
+    /// Milliseconds since the hook arrived.
+    pub t_ms: u64,
+    /// New client connections since the previous point.
+    pub arrivals: u32,
+    /// Open client connections at this point.
+    pub open: u32,
+}
+
+/// A bounded timeline: at most `cap` points; when full, pairs merge.
+#[derive(Debug, Clone)]
+pub struct Series {
+    cap: usize,
+    stride: u32,
+    pending: u32,
+    pending_arrivals: u32,
+    pub every_ms: u64,
+    pub points: Vec<SamplePoint>,
+}
+
+impl Series {
+    pub fn new(cap: usize, every_ms: u64) -> Series {
+        Series {
+            cap: cap.max(2),
+            stride: 1,
+            pending: 0,
+            pending_arrivals: 0,
+            every_ms,
+            points: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, p: SamplePoint) {
+        self.pending += 1;
+        self.pending_arrivals += p.arrivals;
+        if self.pending < self.stride {
+            return;
+        }
+        self.points.push(SamplePoint {
+            arrivals: self.pending_arrivals,
+            ..p
+        });
+        self.pending = 0;
+        self.pending_arrivals = 0;
+        if self.points.len() >= self.cap {
+            let merged = self
+                .points
+                .chunks(2)
+                .map(|c| {
+                    let last = c[c.len() - 1];
+                    SamplePoint {
+                        arrivals: c.iter().map(|x| x.arrivals).sum(),
+                        ..last
+                    }
+                })
+                .collect();
+            self.points = merged;
+            self.stride *= 2;
+            self.every_ms *= 2;
+        }
+    }
+}
+
 /// The answer to a preStop hook: what happened, when, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub drain_id: String,
     pub outcome: Outcome,
@@ -109,6 +205,8 @@ pub struct Report {
     pub answered_at: String,
     pub durations: Durations,
     pub drain_timeout_ms: u64,
+    /// What the connection census saw; absent when nothing was drained.
+    pub traffic: Option<TrafficReport>,
 }
 
 impl Report {
@@ -127,6 +225,13 @@ pub struct Progress {
     pub budget_left_ms: u64,
     pub sigquit_at: Option<String>,
     pub workers_remaining: Vec<Worker>,
+    /// Open client connections per port, from the latest census.
+    pub open_connections: BTreeMap<u16, u32>,
+    pub arrivals_during_wait: u64,
+    /// While waiting for traffic to stop: the quiet period and when SIGQUIT
+    /// is due at the latest.
+    pub quiet_period_ms: Option<u64>,
+    pub sigquit_due_in_ms: Option<u64>,
 }
 
 /// The sidecar's state as `/status` shows it and `/readyz` judges it.
@@ -160,6 +265,21 @@ pub struct Snapshot {
     pub last_report: Option<Arc<Report>>,
     /// The sidecar received SIGTERM/SIGINT and exits once NGINX is gone.
     pub shutting_down: bool,
+    /// The latest connection census.
+    pub traffic: Option<TrafficStatus>,
+}
+
+/// The connection census as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrafficStatus {
+    /// `netlink`, `proc` (the fallback) or `unavailable`.
+    pub census: &'static str,
+    pub ports: Vec<u16>,
+    /// Listening ports with their accept-queue length.
+    pub listening: BTreeMap<u16, u32>,
+    /// Open client connections per port.
+    pub open: BTreeMap<u16, u32>,
+    pub arrivals_per_second_last_minute: f64,
 }
 
 impl Snapshot {
@@ -172,9 +292,35 @@ impl Snapshot {
             drain: None,
             last_report: None,
             shutting_down: false,
+            traffic: None,
         }
     }
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_stays_bounded_and_keeps_every_arrival() {
+        let mut s = Series::new(8, 50);
+        for i in 0..100u64 {
+            s.push(SamplePoint {
+                t_ms: i * 50,
+                arrivals: 1,
+                open: i as u32,
+            });
+        }
+        assert!(s.points.len() <= 8);
+        let kept: u32 = s.points.iter().map(|p| p.arrivals).sum();
+        assert!(
+            (100 - 16..=100).contains(&kept),
+            "at most one stride pending: {kept}"
+        );
+        assert!(s.every_ms > 50);
+        assert!(s.points.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
     }
 }

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use crate::cli::ServeArgs;
 use crate::drain;
 use crate::nginx::Locator;
+use crate::sockets::PortFilter;
+use crate::sockets::monitor::MonitorConfig;
 
 /// Exit codes, as in linkerd-await: each means one thing.
 pub mod exit {
@@ -36,11 +38,39 @@ pub fn prepare(args: &ServeArgs) -> Result<(drain::Config, std::net::TcpListener
         None => Locator::Discover,
     };
     locator.check_at_startup().map_err(ConfigError)?;
+    if args.min_delay > args.max_delay {
+        return Err(ConfigError(format!(
+            "--min-delay {} is longer than --max-delay {}: make --min-delay the shorter one",
+            humantime::format_duration(args.min_delay),
+            humantime::format_duration(args.max_delay)
+        )));
+    }
+    if args.ports.contains(&args.listen.port()) {
+        return Err(ConfigError(format!(
+            "--port {} is the sidecar's own port (--listen): name NGINX's ports",
+            args.listen.port()
+        )));
+    }
     let listener = bind(args.listen).map_err(ConfigError)?;
+    let own_port = listener
+        .local_addr()
+        .map_or(args.listen.port(), |a| a.port());
     Ok((
         drain::Config {
             locator,
             drain_timeout: args.drain_timeout,
+            policy: drain::sequence::WaitPolicy {
+                min_delay: args.min_delay,
+                max_delay: args.max_delay,
+            },
+            census: MonitorConfig {
+                method: args.census,
+                filter: PortFilter {
+                    only: args.ports.iter().copied().collect(),
+                    exclude: [own_port].into(),
+                    ignore_peers: args.ignore_peers.clone(),
+                },
+            },
         },
         listener,
     ))
@@ -110,6 +140,10 @@ pub async fn run(config: drain::Config, listener: std::net::TcpListener) -> Exit
         listen = ?local,
         nginx = %config.locator.describe(),
         drain_timeout = %humantime::format_duration(config.drain_timeout),
+        min_delay = %humantime::format_duration(config.policy.min_delay),
+        max_delay = %humantime::format_duration(config.policy.max_delay),
+        ports = ?config.census.filter.only,
+        ignore_peers = ?config.census.filter.ignore_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         version = env!("CARGO_PKG_VERSION"),
         "nginx-drain serving: preStop hook at GET /prestop"
     );

@@ -22,9 +22,18 @@ fn nginx(opts: NginxOptions) -> Nginx {
     Nginx::start(opts).expect("start nginx (install it with: apt-get install -y nginx-light)")
 }
 
+/// The sidecar for `nginx`, counting only its port: the tests share the
+/// machine's network namespace, so other tests' traffic must not count
+/// (tests/traffic.rs runs in namespaces of its own, with default flags).
 fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
     let pid_file = nginx.pid_file();
-    let mut args = vec!["--nginx-pid-file", pid_file.to_str().unwrap()];
+    let port = nginx.addr().port().to_string();
+    let mut args = vec![
+        "--nginx-pid-file",
+        pid_file.to_str().unwrap(),
+        "--port",
+        &port,
+    ];
     args.extend_from_slice(extra);
     Sidecar::spawn(bin(), &args).expect("start sidecar")
 }
@@ -434,7 +443,8 @@ async fn discovery_finds_the_one_master_among_decoys() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let nginx_cmd = format!("{:?}", work.command()).replace('"', "'");
     let script = format!(
-        "(exec -a nginx-ingress-controller sleep 60) & {decoy} 60 & {nginx_cmd} & exec {bin} serve --listen {addr}",
+        "(exec -a nginx-ingress-controller sleep 60) & {decoy} 60 & {nginx_cmd} & exec {bin} serve --listen {addr} --port {port}",
+        port = work.port,
         decoy = decoy.display(),
         bin = bin().display()
     );

@@ -12,6 +12,7 @@
 //! once no drain is running and the master it watches has exited.
 
 pub mod budget;
+pub mod quiet;
 pub mod sequence;
 
 use std::net::SocketAddr;
@@ -24,7 +25,8 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::nginx::{Locator, MasterHandle, NotFound, workers};
-use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, ms};
+use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, TrafficStatus, ms};
+use crate::sockets::monitor::{Monitor, MonitorConfig};
 
 /// How often the owner looks for a master while it has none (NGINX starting,
 /// or restarted after a drain). Not on the drain path.
@@ -38,6 +40,8 @@ pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
 pub struct Config {
     pub locator: Locator,
     pub drain_timeout: Duration,
+    pub policy: sequence::WaitPolicy,
+    pub census: MonitorConfig,
 }
 
 type ReportRx = watch::Receiver<Option<Arc<Report>>>;
@@ -54,6 +58,7 @@ enum Command {
 pub struct Handle {
     commands: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Snapshot>,
+    monitor: Monitor,
 }
 
 impl Handle {
@@ -70,8 +75,24 @@ impl Handle {
         r.clone()
     }
 
+    /// The state as `/status` shows it, with the latest census.
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.borrow().clone()
+        let mut snap = self.snapshot.borrow().clone();
+        let view = self.monitor.view();
+        let view = view.borrow();
+        snap.traffic = Some(TrafficStatus {
+            census: match (&view.error, view.method) {
+                (Some(_), _) => "unavailable",
+                (None, crate::sockets::Method::Proc) => "proc",
+                (None, _) => "netlink",
+            },
+            ports: view.ports.iter().copied().collect(),
+            listening: view.sample.listening.clone(),
+            open: view.sample.open.clone(),
+            arrivals_per_second_last_minute: (view.log.rate_before(Instant::now()) * 100.0).round()
+                / 100.0,
+        });
+        snap
     }
 }
 
@@ -81,7 +102,9 @@ pub fn spawn(config: Config, shutdown: watch::Receiver<bool>) -> (Handle, JoinHa
     let (tx, rx) = mpsc::channel(64);
     let detail = format!("looking for nginx via {}", config.locator.describe());
     let (snap_tx, snap_rx) = watch::channel(Snapshot::initial(detail));
+    let monitor = Monitor::spawn(config.census.clone());
     let owner = Owner {
+        monitor: monitor.clone(),
         config,
         commands: rx,
         snapshot: Arc::new(snap_tx),
@@ -96,6 +119,7 @@ pub fn spawn(config: Config, shutdown: watch::Receiver<bool>) -> (Handle, JoinHa
         Handle {
             commands: tx,
             snapshot: snap_rx,
+            monitor,
         },
         task,
     )
@@ -108,6 +132,7 @@ struct Drain {
 
 struct Owner {
     config: Config,
+    monitor: Monitor,
     commands: mpsc::Receiver<Command>,
     snapshot: Arc<watch::Sender<Snapshot>>,
     /// The master being watched; kept after its exit until a new one appears.
@@ -281,12 +306,14 @@ impl Owner {
             clock,
             peer,
             timeout: self.config.drain_timeout,
+            policy: self.config.policy,
         };
         let snapshot = self.snapshot.clone();
+        let monitor = self.monitor.clone();
         let span = tracing::info_span!("drain", drain_id = %id);
         let task = tokio::spawn(
             async move {
-                let report = sequence::run(master, req, snapshot).await;
+                let report = sequence::run(master, req, snapshot, monitor).await;
                 let _ = tx.send(Some(Arc::new(report.clone())));
                 report
             }
@@ -378,6 +405,7 @@ fn immediate_report(
             total_ms: clock.millis_since_start(now),
         },
         drain_timeout_ms: ms(timeout),
+        traffic: None,
     }
 }
 

@@ -6,7 +6,9 @@
 //! processes: NGINX's /proc/PID/fd may be unreadable (non-dumpable, another
 //! UID), so ports and peers are all we use.
 
+pub mod arrivals;
 pub mod census;
+pub mod monitor;
 pub mod netlink;
 pub mod procnet;
 

@@ -1,0 +1,160 @@
+//! A task that takes a census at a steady cadence and publishes what it saw:
+//! open connections per port, new arrivals, and the recent arrival log.
+//!
+//! It samples every 200 ms while idle (to learn the arrival rate before a
+//! hook comes) and every 50 ms while a drain wants detail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::arrivals::{ArrivalLog, Arrivals};
+use super::{Census, Method, PortFilter, Source};
+
+pub const IDLE_EVERY: Duration = Duration::from_millis(200);
+pub const FAST_EVERY: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    pub method: Method,
+    pub filter: PortFilter,
+}
+
+/// One census, reduced.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub seq: u64,
+    pub at: Option<Instant>,
+    /// New client connections since the previous sample.
+    pub arrivals: u32,
+    pub open: BTreeMap<u16, u32>,
+    pub listening: BTreeMap<u16, u32>,
+}
+
+impl Sample {
+    pub fn open_total(&self) -> u32 {
+        self.open.values().sum()
+    }
+}
+
+/// What the monitor publishes after every sample.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub sample: Sample,
+    pub log: Arc<ArrivalLog>,
+    /// Where the census comes from now (`netlink` or `proc`).
+    pub method: Method,
+    /// Ports counted so far (listening now or before).
+    pub ports: BTreeSet<u16>,
+    /// Set when no census can be taken at all.
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Monitor {
+    view: watch::Receiver<View>,
+    fast: Arc<watch::Sender<bool>>,
+}
+
+impl Monitor {
+    /// Starts sampling. Must be called inside a tokio runtime.
+    pub fn spawn(config: MonitorConfig) -> Monitor {
+        let now = Instant::now();
+        let (view_tx, view) = watch::channel(View {
+            sample: Sample::default(),
+            log: Arc::new(ArrivalLog::new(now)),
+            method: config.method,
+            ports: config.filter.only.clone(),
+            error: None,
+        });
+        let (fast, fast_rx) = watch::channel(false);
+        tokio::spawn(run(config, view_tx, fast_rx));
+        Monitor {
+            view,
+            fast: Arc::new(fast),
+        }
+    }
+
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// Samples every 50 ms while `on`, every 200 ms otherwise.
+    pub fn set_fast(&self, on: bool) {
+        self.fast
+            .send_if_modified(|f| std::mem::replace(f, on) != on);
+    }
+}
+
+async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::Receiver<bool>) {
+    let mut source = Source::new(config.method);
+    let mut ports_seen = BTreeSet::new();
+    let mut log = ArrivalLog::new(Instant::now());
+    let mut prev: Option<(Census, Instant)> = None;
+    let mut seq = 0u64;
+    let mut failing = false;
+    loop {
+        let every = if *fast.borrow_and_update() {
+            FAST_EVERY
+        } else {
+            IDLE_EVERY
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            changed = fast.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let at = Instant::now();
+        let socks = match source.dump() {
+            Ok(s) => {
+                failing = false;
+                s
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "cannot take a connection census (netlink and /proc/net/tcp both failed): the drain cannot see traffic and waits --max-delay before SIGQUIT");
+                    failing = true;
+                }
+                view.send_modify(|v| v.error = Some(e.to_string()));
+                continue;
+            }
+        };
+        let census = Census::take(&socks, &config.filter, &mut ports_seen);
+        let arrivals = match &prev {
+            Some((p, _)) => census.arrivals_since(p),
+            None => 0,
+        };
+        if let Some((_, prev_at)) = &prev {
+            log.record(Arrivals {
+                at,
+                span: at.saturating_duration_since(*prev_at),
+                n: arrivals,
+            });
+        }
+        seq += 1;
+        let sample = Sample {
+            seq,
+            at: Some(at),
+            arrivals,
+            open: census.open.clone(),
+            listening: census.listening.clone(),
+        };
+        let log_now = Arc::new(log.clone());
+        let method = source.method;
+        let ports = ports_seen.clone();
+        view.send_modify(|v| {
+            v.sample = sample;
+            v.log = log_now;
+            v.method = method;
+            v.ports = ports;
+            v.error = None;
+        });
+        prev = Some((census, at));
+    }
+}
