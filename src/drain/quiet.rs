@@ -17,9 +17,11 @@
 //! 3.9/λ, so the quiet period is 11.7/λ: the chance that traffic was still
 //! flowing and merely paused that long is e^-11.7, about 1 in 100 000. At
 //! 100 connections/s that is 117 ms (raised to the 250 ms floor); for evenly
-//! spaced arrivals it is three gaps. With fewer than eight gaps seen, the typical gap is estimated as the
-//! observed time divided by the arrivals; with none at all in the history,
-//! there is nothing to wait for and `--min-delay` applies.
+//! spaced arrivals it is three gaps. With fewer than eight gaps seen, the
+//! typical gap is estimated as the time observed up to the last arrival
+//! divided by the arrivals (the silence after the last arrival is what is
+//! being judged, so it must not inflate the estimate); with no arrival at all
+//! in the last minute there is nothing to wait for and `--min-delay` applies.
 //!
 //! Pure functions over instants and counts: tested without NGINX.
 
@@ -65,9 +67,15 @@ pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration
             format!("p90 of {} gaps by time", gaps.len()),
         )
     } else {
+        // The mean gap up to the last arrival. The silence since then is
+        // what is being judged, so it must not inflate the estimate.
+        let span = log
+            .last_arrival()
+            .map_or(observed, |last| last.saturating_duration_since(log.since))
+            .min(HISTORY);
         (
-            observed.div_f64(total as f64),
-            format!("{total} arrivals in {:.1} s", observed.as_secs_f64()),
+            span.div_f64(total as f64),
+            format!("{total} arrivals in {:.1} s", span.as_secs_f64()),
         )
     };
     let raw = gap * GAP_MULTIPLIER;
@@ -204,13 +212,13 @@ mod tests {
                 n: 1,
             });
         }
-        let q = quiet_period(&log, t0 + Duration::from_secs(4), MIN, MAX);
-        assert_eq!(
-            q.typical_gap,
-            Some(Duration::from_secs(2)),
-            "4 s observed / 2 arrivals"
-        );
-        assert_eq!(q.period, Duration::from_secs(6));
+        // Judged at 4 s and at 10 s: the silence since the last arrival
+        // does not change the estimate (3 s up to the last of 2 arrivals).
+        for now in [4, 10] {
+            let q = quiet_period(&log, t0 + Duration::from_secs(now), MIN, MAX);
+            assert_eq!(q.typical_gap, Some(Duration::from_millis(1500)));
+            assert_eq!(q.period, Duration::from_millis(4500));
+        }
     }
 
     #[test]

@@ -135,7 +135,16 @@ impl Record {
         self.ports = view.ports.iter().copied().collect();
         self.open_now = s.open.clone();
         if self.sigquit.is_none() {
-            self.arrivals_during_wait += u64::from(s.arrivals);
+            // A sample's arrivals happened over its span; count only the
+            // share after the hook (the first sample straddles it).
+            let hook = self.req.clock.mono;
+            let start = at.checked_sub(s.span).unwrap_or(at);
+            let share = if start >= hook || s.span.is_zero() {
+                1.0
+            } else {
+                at.saturating_duration_since(hook).as_secs_f64() / s.span.as_secs_f64()
+            };
+            self.arrivals_during_wait += (f64::from(s.arrivals) * share).round() as u64;
         } else if self.last_closed.is_none() && s.open_total() == 0 {
             self.last_closed = Some(at);
         }

@@ -28,6 +28,8 @@ pub struct MonitorConfig {
 pub struct Sample {
     pub seq: u64,
     pub at: Option<Instant>,
+    /// Time since the previous sample.
+    pub span: Duration,
     /// New client connections since the previous sample.
     pub arrivals: u32,
     pub open: BTreeMap<u16, u32>,
@@ -141,6 +143,9 @@ async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::
         let sample = Sample {
             seq,
             at: Some(at),
+            span: prev
+                .as_ref()
+                .map_or(Duration::ZERO, |(_, p)| at.saturating_duration_since(*p)),
             arrivals,
             open: census.open.clone(),
             listening: census.listening.clone(),

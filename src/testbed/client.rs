@@ -2,11 +2,11 @@
 //! failure (refused, reset, short read) is observed exactly.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// How a request failed, in the terms a user of the service would notice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +70,38 @@ pub async fn start(
     path: &str,
     extra_headers: &str,
 ) -> Result<Download, Failure> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| classify(&e))?;
+    start_from(None, addr, method, path, extra_headers).await
+}
+
+/// Connects from a chosen local address (e.g. 127.0.0.2 playing the node).
+pub async fn connect(from: Option<IpAddr>, addr: SocketAddr) -> Result<TcpStream, Failure> {
+    let result = match from {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(|e| classify(&e))?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| classify(&e))?;
+            socket.connect(addr).await
+        }
+    };
+    result.map_err(|e| classify(&e))
+}
+
+/// [`start`] from a chosen local address.
+pub async fn start_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+) -> Result<Download, Failure> {
+    let mut stream = connect(from, addr).await?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: nginx-drain-testbed\r\nConnection: close\r\n{extra_headers}\r\n"
     );

@@ -20,6 +20,8 @@ pub struct NginxOptions {
     pub blob_bytes: usize,
     /// Extra directives for the `http` block.
     pub extra_http: String,
+    /// Further loopback ports to listen on (see [`Workdir::extra_ports`]).
+    pub extra_ports: usize,
     pub binary: Option<PathBuf>,
 }
 
@@ -29,6 +31,7 @@ impl Default for NginxOptions {
             workers: 2,
             blob_bytes: 1 << 20,
             extra_http: String::new(),
+            extra_ports: 0,
             binary: None,
         }
     }
@@ -38,6 +41,7 @@ impl Default for NginxOptions {
 pub struct Workdir {
     dir: tempfile::TempDir,
     pub port: u16,
+    pub extra_ports: Vec<u16>,
     binary: PathBuf,
     opts: NginxOptions,
 }
@@ -96,9 +100,11 @@ impl Nginx {
         let blob: Vec<u8> = (0..opts.blob_bytes).map(|i| (i % 251) as u8).collect();
         std::fs::write(www.join("blob"), blob)?;
         std::fs::set_permissions(www.join("blob"), std::fs::Permissions::from_mode(0o644))?;
+        let extra_ports = (0..opts.extra_ports).map(|_| free_port()).collect();
         let work = Arc::new(Workdir {
             dir,
             port,
+            extra_ports,
             binary,
             opts,
         });
@@ -254,7 +260,7 @@ http {{
     default_type application/octet-stream;
     {extra}
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen 127.0.0.1:{port} reuseport;{extra_listen}
         root {d}/www;
         location = /blob {{ limit_rate $arg_rate; }}
         location / {{ return 200 "ok\n"; }}
@@ -264,5 +270,10 @@ http {{
         workers = o.workers,
         port = work.port,
         extra = o.extra_http,
+        extra_listen = work
+            .extra_ports
+            .iter()
+            .map(|p| format!("\n        listen 127.0.0.1:{p} reuseport;"))
+            .collect::<String>(),
     )
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod fixture;
 pub mod kubelet;
+pub mod load;
 pub mod sidecar;
 
 use std::net::TcpListener;

@@ -1,0 +1,204 @@
+//! Load generators: new connections at a steady rate (what a load balancer
+//! sends while it still routes to the pod), and keep-alive clients. Every
+//! loop is bounded in count and in time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::client::{self, Failure};
+
+/// No single request may take longer than this (catches hangs).
+const REQUEST_LIMIT: Duration = Duration::from_secs(20);
+
+/// What a load generator saw, as a user of the service would count it.
+#[derive(Debug, Default, Clone)]
+pub struct LoadStats {
+    pub sent: u64,
+    pub ok: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub short: u64,
+    pub other: u64,
+    /// The first few failures, for messages.
+    pub examples: Vec<String>,
+    /// When the last request was sent.
+    pub last_sent: Option<Instant>,
+}
+
+impl LoadStats {
+    pub fn failed(&self) -> u64 {
+        self.refused + self.reset + self.short + self.other
+    }
+
+    fn count(&mut self, r: Result<u16, Failure>) {
+        match r {
+            Ok(200) => self.ok += 1,
+            Ok(status) => self.fail(format!("HTTP {status}"), |s| s.other += 1),
+            Err(Failure::Refused) => self.fail("refused".into(), |s| s.refused += 1),
+            Err(Failure::Reset) => self.fail("reset".into(), |s| s.reset += 1),
+            Err(e @ Failure::ShortRead { .. }) => self.fail(format!("{e:?}"), |s| s.short += 1),
+            Err(Failure::Other(e)) => self.fail(e, |s| s.other += 1),
+        }
+    }
+
+    fn fail(&mut self, what: String, bump: impl FnOnce(&mut Self)) {
+        bump(self);
+        if self.examples.len() < 5 {
+            self.examples.push(what);
+        }
+    }
+
+    pub fn merge(&mut self, o: &LoadStats) {
+        self.sent += o.sent;
+        self.ok += o.ok;
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.short += o.short;
+        self.other += o.other;
+        self.examples.extend(
+            o.examples
+                .iter()
+                .take(5 - self.examples.len().min(5))
+                .cloned(),
+        );
+        self.last_sent = self.last_sent.max(o.last_sent);
+    }
+}
+
+/// Opens `rate` new connections per second, one `GET /` each
+/// (`Connection: close`), from `from`, until `until` or `max` connections;
+/// then waits for the answers.
+pub async fn open_loop(
+    addr: SocketAddr,
+    rate: f64,
+    from: Option<IpAddr>,
+    until: Instant,
+    max: u64,
+) -> LoadStats {
+    let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tasks = JoinSet::new();
+    let mut stats = LoadStats::default();
+    while stats.sent < max {
+        tick.tick().await;
+        if Instant::now() >= until {
+            break;
+        }
+        stats.sent += 1;
+        stats.last_sent = Some(Instant::now());
+        tasks.spawn(async move {
+            let r = tokio::time::timeout(REQUEST_LIMIT, async {
+                client::start_from(from, addr, "GET", "/", "")
+                    .await?
+                    .finish()
+                    .await
+            })
+            .await
+            .unwrap_or_else(|_| Err(Failure::Other("request timed out".into())));
+            r.map(|f| f.status)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        stats.count(r.unwrap_or_else(|e| Err(Failure::Other(e.to_string()))));
+    }
+    stats
+}
+
+/// One keep-alive client: a request every `every` on one connection,
+/// reconnecting when the server closes it, until `until`.
+pub async fn keepalive(addr: SocketAddr, every: Duration, until: Instant) -> LoadStats {
+    let mut stats = LoadStats::default();
+    let mut conn: Option<tokio::net::TcpStream> = None;
+    let max = (until
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64()
+        / every.as_secs_f64()) as u64
+        + 1;
+    while Instant::now() < until && stats.sent < max {
+        if conn.is_none() {
+            match client::connect(None, addr).await {
+                Ok(s) => conn = Some(s),
+                Err(e) => {
+                    stats.sent += 1;
+                    stats.count(Err(e));
+                    tokio::time::sleep(every).await;
+                    continue;
+                }
+            }
+        }
+        let stream = conn.as_mut().expect("connected");
+        stats.sent += 1;
+        stats.last_sent = Some(Instant::now());
+        match tokio::time::timeout(REQUEST_LIMIT, one_request(stream, addr)).await {
+            Ok(Ok((status, close))) => {
+                stats.count(Ok(status));
+                if close {
+                    conn = None;
+                }
+            }
+            Ok(Err(e)) => {
+                stats.count(Err(e));
+                conn = None;
+            }
+            Err(_) => {
+                stats.count(Err(Failure::Other("keep-alive request timed out".into())));
+                conn = None;
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+    stats
+}
+
+/// One request on an open connection; returns the status and whether the
+/// server will close the connection.
+async fn one_request(
+    stream: &mut tokio::net::TcpStream,
+    addr: SocketAddr,
+) -> Result<(u16, bool), Failure> {
+    let req =
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: nginx-drain-keepalive\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|_| Failure::Reset)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Failure::Other("bad status line".into()))?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = stream.read(&mut chunk).await.map_err(|_| Failure::Reset)?;
+                if n == 0 {
+                    return Err(Failure::ShortRead {
+                        expected: len as u64,
+                        received: (buf.len() - end - 4) as u64,
+                    });
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let close = head.contains("connection: close");
+            return Ok((status, close));
+        }
+        let n = stream.read(&mut chunk).await.map_err(|_| Failure::Reset)?;
+        if n == 0 {
+            return Err(Failure::Reset);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
