@@ -26,6 +26,8 @@ const DOWNLOAD_BYTES: usize = 2 << 20;
 const DOWNLOAD_RATE: &str = "500k";
 const REQUESTS_PER_SECOND: u64 = 20;
 const GRACE: Duration = Duration::from_secs(30);
+/// How long new requests keep arriving after the pod is deleted.
+const LAG: Duration = Duration::from_secs(3);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 const MIN_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(15);
@@ -125,6 +127,35 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
     );
 
     let counters = Arc::new(Counters::default());
+    // Steady new connections: before the pod is deleted, and for LAG after,
+    // as a load balancer that is slow to deregister the pod sends them.
+    let (deleted_tx, deleted_rx) = watch::channel(false);
+    let steady = {
+        let c = counters.clone();
+        let addr = nginx.addr();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / REQUESTS_PER_SECOND));
+            for _ in 0..REQUESTS_PER_SECOND * 20 {
+                tick.tick().await;
+                if *deleted_rx.borrow() {
+                    break;
+                }
+                let c = c.clone();
+                tokio::spawn(async move {
+                    match client::get(addr, "/", Duration::from_secs(5)).await {
+                        Ok(r) if r.status == 200 => c.ok.fetch_add(1, Ordering::Relaxed),
+                        _ => c.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                });
+            }
+        })
+    };
+
+    println!(
+        "{} {REQUESTS_PER_SECOND} new requests/s (one connection each)",
+        at()
+    );
+    tokio::time::sleep(Duration::from_millis(1800)).await;
     let mut downloads = Vec::new();
     for _ in 0..DOWNLOADS {
         let d = client::start(
@@ -141,44 +172,30 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         }));
     }
     println!(
-        "{} {DOWNLOADS} downloads of {} MiB at {DOWNLOAD_RATE}B/s in flight (about {} s each); {REQUESTS_PER_SECOND} new requests/s",
+        "{} {DOWNLOADS} downloads of {} MiB at {DOWNLOAD_RATE}B/s in flight (about {} s each)",
         at(),
         DOWNLOAD_BYTES >> 20,
         DOWNLOAD_BYTES / 500_000
     );
 
-    // Steady new connections until the pod is deleted (endpoints removed at
-    // once here: the traffic-aware wait for lagging load balancers is the
-    // sidecar's next feature).
-    let (deleted_tx, deleted_rx) = watch::channel(false);
-    let steady = {
-        let c = counters.clone();
-        let addr = nginx.addr();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / REQUESTS_PER_SECOND));
-            for _ in 0..REQUESTS_PER_SECOND * 10 {
-                tick.tick().await;
-                if *deleted_rx.borrow() {
-                    break;
-                }
-                let c = c.clone();
-                tokio::spawn(async move {
-                    match client::get(addr, "/", Duration::from_secs(5)).await {
-                        Ok(r) if r.status == 200 => c.ok.fetch_add(1, Ordering::Relaxed),
-                        _ => c.failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                });
-            }
-        })
-    };
-
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = deleted_tx.send(true);
-    let _ = steady.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     println!(
-        "{} pod deleted: endpoints removed, new requests stop. kubelet calls GET http://{hook_addr}/prestop",
-        at()
+        "{} pod deleted: kubelet calls GET http://{hook_addr}/prestop; the load balancer keeps sending new requests for {} s",
+        at(),
+        LAG.as_secs()
     );
+    let lb = tokio::spawn(async move {
+        tokio::time::sleep(LAG).await;
+        let _ = deleted_tx.send(true);
+        let _ = steady.await;
+    });
+    tokio::spawn(async move {
+        let _ = lb.await;
+        println!(
+            "{} load balancer: endpoint removed, new requests stop",
+            at()
+        );
+    });
 
     let kubelet = Kubelet::new(hook_addr, GRACE);
     let terminate = kubelet.terminate(&nginx);
@@ -190,8 +207,9 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
             _ = tick.tick() => {
                 let snap = handle.snapshot();
                 let phase = snap.drain.as_ref().map_or("-", |d| d.phase);
+                let open: u32 = snap.drain.as_ref().map_or(0, |d| d.open_connections.values().sum());
                 println!(
-                    "{} drain phase {phase:<10} nginx workers {}  requests ok {} failed {}  downloaded {:.1} of {} MiB",
+                    "{} drain phase {phase:<11} open conns {open:>3}  nginx workers {}  requests ok {} failed {}  downloaded {:.1} of {} MiB",
                     at(),
                     nginx.workers().len(),
                     counters.ok.load(Ordering::Relaxed),
@@ -206,12 +224,23 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
     let mut ok = true;
     match &term.hook {
         Ok(resp) => {
+            // The timeline is long: show its size, not its points.
+            let mut report: serde_json::Value =
+                serde_json::from_slice(&resp.body).unwrap_or_default();
+            if let Some(samples) = report
+                .pointer_mut("/traffic/samples")
+                .and_then(|s| s.as_array_mut())
+            {
+                let n = samples.len();
+                samples.clear();
+                report["traffic"]["samples"] = format!("({n} points, see /status)").into();
+            }
             println!(
                 "{} hook answered HTTP {} after {:.2}s with the report:\n{}",
                 at(),
                 resp.status,
                 term.hook_took.as_secs_f64(),
-                resp.text().trim_end()
+                serde_json::to_string_pretty(&report).unwrap_or_else(|_| resp.text())
             );
         }
         Err(e) => {
@@ -255,8 +284,9 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         counters.ok.load(Ordering::Relaxed)
     );
     println!(
-        "  nginx gone {:.2}s after the pod was deleted; SIGQUITs in nginx's log: {}; SIGKILL needed: {}",
+        "  nginx gone {:.2}s after the pod was deleted (new requests stopped after {} s); SIGQUITs in nginx's log: {}; SIGKILL needed: {}",
         term.nginx_gone_after.map_or(f64::NAN, |d| d.as_secs_f64()),
+        LAG.as_secs(),
         nginx.sigquit_count(),
         term.sigkill_needed
     );

@@ -6,45 +6,29 @@
 //! connections are the test's: nginx, the sidecar and the load generators.
 //! So "every TCP port listening in the namespace" means this test's nginx.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use nginx_drain::sockets::{Census, Method, PortFilter, Source, state};
-use nginx_drain::testbed::client::{self, Fetched};
-use nginx_drain::testbed::load::{self, LoadStats};
-use nginx_drain::testbed::{Kubelet, Nginx, NginxOptions, Sidecar, Termination};
-use serde_json::Value;
+use nginx_drain::testbed::Nginx;
+use nginx_drain::testbed::NginxOptions;
+use nginx_drain::testbed::scenario::{Run, Scenario};
+use nginx_drain::testbed::{load, netns};
 use tokio::time::Instant;
 
-const HANG: Duration = Duration::from_secs(60);
-const IN_NETNS: &str = "NGINX_DRAIN_TEST_IN_NETNS";
-
-/// Runs test `name` again inside a fresh network namespace and checks that
-/// it passed there. Returns true in the outer process (which then returns);
-/// false inside the namespace, where the test body runs.
+/// Runs test `name` again inside a network namespace of its own and checks
+/// that it passed there. Returns true in the outer process (which then
+/// returns); false inside the namespace, where the test body runs.
 fn in_own_netns(name: &str) -> bool {
-    if std::env::var_os(IN_NETNS).is_some() {
+    if netns::inside() {
         return false;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args([
-            "--net",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ])
-        .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
-        .output()
-        .expect("run unshare (util-linux; needs root)");
+    let out = netns::rerun_self(&["--exact", name, "--nocapture", "--test-threads=1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    eprintln!("{stderr}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         out.status.success(),
         "{name} failed in its network namespace"
@@ -56,157 +40,12 @@ fn in_own_netns(name: &str) -> bool {
     true
 }
 
+async fn run_scenario(s: Scenario) -> Run {
+    nginx_drain::testbed::scenario::run(bin(), s).await
+}
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
-}
-
-fn json(f: &Fetched) -> Value {
-    serde_json::from_slice(&f.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", f.text()))
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(r) = client::get(addr, "/readyz", HANG).await
-            && r.status == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "sidecar never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Scenario {
-    /// New connections per second from clients.
-    rate: f64,
-    /// How long before the hook the load runs (the sidecar learns the rate).
-    warmup: Duration,
-    /// How long after the hook new connections keep arriving.
-    lag: Duration,
-    downloads: usize,
-    keepalive: usize,
-    /// Probe-like connections from 127.0.0.2 (the "node") all along.
-    node_probes: bool,
-    args: Vec<&'static str>,
-}
-
-impl Default for Scenario {
-    fn default() -> Self {
-        Scenario {
-            rate: 100.0,
-            warmup: Duration::from_secs(2),
-            lag: Duration::ZERO,
-            downloads: 2,
-            keepalive: 4,
-            node_probes: false,
-            args: Vec::new(),
-        }
-    }
-}
-
-struct Run {
-    report: Value,
-    load: LoadStats,
-    keepalive: LoadStats,
-    probes: LoadStats,
-    downloads_complete: usize,
-    sigquits: usize,
-    term: Termination,
-    /// NGINX gone minus the later of lag end and the last download.
-    overhead: Duration,
-    sidecar_log: String,
-}
-
-async fn run(s: Scenario) -> Run {
-    const BLOB: usize = 1 << 20;
-    let nginx = Nginx::start(NginxOptions {
-        blob_bytes: BLOB,
-        ..Default::default()
-    })
-    .expect("nginx");
-    let pid_file = nginx.pid_file();
-    let mut args = vec!["--nginx-pid-file", pid_file.to_str().unwrap()];
-    args.extend(s.args.iter().copied());
-    let sidecar = Sidecar::spawn(bin(), &args).expect("sidecar");
-    wait_ready(sidecar.addr).await;
-
-    let t0 = Instant::now();
-    let hook_at = t0 + s.warmup;
-    let lag_end = hook_at + s.lag;
-    let addr = nginx.addr();
-    let max = (s.rate * (s.warmup + s.lag).as_secs_f64()).ceil() as u64 + 1;
-    let load = tokio::spawn(load::open_loop(addr, s.rate, None, lag_end, max));
-    let keepalive: Vec<_> = (0..s.keepalive)
-        .map(|_| tokio::spawn(load::keepalive(addr, Duration::from_millis(100), lag_end)))
-        .collect();
-    let probes = if s.node_probes {
-        let node: IpAddr = "127.0.0.2".parse().unwrap();
-        // Probes go on until the test ends, as the kubelet's would.
-        Some(tokio::spawn(load::open_loop(
-            addr,
-            10.0,
-            Some(node),
-            t0 + HANG,
-            600,
-        )))
-    } else {
-        None
-    };
-
-    // Slow downloads in flight at the hook: 1 MiB at 500 KB/s, ~2 s each.
-    tokio::time::sleep_until(hook_at - Duration::from_millis(500)).await;
-    let mut downloads = Vec::new();
-    for _ in 0..s.downloads {
-        let d = client::start(addr, "GET", "/blob?rate=500k", "")
-            .await
-            .expect("download starts");
-        downloads.push(tokio::spawn(async move {
-            let r = d.finish().await;
-            (r, Instant::now())
-        }));
-    }
-    tokio::time::sleep_until(hook_at).await;
-    let term = Kubelet::new(sidecar.addr, Duration::from_secs(30))
-        .terminate(&nginx)
-        .await;
-    let gone = t0
-        + Duration::ZERO.max(Duration::from_secs(0))
-        + term.nginx_gone_after.map_or(HANG, |d| d + s.warmup);
-
-    let load = load.await.unwrap();
-    let mut ka = LoadStats::default();
-    for k in keepalive {
-        ka.merge(&k.await.unwrap());
-    }
-    let mut complete = 0;
-    let mut last_done = hook_at;
-    for d in downloads {
-        let (r, done) = d.await.unwrap();
-        if r.is_ok_and(|f| f.body.len() == BLOB) {
-            complete += 1;
-        }
-        last_done = last_done.max(done);
-    }
-    let probes = match probes {
-        Some(p) => {
-            p.abort();
-            LoadStats::default()
-        }
-        None => LoadStats::default(),
-    };
-    let report = json(term.hook.as_ref().expect("hook answered"));
-    Run {
-        report,
-        load,
-        keepalive: ka,
-        probes,
-        downloads_complete: complete,
-        sigquits: nginx.sigquit_count(),
-        overhead: gone.saturating_duration_since(lag_end.max(last_done)),
-        sidecar_log: sidecar.log(),
-        term,
-    }
 }
 
 /// What every traffic-aware drain must give the user.
@@ -236,8 +75,14 @@ fn assert_clean(r: &Run, downloads: usize) {
         !r.term.sigkill_needed && !r.term.sigterm_found_nginx_running,
         "nginx gone when the hook returned"
     );
+    assert!(
+        r.sidecar_cpu_share < 0.5,
+        "sidecar CPU {:.1} %",
+        r.sidecar_cpu_share * 100.0
+    );
     println!(
-        "overhead {:.3} s; wait before SIGQUIT {} ms; quiet period {} ms ({}); arrivals during wait {}",
+        "sidecar CPU {:.2} % of a core; overhead {:.3} s; wait before SIGQUIT {} ms; quiet period {} ms ({}); arrivals during wait {}",
+        r.sidecar_cpu_share * 100.0,
         r.overhead.as_secs_f64(),
         r.report["traffic"]["wait_before_sigquit_ms"],
         r.report["traffic"]["quiet_period_ms"],
@@ -250,7 +95,7 @@ async fn lag_case(name: &str, lag_s: u64) {
     if in_own_netns(name) {
         return;
     }
-    let r = run(Scenario {
+    let r = run_scenario(Scenario {
         lag: Duration::from_secs(lag_s),
         ..Default::default()
     })
@@ -298,7 +143,7 @@ async fn low_rate_one_every_two_seconds_loses_nothing() {
     if in_own_netns("low_rate_one_every_two_seconds_loses_nothing") {
         return;
     }
-    let r = run(Scenario {
+    let r = run_scenario(Scenario {
         rate: 0.5,
         warmup: Duration::from_secs(7),
         lag: Duration::from_secs(3),
@@ -316,9 +161,9 @@ async fn probes_from_an_ignored_peer_do_not_delay_the_quit() {
     if in_own_netns("probes_from_an_ignored_peer_do_not_delay_the_quit") {
         return;
     }
-    let r = run(Scenario {
+    let r = run_scenario(Scenario {
         node_probes: true,
-        args: vec!["--ignore-peer", "127.0.0.2"],
+        args: vec!["--ignore-peer".into(), "127.0.0.2".into()],
         ..Default::default()
     })
     .await;
@@ -336,7 +181,6 @@ async fn probes_from_an_ignored_peer_do_not_delay_the_quit() {
         waited < 2000,
         "probes continued, yet SIGQUIT came after {waited} ms"
     );
-    let _ = r.probes;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,9 +188,9 @@ async fn proc_fallback_drains_as_well() {
     if in_own_netns("proc_fallback_drains_as_well") {
         return;
     }
-    let r = run(Scenario {
+    let r = run_scenario(Scenario {
         lag: Duration::from_secs(2),
-        args: vec!["--census", "proc"],
+        args: vec!["--census".into(), "proc".into()],
         ..Default::default()
     })
     .await;

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 /// How far back arrivals are kept.
 pub const HISTORY: Duration = Duration::from_secs(60);
 /// At most this many gaps are reconstructed (the most recent).
-const MAX_GAPS: usize = 4096;
+const MAX_GAPS: usize = 1024;
 
 /// One census sample that saw `n` new connections during `span` before `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,14 @@
 //! From a socket dump to what the drain needs: which ports are served,
 //! how many connections each holds, and which connections are new.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use ipnet::IpNet;
+// A fast non-cryptographic hash. Peers choose their own addresses, but the
+// map holds one entry per socket the kernel already has, so colliding keys
+// cost an attacker one connection each: SipHash is not worth its price here.
+use rustc_hash::FxHashMap;
 
 use super::{Sock, state};
 
@@ -42,7 +46,7 @@ pub struct Census {
     /// Every connection on a counted port from a client peer, in any state,
     /// TIME_WAIT included (so short connections that closed between two
     /// samples are still seen), with whether it is open.
-    pub conns: HashMap<ConnKey, bool>,
+    pub conns: FxHashMap<ConnKey, bool>,
 }
 
 impl Census {
@@ -50,7 +54,10 @@ impl Census {
     /// so far (listeners close at SIGQUIT, their connections stay): it is
     /// extended with today's listeners.
     pub fn take(socks: &[Sock], filter: &PortFilter, ports_seen: &mut BTreeSet<u16>) -> Census {
-        let mut c = Census::default();
+        let mut c = Census {
+            conns: FxHashMap::with_capacity_and_hasher(socks.len(), Default::default()),
+            ..Census::default()
+        };
         for s in socks.iter().filter(|s| s.state == state::LISTEN) {
             let port = s.local.port();
             if filter.port_counts(port) {

@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod netlink;
 pub mod procnet;
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
@@ -98,17 +99,57 @@ impl Source {
         Source { netlink, method }
     }
 
-    /// All TCP sockets of this network namespace, IPv4 and IPv6.
-    pub fn dump(&mut self) -> io::Result<Vec<Sock>> {
+    /// Takes one census: the listeners, then the connections on the ports
+    /// that count (extending `ports_seen` with today's listeners).
+    pub fn census(
+        &mut self,
+        filter: &PortFilter,
+        ports_seen: &mut BTreeSet<u16>,
+    ) -> io::Result<Census> {
+        let socks = self.dump_for(filter, ports_seen)?;
+        Ok(Census::take(&socks, filter, ports_seen))
+    }
+
+    /// The sockets a census needs: every listener, and every other socket on
+    /// a counted port. By netlink the port filter runs in the kernel.
+    pub fn dump_for(
+        &mut self,
+        filter: &PortFilter,
+        ports_seen: &BTreeSet<u16>,
+    ) -> io::Result<Vec<Sock>> {
         if let Some(d) = &mut self.netlink {
-            match d.dump() {
-                Ok(socks) => return Ok(socks),
+            let mut socks = Vec::new();
+            let result = d.listeners(&mut socks).and_then(|()| {
+                let mut ports: BTreeSet<u16> = ports_seen.clone();
+                ports.extend(filter.only.iter().copied());
+                ports.extend(
+                    socks
+                        .iter()
+                        .filter(|s| s.state == state::LISTEN)
+                        .map(|s| s.local.port())
+                        .filter(|p| filter.port_counts(*p)),
+                );
+                d.connections(&ports, &mut socks)
+            });
+            match result {
+                Ok(()) => return Ok(socks),
                 Err(e) => {
                     tracing::warn!(error = %e, "NETLINK_SOCK_DIAG dump failed: counting connections from /proc/net/tcp and /proc/net/tcp6 from now on");
                     self.netlink = None;
                     self.method = Method::Proc;
                 }
             }
+        }
+        procnet::dump()
+    }
+
+    /// Every TCP socket of this network namespace, IPv4 and IPv6.
+    pub fn dump(&mut self) -> io::Result<Vec<Sock>> {
+        if let Some(d) = &mut self.netlink {
+            let mut socks = Vec::new();
+            d.listeners(&mut socks)?;
+            d.connections_on_any_port(&mut socks)?;
+            return Ok(socks);
         }
         procnet::dump()
     }

@@ -1,18 +1,36 @@
-//! NETLINK_SOCK_DIAG (inet_diag) dumps of every TCP socket, IPv4 and IPv6.
+//! NETLINK_SOCK_DIAG (inet_diag) dumps of TCP sockets, IPv4 and IPv6.
+//!
+//! Two dumps per census keep the kernel's work small on busy pods: the
+//! listeners (the kernel walks only its listening hash), then the other
+//! states filtered *in the kernel* by local port with an inet_diag bytecode
+//! program, so that sockets on other ports (upstream connections, clients'
+//! own ends) are never formatted or copied. Responses are read header-only
+//! (no attribute parsing): the census needs state, endpoints, queue, inode.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, Parseable,
 };
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
+use netlink_packet_sock_diag::inet::{
+    ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags,
+};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NlAddr};
 
 use super::{Sock, canonical};
+
+// Kernel ABI (include/uapi/linux/inet_diag.h, netlink.h) not exported by
+// the crate.
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
 
 pub struct Dumper {
     socket: Socket,
@@ -31,40 +49,54 @@ impl Dumper {
             seq: 0,
         };
         // Fail here, not at the first sample, if the kernel refuses dumps.
-        d.dump()?;
+        let mut out = Vec::new();
+        d.listeners(&mut out)?;
+        d.connections(&[80].into(), &mut out)?;
         Ok(d)
     }
 
-    pub fn dump(&mut self) -> io::Result<Vec<Sock>> {
-        let mut out = Vec::new();
-        self.dump_family(AF_INET, &mut out)?;
-        self.dump_family(AF_INET6, &mut out)?;
-        Ok(out)
+    /// Every listening TCP socket.
+    pub fn listeners(&mut self, out: &mut Vec<Sock>) -> io::Result<()> {
+        for family in [AF_INET, AF_INET6] {
+            self.dump(family, StateFlags::LISTEN, None, out)?;
+        }
+        Ok(())
     }
 
-    fn dump_family(&mut self, family: u8, out: &mut Vec<Sock>) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
+    /// Every non-listening TCP socket whose local port is in `ports`.
+    pub fn connections(&mut self, ports: &BTreeSet<u16>, out: &mut Vec<Sock>) -> io::Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let program = local_port_filter(ports);
+        for family in [AF_INET, AF_INET6] {
+            self.dump(
                 family,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::all(),
-                socket_id: if family == AF_INET {
-                    SocketId::new_v4()
-                } else {
-                    SocketId::new_v6()
-                },
-            })
-            .into(),
-        );
-        packet.finalize();
-        let mut req = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut req);
+                StateFlags::all() - StateFlags::LISTEN,
+                Some(&program),
+                out,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every non-listening TCP socket.
+    pub fn connections_on_any_port(&mut self, out: &mut Vec<Sock>) -> io::Result<()> {
+        for family in [AF_INET, AF_INET6] {
+            self.dump(family, StateFlags::all() - StateFlags::LISTEN, None, out)?;
+        }
+        Ok(())
+    }
+
+    fn dump(
+        &mut self,
+        family: u8,
+        states: StateFlags,
+        bytecode: Option<&[u8]>,
+        out: &mut Vec<Sock>,
+    ) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = request(family, states, self.seq, bytecode);
         self.socket.send(&req, 0)?;
         loop {
             self.buf.clear();
@@ -82,49 +114,140 @@ impl Dumper {
     }
 }
 
+/// A dump request, with an optional bytecode filter attached as the
+/// INET_DIAG_REQ_BYTECODE attribute.
+fn request(family: u8, states: StateFlags, seq: u32, bytecode: Option<&[u8]>) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut req = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut req);
+    if let Some(code) = bytecode {
+        let nla_len = 4 + code.len();
+        req.extend_from_slice(&(nla_len as u16).to_ne_bytes());
+        req.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        req.extend_from_slice(code);
+        req.resize(req.len().next_multiple_of(4), 0);
+        let total = req.len() as u32;
+        req[..4].copy_from_slice(&total.to_ne_bytes());
+    }
+    req
+}
+
+/// An inet_diag program that accepts sockets whose local port is one of
+/// `ports`: `S_EQ p1 || S_EQ p2 || ...`, laid out as `ss` compiles an OR
+/// (each test is followed by a jump to the end, which a failed test skips).
+/// The kernel's audit requires every jump target to lie on the chain of
+/// "yes" jumps, which this layout satisfies.
+pub fn local_port_filter(ports: &BTreeSet<u16>) -> Vec<u8> {
+    let ports: Vec<u16> = ports.iter().copied().collect();
+    let mut code = Vec::with_capacity(ports.len() * 12);
+    for (i, port) in ports.iter().enumerate() {
+        // inet_diag_bc_op { code: u8, yes: u8, no: u16 }, then the port op.
+        code.extend_from_slice(&[INET_DIAG_BC_S_EQ, 8]);
+        code.extend_from_slice(&12u16.to_ne_bytes());
+        code.extend_from_slice(&[0, 0]);
+        code.extend_from_slice(&port.to_ne_bytes());
+        if i + 1 < ports.len() {
+            // Jump to the end: past the 4-byte jump and the remaining tests.
+            let rest = (ports.len() - i - 1) * 12 - 4;
+            code.extend_from_slice(&[INET_DIAG_BC_JMP, 4]);
+            code.extend_from_slice(&((rest + 4) as u16).to_ne_bytes());
+        }
+    }
+    code
+}
+
 /// Parses one datagram of a dump into `out`. Returns true at the end of the
 /// dump. Messages of other sequence numbers (a stale dump) are skipped.
 pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut Vec<Sock>) -> io::Result<bool> {
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad sock_diag message: {what}"),
+        )
+    };
     while !bytes.is_empty() {
-        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad sock_diag message: {e}"),
-            )
-        })?;
-        let len = msg.header.length as usize;
-        if len == 0 || len > bytes.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad netlink message length",
-            ));
+        let msg = NetlinkBuffer::new_checked(bytes).map_err(|e| bad(&e.to_string()))?;
+        let len = msg.length() as usize;
+        if len < 16 || len > bytes.len() {
+            return Err(bad("length"));
         }
-        if msg.header.sequence_number == seq {
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(true),
-                NetlinkPayload::Error(e) => {
-                    let code = e.code.map_or(0, |c| -c.get());
-                    return Err(io::Error::from_raw_os_error(code));
+        if msg.sequence_number() == seq {
+            let payload = &bytes[16..len];
+            match msg.message_type() {
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR => {
+                    let code = payload
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    return Err(io::Error::from_raw_os_error(-code));
                 }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let id = &r.header.socket_id;
+                SOCK_DIAG_BY_FAMILY => {
+                    let h = InetResponseHeader::parse(payload).map_err(|e| bad(&e.to_string()))?;
+                    let id = &h.socket_id;
                     out.push(Sock {
-                        state: r.header.state,
+                        state: h.state,
                         local: canonical(SocketAddr::new(id.source_address, id.source_port)),
                         peer: canonical(SocketAddr::new(
                             id.destination_address,
                             id.destination_port,
                         )),
-                        rx_queue: r.header.recv_queue,
-                        inode: r.header.inode,
+                        rx_queue: h.recv_queue,
+                        inode: h.inode,
                     });
                 }
                 _ => {}
             }
         }
         // Messages are 4-byte aligned within a datagram.
-        let step = (len + 3) & !3;
+        let step = len.next_multiple_of(4);
         bytes = &bytes[step.min(bytes.len())..];
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_program_layout() {
+        let one = local_port_filter(&[80].into());
+        assert_eq!(one.len(), 8);
+        let two = local_port_filter(&[80, 443].into());
+        // test(8) jump(4) test(8): the jump skips the last test to the end.
+        assert_eq!(two.len(), 20);
+        assert_eq!(two[8], INET_DIAG_BC_JMP);
+        assert_eq!(u16::from_ne_bytes([two[10], two[11]]), 12);
+    }
+
+    #[test]
+    fn garbage_datagrams_are_errors() {
+        let mut out = Vec::new();
+        assert!(parse_datagram(&[1, 2, 3], 1, &mut out).is_err());
+        let mut msg = vec![0u8; 16];
+        msg[..4].copy_from_slice(&100u32.to_ne_bytes());
+        assert!(
+            parse_datagram(&msg, 1, &mut out).is_err(),
+            "length beyond the datagram"
+        );
+        assert!(out.is_empty());
+    }
 }

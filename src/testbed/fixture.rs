@@ -22,6 +22,8 @@ pub struct NginxOptions {
     pub extra_http: String,
     /// Further loopback ports to listen on (see [`Workdir::extra_ports`]).
     pub extra_ports: usize,
+    /// `worker_connections` (and a file limit to match).
+    pub worker_connections: usize,
     pub binary: Option<PathBuf>,
 }
 
@@ -32,6 +34,7 @@ impl Default for NginxOptions {
             blob_bytes: 1 << 20,
             extra_http: String::new(),
             extra_ports: 0,
+            worker_connections: 4096,
             binary: None,
         }
     }
@@ -249,7 +252,8 @@ master_process on;
 worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log notice;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile {rlimit};
+events {{ worker_connections {wc}; }}
 http {{
     access_log off;
     client_body_temp_path {d}/tmp-body;
@@ -268,6 +272,8 @@ http {{
 }}
 "#,
         workers = o.workers,
+        wc = o.worker_connections,
+        rlimit = o.worker_connections * 2 + 64,
         port = work.port,
         extra = o.extra_http,
         extra_listen = work

@@ -7,6 +7,8 @@ pub mod client;
 pub mod fixture;
 pub mod kubelet;
 pub mod load;
+pub mod netns;
+pub mod scenario;
 pub mod sidecar;
 
 use std::net::TcpListener;

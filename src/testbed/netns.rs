@@ -1,0 +1,32 @@
+//! Running a test or benchmark inside a network namespace of its own, as
+//! root: `unshare --net`, loopback up. Inside, as in a pod, the only
+//! listeners and connections are the ones the run makes itself.
+
+use std::process::{Command, Output};
+
+/// Set in the environment of the process that runs inside the namespace.
+pub const INSIDE: &str = "NGINX_DRAIN_IN_OWN_NETNS";
+
+/// True in the process that runs inside the namespace.
+pub fn inside() -> bool {
+    std::env::var_os(INSIDE).is_some()
+}
+
+/// Runs this executable again with `args` inside a fresh network namespace
+/// and returns its output. Needs root (or CAP_SYS_ADMIN) and util-linux's
+/// `unshare` and iproute2's `ip`.
+pub fn rerun_self(args: &[&str]) -> Output {
+    let exe = std::env::current_exe().expect("current_exe");
+    Command::new("unshare")
+        .args([
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ])
+        .arg(&exe)
+        .args(args)
+        .env(INSIDE, "1")
+        .output()
+        .expect("run unshare --net (util-linux; needs root)")
+}

@@ -1,0 +1,184 @@
+//! One termination scenario with traffic, as a load balancer and the
+//! kubelet would produce it: new connections at a steady rate that go on
+//! for LAG seconds after the hook, keep-alive clients, slow downloads in
+//! flight, probes from the node. Shared by the tests and the benchmarks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::client::{self, Fetched};
+use super::load::{self, LoadStats};
+use super::{Kubelet, Nginx, NginxOptions, Sidecar, Termination};
+
+const HANG: Duration = Duration::from_secs(60);
+
+fn json(f: &Fetched) -> Value {
+    serde_json::from_slice(&f.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", f.text()))
+}
+
+/// Waits until the sidecar's `/readyz` answers 200 (at most 10 s).
+pub async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = client::get(addr, "/readyz", HANG).await
+            && r.status == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "sidecar never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: i32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz.max(1))
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// New connections per second from clients.
+    pub rate: f64,
+    /// How long before the hook the load runs (the sidecar learns the rate).
+    pub warmup: Duration,
+    /// How long after the hook new connections keep arriving.
+    pub lag: Duration,
+    pub downloads: usize,
+    pub keepalive: usize,
+    /// Probe-like connections from 127.0.0.2 (the "node") all along.
+    pub node_probes: bool,
+    pub args: Vec<String>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            rate: 100.0,
+            warmup: Duration::from_secs(2),
+            lag: Duration::ZERO,
+            downloads: 2,
+            keepalive: 4,
+            node_probes: false,
+            args: Vec::new(),
+        }
+    }
+}
+
+pub struct Run {
+    pub report: Value,
+    pub load: LoadStats,
+    pub keepalive: LoadStats,
+    pub downloads_complete: usize,
+    pub sigquits: usize,
+    pub term: Termination,
+    /// NGINX gone minus the later of lag end and the last download.
+    pub overhead: Duration,
+    pub sidecar_log: String,
+    /// The sidecar's CPU time during the hook, as a share of one core.
+    pub sidecar_cpu_share: f64,
+}
+
+/// Runs the scenario against a fresh NGINX and a fresh sidecar (`bin`).
+pub async fn run(bin: &Path, s: Scenario) -> Run {
+    const BLOB: usize = 1 << 20;
+    let nginx = Nginx::start(NginxOptions {
+        blob_bytes: BLOB,
+        ..Default::default()
+    })
+    .expect("nginx");
+    let pid_file = nginx.pid_file();
+    let mut args = vec!["--nginx-pid-file", pid_file.to_str().unwrap()];
+    args.extend(s.args.iter().map(String::as_str));
+    let sidecar = Sidecar::spawn(bin, &args).expect("sidecar");
+    wait_ready(sidecar.addr).await;
+
+    let t0 = Instant::now();
+    let hook_at = t0 + s.warmup;
+    let lag_end = hook_at + s.lag;
+    let addr = nginx.addr();
+    let max = (s.rate * (s.warmup + s.lag).as_secs_f64()).ceil() as u64 + 1;
+    let load = tokio::spawn(load::open_loop(addr, s.rate, None, lag_end, max));
+    let keepalive: Vec<_> = (0..s.keepalive)
+        .map(|_| tokio::spawn(load::keepalive(addr, Duration::from_millis(100), lag_end)))
+        .collect();
+    let probes = if s.node_probes {
+        let node: IpAddr = "127.0.0.2".parse().unwrap();
+        // Probes go on until the test ends, as the kubelet's would.
+        Some(tokio::spawn(load::open_loop(
+            addr,
+            10.0,
+            Some(node),
+            t0 + HANG,
+            600,
+        )))
+    } else {
+        None
+    };
+
+    // Slow downloads in flight at the hook: 1 MiB at 500 KB/s, ~2 s each.
+    tokio::time::sleep_until(hook_at - Duration::from_millis(500)).await;
+    let mut downloads = Vec::new();
+    for _ in 0..s.downloads {
+        let d = client::start(addr, "GET", "/blob?rate=500k", "")
+            .await
+            .expect("download starts");
+        downloads.push(tokio::spawn(async move {
+            let r = d.finish().await;
+            (r, Instant::now())
+        }));
+    }
+    tokio::time::sleep_until(hook_at).await;
+    let cpu_before = cpu_time(sidecar.pid());
+    let kubelet_start = Instant::now();
+    let term = Kubelet::new(sidecar.addr, Duration::from_secs(30))
+        .terminate(&nginx)
+        .await;
+    let sidecar_cpu = cpu_time(sidecar.pid()).saturating_sub(cpu_before);
+    let gone = kubelet_start + term.nginx_gone_after.unwrap_or(HANG);
+
+    let load = load.await.unwrap();
+    let mut ka = LoadStats::default();
+    for k in keepalive {
+        ka.merge(&k.await.unwrap());
+    }
+    let mut complete = 0;
+    let mut last_done = hook_at;
+    for d in downloads {
+        let (r, done) = d.await.unwrap();
+        if r.is_ok_and(|f| f.body.len() == BLOB) {
+            complete += 1;
+        }
+        last_done = last_done.max(done);
+    }
+    if let Some(p) = probes {
+        p.abort();
+    }
+    let report = json(term.hook.as_ref().expect("hook answered"));
+    Run {
+        report,
+        load,
+        keepalive: ka,
+        downloads_complete: complete,
+        sigquits: nginx.sigquit_count(),
+        overhead: gone.saturating_duration_since(lag_end.max(last_done)),
+        sidecar_log: sidecar.log(),
+        sidecar_cpu_share: sidecar_cpu.as_secs_f64() / term.hook_took.as_secs_f64().max(1e-3),
+        term,
+    }
+}
