@@ -120,6 +120,14 @@ async fn lag_case(name: &str, lag_s: u64) {
         );
     }
     assert!(!t["samples"].as_array().unwrap().is_empty());
+    // The moment the hook arrived: not ready, draining, NGINX still serving.
+    assert_eq!(r.readyz_during_wait, Some(503));
+    assert_eq!(r.nginx_during_wait, Some(200));
+    let status = r.status_during_wait.as_ref().unwrap();
+    assert_eq!(status["state"], "draining");
+    assert_eq!(status["drain"]["phase"], "await_quiet", "{status:#}");
+    assert!(status["drain"]["sigquit_due_in_ms"].is_u64());
+    assert_eq!(status["traffic"]["census"], "netlink");
     assert!(t["last_connection_closed_at"].is_string(), "{t:#}");
 }
 

@@ -90,6 +90,11 @@ pub struct Run {
     /// NGINX gone minus the later of lag end and the last download.
     pub overhead: Duration,
     pub sidecar_log: String,
+    /// 150 ms after the hook: `/readyz`'s status, `/status`, and the status of
+    /// a request to NGINX.
+    pub readyz_during_wait: Option<u16>,
+    pub status_during_wait: Option<Value>,
+    pub nginx_during_wait: Option<u16>,
     /// The sidecar's CPU time during the hook, as a share of one core.
     pub sidecar_cpu_share: f64,
 }
@@ -146,9 +151,24 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     tokio::time::sleep_until(hook_at).await;
     let cpu_before = cpu_time(sidecar.pid());
     let kubelet_start = Instant::now();
-    let term = Kubelet::new(sidecar.addr, Duration::from_secs(30))
-        .terminate(&nginx)
-        .await;
+    // While the drain waits for traffic to stop: what /readyz and /status say,
+    // and whether NGINX still serves.
+    let observe = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let ready = client::get(sidecar.addr, "/readyz", HANG)
+            .await
+            .ok()
+            .map(|r| r.status);
+        let status = client::get(sidecar.addr, "/status", HANG)
+            .await
+            .ok()
+            .map(|r| json(&r));
+        let served = client::get(addr, "/", HANG).await.ok().map(|r| r.status);
+        (ready, status, served)
+    };
+    let kubelet = Kubelet::new(sidecar.addr, Duration::from_secs(30));
+    let (term, (readyz_during_wait, status_during_wait, nginx_during_wait)) =
+        tokio::join!(kubelet.terminate(&nginx), observe);
     let sidecar_cpu = cpu_time(sidecar.pid()).saturating_sub(cpu_before);
     let gone = kubelet_start + term.nginx_gone_after.unwrap_or(HANG);
 
@@ -178,6 +198,9 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
         sigquits: nginx.sigquit_count(),
         overhead: gone.saturating_duration_since(lag_end.max(last_done)),
         sidecar_log: sidecar.log(),
+        readyz_during_wait,
+        status_during_wait,
+        nginx_during_wait,
         sidecar_cpu_share: sidecar_cpu.as_secs_f64() / term.hook_took.as_secs_f64().max(1e-3),
         term,
     }
