@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::drain::budget::MIN_DRAIN_TIMEOUT;
+use crate::http::OnFailure;
 use crate::sockets::Method;
 
 /// The default hook port. No common Kubernetes component or exporter uses
@@ -32,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the preStop hook (GET /prestop) and drain NGINX when it is called.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a real NGINX on loopback, put traffic through it and drain it
     /// through the hook exactly as the kubelet would, printing what happens.
     Demo(DemoArgs),
@@ -91,6 +92,39 @@ pub struct ServeArgs {
     /// to /proc/net/tcp when netlink is refused), `netlink` or `proc`.
     #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = Method::Auto)]
     pub census: Method,
+
+    /// Require `Authorization: Bearer <token>` on /prestop and /status, with
+    /// the token read from this file (a mounted Secret; re-read when it
+    /// changes). An unreadable or empty file is a startup error.
+    #[arg(long, env = "NGINX_DRAIN_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Only peers in these ranges may call /prestop and /status (403 for
+    /// others). Repeatable; env: comma-separated. Default: any peer.
+    #[arg(long = "allow-cidr", env = "NGINX_DRAIN_ALLOW_CIDR", value_delimiter = ',', value_parser = parse_net, value_name = "CIDR")]
+    pub allow_cidrs: Vec<IpNet>,
+
+    /// Require a bearer token (read from this file) on /metrics too.
+    #[arg(long, env = "NGINX_DRAIN_METRICS_TOKEN_FILE", value_name = "PATH")]
+    pub metrics_token_file: Option<PathBuf>,
+
+    /// When a drain does not succeed (forced, timeout, nginx_died, error):
+    /// `reset` closes the hook's connection with a TCP reset so that the
+    /// kubelet records a FailedPreStopHook event (it ignores status codes);
+    /// `status` answers 500 with the report.
+    #[arg(long, env = "NGINX_DRAIN_ON_FAILURE", value_enum, default_value_t = OnFailure::Reset)]
+    pub on_failure: OnFailure,
+
+    /// Write each final report as JSON to this file, atomically (e.g. the
+    /// container's terminationMessagePath, /dev/termination-log).
+    #[arg(long, env = "NGINX_DRAIN_REPORT_FILE", value_name = "PATH")]
+    pub report_file: Option<PathBuf>,
+
+    /// Open HTTP connections before the oldest idle one is closed to make
+    /// room (connections waiting on a drain are never closed). Lowered
+    /// automatically to fit the process's file limit.
+    #[arg(long, env = "NGINX_DRAIN_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(4..), value_name = "N")]
+    pub max_connections: u32,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -105,11 +105,17 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
                     ..Default::default()
                 },
             },
+            report_file: None,
         },
         shutdown_rx,
     );
     let (_stop_http, stop_rx) = watch::channel(false);
-    tokio::spawn(crate::http::serve(listener, handle.clone(), stop_rx));
+    tokio::spawn(crate::http::serve(
+        listener,
+        handle.clone(),
+        crate::http::Options::default(),
+        stop_rx,
+    ));
     let ready_by = Instant::now() + Duration::from_secs(5);
     while !handle.snapshot().is_ready() {
         if Instant::now() > ready_by {

@@ -1,24 +1,39 @@
 //! The sidecar's HTTP surface (hyper 1, HTTP/1.1): routes to a handle on the
 //! drain. No drain logic lives here: handlers ask the owner and render what
 //! it answers.
+//!
+//! Hardening, because the port is reachable from every pod in a flat
+//! network: small per-connection buffers (requests with huge or too many
+//! headers are refused without growing memory), a header read timeout
+//! (slowloris), request bodies never read (the connection is closed after
+//! the answer instead), and a connection limit that evicts the oldest *idle*
+//! connection rather than refusing a new one, so that the kubelet's hook and
+//! probes are served even when the limit is reached. Connections waiting on
+//! a drain are busy and never evicted.
 
-use std::convert::Infallible;
+use std::collections::BTreeMap;
+
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
+use crate::auth::{TokenFile, peer_allowed};
 use crate::drain::Handle;
 
 /// A client must send its request head within this time (slowloris).
@@ -27,39 +42,200 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight responses get to finish when the sidecar exits.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// Per-connection read buffer: bounds what a request head may use.
+const MAX_BUF: usize = 16 * 1024;
+/// At most this many header lines per request.
+const MAX_HEADERS: usize = 64;
+
 pub type Body = Full<Bytes>;
+
+/// What to do with the hook's connection when a drain did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFailure {
+    /// Answer 500 with the report.
+    Status,
+    /// Reset the connection (TCP RST, no response), so that the kubelet
+    /// records a FailedPreStopHook event: it ignores status codes.
+    Reset,
+}
+
+/// Access and behaviour of the HTTP surface.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Required bearer token for `/prestop` and `/status`.
+    pub token: Option<Arc<TokenFile>>,
+    /// Required bearer token for `/metrics`.
+    pub metrics_token: Option<Arc<TokenFile>>,
+    /// Peers allowed on `/prestop` and `/status` (empty: all).
+    pub allow: Vec<IpNet>,
+    pub on_failure: OnFailure,
+    /// Open connections before the oldest idle one is evicted.
+    pub max_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            token: None,
+            metrics_token: None,
+            allow: Vec::new(),
+            on_failure: OnFailure::Status,
+            max_connections: 512,
+        }
+    }
+}
+
+/// One open connection, as the limit sees it.
+struct Slot {
+    busy: AtomicBool,
+    /// Asked to close; it goes when its task next runs.
+    evicted: AtomicBool,
+    evict: Notify,
+}
+
+/// The open connections, oldest first.
+#[derive(Default)]
+struct Tracker {
+    next: AtomicU64,
+    slots: Mutex<BTreeMap<u64, Arc<Slot>>>,
+}
+
+impl Tracker {
+    fn add(&self) -> (u64, Arc<Slot>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            busy: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        self.lock().insert(id, slot.clone());
+        (id, slot)
+    }
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+    /// Open connections not already asked to close.
+    fn live(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| !s.evicted.load(Ordering::Relaxed))
+            .count()
+    }
+    /// Asks up to `n` of the oldest idle connections to close; returns how
+    /// many were asked (0 when all are busy).
+    fn evict_oldest_idle(&self, n: usize) -> usize {
+        let slots = self.lock();
+        let mut asked = 0;
+        for s in slots.values() {
+            if asked == n {
+                break;
+            }
+            if !s.busy.load(Ordering::Relaxed) && !s.evicted.swap(true, Ordering::Relaxed) {
+                s.evict.notify_one();
+                asked += 1;
+            }
+        }
+        asked
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Marks a connection busy while a request is being answered.
+struct Busy(Arc<Slot>);
+impl Busy {
+    fn new(slot: &Arc<Slot>) -> Busy {
+        slot.busy.store(true, Ordering::Relaxed);
+        Busy(slot.clone())
+    }
+}
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The error a handler returns to make hyper drop the connection; the
+/// socket was set to reset (SO_LINGER 0) first.
+#[derive(Debug)]
+pub struct ResetConnection;
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection reset on purpose (--on-failure reset)")
+    }
+}
+impl std::error::Error for ResetConnection {}
+
+/// What a handler knows about its connection.
+#[derive(Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    fd: RawFd,
+}
 
 /// Serves until `stop` fires, then lets in-flight responses (hook answers)
 /// finish for up to [`SHUTDOWN_GRACE`].
-pub async fn serve(listener: TcpListener, handle: Handle, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    handle: Handle,
+    opts: Options,
+    mut stop: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
+    let tracker = Arc::new(Tracker::default());
+    let opts = Arc::new(opts);
     loop {
+        if tracker.live() >= opts.max_connections && tracker.evict_oldest_idle(1) == 0 {
+            tracing::debug!("connection limit reached and every connection is busy");
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors: make room by closing the
+                        // oldest idle connection, then try again.
+                        let asked = tracker.evict_oldest_idle(8);
+                        tracing::warn!(error = %e, open = tracker.live(), evicting = asked, "accept failed: closing the oldest idle connections to make room");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let conn = Conn { peer, fd: stream.as_raw_fd() };
+                let (id, slot) = tracker.add();
                 let handle = handle.clone();
+                let opts2 = opts.clone();
+                let slot2 = slot.clone();
                 let svc = service_fn(move |req| {
                     let handle = handle.clone();
-                    async move { Ok::<_, Infallible>(route(req, peer, &handle).await) }
+                    let opts = opts2.clone();
+                    let busy = Busy::new(&slot2);
+                    async move {
+                        let r = route(req, conn, &handle, &opts).await;
+                        drop(busy);
+                        r
+                    }
                 });
-                let conn = http1::Builder::new()
+                let served = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_BUF)
+                    .max_headers(MAX_HEADERS)
                     .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let served = graceful.watch(served);
+                let tracker = tracker.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    tokio::select! {
+                        r = served => if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        },
+                        _ = slot.evict.notified() => {
+                            tracing::debug!(%peer, "idle connection closed to stay within the connection limit");
+                        }
                     }
+                    tracker.remove(id);
                 });
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -74,16 +250,64 @@ pub async fn serve(listener: TcpListener, handle: Handle, mut stop: watch::Recei
     }
 }
 
-/// Routes one request. Public so that tests and the demo can reason about
-/// the same table the server uses.
-pub async fn route(req: Request<Incoming>, peer: SocketAddr, handle: &Handle) -> Response<Body> {
+/// Routes one request.
+pub async fn route(
+    req: Request<Incoming>,
+    conn: Conn,
+    handle: &Handle,
+    opts: &Options,
+) -> Result<Response<Body>, ResetConnection> {
     let method = req.method().clone();
-    match req.uri().path() {
+    let path = req.uri().path().to_string();
+    let auth = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    // The body is never read: hyper closes the connection after the answer
+    // instead of buffering whatever a client sends.
+    drop(req);
+    let protected = |token: &Option<Arc<TokenFile>>, check_peer: bool| -> Option<Response<Body>> {
+        if check_peer && !peer_allowed(&opts.allow, conn.peer.ip()) {
+            tracing::warn!(peer = %conn.peer, path = %path, "refused: peer outside --allow-cidr");
+            return Some(json(
+                StatusCode::FORBIDDEN,
+                &error_body("your address is not in --allow-cidr"),
+            ));
+        }
+        if let Some(t) = token
+            && !t.accepts(auth.as_deref())
+        {
+            tracing::warn!(peer = %conn.peer, path = %path, "refused: missing or wrong bearer token");
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                &error_body("a valid bearer token is required (Authorization: Bearer <token>)"),
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"nginx-drain\""),
+            );
+            return Some(r);
+        }
+        None
+    };
+    let response = match path.as_str() {
         "/prestop" => {
             if method != Method::GET && method != Method::POST {
-                return not_allowed("GET, POST");
+                return Ok(not_allowed("GET, POST"));
             }
-            match handle.prestop(peer).await {
+            if let Some(refused) = protected(&opts.token, true) {
+                handle.metrics().observe_hook(refused.status().as_str());
+                return Ok(refused);
+            }
+            let resp = match handle.prestop(conn.peer).await {
+                Some(report)
+                    if !report.outcome.is_success() && opts.on_failure == OnFailure::Reset =>
+                {
+                    handle.metrics().observe_hook("reset");
+                    tracing::warn!(peer = %conn.peer, outcome = report.outcome.as_str(), "resetting the hook's connection so that the kubelet records FailedPreStopHook (--on-failure reset); the report is on /status");
+                    reset(conn.fd);
+                    return Err(ResetConnection);
+                }
                 Some(report) => {
                     let status = StatusCode::from_u16(report.http_status())
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -93,17 +317,19 @@ pub async fn route(req: Request<Incoming>, peer: SocketAddr, handle: &Handle) ->
                     StatusCode::SERVICE_UNAVAILABLE,
                     &error_body("the sidecar is shutting down and cannot start a drain"),
                 ),
-            }
+            };
+            handle.metrics().observe_hook(resp.status().as_str());
+            resp
         }
         "/healthz" => {
             if method != Method::GET && method != Method::HEAD {
-                return not_allowed("GET, HEAD");
+                return Ok(not_allowed("GET, HEAD"));
             }
             text(StatusCode::OK, "ok\n".to_string())
         }
         "/readyz" => {
             if method != Method::GET && method != Method::HEAD {
-                return not_allowed("GET, HEAD");
+                return Ok(not_allowed("GET, HEAD"));
             }
             let snap = handle.snapshot();
             if snap.is_ready() {
@@ -117,17 +343,47 @@ pub async fn route(req: Request<Incoming>, peer: SocketAddr, handle: &Handle) ->
         }
         "/status" => {
             if method != Method::GET && method != Method::HEAD {
-                return not_allowed("GET, HEAD");
+                return Ok(not_allowed("GET, HEAD"));
+            }
+            if let Some(refused) = protected(&opts.token, true) {
+                return Ok(refused);
             }
             json(StatusCode::OK, &handle.snapshot())
+        }
+        "/metrics" => {
+            if method != Method::GET && method != Method::HEAD {
+                return Ok(not_allowed("GET, HEAD"));
+            }
+            if let Some(refused) = protected(&opts.metrics_token, false) {
+                return Ok(refused);
+            }
+            let mut r = Response::new(Full::new(Bytes::from(
+                handle.metrics().render(&handle.snapshot()),
+            )));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
         }
         other => json(
             StatusCode::NOT_FOUND,
             &error_body(&format!(
-                "no such path {other:?}; the endpoints are /prestop, /status, /healthz, /readyz"
+                "no such path {:?}; the endpoints are /prestop, /status, /healthz, /readyz, /metrics",
+                other.chars().take(100).collect::<String>()
             )),
         ),
-    }
+    };
+    Ok(response)
+}
+
+/// Makes the coming close of `fd` send a TCP RST.
+fn reset(fd: RawFd) {
+    // SAFETY: the connection that owns `fd` is alive while its handler runs.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
 }
 
 #[derive(Serialize)]

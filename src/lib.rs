@@ -13,11 +13,13 @@
 //! - [`testbed`] runs a real NGINX and real clients for the demo, the tests
 //!   and the benchmarks.
 
+pub mod auth;
 pub mod cli;
 pub mod demo;
 pub mod drain;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod nginx;
 pub mod report;
 pub mod serve;

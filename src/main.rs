@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             logging::init(&args.log);
-            let (config, listener) = match serve::prepare(&args) {
+            let (config, http_opts, listener) = match serve::prepare(&args) {
                 Ok(x) => x,
                 Err(serve::ConfigError(msg)) => {
                     eprintln!("nginx-drain: {msg}");
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(serve::exit::FAILURE);
                 }
             };
-            rt.block_on(serve::run(config, listener))
+            rt.block_on(serve::run(config, http_opts, listener))
         }
         Command::Demo(args) => {
             logging::init(&args.log);

@@ -10,8 +10,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::auth::TokenFile;
 use crate::cli::ServeArgs;
 use crate::drain;
+use crate::http;
 use crate::nginx::Locator;
 use crate::sockets::PortFilter;
 use crate::sockets::monitor::MonitorConfig;
@@ -32,7 +36,9 @@ pub struct ConfigError(pub String);
 
 /// Checks the configuration and binds the listener. Everything that can be
 /// wrong with the flags is reported here, before anything runs.
-pub fn prepare(args: &ServeArgs) -> Result<(drain::Config, std::net::TcpListener), ConfigError> {
+pub fn prepare(
+    args: &ServeArgs,
+) -> Result<(drain::Config, http::Options, std::net::TcpListener), ConfigError> {
     let locator = match &args.nginx_pid_file {
         Some(p) => Locator::PidFile(p.clone()),
         None => Locator::Discover,
@@ -50,6 +56,22 @@ pub fn prepare(args: &ServeArgs) -> Result<(drain::Config, std::net::TcpListener
             "--port {} is the sidecar's own port (--listen): name NGINX's ports",
             args.listen.port()
         )));
+    }
+    let load = |p: &Option<std::path::PathBuf>| -> Result<Option<Arc<TokenFile>>, ConfigError> {
+        p.as_deref()
+            .map(|p| TokenFile::load(p).map(Arc::new).map_err(ConfigError))
+            .transpose()
+    };
+    let token = load(&args.token_file)?;
+    let metrics_token = load(&args.metrics_token_file)?;
+    if let Some(p) = &args.report_file {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(ConfigError(format!(
+                "--report-file {}: its directory does not exist; mount it or choose another path",
+                p.display()
+            )));
+        }
     }
     let listener = bind(args.listen).map_err(ConfigError)?;
     let own_port = listener
@@ -71,9 +93,37 @@ pub fn prepare(args: &ServeArgs) -> Result<(drain::Config, std::net::TcpListener
                     ignore_peers: args.ignore_peers.clone(),
                 },
             },
+            report_file: args.report_file.clone(),
+        },
+        http::Options {
+            token,
+            metrics_token,
+            allow: args.allow_cidrs.clone(),
+            on_failure: args.on_failure,
+            max_connections: fit_file_limit(args.max_connections as usize),
         },
         listener,
     ))
+}
+
+/// The connection limit, lowered so that open connections cannot exhaust
+/// the process's file descriptors (a few are kept for netlink, /proc and
+/// pidfds).
+fn fit_file_limit(wanted: usize) -> usize {
+    const RESERVED: u64 = 24;
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft.saturating_sub(RESERVED) < wanted as u64 => {
+            let fit = soft.saturating_sub(RESERVED).max(4) as usize;
+            tracing::warn!(
+                wanted,
+                fit,
+                file_limit = soft,
+                "the file limit is low: the HTTP connection limit is lowered to fit"
+            );
+            fit
+        }
+        _ => wanted,
+    }
 }
 
 /// Binds `addr`. The unspecified IPv6 address is bound dual-stack
@@ -127,7 +177,11 @@ fn listen_error(addr: SocketAddr, e: &io::Error) -> String {
 }
 
 /// Runs the sidecar until it has seen NGINX go (after its own SIGTERM).
-pub async fn run(config: drain::Config, listener: std::net::TcpListener) -> ExitCode {
+pub async fn run(
+    config: drain::Config,
+    http_opts: http::Options,
+    listener: std::net::TcpListener,
+) -> ExitCode {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -144,6 +198,11 @@ pub async fn run(config: drain::Config, listener: std::net::TcpListener) -> Exit
         max_delay = %humantime::format_duration(config.policy.max_delay),
         ports = ?config.census.filter.only,
         ignore_peers = ?config.census.filter.ignore_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        token = http_opts.token.as_ref().map(|t| t.path().display().to_string()),
+        allow_cidrs = ?http_opts.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        on_failure = ?http_opts.on_failure,
+        max_connections = http_opts.max_connections,
+        report_file = ?config.report_file,
         version = env!("CARGO_PKG_VERSION"),
         "nginx-drain serving: preStop hook at GET /prestop"
     );
@@ -170,7 +229,7 @@ pub async fn run(config: drain::Config, listener: std::net::TcpListener) -> Exit
 
     let (handle, owner) = drain::spawn(config, shutdown_rx);
     let (stop_http, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(crate::http::serve(listener, handle, stop_rx));
+    let server = tokio::spawn(http::serve(listener, handle, http_opts, stop_rx));
     let code = match owner.await {
         Ok(()) => exit::OK,
         Err(e) => {

@@ -246,7 +246,16 @@ async fn a_pid_file_naming_another_process_is_never_signalled() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("nginx.pid");
     std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
-    let sidecar = Sidecar::spawn(bin(), &["--nginx-pid-file", pid_file.to_str().unwrap()]).unwrap();
+    let sidecar = Sidecar::spawn(
+        bin(),
+        &[
+            "--nginx-pid-file",
+            pid_file.to_str().unwrap(),
+            "--on-failure",
+            "status",
+        ],
+    )
+    .unwrap();
     let ready = get(sidecar.addr, "/readyz").await;
     assert_eq!(ready.status, 503);
     let hook = get(sidecar.addr, "/prestop").await;
@@ -330,7 +339,7 @@ async fn a_download_that_cannot_finish_is_forced_before_the_budget_ends() {
         blob_bytes: 8 << 20,
         ..Default::default()
     });
-    let sidecar = sidecar_for(&nginx, &["--drain-timeout", "3s"]);
+    let sidecar = sidecar_for(&nginx, &["--drain-timeout", "3s", "--on-failure", "status"]);
     wait_ready(sidecar.addr).await;
     let download = start_downloads(nginx.addr(), 1, "100k").await.remove(0);
     let term = Kubelet::new(sidecar.addr, Duration::from_secs(5))

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
+use crate::metrics::Metrics;
 use crate::nginx::{Locator, MasterHandle, NotFound, workers};
 use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, TrafficStatus, ms};
 use crate::sockets::monitor::{Monitor, MonitorConfig};
@@ -42,6 +43,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub policy: sequence::WaitPolicy,
     pub census: MonitorConfig,
+    /// Where to write each final report (atomically), if anywhere.
+    pub report_file: Option<std::path::PathBuf>,
 }
 
 type ReportRx = watch::Receiver<Option<Arc<Report>>>;
@@ -59,6 +62,7 @@ pub struct Handle {
     commands: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Snapshot>,
     monitor: Monitor,
+    metrics: Arc<Metrics>,
 }
 
 impl Handle {
@@ -73,6 +77,10 @@ impl Handle {
         let mut report = rx.await.ok()?;
         let r = report.wait_for(Option::is_some).await.ok()?;
         r.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The state as `/status` shows it, with the latest census.
@@ -103,8 +111,10 @@ pub fn spawn(config: Config, shutdown: watch::Receiver<bool>) -> (Handle, JoinHa
     let detail = format!("looking for nginx via {}", config.locator.describe());
     let (snap_tx, snap_rx) = watch::channel(Snapshot::initial(detail));
     let monitor = Monitor::spawn(config.census.clone());
+    let metrics = Arc::new(Metrics::new());
     let owner = Owner {
         monitor: monitor.clone(),
+        metrics: metrics.clone(),
         config,
         commands: rx,
         snapshot: Arc::new(snap_tx),
@@ -120,6 +130,7 @@ pub fn spawn(config: Config, shutdown: watch::Receiver<bool>) -> (Handle, JoinHa
             commands: tx,
             snapshot: snap_rx,
             monitor,
+            metrics,
         },
         task,
     )
@@ -133,6 +144,7 @@ struct Drain {
 struct Owner {
     config: Config,
     monitor: Monitor,
+    metrics: Arc<Metrics>,
     commands: mpsc::Receiver<Command>,
     snapshot: Arc<watch::Sender<Snapshot>>,
     /// The master being watched; kept after its exit until a new one appears.
@@ -330,6 +342,16 @@ impl Owner {
         let _ = reply.send(rx);
     }
 
+    /// Everything that happens to every final report: metrics, the file.
+    fn finished(&self, report: &Report) {
+        self.metrics.observe_report(report);
+        if let Some(path) = &self.config.report_file
+            && let Err(e) = crate::report::write_file(path, report)
+        {
+            tracing::error!("cannot write --report-file {}: {e}", path.display());
+        }
+    }
+
     fn on_drain_finished(&mut self, joined: Result<Report, tokio::task::JoinError>) {
         let Some(drain) = self.drain.as_mut() else {
             return;
@@ -354,11 +376,13 @@ impl Owner {
             }
         };
         tracing::info!(
+            drain_id = %report.drain_id,
             outcome = report.outcome.as_str(),
             total_ms = report.durations.total_ms,
             report = %serde_json::to_string(&*report).unwrap_or_default(),
             "drain finished"
         );
+        self.finished(&report);
         self.snapshot.send_modify(|s| {
             s.state = State::Drained;
             s.detail = format!(

@@ -1,0 +1,548 @@
+//! Access control, hardened HTTP, metrics and visible failures, against a
+//! real NGINX and the real binary. Bad inputs are sent over raw sockets.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nginx_drain::testbed::client::{self, Fetched};
+use nginx_drain::testbed::scenario::wait_ready;
+use nginx_drain::testbed::{Nginx, NginxOptions, Sidecar};
+use serde_json::Value;
+
+const HANG: Duration = Duration::from_secs(30);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
+}
+
+fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
+    let pid_file = nginx.pid_file();
+    let port = nginx.addr().port().to_string();
+    let mut args = vec![
+        "--nginx-pid-file",
+        pid_file.to_str().unwrap(),
+        "--port",
+        &port,
+    ];
+    args.extend_from_slice(extra);
+    Sidecar::spawn(bin(), &args).expect("start sidecar")
+}
+
+/// One request with extra header lines, over a raw socket.
+fn raw_request(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(HANG))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sends `bytes` and reads what comes back within 2 s: the status code of
+/// the first response, if any.
+fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let _ = s.write_all(bytes);
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+}
+
+fn healthz_within_1s(addr: SocketAddr) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect to the sidecar");
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .expect("/healthz answered within 1 s");
+    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+fn json(f: &Fetched) -> Value {
+    serde_json::from_slice(&f.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", f.text()))
+}
+
+fn token_file(dir: &Path, token: &str) -> std::path::PathBuf {
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_right_token_from_an_allowed_peer_drains() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tf = token_file(dir.path(), "s3cret-token");
+    // The sidecar listens on 127.0.0.1; 127.0.0.2 is "another pod".
+    let sidecar = sidecar_for(
+        &nginx,
+        &[
+            "--token-file",
+            tf.to_str().unwrap(),
+            "--allow-cidr",
+            "127.0.0.1/32",
+        ],
+    );
+    wait_ready(sidecar.addr).await;
+
+    let (code, body) = raw_request(sidecar.addr, "/prestop", "").unwrap();
+    assert_eq!(code, 401, "no token: {body}");
+    let r = client::start(sidecar.addr, "GET", "/prestop", "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{}",
+        r.headers
+    );
+    let (code, _) =
+        raw_request(sidecar.addr, "/prestop", "Authorization: Bearer wrong\r\n").unwrap();
+    assert_eq!(code, 401, "wrong token");
+    let (code, _) = raw_request(sidecar.addr, "/status", "").unwrap();
+    assert_eq!(code, 401, "/status needs the token too");
+    // The right token from outside --allow-cidr.
+    let d = client::start_from(
+        Some("127.0.0.2".parse().unwrap()),
+        sidecar.addr,
+        "GET",
+        "/prestop",
+        "Authorization: Bearer s3cret-token\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(d.status, 403);
+    // Probes stay open.
+    assert_eq!(raw_request(sidecar.addr, "/healthz", "").unwrap().0, 200);
+    assert_eq!(raw_request(sidecar.addr, "/readyz", "").unwrap().0, 200);
+    assert_eq!(raw_request(sidecar.addr, "/metrics", "").unwrap().0, 200);
+    assert!(nginx.is_running());
+    assert_eq!(nginx.sigquit_count(), 0, "nginx untouched by refused hooks");
+    let log = sidecar.log();
+    assert!(
+        log.contains("refused: missing or wrong bearer token") && log.contains("127.0.0.1:"),
+        "{log}"
+    );
+    assert!(
+        log.contains("refused: peer outside --allow-cidr") && log.contains("127.0.0.2:"),
+        "{log}"
+    );
+
+    let (code, body) = raw_request(
+        sidecar.addr,
+        "/prestop",
+        "Authorization: Bearer s3cret-token\r\n",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"outcome\": \"drained\""), "{body}");
+    assert_eq!(nginx.sigquit_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_replaces_the_old_one() {
+    // The layout of a mounted Secret: token -> ..data/token, ..data -> ..v1.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (v, t) in [("..v1", "old-token"), ("..v2", "new-token")] {
+        std::fs::create_dir(d.join(v)).unwrap();
+        std::fs::write(d.join(v).join("token"), t).unwrap();
+    }
+    std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/token", d.join("token")).unwrap();
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &["--token-file", d.join("token").to_str().unwrap()]);
+    wait_ready(sidecar.addr).await;
+    assert_eq!(
+        raw_request(
+            sidecar.addr,
+            "/status",
+            "Authorization: Bearer old-token\r\n"
+        )
+        .unwrap()
+        .0,
+        200
+    );
+    // Swap atomically, as the kubelet does: a new symlink renamed over ..data.
+    std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    assert_eq!(
+        raw_request(
+            sidecar.addr,
+            "/status",
+            "Authorization: Bearer old-token\r\n"
+        )
+        .unwrap()
+        .0,
+        401
+    );
+    assert_eq!(
+        raw_request(
+            sidecar.addr,
+            "/status",
+            "Authorization: Bearer new-token\r\n"
+        )
+        .unwrap()
+        .0,
+        200
+    );
+    let (code, body) = raw_request(
+        sidecar.addr,
+        "/prestop",
+        "Authorization: Bearer new-token\r\n",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn an_empty_or_missing_token_file_is_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for (path, expect) in [
+        (empty.to_str().unwrap(), "is empty"),
+        ("/nonexistent/token", "cannot read token file"),
+    ] {
+        let out = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--token-file", path])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_never_stop_the_probes_or_touch_nginx() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tf = token_file(dir.path(), "tok");
+    // A file limit of 64 (as under `ulimit -n 64`): far fewer descriptors
+    // than the connections below, so only evicting idle connections keeps
+    // the probes and the hook answered.
+    let addr = SocketAddr::from(([127, 0, 0, 1], nginx_drain::testbed::free_port()));
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=64:64", "--"])
+        .arg(bin())
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--port",
+            &nginx.addr().port().to_string(),
+        ])
+        .arg("--nginx-pid-file")
+        .arg(nginx.pid_file())
+        .arg("--token-file")
+        .arg(&tf);
+    let sidecar = Sidecar::spawn_command(cmd, addr).expect("prlimit (util-linux)");
+    wait_ready(sidecar.addr).await;
+    assert!(
+        sidecar.log().contains("the file limit is low"),
+        "{}",
+        sidecar.log()
+    );
+
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..10_000)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage request line",
+            b"\x00\x01\xffgarbage garbage\r\n\r\n".to_vec(),
+        ),
+        ("HTTP/0.9", b"GET /prestop\r\n".to_vec()),
+        (
+            "unknown version",
+            b"GET /prestop HTTP/7.3\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("64 KiB header", big_header.into_bytes()),
+        ("10 000 header lines", many_headers.into_bytes()),
+        (
+            "a body on GET /prestop without a token",
+            [
+                b"GET /prestop HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n".to_vec(),
+                vec![b'x'; 256 * 1024],
+            ]
+            .concat(),
+        ),
+    ];
+    for (name, bytes) in &cases {
+        let status = send_raw(addr, bytes);
+        assert!(
+            status.is_none_or(|s| s >= 400),
+            "{name}: answered {status:?}"
+        );
+        healthz_within_1s(addr);
+    }
+    // Pipelined requests are answered in order.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(HANG)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let codes: Vec<&str> = out
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &out[i + 9..i + 12])
+        .collect();
+    assert_eq!(codes, ["200", "200", "404"], "{out}");
+
+    // Slowloris: 50 clients that never finish their headers, and 300 idle
+    // connections, far over the 64 descriptors.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+        slow.push(c);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(addr).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    healthz_within_1s(addr);
+    assert!(nginx.is_running());
+    assert_eq!(nginx.sigquit_count(), 0, "no bad input reached nginx");
+    // The hook is still served at the limit.
+    let (code, body) = raw_request(addr, "/prestop", "Authorization: Bearer tok\r\n").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"outcome\": \"drained\""));
+    drop(slow);
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_client_that_leaves_does_not_cancel_the_drain() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &[]);
+    wait_ready(sidecar.addr).await;
+    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
+        .await
+        .unwrap();
+    let download = tokio::spawn(d.finish());
+    {
+        let mut s = TcpStream::connect(sidecar.addr).unwrap();
+        s.write_all(b"GET /prestop HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    } // the client disconnects mid-drain
+    let fetched = download.await.unwrap().expect("the download completes");
+    assert_eq!(fetched.body.len(), 1 << 20);
+    let deadline = Instant::now() + HANG;
+    loop {
+        let status = json(&client::get(sidecar.addr, "/status", HANG).await.unwrap());
+        if status["last_report"]["outcome"] == "drained" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!nginx.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_openmetrics_and_count_the_drains() {
+    let mut nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &[]);
+    wait_ready(sidecar.addr).await;
+    assert_eq!(raw_request(sidecar.addr, "/prestop", "").unwrap().0, 200);
+    nginx.wait_exit(HANG).unwrap();
+    let second = nginx.restart().unwrap();
+    wait_ready(sidecar.addr).await;
+    assert_eq!(raw_request(sidecar.addr, "/prestop", "").unwrap().0, 200);
+    drop(second);
+    let m = client::get(sidecar.addr, "/metrics", HANG).await.unwrap();
+    assert!(
+        m.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = m.text();
+    // Python's prometheus_client OpenMetrics parser: a real, strict parser.
+    let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+fams = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
+def value(name, sample, **labels):
+    for s in fams[name].samples:
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    raise SystemExit(f"no sample {sample} {labels}")
+assert value("nginx_drain_drains", "nginx_drain_drains_total", outcome="drained") == 2
+assert value("nginx_drain_hook_requests", "nginx_drain_hook_requests_total", code="200") == 2
+assert value("nginx_drain_drain_duration_seconds", "nginx_drain_drain_duration_seconds_count") == 2
+assert value("nginx_drain_build", "nginx_drain_build_info") == 1
+for name in ["nginx_drain_wait_before_sigquit_seconds", "nginx_drain_connections_at_sigquit",
+             "nginx_drain_nginx_master_up", "nginx_drain_nginx_workers",
+             "nginx_drain_arrivals_per_second", "nginx_drain_open_connections"]:
+    assert name in fams, name
+print("ok")
+"#;
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (scripts/test installs it)");
+    py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_drain_resets_the_hook_by_default_or_answers_500() {
+    for mode in ["reset", "status"] {
+        let nginx = Nginx::start(NginxOptions {
+            blob_bytes: 8 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let report_file = dir.path().join("termination-log");
+        let mut args = vec![
+            "--drain-timeout",
+            "3s",
+            "--report-file",
+            report_file.to_str().unwrap(),
+        ];
+        if mode == "status" {
+            args.extend(["--on-failure", "status"]);
+        }
+        let sidecar = sidecar_for(&nginx, &args);
+        wait_ready(sidecar.addr).await;
+        let d = client::start(nginx.addr(), "GET", "/blob?rate=100k", "")
+            .await
+            .unwrap();
+        let download = tokio::spawn(d.finish());
+        let mut s = TcpStream::connect(sidecar.addr).unwrap();
+        s.set_read_timeout(Some(HANG)).unwrap();
+        s.write_all(b"GET /prestop HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = s.read_to_end(&mut buf);
+        match mode {
+            "reset" => {
+                let e = read.expect_err("a reset, not a response");
+                assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+                assert!(buf.is_empty(), "no response bytes before the reset");
+            }
+            _ => {
+                let text = String::from_utf8_lossy(&buf);
+                assert!(text.starts_with("HTTP/1.1 500"), "{text}");
+                assert!(text.contains("\"outcome\": \"forced\""), "{text}");
+            }
+        }
+        let status = json(&client::get(sidecar.addr, "/status", HANG).await.unwrap());
+        assert_eq!(
+            status["last_report"]["outcome"], "forced",
+            "the report stays on /status"
+        );
+        let written: Value = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
+        assert_eq!(written["outcome"], "forced");
+        assert_eq!(written["drain_id"], status["last_report"]["drain_id"]);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+        assert!(
+            download.await.unwrap().is_err(),
+            "the forced stop cut the download"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_pod_namespace_and_drain_id() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let pid_file = nginx.pid_file();
+    let port = nginx.addr().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], nginx_drain::testbed::free_port()));
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--log-format",
+        "json",
+        "--port",
+        &port.to_string(),
+    ])
+    .arg("--nginx-pid-file")
+    .arg(&pid_file)
+    .env("POD_NAME", "web-7f9c")
+    .env("POD_NAMESPACE", "edge");
+    let sidecar = Sidecar::spawn_command(cmd, addr).unwrap();
+    wait_ready(addr).await;
+    let report = json(&client::get(addr, "/prestop", HANG).await.unwrap());
+    let id = report["drain_id"].as_str().unwrap().to_string();
+    // The owner logs "drain finished" right after the hook is answered.
+    let deadline = Instant::now() + HANG;
+    while !sidecar.log().contains("drain finished") {
+        assert!(Instant::now() < deadline, "{}", sidecar.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lines: Vec<Value> = sidecar
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["pod"] == "web-7f9c" && l["namespace"] == "edge")
+    );
+    let sigquit = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("SIGQUIT sent")
+        })
+        .unwrap();
+    assert_eq!(sigquit["span"]["drain_id"], id.as_str());
+    let done = lines
+        .iter()
+        .find(|l| l["message"] == "drain finished")
+        .unwrap();
+    assert_eq!(done["drain_id"], id.as_str());
+}
