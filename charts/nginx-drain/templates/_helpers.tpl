@@ -1,0 +1,140 @@
+{{/* Names and labels. */}}
+{{- define "nginx-drain.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "nginx-drain.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "nginx-drain.labels" -}}
+{{ include "nginx-drain.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "nginx-drain.tokenSecret" -}}
+{{- default (printf "%s-token" (include "nginx-drain.fullname" .)) .Values.token.existingSecret -}}
+{{- end -}}
+
+{{/*
+The token: the existing Secret's on upgrades (lookup), a new random one on
+install. `helm template` cannot look up, so it renders a fresh one.
+*/}}
+{{- define "nginx-drain.token" -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "nginx-drain.tokenSecret" .) -}}
+{{- if and $existing $existing.data (hasKey $existing.data "token") -}}
+{{- index $existing.data "token" | b64dec -}}
+{{- else if .Values.token.existingSecret -}}
+{{- fail (printf "token.existingSecret %q was not found in namespace %s (or has no key \"token\"): create it first, or leave token.existingSecret empty to let the chart generate one" .Values.token.existingSecret .Release.Namespace) -}}
+{{- else -}}
+{{- randAlphaNum 40 -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Grace math: --drain-timeout = terminationGracePeriodSeconds - marginSeconds,
+and it must leave the kubelet at least 2 s (its minimum after the hook).
+*/}}
+{{- define "nginx-drain.drainTimeout" -}}
+{{- $grace := int .Values.terminationGracePeriodSeconds -}}
+{{- $margin := int .Values.drain.marginSeconds -}}
+{{- $budget := sub $grace $margin -}}
+{{- if gt (int .Values.drain.timeoutSeconds) 0 -}}
+{{- $budget = int .Values.drain.timeoutSeconds -}}
+{{- if gt $budget (sub $grace 2) -}}
+{{- fail (printf "drain.timeoutSeconds (%d) must end at least 2s before terminationGracePeriodSeconds (%d), or the kubelet SIGKILLs NGINX mid-drain: lower drain.timeoutSeconds or raise terminationGracePeriodSeconds" $budget $grace) -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.drain.extraArgs -}}
+{{- if hasPrefix "--drain-timeout" . -}}
+{{- fail "drain.extraArgs sets --drain-timeout: the chart derives it from terminationGracePeriodSeconds; set drain.timeoutSeconds or drain.marginSeconds instead" -}}
+{{- end -}}
+{{- end -}}
+{{- if lt $budget 3 -}}
+{{- fail (printf "the drain budget would be %ds (terminationGracePeriodSeconds %d - drain.marginSeconds %d): it must be at least 3s; raise terminationGracePeriodSeconds" $budget $grace $margin) -}}
+{{- end -}}
+{{- $budget -}}
+{{- end -}}
+
+{{/* Everything that cannot work is refused here, with what to change. */}}
+{{- define "nginx-drain.validate" -}}
+{{- if not .Values.shareProcessNamespace -}}
+{{- fail "shareProcessNamespace is false: nginx-drain finds and signals NGINX through the pod's shared process namespace; set shareProcessNamespace: true" -}}
+{{- end -}}
+{{- if and .Values.nginx.lifecycle (hasKey .Values.nginx.lifecycle "preStop") -}}
+{{- fail "nginx.lifecycle.preStop is set: the chart's preStop httpGet to nginx-drain must be the only preStop hook (each container's preStop runs in parallel, so another hook would stop NGINX behind the drain's back); remove nginx.lifecycle.preStop" -}}
+{{- end -}}
+{{- $_ := include "nginx-drain.drainTimeout" . -}}
+{{- end -}}
+
+{{- define "nginx-drain.sidecar" -}}
+- name: nginx-drain
+  image: "{{ .Values.drain.image.repository }}:{{ .Values.drain.image.tag | default .Chart.AppVersion }}"
+  imagePullPolicy: {{ .Values.drain.image.pullPolicy }}
+  {{- if .Values.sidecar.native }}
+  restartPolicy: Always
+  {{- end }}
+  args:
+    - --listen=[::]:{{ .Values.drain.port }}
+    - --drain-timeout={{ include "nginx-drain.drainTimeout" . }}s
+    - --min-delay={{ .Values.drain.minDelay }}
+    - --max-delay={{ .Values.drain.maxDelay }}
+    - --on-failure={{ .Values.drain.onFailure }}
+    - --log-format={{ .Values.drain.logFormat }}
+    - --log-level={{ .Values.drain.logLevel }}
+    {{- if .Values.token.enabled }}
+    - --token-file=/var/run/nginx-drain/token
+    {{- end }}
+    {{- if .Values.drain.reportToTerminationMessage }}
+    - --report-file=/dev/termination-log
+    {{- end }}
+    {{- range .Values.drain.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: POD_NAMESPACE
+      valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    # The kubelet's probes and hook come from the node: they are not traffic.
+    - name: NGINX_DRAIN_IGNORE_PEER
+      valueFrom: {fieldRef: {fieldPath: status.hostIP}}
+  ports:
+    - name: drain
+      containerPort: {{ .Values.drain.port }}
+      protocol: TCP
+  readinessProbe:
+    httpGet: {path: /readyz, port: drain}
+    periodSeconds: 2
+    failureThreshold: 1
+  livenessProbe:
+    httpGet: {path: /healthz, port: drain}
+    periodSeconds: 10
+    failureThreshold: 3
+  resources:
+    {{- toYaml .Values.drain.resources | nindent 4 }}
+  terminationMessagePolicy: File
+  securityContext:
+    runAsUser: {{ .Values.drain.runAsUser }}
+    runAsGroup: {{ .Values.drain.runAsUser }}
+    runAsNonRoot: {{ ne (int .Values.drain.runAsUser) 0 }}
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    privileged: false
+    capabilities:
+      drop: [ALL]
+    seccompProfile: {type: RuntimeDefault}
+  {{- if .Values.token.enabled }}
+  volumeMounts:
+    - name: drain-token
+      mountPath: /var/run/nginx-drain
+      readOnly: true
+  {{- end }}
+{{- end -}}
