@@ -46,6 +46,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const MAX_BUF: usize = 16 * 1024;
 /// At most this many header lines per request.
 const MAX_HEADERS: usize = 64;
+/// Over the connection limit, only connections idle at least this long are
+/// closed to make room (unless descriptors run out).
+const EVICT_MIN_AGE: Duration = Duration::from_secs(1);
 
 pub type Body = Full<Bytes>;
 
@@ -87,6 +90,7 @@ impl Default for Options {
 
 /// One open connection, as the limit sees it.
 struct Slot {
+    accepted: std::time::Instant,
     busy: AtomicBool,
     /// Asked to close; it goes when its task next runs.
     evicted: AtomicBool,
@@ -104,6 +108,7 @@ impl Tracker {
     fn add(&self) -> (u64, Arc<Slot>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
+            accepted: std::time::Instant::now(),
             busy: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
@@ -121,16 +126,20 @@ impl Tracker {
             .filter(|s| !s.evicted.load(Ordering::Relaxed))
             .count()
     }
-    /// Asks up to `n` of the oldest idle connections to close; returns how
-    /// many were asked (0 when all are busy).
-    fn evict_oldest_idle(&self, n: usize) -> usize {
+    /// Asks up to `n` of the oldest idle connections that are at least
+    /// `min_age` old to close; returns how many were asked. The age spares
+    /// a burst of new connections whose requests are still being read.
+    fn evict_oldest_idle(&self, n: usize, min_age: Duration) -> usize {
         let slots = self.lock();
         let mut asked = 0;
         for s in slots.values() {
             if asked == n {
                 break;
             }
-            if !s.busy.load(Ordering::Relaxed) && !s.evicted.swap(true, Ordering::Relaxed) {
+            if !s.busy.load(Ordering::Relaxed)
+                && s.accepted.elapsed() >= min_age
+                && !s.evicted.swap(true, Ordering::Relaxed)
+            {
                 s.evict.notify_one();
                 asked += 1;
             }
@@ -186,7 +195,9 @@ pub async fn serve(
     let tracker = Arc::new(Tracker::default());
     let opts = Arc::new(opts);
     loop {
-        if tracker.live() >= opts.max_connections && tracker.evict_oldest_idle(1) == 0 {
+        if tracker.live() >= opts.max_connections
+            && tracker.evict_oldest_idle(1, EVICT_MIN_AGE) == 0
+        {
             tracing::debug!("connection limit reached and every connection is busy");
         }
         tokio::select! {
@@ -196,7 +207,8 @@ pub async fn serve(
                     Err(e) => {
                         // Out of file descriptors: make room by closing the
                         // oldest idle connection, then try again.
-                        let asked = tracker.evict_oldest_idle(8);
+                        // Out of descriptors: no age spares anyone idle.
+                        let asked = tracker.evict_oldest_idle(8, Duration::ZERO);
                         tracing::warn!(error = %e, open = tracker.live(), evicting = asked, "accept failed: closing the oldest idle connections to make room");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;

@@ -1,0 +1,219 @@
+//! Property tests (proptest) of every parser that reads bytes another
+//! process or a network peer controls. Each must return a value or an
+//! error for any input, never panic, and agree with what it was given.
+//!
+//! The run in `scripts/test` is bounded (proptest's 256 cases a property).
+//! A longer run: `PROPTEST_CASES=200000 cargo test --release --test fuzz`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nginx_drain::auth::{bearer, parse_token, peer_allowed};
+use nginx_drain::nginx::procfs::{parse_cmdline, parse_pid_file, parse_stat, parse_status_uid};
+use nginx_drain::sockets::netlink::parse_datagram;
+use nginx_drain::sockets::procnet::parse_line;
+use proptest::prelude::*;
+
+proptest! {
+    #[test]
+    fn stat_never_panics(s in ".{0,300}") {
+        let _ = parse_stat(&s);
+    }
+
+    #[test]
+    fn stat_reads_back_what_the_kernel_writes(
+        pid in 1i32..4_000_000,
+        comm in "[^\n]{0,15}",
+        state in prop::sample::select(vec!['R', 'S', 'D', 'Z', 'T', 'I']),
+        ppid in 0i32..4_000_000,
+        start in any::<u64>(),
+    ) {
+        let line = format!("{pid} ({comm}) {state} {ppid} 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {start} 10502144 1670 1844 0 0");
+        let s = parse_stat(&line).unwrap();
+        prop_assert_eq!((s.pid, s.comm.as_str(), s.state, s.ppid, s.start_ticks), (pid, comm.as_str(), state, ppid, start));
+    }
+
+    #[test]
+    fn cmdline_never_panics_and_has_no_nul(raw in prop::collection::vec(any::<u8>(), 0..512)) {
+        let title = parse_cmdline(&raw);
+        prop_assert!(!title.contains('\0'));
+    }
+
+    #[test]
+    fn pid_file(s in ".{0,64}") {
+        if let Ok(pid) = parse_pid_file(&s) {
+            prop_assert!(pid > 0);
+            prop_assert_eq!(s.trim().parse::<i32>().ok(), Some(pid));
+        }
+    }
+
+    #[test]
+    fn status_uid_never_panics(s in ".{0,300}") {
+        let _ = parse_status_uid(&s);
+    }
+
+    #[test]
+    fn proc_net_tcp_never_panics(s in ".{0,200}") {
+        let _ = parse_line(&s);
+    }
+
+    #[test]
+    fn proc_net_tcp_reads_back_addresses(a in any::<[u8; 4]>(), b in any::<[u8; 4]>(), lp in any::<u16>(), rp in any::<u16>(), st in 1u8..12, inode in any::<u32>()) {
+        let hex = |ip: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(ip));
+        let line = format!("   0: {}:{lp:04X} {}:{rp:04X} {st:02X} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0", hex(a), hex(b));
+        let s = parse_line(&line).unwrap();
+        prop_assert_eq!(s.local, SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), lp));
+        prop_assert_eq!(s.peer, SocketAddr::new(IpAddr::V4(Ipv4Addr::from(b)), rp));
+        prop_assert_eq!((s.state, s.inode), (st, inode));
+    }
+
+    #[test]
+    fn proc_net_tcp6_reads_back_addresses(a in any::<[u8; 16]>(), lp in any::<u16>()) {
+        let hex: String = a.chunks(4).map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))).collect();
+        let line = format!("   0: {hex}:{lp:04X} {hex}:0050 01 00000000:00000000 00:00000000 00000000     0        0 7 1");
+        let s = parse_line(&line).unwrap();
+        let ip = Ipv6Addr::from(a);
+        let expected = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        prop_assert_eq!(s.local, SocketAddr::new(expected, lp));
+    }
+
+    #[test]
+    fn netlink_datagrams_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), seq in any::<u32>()) {
+        let mut out = Vec::new();
+        let _ = parse_datagram(&bytes, seq, &mut out);
+    }
+
+    #[test]
+    fn netlink_headers_with_lying_lengths_never_panic(len in any::<u32>(), ty in any::<u16>(), body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&len.to_ne_bytes());
+        msg.extend_from_slice(&ty.to_ne_bytes());
+        msg.extend_from_slice(&[0, 0]);
+        msg.extend_from_slice(&1u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&body);
+        let mut out = Vec::new();
+        let _ = parse_datagram(&msg, 1, &mut out);
+    }
+
+    #[test]
+    fn token_files(raw in prop::collection::vec(any::<u8>(), 0..256)) {
+        if let Some(t) = parse_token(&raw) {
+            prop_assert!(!t.is_empty());
+            prop_assert!(!t[0].is_ascii_whitespace() && !t[t.len() - 1].is_ascii_whitespace());
+        }
+    }
+
+    #[test]
+    fn authorization_headers(raw in prop::collection::vec(any::<u8>(), 0..256)) {
+        if let Some(t) = bearer(&raw) {
+            prop_assert!(raw.len() >= 7 && raw[..7].eq_ignore_ascii_case(b"bearer "));
+            prop_assert!(t.len() <= raw.len() - 7);
+        }
+    }
+
+    #[test]
+    fn peer_ranges(ip in any::<[u8; 4]>(), net in any::<[u8; 4]>(), prefix in 0u8..=32) {
+        let range: ipnet::IpNet = ipnet::Ipv4Net::new(Ipv4Addr::from(net), prefix).unwrap().into();
+        let v4 = IpAddr::V4(Ipv4Addr::from(ip));
+        let mapped = IpAddr::V6(Ipv4Addr::from(ip).to_ipv6_mapped());
+        prop_assert_eq!(peer_allowed(std::slice::from_ref(&range), v4), range.contains(&v4));
+        prop_assert_eq!(peer_allowed(std::slice::from_ref(&range), mapped), range.contains(&v4), "v4-mapped peers match v4 ranges");
+    }
+}
+
+/// The real HTTP server, in a thread of its own, with no NGINX behind it.
+fn server() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let dir = tempfile::tempdir().unwrap();
+                let config = nginx_drain::drain::Config {
+                    locator: nginx_drain::nginx::Locator::PidFile(dir.path().join("nginx.pid")),
+                    drain_timeout: Duration::from_secs(5),
+                    policy: nginx_drain::drain::sequence::WaitPolicy {
+                        min_delay: Duration::from_millis(250),
+                        max_delay: Duration::from_secs(1),
+                    },
+                    census: nginx_drain::sockets::monitor::MonitorConfig {
+                        method: nginx_drain::sockets::Method::Proc,
+                        filter: nginx_drain::sockets::PortFilter {
+                            only: [1].into(),
+                            ..Default::default()
+                        },
+                    },
+                    report_file: None,
+                };
+                let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let (handle, _owner) = nginx_drain::drain::spawn(config, stop_rx.clone());
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                nginx_drain::http::serve(
+                    listener,
+                    handle,
+                    nginx_drain::http::Options::default(),
+                    stop_rx,
+                )
+                .await;
+                drop(dir);
+            });
+        });
+        rx.recv().unwrap()
+    })
+}
+
+/// Sends `bytes` and reads the answer until the server closes. With
+/// `half_close`, the write side is shut first, so that a partial request
+/// ends at once (hyper closes on EOF) instead of at the header timeout.
+fn exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Arbitrary request paths, methods and headers: every answer is a
+    /// well-formed HTTP response (or a closed connection), and the server
+    /// keeps answering /healthz.
+    #[test]
+    fn http_paths_and_headers(
+        method in prop::sample::select(vec!["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "BREW"]),
+        path in "/[ -~]{0,64}",
+        header in "[A-Za-z-]{1,20}",
+        value in "[ -~]{0,80}",
+        auth in prop::option::of("[ -~]{0,80}"),
+    ) {
+        let addr = server();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{header}: {value}\r\n{auth}Connection: close\r\n\r\n");
+        let resp = exchange(addr, req.as_bytes(), false);
+        prop_assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 "), "{resp}");
+        let health = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false);
+        prop_assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    }
+
+    #[test]
+    fn http_raw_bytes(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        let addr = server();
+        let resp = exchange(addr, &bytes, true);
+        prop_assert!(resp.is_empty() || resp.starts_with("HTTP/1."), "{resp}");
+        let health = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false);
+        prop_assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    }
+}
