@@ -1,0 +1,600 @@
+//! Faults and races, with real processes: what happens when NGINX dies, a
+//! pid is recycled, the pid file lies, a thousand hooks arrive, the sidecar
+//! itself is killed, signals cross, permissions are missing, a client never
+//! speaks, the wall clock jumps, or NGINX is still starting.
+//! docs/RELIABILITY.md maps each case to its test.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nginx_drain::testbed::client;
+use nginx_drain::testbed::scenario::wait_ready;
+use nginx_drain::testbed::{Nginx, NginxOptions, Sidecar, free_port};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const HANG: Duration = Duration::from_secs(30);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
+}
+
+fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
+    let pid_file = nginx.pid_file();
+    let port = nginx.addr().port().to_string();
+    let mut args = vec![
+        "--nginx-pid-file",
+        pid_file.to_str().unwrap(),
+        "--port",
+        &port,
+    ];
+    args.extend_from_slice(extra);
+    Sidecar::spawn(bin(), &args).expect("start sidecar")
+}
+
+/// GET `path` over a raw socket: the whole answer, or the I/O error (a
+/// reset shows up as ConnectionReset).
+fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(HANG))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn body_json(resp: &str) -> Value {
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp}"))
+}
+
+async fn status(addr: SocketAddr) -> Value {
+    let r = client::get(addr, "/status", HANG).await.unwrap();
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| nginx_drain::nginx::procfs::parse_stat(&s).ok())
+        .is_some_and(|s| !s.is_zombie())
+}
+
+/// Case 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_killed_mid_drain_is_nginx_died_within_a_second_never_drained() {
+    let mut nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &[]);
+    wait_ready(sidecar.addr).await;
+    let d = client::start(nginx.addr(), "GET", "/blob?rate=100k", "")
+        .await
+        .unwrap();
+    let download = tokio::spawn(d.finish());
+    let workers: Vec<i32> = nginx.workers().iter().map(|w| w.pid).collect();
+    let addr = sidecar.addr;
+    let hook = std::thread::spawn(move || {
+        let r = raw_get(addr, "/prestop");
+        (r, Instant::now())
+    });
+    wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let killed = Instant::now();
+    nginx.signal(Signal::SIGKILL).unwrap();
+    let (r, answered) = hook.join().unwrap();
+    let e = r.expect_err("default --on-failure reset: a reset, not an answer");
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+    assert!(
+        answered - killed < Duration::from_secs(1),
+        "answered {:?} after the kill",
+        answered - killed
+    );
+    let s = status(addr).await;
+    assert_eq!(s["last_report"]["outcome"], "nginx_died", "{s:#}");
+    assert!(
+        !s["last_report"]["workers_left"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s["last_report"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("killed")
+    );
+    for w in workers {
+        let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
+    }
+    let _ = download.await;
+    nginx.wait_exit(HANG);
+}
+
+/// Case 2: the pid in a stale pid file is given to another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycled_pid_is_never_signalled() {
+    let mut nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &["--on-failure", "status"]);
+    wait_ready(sidecar.addr).await;
+    let m = nginx.pid();
+    // NGINX crashes and leaves its pid file behind.
+    let workers: Vec<i32> = nginx.workers().iter().map(|w| w.pid).collect();
+    nginx.signal(Signal::SIGKILL).unwrap();
+    for w in workers {
+        let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
+    }
+    nginx.wait_exit(HANG).unwrap();
+    // Recycle the pid: make the next fork get it (ns_last_pid, as root).
+    let mut impostor = None;
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (m - 1).to_string())
+            .expect("write ns_last_pid (root)");
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        if child.id() as i32 == m {
+            impostor = Some(child);
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut impostor =
+        impostor.expect("could not recycle the pid (another process forked in between 200 times)");
+    let deadline = Instant::now() + HANG;
+    let ready = loop {
+        let r = raw_get(sidecar.addr, "/readyz").unwrap();
+        // (Right after fork, before exec, the child still has the test's
+        // own title: wait for the one of `sleep`.)
+        if (r.contains("not an nginx master") && r.contains("sleep 60"))
+            || Instant::now() > deadline
+        {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(
+        ready.contains(&format!("pid {m}")) && ready.contains("sleep 60"),
+        "{ready}"
+    );
+    let r = raw_get(sidecar.addr, "/prestop").unwrap();
+    assert!(r.starts_with("HTTP/1.1 500"), "{r}");
+    let report = body_json(&r);
+    assert_eq!(report["outcome"], "error");
+    let msg = report["message"].as_str().unwrap();
+    assert!(
+        msg.contains("not an nginx master") && msg.contains("not signalled"),
+        "{msg}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        impostor.try_wait().unwrap().is_none(),
+        "the process that got the pid was not signalled"
+    );
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}
+
+/// Case 3: what the pid file may hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_files_that_lie_are_named_in_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("nginx.pid");
+    let sidecar = Sidecar::spawn(
+        bin(),
+        &[
+            "--nginx-pid-file",
+            pid_file.to_str().unwrap(),
+            "--on-failure",
+            "status",
+        ],
+    )
+    .unwrap();
+    let hook = || {
+        let r = raw_get(sidecar.addr, "/prestop").unwrap();
+        let report = body_json(&r);
+        (
+            report["outcome"].as_str().unwrap().to_string(),
+            report["message"].as_str().unwrap().to_string(),
+        )
+    };
+    let (o, m) = hook();
+    assert_eq!(
+        (o.as_str(), m.contains("does not exist")),
+        ("not_running", true),
+        "{m}"
+    );
+    std::fs::write(&pid_file, "").unwrap();
+    let (o, m) = hook();
+    assert_eq!(
+        (o.as_str(), m.contains("is empty")),
+        ("not_running", true),
+        "{m}"
+    );
+    std::fs::write(&pid_file, "nginx\n").unwrap();
+    let (o, m) = hook();
+    assert_eq!(
+        (o.as_str(), m.contains("does not hold a positive pid")),
+        ("error", true),
+        "{m}"
+    );
+    std::fs::write(&pid_file, "4194303\n").unwrap();
+    let (o, m) = hook();
+    assert_eq!(
+        (o.as_str(), m.contains("stale pid file")),
+        ("not_running", true),
+        "{m}"
+    );
+    std::fs::remove_file(&pid_file).unwrap();
+    std::fs::create_dir(&pid_file).unwrap();
+    let (o, m) = hook();
+    assert_eq!(
+        (o.as_str(), m.contains("is a directory")),
+        ("error", true),
+        "{m}"
+    );
+}
+
+/// Case 3: unreadable at startup (run as nobody, so permissions apply).
+#[test]
+fn an_unreadable_pid_file_stops_the_start_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let pid_file = dir.path().join("nginx.pid");
+    std::fs::write(&pid_file, "1\n").unwrap();
+    std::fs::set_permissions(
+        &pid_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--nginx-pid-file"])
+        .arg(&pid_file)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Permission denied") && err.contains("readable"),
+        "{err}"
+    );
+}
+
+/// Case 3: the pid file is rewritten while a drain runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pid_file_replaced_during_the_drain_changes_nothing() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &[]);
+    wait_ready(sidecar.addr).await;
+    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
+        .await
+        .unwrap();
+    let download = tokio::spawn(d.finish());
+    let addr = sidecar.addr;
+    let hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
+    wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(nginx.pid_file(), format!("{}\n", other.id())).unwrap();
+    let r = hook.join().unwrap().unwrap();
+    assert_eq!(body_json(&r)["outcome"], "drained", "{r}");
+    assert_eq!(download.await.unwrap().unwrap().body.len(), 1 << 20);
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the pid the file now names was not signalled"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
+/// Case 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_hooks_some_leaving_early_share_one_drain() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &[]);
+    wait_ready(sidecar.addr).await;
+    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
+        .await
+        .unwrap();
+    let download = tokio::spawn(d.finish());
+    let addr = sidecar.addr;
+    let mut stay = Vec::new();
+    let mut leave = Vec::new();
+    for i in 0..1000 {
+        if i % 5 == 4 {
+            leave.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                tokio::io::AsyncWriteExt::write_all(
+                    &mut s,
+                    b"GET /prestop HTTP/1.1\r\nHost: x\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // ...and leave mid-drain.
+            }));
+        } else {
+            stay.push(tokio::spawn(async move {
+                client::get(addr, "/prestop", HANG).await
+            }));
+        }
+    }
+    for l in leave {
+        l.await.unwrap();
+    }
+    let mut bodies = Vec::new();
+    for h in stay {
+        let r = h
+            .await
+            .unwrap()
+            .expect("every client that stayed got an answer");
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    assert_eq!(bodies.len(), 800);
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "identical reports");
+    assert_eq!(nginx.sigquit_count(), 1, "exactly one SIGQUIT");
+    assert_eq!(
+        download.await.unwrap().unwrap().body.len(),
+        1 << 20,
+        "the drain was unaffected"
+    );
+}
+
+/// Case 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_restarted_mid_drain_waits_without_a_second_sigquit() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let first = sidecar_for(&nginx, &[]);
+    wait_ready(first.addr).await;
+    let d = client::start(nginx.addr(), "GET", "/blob?rate=500k", "")
+        .await
+        .unwrap();
+    let download = tokio::spawn(d.finish());
+    let addr = first.addr;
+    let _hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
+    wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+    first.signal(Signal::SIGKILL).unwrap();
+    drop(first);
+    let second = sidecar_for(&nginx, &[]);
+    let deadline = Instant::now() + HANG;
+    loop {
+        let s = status(second.addr).await;
+        if s["state"] == "quitting" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        raw_get(second.addr, "/readyz")
+            .unwrap()
+            .starts_with("HTTP/1.1 503"),
+        "a quitting nginx is not ready"
+    );
+    let r = raw_get(second.addr, "/prestop").unwrap();
+    let report = body_json(&r);
+    assert_eq!(report["outcome"], "drained", "{report:#}");
+    assert_eq!(report["traffic"]["sigquit_reason"], "already_quitting");
+    assert_eq!(nginx.sigquit_count(), 1, "no second SIGQUIT");
+    assert!(!nginx.is_running());
+    assert_eq!(download.await.unwrap().unwrap().body.len(), 1 << 20);
+}
+
+/// Case 7: reloads and signals crossing a drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_and_sidecar_signals_during_a_drain() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let mut sidecar = sidecar_for(&nginx, &["--min-delay", "1s"]);
+    wait_ready(sidecar.addr).await;
+    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
+        .await
+        .unwrap();
+    let download = tokio::spawn(d.finish());
+    let addr = sidecar.addr;
+    let hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
+    std::thread::sleep(Duration::from_millis(300));
+    // A reload while nginx-drain waits for traffic to stop...
+    nginx.signal(Signal::SIGHUP).unwrap();
+    // ...and the sidecar's own SIGTERM and SIGINT.
+    sidecar.signal(Signal::SIGTERM).unwrap();
+    sidecar.signal(Signal::SIGINT).unwrap();
+    wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+    // A reload after SIGQUIT: nginx ignores it while quitting.
+    nginx.signal(Signal::SIGHUP).unwrap();
+    let r = hook.join().unwrap().unwrap();
+    let report = body_json(&r);
+    assert_eq!(report["outcome"], "drained", "{report:#}");
+    assert!(report["durations"]["hook_to_sigquit_ms"].as_u64().unwrap() >= 1000);
+    assert_eq!(download.await.unwrap().unwrap().body.len(), 1 << 20);
+    assert_eq!(nginx.sigquit_count(), 1);
+    assert!(!nginx.is_running());
+    let code = sidecar
+        .wait_exit(HANG)
+        .expect("the sidecar exits after nginx is gone");
+    assert_eq!(code.code(), Some(0));
+}
+
+/// Case 8: no permission to signal the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_permission_the_answer_names_the_fix_and_nothing_hangs() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--on-failure",
+            "status",
+            "--port",
+            &nginx.addr().port().to_string(),
+        ])
+        .arg("--nginx-pid-file")
+        .arg(nginx.pid_file());
+    let sidecar = Sidecar::spawn_command(cmd, addr).unwrap();
+    wait_ready(addr).await;
+    let t = Instant::now();
+    let r = raw_get(sidecar.addr, "/prestop").unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "no hang: {:?}",
+        t.elapsed()
+    );
+    assert!(r.starts_with("HTTP/1.1 500"), "{r}");
+    let report = body_json(&r);
+    assert_eq!(report["outcome"], "error");
+    let msg = report["message"].as_str().unwrap();
+    assert!(
+        msg.contains("EPERM")
+            && msg.contains("UID 0")
+            && msg.contains("UID 65534")
+            && msg.contains("CAP_KILL"),
+        "{msg}"
+    );
+    assert!(nginx.is_running() && nginx.sigquit_count() == 0);
+}
+
+/// Case 9: a client that connects and never sends a request holds its
+/// worker through a graceful quit; the budget still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_cannot_hold_the_drain_past_the_budget() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &["--drain-timeout", "4s", "--on-failure", "status"]);
+    wait_ready(sidecar.addr).await;
+    let _silent = TcpStream::connect(nginx.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let term = nginx_drain::testbed::Kubelet::new(sidecar.addr, Duration::from_secs(6))
+        .terminate(&nginx)
+        .await;
+    assert!(
+        term.hook_took < Duration::from_secs(4),
+        "answered within the budget: {:?}",
+        term.hook_took
+    );
+    let hook = term.hook.unwrap();
+    let report: Value = serde_json::from_slice(&hook.body).unwrap();
+    assert_eq!(report["outcome"], "forced", "{report:#}");
+    assert!(!term.sigkill_needed && !term.sigterm_found_nginx_running);
+}
+
+/// Case 11: a wall-clock jump during the wait changes no deadline.
+/// libfaketime moves CLOCK_REALTIME by a day while the drain waits; the
+/// monotonic clock, which every deadline uses, is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_jump_changes_no_deadline() {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libfaketime (apt-get install faketime; scripts/test does)");
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--min-delay",
+        "2s",
+        "--port",
+        &nginx.addr().port().to_string(),
+    ])
+    .arg("--nginx-pid-file")
+    .arg(nginx.pid_file())
+    .env("LD_PRELOAD", lib)
+    .env("FAKETIME_TIMESTAMP_FILE", &offset)
+    .env("FAKETIME_NO_CACHE", "1")
+    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let sidecar = Sidecar::spawn_command(cmd, addr).unwrap();
+    wait_ready(addr).await;
+    let hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::write(&offset, "+1d\n").unwrap();
+    let r = hook.join().unwrap().unwrap();
+    let report = body_json(&r);
+    assert_eq!(report["outcome"], "drained");
+    let waited = report["durations"]["hook_to_sigquit_ms"].as_u64().unwrap();
+    assert!(
+        (2000..4000).contains(&waited),
+        "SIGQUIT {waited} ms after the hook, as --min-delay says"
+    );
+    // The report's timestamps are anchored once at the hook and advanced by
+    // the monotonic clock, so they do not jump either...
+    let at = |k: &str| humantime::parse_rfc3339(report[k].as_str().unwrap()).unwrap();
+    let shown = at("answered_at")
+        .duration_since(at("hook_received_at"))
+        .unwrap();
+    assert!(shown < Duration::from_secs(10), "{shown:?}");
+    // ...while the process's wall clock did jump: its log lines say so.
+    let stamps: Vec<std::time::SystemTime> = sidecar
+        .log()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+        .collect();
+    let span = stamps.last().unwrap().duration_since(stamps[0]).unwrap();
+    assert!(
+        span > Duration::from_secs(3600),
+        "the wall clock did jump in the sidecar: {span:?}"
+    );
+    drop(sidecar);
+}
+
+/// Case 12: NGINX started a moment ago, before the sidecar's next scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_right_after_nginx_starts_finds_it() {
+    let work = Nginx::prepare(NginxOptions::default()).unwrap();
+    let pid_file = work.pid_file();
+    let port = work.port.to_string();
+    let sidecar = Sidecar::spawn(
+        bin(),
+        &[
+            "--nginx-pid-file",
+            pid_file.to_str().unwrap(),
+            "--port",
+            &port,
+        ],
+    )
+    .unwrap();
+    assert!(
+        raw_get(sidecar.addr, "/readyz")
+            .unwrap()
+            .starts_with("HTTP/1.1 503")
+    );
+    let mut child = work.command().spawn().unwrap();
+    wait_until("nginx's pid file", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| !s.trim().is_empty())
+    });
+    let r = raw_get(sidecar.addr, "/prestop").unwrap();
+    assert_eq!(body_json(&r)["outcome"], "drained", "{r}");
+    let status = child.wait().unwrap();
+    assert!(status.success() || status.code().is_some());
+    assert!(!alive(child.id() as i32));
+}
