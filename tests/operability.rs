@@ -19,38 +19,16 @@ fn bin() -> &'static Path {
 }
 
 fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
-    let pid_file = nginx.pid_file();
-    let port = nginx.addr().port().to_string();
-    let mut args = vec![
-        "--nginx-pid-file",
-        pid_file.to_str().unwrap(),
-        "--port",
-        &port,
-    ];
-    args.extend_from_slice(extra);
-    Sidecar::spawn(bin(), &args).expect("start sidecar")
+    Sidecar::for_nginx(bin(), nginx, extra).expect("start sidecar")
 }
 
-/// One request with extra header lines, over a raw socket.
+/// One request with extra header lines, over a raw socket: status and body.
 fn raw_request(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(HANG))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let answer = client::raw_get(addr, path, headers)?;
+    Ok((
+        client::status_of(&answer),
+        client::body_of(&answer).to_string(),
+    ))
 }
 
 /// Sends `bytes` and reads what comes back within 2 s: the status code of

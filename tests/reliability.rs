@@ -4,7 +4,7 @@
 //! speaks, the wall clock jumps, or NGINX is still starting.
 //! docs/RELIABILITY.md maps each case to its test.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -24,35 +24,15 @@ fn bin() -> &'static Path {
 }
 
 fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
-    let pid_file = nginx.pid_file();
-    let port = nginx.addr().port().to_string();
-    let mut args = vec![
-        "--nginx-pid-file",
-        pid_file.to_str().unwrap(),
-        "--port",
-        &port,
-    ];
-    args.extend_from_slice(extra);
-    Sidecar::spawn(bin(), &args).expect("start sidecar")
+    Sidecar::for_nginx(bin(), nginx, extra).expect("start sidecar")
 }
 
-/// GET `path` over a raw socket: the whole answer, or the I/O error (a
-/// reset shows up as ConnectionReset).
 fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(HANG))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    client::raw_get(addr, path, "")
 }
 
 fn body_json(resp: &str) -> Value {
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp}"))
+    serde_json::from_str(client::body_of(resp)).unwrap_or_else(|e| panic!("not JSON ({e}): {resp}"))
 }
 
 async fn status(addr: SocketAddr) -> Value {
@@ -203,49 +183,30 @@ async fn pid_files_that_lie_are_named_in_the_answer() {
         ],
     )
     .unwrap();
-    let hook = || {
-        let r = raw_get(sidecar.addr, "/prestop").unwrap();
-        let report = body_json(&r);
-        (
-            report["outcome"].as_str().unwrap().to_string(),
-            report["message"].as_str().unwrap().to_string(),
-        )
-    };
-    let (o, m) = hook();
-    assert_eq!(
-        (o.as_str(), m.contains("does not exist")),
-        ("not_running", true),
-        "{m}"
-    );
-    std::fs::write(&pid_file, "").unwrap();
-    let (o, m) = hook();
-    assert_eq!(
-        (o.as_str(), m.contains("is empty")),
-        ("not_running", true),
-        "{m}"
-    );
-    std::fs::write(&pid_file, "nginx\n").unwrap();
-    let (o, m) = hook();
-    assert_eq!(
-        (o.as_str(), m.contains("does not hold a positive pid")),
-        ("error", true),
-        "{m}"
-    );
-    std::fs::write(&pid_file, "4194303\n").unwrap();
-    let (o, m) = hook();
-    assert_eq!(
-        (o.as_str(), m.contains("stale pid file")),
-        ("not_running", true),
-        "{m}"
-    );
-    std::fs::remove_file(&pid_file).unwrap();
-    std::fs::create_dir(&pid_file).unwrap();
-    let (o, m) = hook();
-    assert_eq!(
-        (o.as_str(), m.contains("is a directory")),
-        ("error", true),
-        "{m}"
-    );
+    // What the file holds (None: a directory), the outcome, the message.
+    let cases: [(Option<&str>, &str, &str); 5] = [
+        (Some(""), "not_running", "is empty"),
+        (Some("nginx\n"), "error", "does not hold a positive pid"),
+        (Some("4194303\n"), "not_running", "stale pid file"),
+        (None, "error", "is a directory"),
+        (Some("-"), "not_running", "does not exist"),
+    ];
+    for (content, outcome, words) in cases {
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_dir(&pid_file);
+        match content {
+            Some("-") => {}
+            Some(c) => std::fs::write(&pid_file, c).unwrap(),
+            None => std::fs::create_dir(&pid_file).unwrap(),
+        }
+        let report = body_json(&raw_get(sidecar.addr, "/prestop").unwrap());
+        let msg = report["message"].as_str().unwrap();
+        assert_eq!(report["outcome"], outcome, "{content:?}: {msg}");
+        assert!(
+            msg.contains(words) && msg.contains(pid_file.to_str().unwrap()),
+            "{content:?}: {msg}"
+        );
+    }
 }
 
 /// Case 3: unreadable at startup (run as nobody, so permissions apply).

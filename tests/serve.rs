@@ -26,16 +26,7 @@ fn nginx(opts: NginxOptions) -> Nginx {
 /// machine's network namespace, so other tests' traffic must not count
 /// (tests/traffic.rs runs in namespaces of its own, with default flags).
 fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
-    let pid_file = nginx.pid_file();
-    let port = nginx.addr().port().to_string();
-    let mut args = vec![
-        "--nginx-pid-file",
-        pid_file.to_str().unwrap(),
-        "--port",
-        &port,
-    ];
-    args.extend_from_slice(extra);
-    Sidecar::spawn(bin(), &args).expect("start sidecar")
+    Sidecar::for_nginx(bin(), nginx, extra).expect("start sidecar")
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Fetched {

@@ -33,6 +33,21 @@ impl Sidecar {
         Sidecar::spawn_command(cmd, addr)
     }
 
+    /// The sidecar for a testbed NGINX: its pid file, and only its port
+    /// counted (tests share the machine's network namespace).
+    pub fn for_nginx(bin: &Path, nginx: &super::Nginx, extra: &[&str]) -> io::Result<Sidecar> {
+        let pid_file = nginx.pid_file();
+        let port = nginx.addr().port().to_string();
+        let mut args = vec![
+            "--nginx-pid-file",
+            pid_file.to_str().unwrap_or_default(),
+            "--port",
+            &port,
+        ];
+        args.extend_from_slice(extra);
+        Sidecar::spawn(bin, &args)
+    }
+
     /// Starts a prepared command (e.g. wrapped in `unshare`) that serves on `addr`.
     pub fn spawn_command(mut cmd: Command, addr: SocketAddr) -> io::Result<Sidecar> {
         let dir = tempfile::tempdir()?;
