@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -51,9 +52,12 @@ pub struct Workdir {
 
 pub struct Nginx {
     pub work: Arc<Workdir>,
-    child: Child,
+    /// None once handed to a background reaper.
+    child: Option<Child>,
     pid: i32,
     reaped: Option<ExitStatus>,
+    /// Set by the background reaper when the master is gone.
+    bg_reaped: Option<Arc<AtomicBool>>,
 }
 
 impl Workdir {
@@ -132,13 +136,14 @@ impl Nginx {
         let pid = child.id() as i32;
         let mut nginx = Nginx {
             work,
-            child,
+            child: Some(child),
             pid,
             reaped: None,
+            bg_reaped: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = nginx.child.try_wait()? {
+            if let Some(status) = nginx.child.as_mut().expect("child").try_wait()? {
                 return Err(io::Error::other(format!(
                     "nginx exited at startup ({status}); see {}",
                     nginx.work.error_log().display()
@@ -176,8 +181,28 @@ impl Nginx {
             .count()
     }
 
+    /// Reaps the master from a thread as soon as it exits, as a prompt PID 1
+    /// would. Afterwards [`Nginx::wait_exit`] only reports.
+    pub fn reap_in_background(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let flag = Arc::new(AtomicBool::new(false));
+        self.bg_reaped = Some(flag.clone());
+        std::thread::spawn(move || {
+            let _ = child.wait();
+            flag.store(true, Ordering::SeqCst);
+        });
+    }
+
+    fn gone_in_background(&self) -> bool {
+        self.bg_reaped
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
     pub fn signal(&self, sig: Signal) -> nix::Result<()> {
-        if self.reaped.is_some() {
+        if self.reaped.is_some() || self.gone_in_background() {
             return Err(nix::errno::Errno::ESRCH);
         }
         kill(Pid::from_raw(self.pid), sig)
@@ -185,7 +210,7 @@ impl Nginx {
 
     /// True while the master has not exited. A zombie has exited.
     pub fn is_running(&self) -> bool {
-        if self.reaped.is_some() {
+        if self.reaped.is_some() || self.gone_in_background() {
             return false;
         }
         match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
@@ -210,9 +235,18 @@ impl Nginx {
             if let Some(s) = self.reaped {
                 return Some(s);
             }
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.reaped = Some(s);
-                return Some(s);
+            let bg_gone = self.gone_in_background();
+            match self.child.as_mut() {
+                Some(child) => {
+                    if let Ok(Some(s)) = child.try_wait() {
+                        self.reaped = Some(s);
+                        return Some(s);
+                    }
+                }
+                None if bg_gone => {
+                    return Some(std::os::unix::process::ExitStatusExt::from_raw(0));
+                }
+                None => {}
             }
             if Instant::now() >= deadline {
                 return None;
@@ -232,13 +266,16 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if self.reaped.is_none() {
+        // Never signal a pid that was already reaped: it may be recycled.
+        if self.reaped.is_none() && !self.gone_in_background() {
             let workers = self.workers();
             let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
             for w in workers {
                 let _ = kill(Pid::from_raw(w.pid), Signal::SIGKILL);
             }
-            let _ = self.child.wait();
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct LoadStats {
     pub examples: Vec<String>,
     /// When the last request was sent.
     pub last_sent: Option<Instant>,
+    /// Each new connection's start and whether it succeeded (open_loop
+    /// only), for timelines.
+    pub events: Vec<(Instant, bool)>,
 }
 
 impl LoadStats {
@@ -66,6 +69,7 @@ impl LoadStats {
                 .cloned(),
         );
         self.last_sent = self.last_sent.max(o.last_sent);
+        self.events.extend_from_slice(&o.events);
     }
 }
 
@@ -90,7 +94,8 @@ pub async fn open_loop(
             break;
         }
         stats.sent += 1;
-        stats.last_sent = Some(Instant::now());
+        let started = Instant::now();
+        stats.last_sent = Some(started);
         tasks.spawn(async move {
             let r = tokio::time::timeout(REQUEST_LIMIT, async {
                 client::start_from(from, addr, "GET", "/", "")
@@ -100,11 +105,14 @@ pub async fn open_loop(
             })
             .await
             .unwrap_or_else(|_| Err(Failure::Other("request timed out".into())));
-            r.map(|f| f.status)
+            (started, r.map(|f| f.status))
         });
     }
     while let Some(r) = tasks.join_next().await {
-        stats.count(r.unwrap_or_else(|e| Err(Failure::Other(e.to_string()))));
+        let (started, r) =
+            r.unwrap_or_else(|e| (Instant::now(), Err(Failure::Other(e.to_string()))));
+        stats.events.push((started, matches!(r, Ok(200))));
+        stats.count(r);
     }
     stats
 }

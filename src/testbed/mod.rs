@@ -10,6 +10,7 @@ pub mod load;
 pub mod netns;
 pub mod scenario;
 pub mod sidecar;
+pub mod strategies;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

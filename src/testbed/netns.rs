@@ -16,17 +16,23 @@ pub fn inside() -> bool {
 /// and returns its output. Needs root (or CAP_SYS_ADMIN) and util-linux's
 /// `unshare` and iproute2's `ip`.
 pub fn rerun_self(args: &[&str]) -> Output {
+    rerun_self_with(&["--net"], args)
+}
+
+/// Like [`rerun_self`], also in a PID namespace of its own (with its own
+/// /proc), where `pgrep` sees only the run's processes.
+pub fn rerun_self_with_own_pids(args: &[&str]) -> Output {
+    rerun_self_with(&["--net", "--pid", "--fork", "--mount-proc"], args)
+}
+
+fn rerun_self_with(namespaces: &[&str], args: &[&str]) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
     Command::new("unshare")
-        .args([
-            "--net",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ])
+        .args(namespaces)
+        .args(["sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(&exe)
         .args(args)
         .env(INSIDE, "1")
         .output()
-        .expect("run unshare --net (util-linux; needs root)")
+        .expect("run unshare (util-linux; needs root)")
 }

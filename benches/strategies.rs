@@ -1,0 +1,127 @@
+//! The termination benchmark: every common preStop strategy against the same
+//! real NGINX and traffic, side by side, several runs per cell; a Markdown
+//! table and SVG timelines.
+//!
+//! Run: `cargo bench --bench strategies -- [--runs N] [--out DIR] [--quick]`
+//! (defaults: 3 runs, docs/bench). `--quick` is one tiny cell, for checking
+//! that the harness still works. Runs in PID and network namespaces of its
+//! own (root), so that `pgrep -x nginx` and the census see only this run.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nginx_drain::testbed::netns;
+use nginx_drain::testbed::strategies::{self, Outcome, Strategy, Traffic};
+
+#[path = "common/render.rs"]
+mod render;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !netns::inside() {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = netns::rerun_self_with_own_pids(&a);
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        std::process::exit(out.status.code().unwrap_or(1));
+    }
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs: usize = flag("--runs")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
+    let out_dir = PathBuf::from(flag("--out").unwrap_or_else(|| "docs/bench".into()));
+    std::fs::create_dir_all(&out_dir).expect("create the output directory");
+    let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let all = [
+        Strategy::NoPreStop,
+        Strategy::QuitPgrep { sleep_s: 0 },
+        Strategy::QuitPgrep { sleep_s: 2 },
+        Strategy::QuitPgrep { sleep_s: 5 },
+        Strategy::QuitPgrep { sleep_s: 10 },
+        Strategy::IngressNginx,
+        Strategy::FixedQuiet {
+            quiet: Duration::from_millis(300),
+        },
+        Strategy::FixedQuiet {
+            quiet: Duration::from_secs(15),
+        },
+        Strategy::NginxDrain,
+    ];
+    let base = Traffic {
+        rate: 100.0,
+        warmup: Duration::from_secs(3),
+        lag: Duration::ZERO,
+        downloads: 4,
+        grace: Duration::from_secs(30),
+    };
+    let cells: Vec<(String, Traffic, Vec<Strategy>)> = if quick {
+        vec![(
+            "50/s, lag 1 s".into(),
+            Traffic {
+                rate: 50.0,
+                warmup: Duration::from_secs(1),
+                lag: Duration::from_secs(1),
+                downloads: 2,
+                ..base
+            },
+            vec![Strategy::NoPreStop, Strategy::NginxDrain],
+        )]
+    } else {
+        let mut c = Vec::new();
+        for lag in [0, 3, 8] {
+            c.push((
+                format!("100/s, lag {lag} s"),
+                Traffic {
+                    lag: Duration::from_secs(lag),
+                    ..base
+                },
+                all.to_vec(),
+            ));
+        }
+        c.push((
+            "1 per 2 s, lag 3 s".into(),
+            Traffic {
+                rate: 0.5,
+                warmup: Duration::from_secs(9),
+                lag: Duration::from_secs(3),
+                ..base
+            },
+            all.to_vec(),
+        ));
+        c
+    };
+
+    let mut md = render::preamble(runs);
+    for (cell, traffic, strategies) in &cells {
+        let mut rows = Vec::new();
+        for &s in strategies {
+            let outcomes: Vec<Outcome> = (0..runs)
+                .map(|_| rt.block_on(strategies::run(bin, s, *traffic)))
+                .collect();
+            let name = format!("{}--{}", render::slug(cell), render::slug(&s.to_string()));
+            if let Err(e) = render::draw(
+                &out_dir.join(format!("{name}.svg")),
+                &format!("{s}, {cell}"),
+                &outcomes[outcomes.len() / 2],
+            ) {
+                eprintln!("cannot draw {name}.svg: {e}");
+            }
+            rows.push((s, outcomes));
+        }
+        md.push_str(&render::table(cell, &rows));
+    }
+    std::fs::write(out_dir.join("results.md"), &md).expect("write results.md");
+    print!("{md}");
+}
