@@ -39,7 +39,7 @@ pub fn table(cell: &str, rows: &[(Strategy, Vec<Outcome>)]) -> String {
         let kills = outcomes.iter().filter(|o| o.sigkill).count();
         let _ = writeln!(
             md,
-            "| {s} | {} | {} | {} | {kills}/{runs} | {} | {} |",
+            "| {s} | {} | {} | {} | {kills}/{runs} | {} | {} | {} |",
             show(stat(&|o| o.load.failed() as f64), 0),
             show(stat(&|o| o.downloads_cut as f64), 0),
             show(stat(&|o| o.bytes_lost as f64), 0),
@@ -48,6 +48,7 @@ pub fn table(cell: &str, rows: &[(Strategy, Vec<Outcome>)]) -> String {
                 2
             ),
             show(stat(&|o| o.overhead.unwrap_or(f64::NAN)), 2),
+            show(stat(&|o| o.hook_after.as_secs_f64()), 2),
         );
     }
     md.push('\n');

@@ -58,6 +58,8 @@ pub struct Nginx {
     reaped: Option<ExitStatus>,
     /// Set by the background reaper when the master is gone.
     bg_reaped: Option<Arc<AtomicBool>>,
+    /// When the background reaper saw the master exit.
+    bg_exited_at: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Workdir {
@@ -140,6 +142,7 @@ impl Nginx {
             pid,
             reaped: None,
             bg_reaped: None,
+            bg_exited_at: Arc::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -189,10 +192,17 @@ impl Nginx {
         };
         let flag = Arc::new(AtomicBool::new(false));
         self.bg_reaped = Some(flag.clone());
+        let at = self.bg_exited_at.clone();
         std::thread::spawn(move || {
             let _ = child.wait();
+            *at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             flag.store(true, Ordering::SeqCst);
         });
+    }
+
+    /// When the master exited, as the background reaper saw it.
+    pub fn exited_at(&self) -> Option<Instant> {
+        *self.bg_exited_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn gone_in_background(&self) -> bool {

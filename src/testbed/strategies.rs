@@ -90,8 +90,10 @@ pub struct Outcome {
     pub downloads_cut: usize,
     pub bytes_lost: u64,
     pub sigkill: bool,
-    /// From the deletion to NGINX gone.
+    /// From the deletion to NGINX's exit.
     pub gone_after: Option<Duration>,
+    /// From the deletion to the hook's return (when the kubelet moves on).
+    pub hook_after: Duration,
     /// NGINX gone minus the oracle (the later of the lag's end and the last
     /// download's natural completion), in seconds; negative when NGINX went
     /// before the oracle, which means traffic was dropped.
@@ -241,6 +243,7 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
             }
         }
     }
+    let hook_returned = Instant::now();
     // Then the kubelet: SIGTERM, and SIGKILL when the grace period ends.
     if !gone() {
         let _ = nginx.signal(Signal::SIGTERM);
@@ -249,7 +252,12 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
     let mut gone_at = None;
     while Instant::now() < kill_at {
         if gone() {
-            gone_at = Some(Instant::now());
+            // The exit itself, as the reaper saw it (not when we looked).
+            gone_at = Some(
+                nginx
+                    .exited_at()
+                    .map_or_else(Instant::now, Instant::from_std),
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -317,6 +325,7 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
         bytes_lost: lost,
         sigkill: sigkill.is_some(),
         gone_after: gone_at.map(|g| g - deletion),
+        hook_after: hook_returned - deletion,
         overhead: gone_at.map(|g| {
             if g >= oracle {
                 (g - oracle).as_secs_f64()
