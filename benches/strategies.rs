@@ -64,6 +64,7 @@ fn main() {
         warmup: Duration::from_secs(3),
         lag: Duration::ZERO,
         downloads: 4,
+        keepalive: 4,
         grace: Duration::from_secs(30),
     };
     let cells: Vec<(String, Traffic, Vec<Strategy>)> = if quick {
@@ -74,6 +75,7 @@ fn main() {
                 warmup: Duration::from_secs(1),
                 lag: Duration::from_secs(1),
                 downloads: 2,
+                keepalive: 2,
                 ..base
             },
             vec![Strategy::NoPreStop, Strategy::NginxDrain],

@@ -35,6 +35,7 @@ async fn the_harness_tells_a_sigterm_from_a_drain() {
         warmup: Duration::from_secs(1),
         lag: Duration::from_secs(1),
         downloads: 2,
+        keepalive: 2,
         grace: Duration::from_secs(10),
     };
     let mut rows = Vec::new();

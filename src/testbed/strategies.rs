@@ -61,6 +61,8 @@ pub struct Traffic {
     pub lag: Duration,
     /// Slow downloads in flight at the deletion (1 MiB at 500 KB/s).
     pub downloads: usize,
+    /// Keep-alive clients, a request every 100 ms each, until the lag ends.
+    pub keepalive: usize,
     pub grace: Duration,
 }
 
@@ -149,6 +151,9 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
     let secs = |i: Instant| i.saturating_duration_since(t0).as_secs_f64();
     let max = (t.rate * (t.warmup + t.lag).as_secs_f64()).ceil() as u64 + 1;
     let load = tokio::spawn(load::open_loop(addr, t.rate, None, lag_end, max));
+    let keepalive: Vec<_> = (0..t.keepalive)
+        .map(|_| tokio::spawn(load::keepalive(addr, Duration::from_millis(100), lag_end)))
+        .collect();
 
     // The census, every 100 ms, for the open-connections line.
     let stop = Arc::new(AtomicBool::new(false));
@@ -271,7 +276,15 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
         }
     }
 
-    let load = load.await.unwrap_or_default();
+    let mut load = load.await.unwrap_or_default();
+    for k in keepalive {
+        // Keep-alive requests count with the rest (the timeline shows the
+        // new connections only).
+        let k = k.await.unwrap_or_default();
+        let events = std::mem::take(&mut load.events);
+        load.merge(&k);
+        load.events = events;
+    }
     let mut cut = 0;
     let mut lost = 0;
     let mut natural_end = deletion;
