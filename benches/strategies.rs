@@ -94,10 +94,12 @@ fn main() {
         }
         c.push((
             "1 per 2 s, lag 3 s".into(),
+            // New connections only: the low rate is the point of this cell.
             Traffic {
                 rate: 0.5,
                 warmup: Duration::from_secs(9),
                 lag: Duration::from_secs(3),
+                keepalive: 0,
                 ..base
             },
             all.to_vec(),
@@ -105,8 +107,13 @@ fn main() {
         c
     };
 
-    let mut md = render::preamble(runs);
+    // `--cells TEXT` reruns only the cells whose name contains TEXT; each
+    // cell's table is kept in its own file and results.md joins them all.
+    let only = flag("--cells");
     for (cell, traffic, strategies) in &cells {
+        if only.as_deref().is_some_and(|o| !cell.contains(o)) {
+            continue;
+        }
         let mut rows = Vec::new();
         for &s in strategies {
             let outcomes: Vec<Outcome> = (0..runs)
@@ -122,7 +129,20 @@ fn main() {
             }
             rows.push((s, outcomes));
         }
-        md.push_str(&render::table(cell, &rows));
+        let table = render::table(cell, &rows);
+        std::fs::write(
+            out_dir.join(format!("cell-{}.md", render::slug(cell))),
+            &table,
+        )
+        .expect("write the cell's table");
+    }
+    let mut md = render::preamble(runs);
+    for (cell, _, _) in &cells {
+        if let Ok(t) =
+            std::fs::read_to_string(out_dir.join(format!("cell-{}.md", render::slug(cell))))
+        {
+            md.push_str(&t);
+        }
     }
     std::fs::write(out_dir.join("results.md"), &md).expect("write results.md");
     print!("{md}");

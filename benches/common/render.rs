@@ -19,9 +19,9 @@ pub fn table(cell: &str, rows: &[(Strategy, Vec<Outcome>)]) -> String {
     let _ = writeln!(md, "### {cell}\n");
     let _ = writeln!(
         md,
-        "| strategy | failed requests | downloads cut | bytes lost | SIGKILL | NGINX gone after (s) | overhead (s) |"
+        "| strategy | failed requests | downloads cut | bytes lost | SIGKILL | NGINX gone after (s) | overhead (s) | hook returned after (s) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for (s, outcomes) in rows {
         let runs = outcomes.len();
         let stat = |f: &dyn Fn(&Outcome) -> f64| {
