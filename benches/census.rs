@@ -18,14 +18,7 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
 }
 
 fn main() {
-    if !netns::inside() {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = netns::rerun_self(&args);
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        std::process::exit(out.status.code().unwrap_or(1));
-    }
+    netns::enter(false);
     // Room for 10k client sockets in this process.
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();

@@ -17,21 +17,10 @@ use nginx_drain::testbed::netns;
 use nginx_drain::testbed::scenario::{self, Scenario};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !netns::inside() {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = netns::rerun_self(&a);
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        std::process::exit(out.status.code().unwrap_or(1));
-    }
+    let args = netns::enter(false);
     let runs: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
     let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = nginx_drain::testbed::runtime().expect("tokio runtime");
     println!("traffic-aware drain, default flags, {runs} runs per cell (median [min..max])");
     println!(
         "{:<22} {:>8} {:>22} {:>22} {:>10} {:>12}",

@@ -42,11 +42,7 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(50);
     let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = nginx_drain::testbed::runtime().expect("tokio runtime");
 
     let mut nginx = Nginx::start(NginxOptions::default()).expect("start nginx");
     let pid_file = nginx.pid_file();

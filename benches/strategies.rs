@@ -17,14 +17,7 @@ use nginx_drain::testbed::strategies::{self, Outcome, Strategy, Traffic};
 mod render;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !netns::inside() {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = netns::rerun_self_with_own_pids(&a);
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        std::process::exit(out.status.code().unwrap_or(1));
-    }
+    let args = netns::enter(true);
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -38,11 +31,7 @@ fn main() {
     let out_dir = PathBuf::from(flag("--out").unwrap_or_else(|| "docs/bench".into()));
     std::fs::create_dir_all(&out_dir).expect("create the output directory");
     let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = nginx_drain::testbed::runtime().expect("tokio runtime");
 
     let all = [
         Strategy::NoPreStop,

@@ -33,11 +33,7 @@ const MIN_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(15);
 
 pub fn main(args: DemoArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::testbed::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nginx-drain demo: cannot start the runtime: {e}");

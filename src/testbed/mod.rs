@@ -52,3 +52,12 @@ pub fn find_nginx(explicit: Option<&Path>) -> Result<PathBuf, String> {
             "nginx is not installed: run `sudo apt-get update && sudo apt-get install -y nginx-light` (Debian/Ubuntu), or pass its path".to_string()
         })
 }
+
+/// The runtime the benchmarks and the demo use: two workers, like the
+/// machine's two cores.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

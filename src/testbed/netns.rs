@@ -36,3 +36,23 @@ fn rerun_self_with(namespaces: &[&str], args: &[&str]) -> Output {
         .output()
         .expect("run unshare (util-linux; needs root)")
 }
+
+/// For a benchmark's `main`: in the outer process, runs this executable
+/// again with the same arguments inside its own namespaces (network, and
+/// PID too with `own_pids`), relays its output and exits with its code.
+/// Inside, returns the arguments.
+pub fn enter(own_pids: bool) -> Vec<String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if inside() {
+        return args;
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = if own_pids {
+        rerun_self_with_own_pids(&a)
+    } else {
+        rerun_self(&a)
+    };
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    std::process::exit(out.status.code().unwrap_or(1));
+}
