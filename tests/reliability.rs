@@ -48,6 +48,21 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+type Download = tokio::task::JoinHandle<Result<client::Fetched, client::Failure>>;
+type Hook = std::thread::JoinHandle<std::io::Result<String>>;
+
+/// A drain in progress: a download of /blob at `rate` in flight, the hook
+/// called from a thread, and NGINX's log showing the SIGQUIT.
+async fn drain_in_flight(nginx: &Nginx, sidecar: SocketAddr, rate: &str) -> (Download, Hook) {
+    let d = client::start(nginx.addr(), "GET", &format!("/blob?rate={rate}"), "")
+        .await
+        .unwrap();
+    let download = tokio::spawn(d.finish());
+    let hook = std::thread::spawn(move || raw_get(sidecar, "/prestop"));
+    wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+    (download, hook)
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -246,13 +261,7 @@ async fn a_pid_file_replaced_during_the_drain_changes_nothing() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let sidecar = sidecar_for(&nginx, &[]);
     wait_ready(sidecar.addr).await;
-    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(d.finish());
-    let addr = sidecar.addr;
-    let hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
-    wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+    let (download, hook) = drain_in_flight(&nginx, sidecar.addr, "1m").await;
     let mut other = Command::new("sleep").arg("60").spawn().unwrap();
     std::fs::write(nginx.pid_file(), format!("{}\n", other.id())).unwrap();
     let r = hook.join().unwrap().unwrap();
@@ -326,13 +335,7 @@ async fn a_sidecar_restarted_mid_drain_waits_without_a_second_sigquit() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let first = sidecar_for(&nginx, &[]);
     wait_ready(first.addr).await;
-    let d = client::start(nginx.addr(), "GET", "/blob?rate=500k", "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(d.finish());
-    let addr = first.addr;
-    let _hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
-    wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+    let (download, _hook) = drain_in_flight(&nginx, first.addr, "500k").await;
     first.signal(Signal::SIGKILL).unwrap();
     drop(first);
     let second = sidecar_for(&nginx, &[]);
