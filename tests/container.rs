@@ -106,10 +106,7 @@ async fn the_image_drains_a_real_nginx_and_exits_0_on_sigterm() {
     // The official nginx image's master runs as root: so does the sidecar.
     let addr = run(&image, "nginx-drain-test-ok", &nginx, Some("0"), &[]);
     wait_ready(addr).await;
-    let download = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(download.finish());
+    let download = client::spawn_download(nginx.addr(), "1m").await;
     let hook = client::get(addr, "/prestop", HANG).await.unwrap();
     let report: Value = serde_json::from_slice(&hook.body).unwrap();
     assert_eq!(report["outcome"], "drained", "{report:#}");

@@ -329,10 +329,7 @@ async fn a_hook_client_that_leaves_does_not_cancel_the_drain() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let sidecar = sidecar_for(&nginx, &[]);
     wait_ready(sidecar.addr).await;
-    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(d.finish());
+    let download = client::spawn_download(nginx.addr(), "1m").await;
     {
         let mut s = TcpStream::connect(sidecar.addr).unwrap();
         s.write_all(b"GET /prestop HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -429,10 +426,7 @@ async fn a_forced_drain_resets_the_hook_by_default_or_answers_500() {
         }
         let sidecar = sidecar_for(&nginx, &args);
         wait_ready(sidecar.addr).await;
-        let d = client::start(nginx.addr(), "GET", "/blob?rate=100k", "")
-            .await
-            .unwrap();
-        let download = tokio::spawn(d.finish());
+        let download = client::spawn_download(nginx.addr(), "100k").await;
         let mut s = TcpStream::connect(sidecar.addr).unwrap();
         s.set_read_timeout(Some(HANG)).unwrap();
         s.write_all(b"GET /prestop HTTP/1.1\r\nHost: x\r\n\r\n")

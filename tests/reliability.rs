@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nginx_drain::testbed::client;
 use nginx_drain::testbed::scenario::wait_ready;
-use nginx_drain::testbed::{Nginx, NginxOptions, Sidecar, free_port};
+use nginx_drain::testbed::{Bystander, Nginx, NginxOptions, Sidecar, free_port};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -54,10 +54,7 @@ type Hook = std::thread::JoinHandle<std::io::Result<String>>;
 /// A drain in progress: a download of /blob at `rate` in flight, the hook
 /// called from a thread, and NGINX's log showing the SIGQUIT.
 async fn drain_in_flight(nginx: &Nginx, sidecar: SocketAddr, rate: &str) -> (Download, Hook) {
-    let d = client::start(nginx.addr(), "GET", &format!("/blob?rate={rate}"), "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(d.finish());
+    let download = client::spawn_download(nginx.addr(), rate).await;
     let hook = std::thread::spawn(move || raw_get(sidecar, "/prestop"));
     wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
     (download, hook)
@@ -76,10 +73,7 @@ async fn nginx_killed_mid_drain_is_nginx_died_within_a_second_never_drained() {
     let mut nginx = Nginx::start(NginxOptions::default()).unwrap();
     let sidecar = sidecar_for(&nginx, &[]);
     wait_ready(sidecar.addr).await;
-    let d = client::start(nginx.addr(), "GET", "/blob?rate=100k", "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(d.finish());
+    let download = client::spawn_download(nginx.addr(), "100k").await;
     let workers: Vec<i32> = nginx.workers().iter().map(|w| w.pid).collect();
     let addr = sidecar.addr;
     let hook = std::thread::spawn(move || {
@@ -138,13 +132,11 @@ async fn a_recycled_pid_is_never_signalled() {
     for _ in 0..200 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (m - 1).to_string())
             .expect("write ns_last_pid (root)");
-        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
-        if child.id() as i32 == m {
+        let child = Bystander::spawn();
+        if child.pid() as i32 == m {
             impostor = Some(child);
             break;
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
     let mut impostor =
         impostor.expect("could not recycle the pid (another process forked in between 200 times)");
@@ -176,11 +168,9 @@ async fn a_recycled_pid_is_never_signalled() {
     );
     std::thread::sleep(Duration::from_millis(100));
     assert!(
-        impostor.try_wait().unwrap().is_none(),
+        impostor.is_alive(),
         "the process that got the pid was not signalled"
     );
-    let _ = impostor.kill();
-    let _ = impostor.wait();
 }
 
 /// Case 3: what the pid file may hold.
@@ -262,17 +252,15 @@ async fn a_pid_file_replaced_during_the_drain_changes_nothing() {
     let sidecar = sidecar_for(&nginx, &[]);
     wait_ready(sidecar.addr).await;
     let (download, hook) = drain_in_flight(&nginx, sidecar.addr, "1m").await;
-    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
-    std::fs::write(nginx.pid_file(), format!("{}\n", other.id())).unwrap();
+    let mut other = Bystander::spawn();
+    std::fs::write(nginx.pid_file(), format!("{}\n", other.pid())).unwrap();
     let r = hook.join().unwrap().unwrap();
     assert_eq!(body_json(&r)["outcome"], "drained", "{r}");
     assert_eq!(download.await.unwrap().unwrap().body.len(), 1 << 20);
     assert!(
-        other.try_wait().unwrap().is_none(),
+        other.is_alive(),
         "the pid the file now names was not signalled"
     );
-    let _ = other.kill();
-    let _ = other.wait();
 }
 
 /// Case 5.
@@ -281,10 +269,7 @@ async fn a_thousand_hooks_some_leaving_early_share_one_drain() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let sidecar = sidecar_for(&nginx, &[]);
     wait_ready(sidecar.addr).await;
-    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(d.finish());
+    let download = client::spawn_download(nginx.addr(), "1m").await;
     let addr = sidecar.addr;
     let mut stay = Vec::new();
     let mut leave = Vec::new();
@@ -369,10 +354,7 @@ async fn reloads_and_sidecar_signals_during_a_drain() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let mut sidecar = sidecar_for(&nginx, &["--min-delay", "1s"]);
     wait_ready(sidecar.addr).await;
-    let d = client::start(nginx.addr(), "GET", "/blob?rate=1m", "")
-        .await
-        .unwrap();
-    let download = tokio::spawn(d.finish());
+    let download = client::spawn_download(nginx.addr(), "1m").await;
     let addr = sidecar.addr;
     let hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
     std::thread::sleep(Duration::from_millis(300));

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nginx_drain::testbed::client::{self, Failure, Fetched};
-use nginx_drain::testbed::{Kubelet, Nginx, NginxOptions, Sidecar};
+use nginx_drain::testbed::{Bystander, Kubelet, Nginx, NginxOptions, Sidecar};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -60,11 +60,7 @@ async fn start_downloads(
 ) -> Vec<tokio::task::JoinHandle<Result<Fetched, Failure>>> {
     let mut v = Vec::new();
     for _ in 0..n {
-        let d = client::start(addr, "GET", &format!("/blob?rate={rate}"), "")
-            .await
-            .expect("download starts");
-        assert_eq!(d.status, 200);
-        v.push(tokio::spawn(d.finish()));
+        v.push(client::spawn_download(addr, rate).await);
     }
     v
 }
@@ -230,13 +226,10 @@ async fn hook_answers_not_running_when_the_pid_file_is_missing() {
 
 #[tokio::test]
 async fn a_pid_file_naming_another_process_is_never_signalled() {
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
+    let mut sleeper = Bystander::spawn();
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("nginx.pid");
-    std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
+    std::fs::write(&pid_file, format!("{}\n", sleeper.pid())).unwrap();
     let sidecar = Sidecar::spawn(
         bin(),
         &[
@@ -261,12 +254,7 @@ async fn a_pid_file_naming_another_process_is_never_signalled() {
         "{msg}"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        sleeper.try_wait().unwrap().is_none(),
-        "sleep is still alive"
-    );
-    sleeper.kill().unwrap();
-    let _ = sleeper.wait();
+    assert!(sleeper.is_alive(), "sleep is still alive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

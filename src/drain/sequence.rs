@@ -324,6 +324,8 @@ pub async fn run(
     } else {
         Phase::AwaitQuiet
     };
+    // False once the census monitor has stopped publishing.
+    let mut census_alive = true;
     let mut log_tick =
         tokio::time::interval_at(Instant::now() + PROGRESS_LOG_EVERY, PROGRESS_LOG_EVERY);
     let mut last_logged_arrivals = 0u64;
@@ -377,11 +379,9 @@ pub async fn run(
                 tokio::select! {
                     biased;
                     _ = handle.exited() => break true,
-                    changed = view_rx.changed() => {
-                        if changed.is_err() {
-                            // The monitor is gone: decide on the deadline alone.
-                            sleep_until(at).await;
-                        }
+                    changed = view_rx.changed(), if census_alive => {
+                        // The monitor is gone: decide on the deadlines alone.
+                        census_alive = changed.is_ok();
                     }
                     _ = sleep_until(at) => {}
                     Some(Ok(pid)) = exits.join_next() => {
@@ -427,18 +427,17 @@ pub async fn run(
                         remaining.remove(&pid);
                         tracing::info!(pid, remaining = remaining.len(), "nginx worker exited");
                     }
-                    changed = view_rx.changed() => {
-                        if changed.is_ok() {
+                    changed = view_rx.changed(), if census_alive => {
+                        // Without samples the other events (exit, the
+                        // budget's deadlines) still decide: never block here.
+                        census_alive = changed.is_ok();
+                        if census_alive {
                             let view = view_rx.borrow_and_update().clone();
                             let had_closed = rec.last_closed.is_some();
                             rec.observe(&view);
                             if !had_closed && let Some(t) = rec.last_closed {
                                 tracing::info!(after_sigquit_ms = rec.sigquit.map(|q| ms(t.saturating_duration_since(q))), "no open client connection left");
                             }
-                        } else {
-                            // No more samples: wait on the other events.
-                            handle.exited().await;
-                            break false;
                         }
                     }
                     _ = sleep_until(budget.escalate_at), if phase == Phase::AwaitExit => {

@@ -254,3 +254,16 @@ pub fn status_of(answer: &str) -> u16 {
 pub fn body_of(answer: &str) -> &str {
     answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
+
+/// Starts `GET /blob?rate=RATE` (the testbed's rate-limited download) and
+/// reads it to the end in a task: a download in flight.
+pub async fn spawn_download(
+    addr: SocketAddr,
+    rate: &str,
+) -> tokio::task::JoinHandle<Result<Fetched, Failure>> {
+    let d = start(addr, "GET", &format!("/blob?rate={rate}"), "")
+        .await
+        .expect("the download starts");
+    assert_eq!(d.status, 200, "the download starts with 200");
+    tokio::spawn(d.finish())
+}

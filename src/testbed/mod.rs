@@ -61,3 +61,32 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+
+/// A process that must never be signalled (`sleep 60`), killed and reaped
+/// when dropped.
+pub struct Bystander(std::process::Child);
+
+impl Bystander {
+    pub fn spawn() -> Bystander {
+        Bystander(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    /// True while it has not exited (nothing killed it).
+    pub fn is_alive(&mut self) -> bool {
+        self.0.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
