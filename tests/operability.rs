@@ -157,39 +157,21 @@ async fn a_rotated_token_replaces_the_old_one() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let sidecar = sidecar_for(&nginx, &["--token-file", d.join("token").to_str().unwrap()]);
     wait_ready(sidecar.addr).await;
-    assert_eq!(
+    let status_with = |token: &str| {
         raw_request(
             sidecar.addr,
             "/status",
-            "Authorization: Bearer old-token\r\n"
+            &format!("Authorization: Bearer {token}\r\n"),
         )
         .unwrap()
-        .0,
-        200
-    );
+        .0
+    };
+    assert_eq!(status_with("old-token"), 200);
     // Swap atomically, as the kubelet does: a new symlink renamed over ..data.
     std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
-    assert_eq!(
-        raw_request(
-            sidecar.addr,
-            "/status",
-            "Authorization: Bearer old-token\r\n"
-        )
-        .unwrap()
-        .0,
-        401
-    );
-    assert_eq!(
-        raw_request(
-            sidecar.addr,
-            "/status",
-            "Authorization: Bearer new-token\r\n"
-        )
-        .unwrap()
-        .0,
-        200
-    );
+    assert_eq!(status_with("old-token"), 401);
+    assert_eq!(status_with("new-token"), 200);
     let (code, body) = raw_request(
         sidecar.addr,
         "/prestop",
