@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nginx_drain::sockets::{Census, Method, PortFilter, Source};
-use nginx_drain::testbed::{Nginx, NginxOptions, netns};
+use testbed::{Nginx, NginxOptions, netns};
 
 fn median_ms(mut v: Vec<Duration>) -> f64 {
     v.sort();

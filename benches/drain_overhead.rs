@@ -13,14 +13,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nginx_drain::testbed::netns;
-use nginx_drain::testbed::scenario::{self, Scenario};
+use testbed::netns;
+use testbed::scenario::{self, Scenario};
 
 fn main() {
     let args = netns::enter(false);
     let runs: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
     let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"));
-    let rt = nginx_drain::testbed::runtime().expect("tokio runtime");
+    let rt = testbed::runtime().expect("tokio runtime");
     println!("traffic-aware drain, default flags, {runs} runs per cell (median [min..max])");
     println!(
         "{:<22} {:>8} {:>22} {:>22} {:>10} {:>12}",

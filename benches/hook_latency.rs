@@ -14,10 +14,10 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nginx_drain::testbed::client;
-use nginx_drain::testbed::{Nginx, NginxOptions, Sidecar};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
+use testbed::client;
+use testbed::{Nginx, NginxOptions, Sidecar};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
@@ -42,7 +42,7 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(50);
     let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"));
-    let rt = nginx_drain::testbed::runtime().expect("tokio runtime");
+    let rt = testbed::runtime().expect("tokio runtime");
 
     let mut nginx = Nginx::start(NginxOptions::default()).expect("start nginx");
     let pid_file = nginx.pid_file();

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nginx_drain::testbed::netns;
-use nginx_drain::testbed::strategies::{self, Outcome, Strategy, Traffic};
+use testbed::netns;
+use testbed::strategies::{self, Outcome, Strategy, Traffic};
 
 #[path = "common/render.rs"]
 mod render;
@@ -31,7 +31,7 @@ fn main() {
     let out_dir = PathBuf::from(flag("--out").unwrap_or_else(|| "docs/bench".into()));
     std::fs::create_dir_all(&out_dir).expect("create the output directory");
     let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"));
-    let rt = nginx_drain::testbed::runtime().expect("tokio runtime");
+    let rt = testbed::runtime().expect("tokio runtime");
 
     let all = [
         Strategy::NoPreStop,

@@ -35,22 +35,32 @@ fn version(path: &Path) -> io::Result<Version> {
     })
 }
 
+/// Why a token file cannot be used. Either stops the sidecar at startup
+/// (exit 2); at run time the last good token is kept instead.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "cannot read token file {} ({source}): mount the Secret there and make it readable for the sidecar's user",
+        path.display()
+    )]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error(
+        "token file {} is empty: put the bearer token in it (authentication is never turned off by an empty file)",
+        path.display()
+    )]
+    Empty { path: PathBuf },
+}
+
 /// Reads and validates a token file: one token, surrounding whitespace
 /// (a trailing newline) ignored.
-pub fn read_token(path: &Path) -> Result<Vec<u8>, String> {
-    let raw = std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read token file {} ({e}): mount the Secret there and make it readable for the sidecar's user",
-            path.display()
-        )
+pub fn read_token(path: &Path) -> Result<Vec<u8>, TokenError> {
+    let raw = std::fs::read(path).map_err(|source| TokenError::Unreadable {
+        path: path.to_path_buf(),
+        source,
     })?;
-    let token = parse_token(&raw).ok_or_else(|| {
-        format!(
-            "token file {} is empty: put the bearer token in it (authentication is never turned off by an empty file)",
-            path.display()
-        )
-    })?;
-    Ok(token)
+    parse_token(&raw).ok_or_else(|| TokenError::Empty {
+        path: path.to_path_buf(),
+    })
 }
 
 /// The token in a file's bytes, or None when there is none.
@@ -74,12 +84,10 @@ impl std::fmt::Debug for TokenFile {
 
 impl TokenFile {
     /// Loads the token; an unreadable or empty file is an error (exit 2).
-    pub fn load(path: &Path) -> Result<TokenFile, String> {
-        let v = version(path).map_err(|e| {
-            format!(
-                "cannot read token file {} ({e}): mount the Secret there and make it readable for the sidecar's user",
-                path.display()
-            )
+    pub fn load(path: &Path) -> Result<TokenFile, TokenError> {
+        let v = version(path).map_err(|source| TokenError::Unreadable {
+            path: path.to_path_buf(),
+            source,
         })?;
         let token = read_token(path)?;
         Ok(TokenFile {
@@ -181,10 +189,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("token");
         std::fs::write(&p, "\n").unwrap();
-        assert!(TokenFile::load(&p).unwrap_err().contains("is empty"));
+        assert!(
+            TokenFile::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
         assert!(
             TokenFile::load(&dir.path().join("nope"))
                 .unwrap_err()
+                .to_string()
                 .contains("cannot read")
         );
     }

@@ -34,9 +34,6 @@ pub struct Cli {
 pub enum Command {
     /// Serve the preStop hook (GET /prestop) and drain NGINX when it is called.
     Serve(Box<ServeArgs>),
-    /// Run a real NGINX on loopback, put traffic through it and drain it
-    /// through the hook exactly as the kubelet would, printing what happens.
-    Demo(DemoArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,8 +87,8 @@ pub struct ServeArgs {
 
     /// Where the connection census comes from: `auto` (netlink, falling back
     /// to /proc/net/tcp when netlink is refused), `netlink` or `proc`.
-    #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = Method::Auto)]
-    pub census: Method,
+    #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = Census::Auto)]
+    pub census: Census,
 
     /// Require `Authorization: Bearer <token>` on /prestop and /status, with
     /// the token read from this file (a mounted Secret; re-read when it
@@ -112,8 +109,8 @@ pub struct ServeArgs {
     /// `reset` closes the hook's connection with a TCP reset so that the
     /// kubelet records a FailedPreStopHook event (it ignores status codes);
     /// `status` answers 500 with the report.
-    #[arg(long, env = "NGINX_DRAIN_ON_FAILURE", value_enum, default_value_t = OnFailure::Reset)]
-    pub on_failure: OnFailure,
+    #[arg(long, env = "NGINX_DRAIN_ON_FAILURE", value_enum, default_value_t = FailureAnswer::Reset)]
+    pub on_failure: FailureAnswer,
 
     /// Write each final report as JSON to this file, atomically (e.g. the
     /// container's terminationMessagePath, /dev/termination-log).
@@ -141,20 +138,50 @@ pub struct LogArgs {
     pub log_level: String,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
-    /// The `nginx` binary to run (default: `nginx` on PATH, then /usr/sbin/nginx).
-    #[arg(long, env = "NGINX_DRAIN_DEMO_NGINX", value_name = "PATH")]
-    pub nginx: Option<PathBuf>,
-
-    #[command(flatten)]
-    pub log: LogArgs,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `--census`: the flag's words. The sockets module has its own type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Census {
+    /// NETLINK_SOCK_DIAG, falling back to /proc when netlink is refused.
+    Auto,
+    /// NETLINK_SOCK_DIAG only.
+    Netlink,
+    /// /proc/net/tcp and /proc/net/tcp6 only.
+    Proc,
+}
+
+impl From<Census> for Method {
+    fn from(c: Census) -> Method {
+        match c {
+            Census::Auto => Method::Auto,
+            Census::Netlink => Method::Netlink,
+            Census::Proc => Method::Proc,
+        }
+    }
+}
+
+/// `--on-failure`: the flag's words. The HTTP module has its own type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureAnswer {
+    /// Answer 500 with the report.
+    Status,
+    /// Reset the connection (TCP RST, no response), so that the kubelet
+    /// records a FailedPreStopHook event: it ignores status codes.
+    Reset,
+}
+
+impl From<FailureAnswer> for OnFailure {
+    fn from(f: FailureAnswer) -> OnFailure {
+        match f {
+            FailureAnswer::Status => OnFailure::Status,
+            FailureAnswer::Reset => OnFailure::Reset,
+        }
+    }
 }
 
 fn parse_drain_timeout(s: &str) -> Result<Duration, String> {

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use ipnet::IpNet;
@@ -35,6 +35,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::auth::{TokenFile, peer_allowed};
 use crate::drain::Handle;
+use crate::metrics::Metrics;
 
 /// A client must send its request head within this time (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,7 +54,7 @@ const EVICT_MIN_AGE: Duration = Duration::from_secs(1);
 pub type Body = Full<Bytes>;
 
 /// What to do with the hook's connection when a drain did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
     /// Answer 500 with the report.
     Status,
@@ -167,14 +168,9 @@ impl Drop for Busy {
 
 /// The error a handler returns to make hyper drop the connection; the
 /// socket was set to reset (SO_LINGER 0) first.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("connection reset on purpose (--on-failure reset)")]
 pub struct ResetConnection;
-impl std::fmt::Display for ResetConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection reset on purpose (--on-failure reset)")
-    }
-}
-impl std::error::Error for ResetConnection {}
 
 /// What a handler knows about its connection.
 #[derive(Clone, Copy)]
@@ -188,6 +184,7 @@ pub struct Conn {
 pub async fn serve(
     listener: TcpListener,
     handle: Handle,
+    metrics: Arc<Metrics>,
     opts: Options,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -218,14 +215,17 @@ pub async fn serve(
                 let conn = Conn { peer, fd: stream.as_raw_fd() };
                 let (id, slot) = tracker.add();
                 let handle = handle.clone();
+                let metrics = metrics.clone();
                 let opts2 = opts.clone();
                 let slot2 = slot.clone();
                 let svc = service_fn(move |req| {
                     let handle = handle.clone();
+                    let metrics = metrics.clone();
                     let opts = opts2.clone();
                     let busy = Busy::new(&slot2);
                     async move {
-                        let r = route(req, conn, &handle, &opts).await;
+                        let ctx = Ctx { conn, handle: &handle, metrics: &metrics, opts: &opts };
+                        let r = route(req, ctx).await;
                         drop(busy);
                         r
                     }
@@ -262,12 +262,27 @@ pub async fn serve(
     }
 }
 
+/// The methods each path answers; anything else gets 405 with `Allow`.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/prestop" => Some("GET, POST"),
+        "/healthz" | "/readyz" | "/status" | "/metrics" => Some("GET, HEAD"),
+        _ => None,
+    }
+}
+
+/// What every handler needs.
+pub struct Ctx<'a> {
+    pub conn: Conn,
+    pub handle: &'a Handle,
+    pub metrics: &'a Metrics,
+    pub opts: &'a Options,
+}
+
 /// Routes one request.
 pub async fn route(
     req: Request<Incoming>,
-    conn: Conn,
-    handle: &Handle,
-    opts: &Options,
+    ctx: Ctx<'_>,
 ) -> Result<Response<Body>, ResetConnection> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -278,72 +293,38 @@ pub async fn route(
     // The body is never read: hyper closes the connection after the answer
     // instead of buffering whatever a client sends.
     drop(req);
-    let protected = |token: &Option<Arc<TokenFile>>, check_peer: bool| -> Option<Response<Body>> {
-        if check_peer && !peer_allowed(&opts.allow, conn.peer.ip()) {
-            tracing::warn!(peer = %conn.peer, path = %path, "refused: peer outside --allow-cidr");
-            return Some(json(
-                StatusCode::FORBIDDEN,
-                &error_body("your address is not in --allow-cidr"),
-            ));
-        }
-        if let Some(t) = token
-            && !t.accepts(auth.as_deref())
-        {
-            tracing::warn!(peer = %conn.peer, path = %path, "refused: missing or wrong bearer token");
-            let mut r = json(
-                StatusCode::UNAUTHORIZED,
-                &error_body("a valid bearer token is required (Authorization: Bearer <token>)"),
-            );
-            r.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"nginx-drain\""),
-            );
-            return Some(r);
-        }
-        None
+    let Some(allow) = allowed_methods(&path) else {
+        return Ok(json(
+            StatusCode::NOT_FOUND,
+            &error_body(&format!(
+                "no such path {:?}; the endpoints are /prestop, /status, /healthz, /readyz, /metrics",
+                path.chars().take(100).collect::<String>()
+            )),
+        ));
     };
-    let response = match path.as_str() {
+    if !allow.split(", ").any(|m| m == method.as_str()) {
+        return Ok(not_allowed(allow));
+    }
+    let refused = |token: &Option<Arc<TokenFile>>, check_peer: bool| {
+        refusal(
+            ctx.conn.peer,
+            &path,
+            auth.as_deref(),
+            token,
+            check_peer.then_some(&ctx.opts.allow[..]),
+        )
+    };
+    Ok(match path.as_str() {
         "/prestop" => {
-            if method != Method::GET && method != Method::POST {
-                return Ok(not_allowed("GET, POST"));
+            if let Some(r) = refused(&ctx.opts.token, true) {
+                ctx.metrics.observe_hook(r.status().as_str());
+                return Ok(r);
             }
-            if let Some(refused) = protected(&opts.token, true) {
-                handle.metrics().observe_hook(refused.status().as_str());
-                return Ok(refused);
-            }
-            let resp = match handle.prestop(conn.peer).await {
-                Some(report)
-                    if !report.outcome.is_success() && opts.on_failure == OnFailure::Reset =>
-                {
-                    handle.metrics().observe_hook("reset");
-                    tracing::warn!(peer = %conn.peer, outcome = report.outcome.as_str(), "resetting the hook's connection so that the kubelet records FailedPreStopHook (--on-failure reset); the report is on /status");
-                    reset(conn.fd);
-                    return Err(ResetConnection);
-                }
-                Some(report) => {
-                    let status = StatusCode::from_u16(report.http_status())
-                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    json(status, &*report)
-                }
-                None => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &error_body("the sidecar is shutting down and cannot start a drain"),
-                ),
-            };
-            handle.metrics().observe_hook(resp.status().as_str());
-            resp
+            return prestop(&ctx).await;
         }
-        "/healthz" => {
-            if method != Method::GET && method != Method::HEAD {
-                return Ok(not_allowed("GET, HEAD"));
-            }
-            text(StatusCode::OK, "ok\n".to_string())
-        }
+        "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
         "/readyz" => {
-            if method != Method::GET && method != Method::HEAD {
-                return Ok(not_allowed("GET, HEAD"));
-            }
-            let snap = handle.snapshot();
+            let snap = ctx.handle.snapshot();
             if snap.is_ready() {
                 text(StatusCode::OK, "ready\n".to_string())
             } else {
@@ -353,24 +334,11 @@ pub async fn route(
                 )
             }
         }
-        "/status" => {
-            if method != Method::GET && method != Method::HEAD {
-                return Ok(not_allowed("GET, HEAD"));
-            }
-            if let Some(refused) = protected(&opts.token, true) {
-                return Ok(refused);
-            }
-            json(StatusCode::OK, &handle.snapshot())
-        }
-        "/metrics" => {
-            if method != Method::GET && method != Method::HEAD {
-                return Ok(not_allowed("GET, HEAD"));
-            }
-            if let Some(refused) = protected(&opts.metrics_token, false) {
-                return Ok(refused);
-            }
+        "/status" => refused(&ctx.opts.token, true)
+            .unwrap_or_else(|| json(StatusCode::OK, &ctx.handle.snapshot())),
+        _ => refused(&ctx.opts.metrics_token, false).unwrap_or_else(|| {
             let mut r = Response::new(Full::new(Bytes::from(
-                handle.metrics().render(&handle.snapshot()),
+                ctx.metrics.render(&ctx.handle.snapshot()),
             )));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -379,16 +347,68 @@ pub async fn route(
                 ),
             );
             r
+        }),
+    })
+}
+
+/// The refusal for a peer outside `allow` (when given) or a missing or wrong
+/// token, if any.
+fn refusal(
+    peer: SocketAddr,
+    path: &str,
+    auth: Option<&[u8]>,
+    token: &Option<Arc<TokenFile>>,
+    allow: Option<&[IpNet]>,
+) -> Option<Response<Body>> {
+    if let Some(allow) = allow
+        && !peer_allowed(allow, peer.ip())
+    {
+        tracing::warn!(%peer, %path, "refused: peer outside --allow-cidr");
+        return Some(json(
+            StatusCode::FORBIDDEN,
+            &error_body("your address is not in --allow-cidr"),
+        ));
+    }
+    if let Some(t) = token
+        && !t.accepts(auth)
+    {
+        tracing::warn!(%peer, %path, "refused: missing or wrong bearer token");
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            &error_body("a valid bearer token is required (Authorization: Bearer <token>)"),
+        );
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"nginx-drain\""),
+        );
+        return Some(r);
+    }
+    None
+}
+
+/// `/prestop`: start or join the drain and answer with its report (or, on
+/// failure with `--on-failure reset`, reset the connection).
+async fn prestop(ctx: &Ctx<'_>) -> Result<Response<Body>, ResetConnection> {
+    let peer = ctx.conn.peer;
+    let resp = match ctx.handle.prestop(peer).await {
+        Some(report) if !report.outcome.is_success() && ctx.opts.on_failure == OnFailure::Reset => {
+            ctx.metrics.observe_hook("reset");
+            tracing::warn!(%peer, outcome = report.outcome.as_str(), "resetting the hook's connection so that the kubelet records FailedPreStopHook (--on-failure reset); the report is on /status");
+            reset(ctx.conn.fd);
+            return Err(ResetConnection);
         }
-        other => json(
-            StatusCode::NOT_FOUND,
-            &error_body(&format!(
-                "no such path {:?}; the endpoints are /prestop, /status, /healthz, /readyz, /metrics",
-                other.chars().take(100).collect::<String>()
-            )),
+        Some(report) => {
+            let status = StatusCode::from_u16(report.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            json(status, &*report)
+        }
+        None => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &error_body("the sidecar is shutting down and cannot start a drain"),
         ),
     };
-    Ok(response)
+    ctx.metrics.observe_hook(resp.status().as_str());
+    Ok(resp)
 }
 
 /// Makes the coming close of `fd` send a TCP RST.

@@ -2,20 +2,26 @@
 //!
 //! Data flows one way: **observe → decide → act → report**.
 //!
-//! - [`nginx`] observes and acts: finds the master in `/proc`, checks its
-//!   identity, lists its workers, signals it through a pidfd and awaits its
-//!   exit. It knows nothing of HTTP or Kubernetes.
+//! - [`nginx`] observes and acts on NGINX's processes: finds the master in
+//!   `/proc`, checks its identity, lists its workers, signals it through a
+//!   pidfd and awaits its exit. It knows nothing of HTTP or Kubernetes.
+//! - [`sockets`] observes the pod's TCP sockets: the connection census and
+//!   the arrival log. It knows nothing of NGINX's processes or of HTTP.
 //! - [`drain`] decides: the owner task (single flight per master), the drain
-//!   sequence as a small state machine, and its budget.
-//! - [`report`] is what is reported: the JSON of `/prestop` and `/status`.
-//! - [`http`] serves the hook and probes; [`serve`] wires it all together and
-//!   handles the sidecar's own SIGTERM.
-//! - [`testbed`] runs a real NGINX and real clients for the demo, the tests
-//!   and the benchmarks.
+//!   as a state machine over a [`drain::target::Target`], its budget and the
+//!   quiet rule.
+//! - [`report`] is what is reported and the words for it (outcomes, quit
+//!   reasons): the JSON of `/prestop` and `/status`, the report file.
+//! - [`http`] serves the hook and probes; [`metrics`] observes reports and
+//!   the snapshot; [`serve`] wires it all together, handles the sidecar's own
+//!   signals and maps errors to exit codes; [`cli`] is the flags.
+//!
+//! The demo and the test machinery (a real NGINX, clients, a kubelet
+//! emulator) live in the `testbed` crate of this workspace: the product
+//! binary cannot link them.
 
 pub mod auth;
 pub mod cli;
-pub mod demo;
 pub mod drain;
 pub mod http;
 pub mod logging;
@@ -24,4 +30,3 @@ pub mod nginx;
 pub mod report;
 pub mod serve;
 pub mod sockets;
-pub mod testbed;

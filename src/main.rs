@@ -1,5 +1,6 @@
 //! The `nginx-drain` binary: parse flags, set up logging, run. Everything
-//! else lives in the library.
+//! else lives in the library; the demo and the test machinery live in the
+//! `testbed` crate and are never linked here.
 
 use std::process::ExitCode;
 
@@ -12,31 +13,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             logging::init(&args.log);
-            let (config, http_opts, listener) = match serve::prepare(&args) {
-                Ok(x) => x,
-                Err(serve::ConfigError(msg)) => {
-                    eprintln!("nginx-drain: {msg}");
-                    tracing::error!("{msg}");
-                    return ExitCode::from(serve::exit::CONFIG);
-                }
-            };
-            // One thread is plenty: the sidecar waits on a few file
-            // descriptors, and a small runtime keeps its memory small.
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+            match serve::main(&args) {
+                Ok(()) => ExitCode::from(serve::exit::OK),
                 Err(e) => {
-                    eprintln!("nginx-drain: cannot start the async runtime: {e}");
-                    return ExitCode::from(serve::exit::FAILURE);
+                    // Startup errors are read by people at a terminal as
+                    // often as by log pipelines: say it on both.
+                    if matches!(e, serve::Error::Config(_)) {
+                        eprintln!("nginx-drain: {e}");
+                    }
+                    tracing::error!("{e}");
+                    ExitCode::from(e.exit_code())
                 }
-            };
-            rt.block_on(serve::run(config, http_opts, listener))
-        }
-        Command::Demo(args) => {
-            logging::init(&args.log);
-            nginx_drain::demo::main(args)
+            }
         }
     }
 }

@@ -3,24 +3,26 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::ExitCode;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use std::sync::Arc;
-
-use crate::auth::TokenFile;
+use crate::auth::{TokenError, TokenFile};
 use crate::cli::ServeArgs;
-use crate::drain;
-use crate::http;
-use crate::nginx::Locator;
+use crate::metrics::Metrics;
+use crate::nginx::{Locator, PidFileError};
+use crate::report::Report;
 use crate::sockets::PortFilter;
 use crate::sockets::monitor::MonitorConfig;
+use crate::{drain, http};
 
-/// Exit codes, as in linkerd-await: each means one thing.
+/// Exit codes, as in linkerd-await: each means one thing. [`Error::exit_code`]
+/// is the one place that maps an error to one.
 pub mod exit {
     /// Exited after NGINX was gone (or none was running).
     pub const OK: u8 = 0;
@@ -30,36 +32,130 @@ pub mod exit {
     pub const CONFIG: u8 = 2;
 }
 
-/// A configuration problem found at startup: printed, then exit 2.
+/// A configuration problem found at startup: printed, then exit 2. Each
+/// message names what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(
+        "--min-delay {} is longer than --max-delay {}: make --min-delay the shorter one",
+        humantime::format_duration(*min),
+        humantime::format_duration(*max)
+    )]
+    DelayOrder { min: Duration, max: Duration },
+    #[error("--port {0} is the sidecar's own port (--listen): name NGINX's ports")]
+    OwnPort(u16),
+    #[error(
+        "--report-file {}: its directory does not exist; mount it or choose another path",
+        .0.display()
+    )]
+    ReportDir(PathBuf),
+}
+
+/// Why `serve` stopped other than by finishing its work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(io::Error),
+    #[error("cannot use the listening socket: {0}")]
+    Listener(io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+    #[error("the drain owner failed: {0}; please report this as a bug")]
+    Owner(tokio::task::JoinError),
+}
+
+impl Error {
+    /// The process's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::Runtime(_) | Error::Listener(_) | Error::Signals(_) | Error::Owner(_) => {
+                exit::FAILURE
+            }
+        }
+    }
+}
+
+/// `listen` failed; the message says how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({source}){}", match source.kind() {
+    io::ErrorKind::AddrInUse => ": another process uses this port; pick a free one with --listen (and the hook's port to match)",
+    io::ErrorKind::PermissionDenied => ": ports below 1024 need CAP_NET_BIND_SERVICE; use a higher port",
+    io::ErrorKind::AddrNotAvailable => ": that address is not on any interface of this pod",
+    _ => "",
+})]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+/// Everything `serve` needs, checked: the drain's configuration, the HTTP
+/// surface's, the bound listener and where reports go.
 #[derive(Debug)]
-pub struct ConfigError(pub String);
+pub struct Prepared {
+    pub drain: drain::Config,
+    pub http: http::Options,
+    pub listener: std::net::TcpListener,
+    /// Where to write each final report (atomically), if anywhere.
+    pub report_file: Option<PathBuf>,
+}
+
+/// The whole `serve` command: check the configuration, start a small
+/// runtime, run until NGINX is gone after the sidecar's own SIGTERM/SIGINT.
+pub fn main(args: &ServeArgs) -> Result<(), Error> {
+    let prepared = prepare(args)?;
+    // One thread is plenty: the sidecar waits on a few file descriptors,
+    // and a small runtime keeps its memory small.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    rt.block_on(async {
+        let stop = termination_signal().map_err(Error::Signals)?;
+        run(prepared, stop).await
+    })
+}
+
+/// Resolves at the process's first SIGTERM or SIGINT.
+fn termination_signal() -> io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+            _ = int.recv() => tracing::info!("received SIGINT"),
+        }
+    })
+}
 
 /// Checks the configuration and binds the listener. Everything that can be
 /// wrong with the flags is reported here, before anything runs.
-pub fn prepare(
-    args: &ServeArgs,
-) -> Result<(drain::Config, http::Options, std::net::TcpListener), ConfigError> {
+pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
     let locator = match &args.nginx_pid_file {
         Some(p) => Locator::PidFile(p.clone()),
         None => Locator::Discover,
     };
-    locator.check_at_startup().map_err(ConfigError)?;
+    locator.check_at_startup()?;
     if args.min_delay > args.max_delay {
-        return Err(ConfigError(format!(
-            "--min-delay {} is longer than --max-delay {}: make --min-delay the shorter one",
-            humantime::format_duration(args.min_delay),
-            humantime::format_duration(args.max_delay)
-        )));
+        return Err(ConfigError::DelayOrder {
+            min: args.min_delay,
+            max: args.max_delay,
+        });
     }
     if args.ports.contains(&args.listen.port()) {
-        return Err(ConfigError(format!(
-            "--port {} is the sidecar's own port (--listen): name NGINX's ports",
-            args.listen.port()
-        )));
+        return Err(ConfigError::OwnPort(args.listen.port()));
     }
-    let load = |p: &Option<std::path::PathBuf>| -> Result<Option<Arc<TokenFile>>, ConfigError> {
+    let load = |p: &Option<PathBuf>| -> Result<Option<Arc<TokenFile>>, TokenError> {
         p.as_deref()
-            .map(|p| TokenFile::load(p).map(Arc::new).map_err(ConfigError))
+            .map(|p| TokenFile::load(p).map(Arc::new))
             .transpose()
     };
     let token = load(&args.token_file)?;
@@ -67,43 +163,40 @@ pub fn prepare(
     if let Some(p) = &args.report_file {
         let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
         if dir.is_some_and(|d| !d.is_dir()) {
-            return Err(ConfigError(format!(
-                "--report-file {}: its directory does not exist; mount it or choose another path",
-                p.display()
-            )));
+            return Err(ConfigError::ReportDir(p.clone()));
         }
     }
-    let listener = bind(args.listen).map_err(ConfigError)?;
+    let listener = bind(args.listen)?;
     let own_port = listener
         .local_addr()
         .map_or(args.listen.port(), |a| a.port());
-    Ok((
-        drain::Config {
+    Ok(Prepared {
+        drain: drain::Config {
             locator,
             drain_timeout: args.drain_timeout,
-            policy: drain::sequence::WaitPolicy {
+            policy: drain::WaitPolicy {
                 min_delay: args.min_delay,
                 max_delay: args.max_delay,
             },
             census: MonitorConfig {
-                method: args.census,
+                method: args.census.into(),
                 filter: PortFilter {
                     only: args.ports.iter().copied().collect(),
                     exclude: [own_port].into(),
                     ignore_peers: args.ignore_peers.clone(),
                 },
             },
-            report_file: args.report_file.clone(),
         },
-        http::Options {
+        http: http::Options {
             token,
             metrics_token,
             allow: args.allow_cidrs.clone(),
-            on_failure: args.on_failure,
+            on_failure: args.on_failure.into(),
             max_connections: fit_file_limit(args.max_connections as usize),
         },
         listener,
-    ))
+        report_file: args.report_file.clone(),
+    })
 }
 
 /// The connection limit, lowered so that open connections cannot exhaust
@@ -129,24 +222,26 @@ fn fit_file_limit(wanted: usize) -> usize {
 /// Binds `addr`. The unspecified IPv6 address is bound dual-stack
 /// (IPV6_V6ONLY off, whatever the sysctl says); where the pod has no IPv6 at
 /// all, it falls back to the IPv4 wildcard instead of failing.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
+    use nix::errno::Errno;
     let wildcard_v6 = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
     match bind_socket(addr, wildcard_v6) {
         Ok(l) => Ok(l),
         Err(e)
             if wildcard_v6
-                && matches!(
-                    e.raw_os_error(),
-                    Some(libc_eafnosupport) if libc_eafnosupport == nix::errno::Errno::EAFNOSUPPORT as i32
-                        || libc_eafnosupport == nix::errno::Errno::EADDRNOTAVAIL as i32
-                        || libc_eafnosupport == nix::errno::Errno::EPROTONOSUPPORT as i32
-                ) =>
+                && [
+                    Errno::EAFNOSUPPORT,
+                    Errno::EADDRNOTAVAIL,
+                    Errno::EPROTONOSUPPORT,
+                ]
+                .iter()
+                .any(|n| e.raw_os_error() == Some(*n as i32)) =>
         {
             let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
             tracing::info!(error = %e, "IPv6 is not available here: listening on IPv4 only");
-            bind_socket(v4, false).map_err(|e| listen_error(v4, &e))
+            bind_socket(v4, false).map_err(|source| ListenError { addr: v4, source })
         }
-        Err(e) => Err(listen_error(addr, &e)),
+        Err(source) => Err(ListenError { addr, source }),
     }
 }
 
@@ -162,33 +257,24 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpLi
     Ok(socket.into())
 }
 
-fn listen_error(addr: SocketAddr, e: &io::Error) -> String {
-    let fix = match e.kind() {
-        io::ErrorKind::AddrInUse => {
-            ": another process uses this port; pick a free one with --listen (and the hook's port to match)"
-        }
-        io::ErrorKind::PermissionDenied => {
-            ": ports below 1024 need CAP_NET_BIND_SERVICE; use a higher port"
-        }
-        io::ErrorKind::AddrNotAvailable => ": that address is not on any interface of this pod",
-        _ => "",
-    };
-    format!("cannot listen on {addr} ({e}){fix}")
-}
-
-/// Runs the sidecar until it has seen NGINX go (after its own SIGTERM).
+/// Runs the sidecar until it has seen NGINX go after `stop` resolved (the
+/// sidecar's own SIGTERM in production; the demo and tests pass their own).
+///
+/// This is the one place where the parts are wired: the metrics are made
+/// here and observe every final report (with the report file) before any
+/// hook sees it; the HTTP surface renders the drain's handle and the
+/// metrics.
 pub async fn run(
-    config: drain::Config,
-    http_opts: http::Options,
-    listener: std::net::TcpListener,
-) -> ExitCode {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot use the listening socket: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
+    prepared: Prepared,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let Prepared {
+        drain: config,
+        http: http_opts,
+        listener,
+        report_file,
+    } = prepared;
+    let listener = TcpListener::from_std(listener).map_err(Error::Listener)?;
     let local = listener.local_addr().ok();
     tracing::info!(
         listen = ?local,
@@ -202,43 +288,34 @@ pub async fn run(
         allow_cidrs = ?http_opts.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         on_failure = ?http_opts.on_failure,
         max_connections = http_opts.max_connections,
-        report_file = ?config.report_file,
+        report_file = ?report_file,
         version = env!("CARGO_PKG_VERSION"),
         "nginx-drain serving: preStop hook at GET /prestop"
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let signals = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!("cannot install signal handlers: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
     tokio::spawn(async move {
-        let (mut term, mut int) = signals;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("received SIGTERM"),
-            _ = int.recv() => tracing::info!("received SIGINT"),
-        }
+        stop.await;
         let _ = shutdown_tx.send(true);
     });
 
-    let (handle, owner) = drain::spawn(config, shutdown_rx);
-    let (stop_http, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, handle, http_opts, stop_rx));
-    let code = match owner.await {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            tracing::error!("the drain owner failed: {e}; please report this as a bug");
-            exit::FAILURE
+    let metrics = Arc::new(Metrics::new());
+    let observer = metrics.clone();
+    let on_report: drain::ReportSink = Arc::new(move |report: &Report| {
+        observer.observe_report(report);
+        if let Some(path) = &report_file
+            && let Err(e) = crate::report::file::write(path, report)
+        {
+            tracing::error!("cannot write --report-file {}: {e}", path.display());
         }
-    };
+    });
+    let (handle, owner) = drain::spawn(config, on_report, shutdown_rx);
+    let (stop_http, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, handle, metrics, http_opts, stop_rx));
+    let result = owner.await.map_err(Error::Owner);
     let _ = stop_http.send(true);
     let _ = server.await;
+    let code = result.as_ref().map_or_else(Error::exit_code, |()| exit::OK);
     tracing::info!(code, "nginx-drain exiting");
-    ExitCode::from(code)
+    result
 }

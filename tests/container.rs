@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use nginx_drain::testbed::client;
-use nginx_drain::testbed::scenario::wait_ready;
-use nginx_drain::testbed::{Nginx, NginxOptions, free_port};
 use serde_json::Value;
+use testbed::client;
+use testbed::scenario::wait_ready;
+use testbed::{Nginx, NginxOptions, free_port};
 
 const HANG: Duration = Duration::from_secs(30);
 

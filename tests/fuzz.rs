@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use clap::Parser;
 use nginx_drain::auth::{bearer, parse_token, peer_allowed};
 use nginx_drain::nginx::procfs::{parse_cmdline, parse_pid_file, parse_stat, parse_status_uid};
 use nginx_drain::sockets::netlink::parse_datagram;
@@ -135,34 +136,28 @@ fn server() -> SocketAddr {
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                // The real `serve` wiring, with no NGINX behind it.
                 let dir = tempfile::tempdir().unwrap();
-                let config = nginx_drain::drain::Config {
-                    locator: nginx_drain::nginx::Locator::PidFile(dir.path().join("nginx.pid")),
-                    drain_timeout: Duration::from_secs(5),
-                    policy: nginx_drain::drain::sequence::WaitPolicy {
-                        min_delay: Duration::from_millis(250),
-                        max_delay: Duration::from_secs(1),
-                    },
-                    census: nginx_drain::sockets::monitor::MonitorConfig {
-                        method: nginx_drain::sockets::Method::Proc,
-                        filter: nginx_drain::sockets::PortFilter {
-                            only: [1].into(),
-                            ..Default::default()
-                        },
-                    },
-                    report_file: None,
-                };
-                let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                let (handle, _owner) = nginx_drain::drain::spawn(config, stop_rx.clone());
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                nginx_drain::http::serve(
-                    listener,
-                    handle,
-                    nginx_drain::http::Options::default(),
-                    stop_rx,
-                )
-                .await;
+                let pid_file = format!(
+                    "--nginx-pid-file={}",
+                    dir.path().join("nginx.pid").display()
+                );
+                let cli = nginx_drain::cli::Cli::try_parse_from([
+                    "nginx-drain",
+                    "serve",
+                    "--listen=127.0.0.1:0",
+                    &pid_file,
+                    "--drain-timeout=5s",
+                    "--max-delay=1s",
+                    "--census=proc",
+                    "--port=1",
+                    "--on-failure=status",
+                ])
+                .unwrap();
+                let nginx_drain::cli::Command::Serve(args) = cli.command;
+                let prepared = nginx_drain::serve::prepare(&args).unwrap();
+                tx.send(prepared.listener.local_addr().unwrap()).unwrap();
+                let _ = nginx_drain::serve::run(prepared, std::future::pending()).await;
                 drop(dir);
             });
         });

@@ -7,20 +7,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nginx_drain::testbed::client::{self, Fetched};
-use nginx_drain::testbed::scenario::wait_ready;
-use nginx_drain::testbed::{Nginx, NginxOptions, Sidecar};
 use serde_json::Value;
+use testbed::client;
+use testbed::scenario::wait_ready;
+use testbed::{Nginx, NginxOptions, Sidecar};
+
+mod support;
+use support::{bin, json, sidecar_for};
 
 const HANG: Duration = Duration::from_secs(30);
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
-}
-
-fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
-    Sidecar::for_nginx(bin(), nginx, extra).expect("start sidecar")
-}
 
 /// One request with extra header lines, over a raw socket: status and body.
 fn raw_request(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<(u16, String)> {
@@ -58,10 +53,6 @@ fn healthz_within_1s(addr: SocketAddr) {
         "took {:?}",
         t.elapsed()
     );
-}
-
-fn json(f: &Fetched) -> Value {
-    serde_json::from_slice(&f.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", f.text()))
 }
 
 fn token_file(dir: &Path, token: &str) -> std::path::PathBuf {
@@ -208,7 +199,7 @@ async fn bad_inputs_never_stop_the_probes_or_touch_nginx() {
     // A file limit of 64 (as under `ulimit -n 64`): far fewer descriptors
     // than the connections below, so only evicting idle connections keeps
     // the probes and the hook answered.
-    let addr = SocketAddr::from(([127, 0, 0, 1], nginx_drain::testbed::free_port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], testbed::free_port()));
     let mut cmd = Command::new("prlimit");
     cmd.args(["--nofile=64:64", "--"])
         .arg(bin())
@@ -449,7 +440,7 @@ async fn json_logs_carry_pod_namespace_and_drain_id() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let pid_file = nginx.pid_file();
     let port = nginx.addr().port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], nginx_drain::testbed::free_port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], testbed::free_port()));
     let mut cmd = Command::new(bin());
     cmd.args([
         "serve",

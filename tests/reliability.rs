@@ -10,22 +10,17 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nginx_drain::testbed::client;
-use nginx_drain::testbed::scenario::wait_ready;
-use nginx_drain::testbed::{Bystander, Nginx, NginxOptions, Sidecar, free_port};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use testbed::client;
+use testbed::scenario::wait_ready;
+use testbed::{Bystander, Nginx, NginxOptions, Sidecar, free_port};
+
+mod support;
+use support::{bin, sidecar_for};
 
 const HANG: Duration = Duration::from_secs(30);
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
-}
-
-fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
-    Sidecar::for_nginx(bin(), nginx, extra).expect("start sidecar")
-}
 
 fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     client::raw_get(addr, path, "")
@@ -431,7 +426,7 @@ async fn a_silent_client_cannot_hold_the_drain_past_the_budget() {
     wait_ready(sidecar.addr).await;
     let _silent = TcpStream::connect(nginx.addr()).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let term = nginx_drain::testbed::Kubelet::new(sidecar.addr, Duration::from_secs(6))
+    let term = testbed::Kubelet::new(sidecar.addr, Duration::from_secs(6))
         .terminate(&nginx)
         .await;
     assert!(

@@ -3,41 +3,26 @@
 //! status codes, what NGINX logged, exit codes.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nginx_drain::testbed::client::{self, Failure, Fetched};
-use nginx_drain::testbed::{Bystander, Kubelet, Nginx, NginxOptions, Sidecar};
 use nix::sys::signal::Signal;
-use serde_json::Value;
+use testbed::client::{self, Failure, Fetched};
+use testbed::{Bystander, Kubelet, Nginx, NginxOptions, Sidecar};
+
+mod support;
+use support::{bin, json, sidecar_for};
 
 /// Generous bound that only catches hangs; timing goals live in the bench.
 const HANG: Duration = Duration::from_secs(30);
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
-}
-
 fn nginx(opts: NginxOptions) -> Nginx {
     Nginx::start(opts).expect("start nginx (install it with: apt-get install -y nginx-light)")
-}
-
-/// The sidecar for `nginx`, counting only its port: the tests share the
-/// machine's network namespace, so other tests' traffic must not count
-/// (tests/traffic.rs runs in namespaces of its own, with default flags).
-fn sidecar_for(nginx: &Nginx, extra: &[&str]) -> Sidecar {
-    Sidecar::for_nginx(bin(), nginx, extra).expect("start sidecar")
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Fetched {
     client::get(addr, path, HANG)
         .await
         .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
-}
-
-fn json(f: &Fetched) -> Value {
-    assert!(f.body.ends_with(b"\n"), "JSON bodies end with a newline");
-    serde_json::from_slice(&f.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", f.text()))
 }
 
 async fn wait_ready(addr: SocketAddr) {
@@ -427,7 +412,7 @@ async fn discovery_finds_the_one_master_among_decoys() {
     let decoy_dir = tempfile::tempdir().unwrap();
     let decoy = decoy_dir.path().join("nginx");
     std::fs::copy("/bin/sleep", &decoy).unwrap();
-    let port = nginx_drain::testbed::free_port();
+    let port = testbed::free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let nginx_cmd = format!("{:?}", work.command()).replace('"', "'");
     let script = format!(
@@ -538,5 +523,20 @@ fn configuration_errors_exit_2_with_a_fix() {
         out.status.code(),
         Some(2),
         "env vars are validated like flags"
+    );
+}
+
+#[test]
+fn the_product_binary_has_no_demo_subcommand() {
+    // The demo lives in the testbed crate; the image's binary is the product.
+    let out = std::process::Command::new(bin())
+        .arg("demo")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unrecognized subcommand 'demo'"),
+        "{stderr}"
     );
 }

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nginx_drain::testbed::netns;
-use nginx_drain::testbed::strategies::{self, Strategy, Traffic};
+use testbed::netns;
+use testbed::strategies::{self, Strategy, Traffic};
 
 #[path = "../benches/common/render.rs"]
 mod render;

@@ -7,16 +7,18 @@
 //! So "every TCP port listening in the namespace" means this test's nginx.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use nginx_drain::sockets::{Census, Method, PortFilter, Source, state};
-use nginx_drain::testbed::Nginx;
-use nginx_drain::testbed::NginxOptions;
-use nginx_drain::testbed::scenario::{Run, Scenario};
-use nginx_drain::testbed::{load, netns};
+use testbed::Nginx;
+use testbed::NginxOptions;
+use testbed::scenario::{Run, Scenario};
+use testbed::{load, netns};
 use tokio::time::Instant;
+
+mod support;
+use support::bin;
 
 /// Runs test `name` again inside a network namespace of its own and checks
 /// that it passed there. Returns true in the outer process (which then
@@ -41,11 +43,7 @@ fn in_own_netns(name: &str) -> bool {
 }
 
 async fn run_scenario(s: Scenario) -> Run {
-    nginx_drain::testbed::scenario::run(bin(), s).await
-}
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
+    testbed::scenario::run(bin(), s).await
 }
 
 /// What every traffic-aware drain must give the user.

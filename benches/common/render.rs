@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use nginx_drain::testbed::strategies::{Outcome, Strategy};
 use plotters::prelude::*;
+use testbed::strategies::{Outcome, Strategy};
 
 pub fn preamble(runs: usize) -> String {
     format!(

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::report::QuitReason;
+
 /// Time we keep between giving up and the end of the budget, to write the
 /// answer before the kubelet stops waiting.
 pub const ANSWER_MARGIN: Duration = Duration::from_millis(250);
@@ -56,9 +58,49 @@ impl Budget {
     }
 }
 
+/// The latest time SIGQUIT may go out: `--max-delay` after the hook, or
+/// earlier when the budget needs the time for the graceful quit itself
+/// (a quarter of the budget, at most 5 s, before the escalation point).
+pub fn latest_sigquit(
+    budget: &Budget,
+    timeout: Duration,
+    max_delay: Duration,
+) -> (Instant, QuitReason) {
+    let reserve = (timeout / 4).min(Duration::from_secs(5));
+    let by_budget = budget
+        .escalate_at
+        .checked_sub(reserve)
+        .unwrap_or(budget.start)
+        .max(budget.start);
+    let by_max = budget.start + max_delay;
+    if by_max <= by_budget {
+        (by_max, QuitReason::MaxDelay)
+    } else {
+        (by_budget, QuitReason::Budget)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latest_sigquit_is_max_delay_unless_the_budget_needs_the_time() {
+        let t0 = Instant::now();
+        let b = Budget::new(t0, Duration::from_secs(25));
+        assert_eq!(
+            latest_sigquit(&b, Duration::from_secs(25), Duration::from_secs(15)),
+            (t0 + Duration::from_secs(15), QuitReason::MaxDelay)
+        );
+        // escalate_at 22.75 s less 5 s reserve: 17.75 s.
+        assert_eq!(
+            latest_sigquit(&b, Duration::from_secs(25), Duration::from_secs(30)),
+            (t0 + Duration::from_millis(17_750), QuitReason::Budget)
+        );
+        let short = Budget::new(t0, Duration::from_secs(2));
+        let (at, _) = latest_sigquit(&short, Duration::from_secs(2), Duration::from_secs(15));
+        assert!(at >= t0 && at < short.escalate_at);
+    }
 
     #[test]
     fn default_budget_escalates_2_25s_before_the_end() {

@@ -12,8 +12,13 @@
 //! once no drain is running and the master it watches has exited.
 
 pub mod budget;
+pub mod outcome;
 pub mod quiet;
+pub mod record;
 pub mod sequence;
+pub mod target;
+
+pub use record::WaitPolicy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,9 +29,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
-use crate::nginx::{Locator, MasterHandle, NotFound, workers};
-use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, TrafficStatus, ms};
+use crate::nginx::{Locator, MasterHandle, NotFound, is_quitting, workers};
+use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, TrafficStatus, ms, rate2};
 use crate::sockets::monitor::{Monitor, MonitorConfig};
 
 /// How often the owner looks for a master while it has none (NGINX starting,
@@ -41,11 +45,14 @@ pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
 pub struct Config {
     pub locator: Locator,
     pub drain_timeout: Duration,
-    pub policy: sequence::WaitPolicy,
+    pub policy: WaitPolicy,
     pub census: MonitorConfig,
-    /// Where to write each final report (atomically), if anywhere.
-    pub report_file: Option<std::path::PathBuf>,
 }
+
+/// Called with every final report before any hook sees it: the wiring
+/// connects the metrics and the report file here, so that the drain knows
+/// nothing of either.
+pub type ReportSink = Arc<dyn Fn(&Report) + Send + Sync>;
 
 type ReportRx = watch::Receiver<Option<Arc<Report>>>;
 
@@ -62,7 +69,6 @@ pub struct Handle {
     commands: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Snapshot>,
     monitor: Monitor,
-    metrics: Arc<Metrics>,
 }
 
 impl Handle {
@@ -79,26 +85,17 @@ impl Handle {
         r.clone()
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// The state as `/status` shows it, with the latest census.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = self.snapshot.borrow().clone();
         let view = self.monitor.view();
         let view = view.borrow();
         snap.traffic = Some(TrafficStatus {
-            census: match (&view.error, view.method) {
-                (Some(_), _) => "unavailable",
-                (None, crate::sockets::Method::Proc) => "proc",
-                (None, _) => "netlink",
-            },
+            census: view.census_label(),
             ports: view.ports.iter().copied().collect(),
             listening: view.sample.listening.clone(),
             open: view.sample.open.clone(),
-            arrivals_per_second_last_minute: (view.log.rate_before(Instant::now()) * 100.0).round()
-                / 100.0,
+            arrivals_per_second_last_minute: rate2(view.log.rate_before(Instant::now())),
         });
         snap
     }
@@ -106,15 +103,18 @@ impl Handle {
 
 /// Starts the owner task. It returns once `shutdown` has fired and NGINX is
 /// gone (or the exit bound has passed).
-pub fn spawn(config: Config, shutdown: watch::Receiver<bool>) -> (Handle, JoinHandle<()>) {
+pub fn spawn(
+    config: Config,
+    on_report: ReportSink,
+    shutdown: watch::Receiver<bool>,
+) -> (Handle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let detail = format!("looking for nginx via {}", config.locator.describe());
     let (snap_tx, snap_rx) = watch::channel(Snapshot::initial(detail));
     let monitor = Monitor::spawn(config.census.clone());
-    let metrics = Arc::new(Metrics::new());
     let owner = Owner {
         monitor: monitor.clone(),
-        metrics: metrics.clone(),
+        on_report,
         config,
         commands: rx,
         snapshot: Arc::new(snap_tx),
@@ -130,7 +130,6 @@ pub fn spawn(config: Config, shutdown: watch::Receiver<bool>) -> (Handle, JoinHa
             commands: tx,
             snapshot: snap_rx,
             monitor,
-            metrics,
         },
         task,
     )
@@ -144,7 +143,7 @@ struct Drain {
 struct Owner {
     config: Config,
     monitor: Monitor,
-    metrics: Arc<Metrics>,
+    on_report: ReportSink,
     commands: mpsc::Receiver<Command>,
     snapshot: Arc<watch::Sender<Snapshot>>,
     /// The master being watched; kept after its exit until a new one appears.
@@ -231,12 +230,12 @@ impl Owner {
             Ok(handle) => {
                 let master = handle.master().clone();
                 let workers = workers(&master.id);
-                let quitting = !workers.is_empty() && workers.iter().all(|w| w.is_shutting_down());
+                let quitting = is_quitting(&workers);
                 tracing::info!(
                     pid = master.id.pid,
                     title = %master.title,
                     workers = workers.len(),
-                    signal_method = if handle.uses_pidfd() { "pidfd" } else { "kill" },
+                    signal_method = handle.signal_method(),
                     "found nginx master"
                 );
                 if quitting {
@@ -304,6 +303,7 @@ impl Owner {
                 });
                 let report = immediate_report(id, clock, peer, &problem, self.config.drain_timeout);
                 tracing::info!(outcome = report.outcome.as_str(), "{}", report.message);
+                (self.on_report)(&report);
                 let report = Arc::new(report);
                 self.snapshot
                     .send_modify(|s| s.last_report = Some(report.clone()));
@@ -313,7 +313,7 @@ impl Owner {
             }
         };
         let (tx, rx) = watch::channel(None);
-        let req = sequence::Request {
+        let req = record::Request {
             id: id.clone(),
             clock,
             peer,
@@ -322,10 +322,14 @@ impl Owner {
         };
         let snapshot = self.snapshot.clone();
         let monitor = self.monitor.clone();
+        let on_report = self.on_report.clone();
         let span = tracing::info_span!("drain", drain_id = %id);
         let task = tokio::spawn(
             async move {
                 let report = sequence::run(master, req, snapshot, monitor).await;
+                // Metrics and the report file first: whoever reads them
+                // after the hook's answer finds this drain there.
+                on_report(&report);
                 let _ = tx.send(Some(Arc::new(report.clone())));
                 report
             }
@@ -340,16 +344,6 @@ impl Owner {
             task: Some(task),
         });
         let _ = reply.send(rx);
-    }
-
-    /// Everything that happens to every final report: metrics, the file.
-    fn finished(&self, report: &Report) {
-        self.metrics.observe_report(report);
-        if let Some(path) = &self.config.report_file
-            && let Err(e) = crate::report::write_file(path, report)
-        {
-            tracing::error!("cannot write --report-file {}: {e}", path.display());
-        }
     }
 
     fn on_drain_finished(&mut self, joined: Result<Report, tokio::task::JoinError>) {
@@ -371,6 +365,7 @@ impl Owner {
                     &NotFound::Unusable(msg),
                     self.config.drain_timeout,
                 ));
+                (self.on_report)(&r);
                 drain.report = watch::channel(Some(r.clone())).1;
                 r
             }
@@ -382,7 +377,6 @@ impl Owner {
             report = %serde_json::to_string(&*report).unwrap_or_default(),
             "drain finished"
         );
-        self.finished(&report);
         self.snapshot.send_modify(|s| {
             s.state = State::Drained;
             s.detail = format!(

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use crate::report::QuitReason;
 pub use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY};
 
 /// The quiet period is this many typical gaps.
@@ -116,20 +117,6 @@ pub fn time_weighted_percentile(gaps: &[Duration], p: f64) -> Duration {
         }
     }
     sorted.last().copied().unwrap_or_default()
-}
-
-/// Why SIGQUIT goes out when it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QuitReason {
-    /// No new connection for the quiet period.
-    Quiet,
-    /// `--max-delay` after the hook, arrivals or not.
-    MaxDelay,
-    /// The budget needs the rest of its time for the graceful quit.
-    Budget,
-    /// NGINX was already shutting down: nothing to wait for.
-    AlreadyQuitting,
 }
 
 /// When to send SIGQUIT: once `quiet` has passed since the last arrival (or

@@ -52,6 +52,13 @@ impl Worker {
     }
 }
 
+/// True when the master is already quitting: it has children and every one
+/// says "is shutting down" (someone sent SIGQUIT before us). The one place
+/// this is decided.
+pub fn is_quitting(workers: &[Worker]) -> bool {
+    !workers.is_empty() && workers.iter().all(Worker::is_shutting_down)
+}
+
 /// How the sidecar finds the master.
 #[derive(Debug, Clone)]
 pub enum Locator {
@@ -193,31 +200,42 @@ impl Locator {
     /// Startup check: problems that will not fix themselves (a pid file that
     /// is a directory or unreadable). A missing pid file is fine: NGINX may
     /// start after the sidecar.
-    pub fn check_at_startup(&self) -> Result<(), String> {
+    pub fn check_at_startup(&self) -> Result<(), PidFileError> {
         if let Locator::PidFile(path) = self {
             match std::fs::read_to_string(path) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(pid_file_read_error(path, &e)),
+                Err(e) => return Err(PidFileError::new(path, e)),
             }
         }
         Ok(())
     }
 }
 
-fn pid_file_read_error(path: &Path, e: &io::Error) -> String {
-    if path.is_dir() {
-        return format!(
-            "--nginx-pid-file {} is a directory: give the file that nginx's `pid` directive names",
-            path.display()
-        );
-    }
-    let fix = if e.kind() == io::ErrorKind::PermissionDenied {
+/// A pid file that cannot be read (not one that does not exist yet).
+#[derive(Debug, thiserror::Error)]
+pub enum PidFileError {
+    #[error("--nginx-pid-file {} is a directory: give the file that nginx's `pid` directive names", .0.display())]
+    Directory(PathBuf),
+    #[error("cannot read --nginx-pid-file {} ({source}){}", path.display(), if source.kind() == io::ErrorKind::PermissionDenied {
         ": mount it readable for the sidecar's user (the nginx pid file is normally mode 0644)"
     } else {
         ""
-    };
-    format!("cannot read --nginx-pid-file {} ({e}){fix}", path.display())
+    })]
+    Unreadable { path: PathBuf, source: io::Error },
+}
+
+impl PidFileError {
+    fn new(path: &Path, source: io::Error) -> PidFileError {
+        if path.is_dir() {
+            PidFileError::Directory(path.to_path_buf())
+        } else {
+            PidFileError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
 }
 
 fn locate_by_pid_file(path: &Path) -> Result<Master, NotFound> {
@@ -229,7 +247,7 @@ fn locate_by_pid_file(path: &Path) -> Result<Master, NotFound> {
                 path.display()
             )));
         }
-        Err(e) => return Err(NotFound::Unusable(pid_file_read_error(path, &e))),
+        Err(e) => return Err(NotFound::Unusable(PidFileError::new(path, e).to_string())),
     };
     if text.trim().is_empty() {
         // nginx creates the file and writes it in two steps: an empty file is
@@ -340,7 +358,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Locator::PidFile(dir.path().to_path_buf())
             .check_at_startup()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is a directory"), "{err}");
     }
 }

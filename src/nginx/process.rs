@@ -161,6 +161,12 @@ impl MasterHandle {
         self.pidfd.is_some()
     }
 
+    /// How signals reach the master, as the report and logs name it:
+    /// `pidfd`, or `kill` on kernels without pidfds.
+    pub fn signal_method(&self) -> &'static str {
+        if self.uses_pidfd() { "pidfd" } else { "kill" }
+    }
+
     /// Checks that the pid still names the master we identified.
     pub fn verify(&self) -> Result<(), SignalError> {
         let pid = self.master.id.pid;

@@ -4,8 +4,6 @@
 //! pid file), so the parsers are total: they return an error, never panic.
 //! They are kept free of I/O so that they can be tested and fuzzed directly.
 
-use std::fmt;
-
 /// The fields of `/proc/PID/stat` that identify a process and its place in the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
@@ -27,16 +25,10 @@ impl Stat {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a /proc file or pid file was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ParseError(pub String);
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 /// Parses `/proc/PID/stat`. `comm` may contain spaces and parentheses, so the
 /// name ends at the *last* `)`.

@@ -56,8 +56,7 @@ impl Sock {
 }
 
 /// Where the census comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// NETLINK_SOCK_DIAG, falling back to /proc when netlink is refused.
     Auto,

@@ -59,6 +59,25 @@ pub struct View {
     pub error: Option<String>,
 }
 
+impl View {
+    /// Where the census comes from, as `/status` and the report name it:
+    /// `netlink`, `proc` (the fallback), or `unavailable` while no census
+    /// can be taken. The one place this label is decided.
+    pub fn census_label(&self) -> &'static str {
+        match (&self.error, self.method) {
+            (Some(_), _) => "unavailable",
+            (None, Method::Proc) => "proc",
+            (None, Method::Netlink | Method::Auto) => "netlink",
+        }
+    }
+
+    /// True when no census has ever been taken (and one has failed): the
+    /// drain cannot judge traffic at all.
+    pub fn is_blind(&self) -> bool {
+        self.error.is_some() && self.sample.at.is_none()
+    }
+}
+
 #[derive(Clone)]
 pub struct Monitor {
     view: watch::Receiver<View>,
@@ -82,6 +101,20 @@ impl Monitor {
             view,
             fast: Arc::new(fast),
         }
+    }
+
+    /// A monitor with no sampling task: the caller publishes the views.
+    /// For the drain's unit tests, which feed it census views they make up.
+    pub fn manual(initial: View) -> (Monitor, watch::Sender<View>) {
+        let (view_tx, view) = watch::channel(initial);
+        let (fast, _) = watch::channel(false);
+        (
+            Monitor {
+                view,
+                fast: Arc::new(fast),
+            },
+            view_tx,
+        )
     }
 
     pub fn view(&self) -> watch::Receiver<View> {

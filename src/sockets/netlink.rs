@@ -12,7 +12,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, Parseable,
+    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, Parseable,
 };
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
@@ -24,10 +25,8 @@ use netlink_sys::{Socket, SocketAddr as NlAddr};
 
 use super::{Sock, canonical};
 
-// Kernel ABI (include/uapi/linux/inet_diag.h, netlink.h) not exported by
-// the crate.
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+// Kernel ABI (include/uapi/linux/inet_diag.h) that netlink-packet-sock-diag
+// does not export: the bytecode filter's opcodes.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;

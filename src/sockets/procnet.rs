@@ -6,6 +6,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{Sock, canonical};
 
+/// Why a line of /proc/net/tcp{,6} was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected /proc/net/tcp line: {0}")]
+pub struct BadLine(&'static str);
+
+impl From<&'static str> for BadLine {
+    fn from(what: &'static str) -> BadLine {
+        BadLine(what)
+    }
+}
+
 pub fn dump() -> io::Result<Vec<Sock>> {
     let mut out = Vec::new();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -22,7 +33,7 @@ pub fn dump() -> io::Result<Vec<Sock>> {
 /// Parses one line of /proc/net/tcp{,6}:
 /// `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...`
 /// with addresses as hex in the kernel's byte order (`0100007F:1F90`).
-pub fn parse_line(line: &str) -> Result<Sock, String> {
+pub fn parse_line(line: &str) -> Result<Sock, BadLine> {
     let mut f = line.split_ascii_whitespace();
     let _sl = f.next().ok_or("empty line")?;
     let local = parse_addr(f.next().ok_or("no local address")?)?;
@@ -49,7 +60,7 @@ pub fn parse_line(line: &str) -> Result<Sock, String> {
     })
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+fn parse_addr(s: &str) -> Result<SocketAddr, BadLine> {
     let (ip, port) = s.split_once(':').ok_or("address without port")?;
     let port = u16::from_str_radix(port, 16).map_err(|_| "bad port")?;
     let ip = match ip.len() {
@@ -68,7 +79,7 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
             }
             IpAddr::V6(Ipv6Addr::from(bytes))
         }
-        _ => return Err(format!("bad address {ip:?}")),
+        _ => return Err(BadLine("address is neither 8 nor 32 hex digits")),
     };
     Ok(SocketAddr::new(ip, port))
 }

@@ -224,7 +224,7 @@ impl Nginx {
             return false;
         }
         match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(s) => crate::nginx::procfs::parse_stat(&s).is_ok_and(|st| !st.is_zombie()),
+            Ok(s) => nginx_drain::nginx::procfs::parse_stat(&s).is_ok_and(|st| !st.is_zombie()),
             Err(_) => false,
         }
     }
@@ -234,7 +234,7 @@ impl Nginx {
         self.reaped.is_none()
             && std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
                 .ok()
-                .and_then(|s| crate::nginx::procfs::parse_stat(&s).ok())
+                .and_then(|s| nginx_drain::nginx::procfs::parse_stat(&s).ok())
                 .is_some_and(|st| st.is_zombie())
     }
 
@@ -266,8 +266,8 @@ impl Nginx {
     }
 
     /// Pids of the master's children right now, with their titles.
-    pub fn workers(&self) -> Vec<crate::nginx::Worker> {
-        crate::nginx::workers(&crate::nginx::ProcId {
+    pub fn workers(&self) -> Vec<nginx_drain::nginx::Worker> {
+        nginx_drain::nginx::workers(&nginx_drain::nginx::ProcId {
             pid: self.pid,
             start_ticks: 0,
         })

@@ -1,6 +1,15 @@
-//! The JSON the sidecar answers with: the drain report (`/prestop`) and the
-//! status snapshot (`/status`). Plain serde types: no logic lives here beyond
-//! turning monotonic instants into wall-clock timestamps for humans.
+//! What the sidecar reports: the drain report (`/prestop`), the status
+//! snapshot (`/status`) and the words both use (outcomes, quit reasons).
+//! The drain decides and fills these in; HTTP, the metrics and the report
+//! file only read them. Nothing here imports the drain.
+//!
+//! - `series`: the bounded timeline of census samples.
+//! - `file`: `--report-file`, written atomically.
+
+pub mod file;
+mod series;
+
+pub use series::Series;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +18,10 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::drain::quiet::QuitReason;
 use crate::nginx::{Master, Worker};
 
 /// How a drain ended. Only `drained` and `not_running` are successes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// NGINX quit gracefully: every worker finished and the master exited.
     Drained,
@@ -37,6 +44,7 @@ impl Outcome {
     pub fn is_success(self) -> bool {
         matches!(self, Outcome::Drained | Outcome::NotRunning)
     }
+    /// The outcome's name in JSON, logs and metrics: written once, here.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Drained => "drained",
@@ -47,6 +55,26 @@ impl Outcome {
             Outcome::Error => "error",
         }
     }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Why SIGQUIT went out when it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuitReason {
+    /// No new connection for the quiet period.
+    Quiet,
+    /// `--max-delay` after the hook, arrivals or not.
+    MaxDelay,
+    /// The budget needs the rest of its time for the graceful quit.
+    Budget,
+    /// NGINX was already shutting down: nothing to wait for.
+    AlreadyQuitting,
 }
 
 /// Maps monotonic instants to wall-clock time, anchored once at the hook's
@@ -74,8 +102,14 @@ impl Clock {
     }
 }
 
+/// Whole milliseconds, as every duration in the JSON is written.
 pub fn ms(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// A rate as the JSON and the metrics show it: two decimals.
+pub fn rate2(per_second: f64) -> f64 {
+    (per_second * 100.0).round() / 100.0
 }
 
 /// Durations of the drain's phases, in milliseconds.
@@ -127,60 +161,6 @@ pub struct SamplePoint {
     pub arrivals: u32,
     /// Open client connections at this point.
     pub open: u32,
-}
-
-/// A bounded timeline: at most `cap` points; when full, pairs merge.
-#[derive(Debug, Clone)]
-pub struct Series {
-    cap: usize,
-    stride: u32,
-    pending: u32,
-    pending_arrivals: u32,
-    pub every_ms: u64,
-    pub points: Vec<SamplePoint>,
-}
-
-impl Series {
-    pub fn new(cap: usize, every_ms: u64) -> Series {
-        Series {
-            cap: cap.max(2),
-            stride: 1,
-            pending: 0,
-            pending_arrivals: 0,
-            every_ms,
-            points: Vec::new(),
-        }
-    }
-
-    pub fn push(&mut self, p: SamplePoint) {
-        self.pending += 1;
-        self.pending_arrivals += p.arrivals;
-        if self.pending < self.stride {
-            return;
-        }
-        self.points.push(SamplePoint {
-            arrivals: self.pending_arrivals,
-            ..p
-        });
-        self.pending = 0;
-        self.pending_arrivals = 0;
-        if self.points.len() >= self.cap {
-            let merged = self
-                .points
-                .chunks(2)
-                .map(|c| {
-                    let last = c[c.len() - 1];
-                    SamplePoint {
-                        arrivals: c.iter().map(|x| x.arrivals).sum(),
-                        ..last
-                    }
-                })
-                .collect();
-            self.points = merged;
-            self.stride *= 2;
-            self.every_ms *= 2;
-        }
-    }
 }
 
 /// The answer to a preStop hook: what happened, when, and why.
@@ -297,83 +277,5 @@ impl Snapshot {
     }
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
-    }
-}
-
-/// The kubelet keeps at most this many bytes of a termination message.
-pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
-
-/// Writes `report` as compact JSON to `path`: to a temporary file in the same
-/// directory, then renamed over `path`, so that a reader never sees half a
-/// report. Where `path` is a mount point (the kubelet bind-mounts
-/// `terminationMessagePath`), renaming over it is impossible; then it is
-/// rewritten in place. Reports over 4 KiB (the kubelet's limit for a
-/// termination message) lose their timeline first.
-pub fn write_file(path: &std::path::Path, report: &Report) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut body = serde_json::to_vec(report).map_err(std::io::Error::other)?;
-    if body.len() > TERMINATION_MESSAGE_LIMIT
-        && let Some(t) = &report.traffic
-    {
-        let mut slim = report.clone();
-        slim.traffic = Some(TrafficReport {
-            samples: Vec::new(),
-            ..t.clone()
-        });
-        body = serde_json::to_vec(&slim).map_err(std::io::Error::other)?;
-    }
-    body.push(b'\n');
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let staged = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    match staged {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)?;
-            f.write_all(&body)?;
-            f.sync_all()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn series_stays_bounded_and_keeps_every_arrival() {
-        let mut s = Series::new(8, 50);
-        for i in 0..100u64 {
-            s.push(SamplePoint {
-                t_ms: i * 50,
-                arrivals: 1,
-                open: i as u32,
-            });
-        }
-        assert!(s.points.len() <= 8);
-        let kept: u32 = s.points.iter().map(|p| p.arrivals).sum();
-        assert!(
-            (100 - 16..=100).contains(&kept),
-            "at most one stride pending: {kept}"
-        );
-        assert!(s.every_ms > 50);
-        assert!(s.points.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
     }
 }

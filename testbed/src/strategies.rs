@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::client::{self, Failure};
 use super::load::{self, LoadStats};
 use super::{Nginx, NginxOptions, Sidecar};
-use crate::sockets::{Method, PortFilter, Source};
+use nginx_drain::sockets::{Method, PortFilter, Source};
 
 /// A preStop strategy.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,25 +1,25 @@
-//! `nginx-drain demo`: the whole story in one command, on loopback.
+//! The demo (`scripts/demo`): the whole story in one command, on loopback.
 //!
 //! A real NGINX serves slow downloads and steady small requests; the pod is
-//! "deleted"; a kubelet emulator calls the preStop hook of an in-process
-//! sidecar exactly as the kubelet would, then SIGTERMs NGINX and would
-//! SIGKILL it at the end of the grace period. Everything is printed as it
-//! happens, then the report and a summary.
+//! "deleted"; a kubelet emulator calls the preStop hook of the sidecar
+//! (`nginx-drain serve`'s own wiring, run in this process) exactly as the
+//! kubelet would, then stops NGINX and would SIGKILL it at the end of the
+//! grace period. Everything is printed as it happens, then the report and a
+//! summary. The sidecar's state is read from its `/status`, as an operator
+//! would.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use clap::Parser;
+use nginx_drain::cli::{Cli, Command, LogArgs};
+use nginx_drain::{logging, serve};
+use testbed::client::{self, Failure};
+use testbed::{Kubelet, Nginx, NginxOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-use crate::cli::DemoArgs;
-use crate::drain;
-use crate::nginx::Locator;
-use crate::testbed::client::{self, Failure};
-use crate::testbed::{Kubelet, Nginx, NginxOptions};
 
 const DOWNLOADS: usize = 4;
 const DOWNLOAD_BYTES: usize = 2 << 20;
@@ -29,11 +29,24 @@ const GRACE: Duration = Duration::from_secs(30);
 /// How long new requests keep arriving after the pod is deleted.
 const LAG: Duration = Duration::from_secs(3);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
-const MIN_DELAY: Duration = Duration::from_millis(250);
-const MAX_DELAY: Duration = Duration::from_secs(15);
 
-pub fn main(args: DemoArgs) -> ExitCode {
-    let rt = match crate::testbed::runtime() {
+/// Run a real NGINX on loopback, put traffic through it and drain it through
+/// the hook exactly as the kubelet would, printing what happens.
+#[derive(Debug, Parser)]
+#[command(name = "demo")]
+struct DemoArgs {
+    /// The `nginx` binary to run (default: `nginx` on PATH, then /usr/sbin/nginx).
+    #[arg(long, env = "NGINX_DRAIN_DEMO_NGINX", value_name = "PATH")]
+    nginx: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() -> ExitCode {
+    let args = DemoArgs::parse();
+    logging::init(&args.log);
+    let rt = match testbed::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nginx-drain demo: cannot start the runtime: {e}");
@@ -82,45 +95,43 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         nginx.addr()
     );
 
-    let listener = crate::serve::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-    let hook_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (handle, _owner) = drain::spawn(
-        drain::Config {
-            locator: Locator::PidFile(nginx.pid_file()),
-            drain_timeout: DRAIN_TIMEOUT,
-            policy: drain::sequence::WaitPolicy {
-                min_delay: MIN_DELAY,
-                max_delay: MAX_DELAY,
-            },
-            census: crate::sockets::monitor::MonitorConfig {
-                method: crate::sockets::Method::Auto,
-                filter: crate::sockets::PortFilter {
-                    only: [nginx.addr().port()].into(),
-                    ..Default::default()
-                },
-            },
-            report_file: None,
-        },
-        shutdown_rx,
-    );
-    let (_stop_http, stop_rx) = watch::channel(false);
-    tokio::spawn(crate::http::serve(
-        listener,
-        handle.clone(),
-        crate::http::Options::default(),
-        stop_rx,
-    ));
+    // The sidecar exactly as `nginx-drain serve` runs it, with the flags a
+    // user would give, in this process.
+    let pid_file = nginx.pid_file();
+    let cli = Cli::try_parse_from([
+        "nginx-drain".to_string(),
+        "serve".into(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--nginx-pid-file={}", pid_file.display()),
+        format!("--port={}", nginx.addr().port()),
+        format!(
+            "--drain-timeout={}",
+            humantime::format_duration(DRAIN_TIMEOUT)
+        ),
+    ])
+    .map_err(|e| e.to_string())?;
+    let Command::Serve(serve_args) = cli.command;
+    let prepared = serve::prepare(&serve_args).map_err(|e| e.to_string())?;
+    let hook_addr = prepared.listener.local_addr().map_err(|e| e.to_string())?;
+    let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve::run(prepared, async move {
+        let _ = stop_rx.await;
+    }));
     let ready_by = Instant::now() + Duration::from_secs(5);
-    while !handle.snapshot().is_ready() {
-        if Instant::now() > ready_by {
-            return Err(format!(
-                "the sidecar did not find nginx: {}",
-                handle.snapshot().detail
-            ));
+    loop {
+        match client::get(hook_addr, "/readyz", Duration::from_secs(1)).await {
+            Ok(r) if r.status == 200 => break,
+            Ok(r) if Instant::now() > ready_by => {
+                return Err(format!(
+                    "the sidecar did not find nginx: {}",
+                    r.text().trim()
+                ));
+            }
+            Err(e) if Instant::now() > ready_by => {
+                return Err(format!("the sidecar does not answer: {e:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
         "{} sidecar ready on http://{hook_addr} (preStop hook: GET /prestop, drain budget {})",
@@ -207,9 +218,16 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         tokio::select! {
             term = &mut terminate => break term,
             _ = tick.tick() => {
-                let snap = handle.snapshot();
-                let phase = snap.drain.as_ref().map_or("-", |d| d.phase);
-                let open: u32 = snap.drain.as_ref().map_or(0, |d| d.open_connections.values().sum());
+                let status: serde_json::Value = client::get(hook_addr, "/status", Duration::from_secs(1))
+                    .await
+                    .ok()
+                    .and_then(|r| serde_json::from_slice(&r.body).ok())
+                    .unwrap_or_default();
+                let drain = &status["drain"];
+                let phase = drain["phase"].as_str().unwrap_or("-").to_string();
+                let open: u64 = drain["open_connections"]
+                    .as_object()
+                    .map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum());
                 println!(
                     "{} drain phase {phase:<11} open conns {open:>3}  nginx workers {}  requests ok {} failed {}  downloaded {:.1} of {} MiB",
                     at(),

@@ -1,0 +1,210 @@
+//! What one drain observed, accumulated as it goes and turned into the
+//! report at the end. Only facts live here; the decisions are in
+//! `sequence` (when to act) and `outcome` (what it amounted to).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::nginx::Worker;
+use crate::report::{
+    Clock, Durations, Outcome, Progress, QuitReason, Report, SamplePoint, Series, TrafficReport,
+    ms, rate2,
+};
+use crate::sockets::monitor::{FAST_EVERY, View};
+
+/// At most this many points of the timeline are kept in the report.
+const SERIES_CAP: usize = 600;
+
+/// The traffic-aware wait's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitPolicy {
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+/// What the drain needs to know about the hook that started it.
+pub struct Request {
+    pub id: String,
+    pub clock: Clock,
+    pub peer: String,
+    pub timeout: Duration,
+    pub policy: WaitPolicy,
+}
+
+/// Accumulates what was observed; turned into the report at the end.
+pub struct Record {
+    pub req: Request,
+    pub workers_at_start: Vec<Worker>,
+    pub signal_method: &'static str,
+    pub master_pid: i32,
+    pub master_title: String,
+    pub sigquit: Option<Instant>,
+    pub sigterm: Option<Instant>,
+    pub exited: Option<Instant>,
+    // Traffic.
+    pub census: &'static str,
+    pub ports: Vec<u16>,
+    pub rate_before: f64,
+    pub arrivals_during_wait: u64,
+    pub last_arrival: Option<Instant>,
+    pub quiet_ms: u64,
+    pub quiet_reason: String,
+    pub quit_reason: Option<QuitReason>,
+    pub open_now: BTreeMap<u16, u32>,
+    pub open_at_sigquit: BTreeMap<u16, u32>,
+    pub last_closed: Option<Instant>,
+    series: Series,
+    last_seq: u64,
+}
+
+impl Record {
+    pub fn new(
+        req: Request,
+        master_pid: i32,
+        master_title: String,
+        signal_method: &'static str,
+        workers_at_start: Vec<Worker>,
+        first: &View,
+    ) -> Record {
+        Record {
+            rate_before: first.log.rate_before(req.clock.mono),
+            req,
+            workers_at_start,
+            signal_method,
+            master_pid,
+            master_title,
+            sigquit: None,
+            sigterm: None,
+            exited: None,
+            census: first.census_label(),
+            ports: first.ports.iter().copied().collect(),
+            arrivals_during_wait: 0,
+            last_arrival: first.log.last_arrival(),
+            quiet_ms: 0,
+            quiet_reason: String::new(),
+            quit_reason: None,
+            open_now: first.sample.open.clone(),
+            open_at_sigquit: BTreeMap::new(),
+            last_closed: None,
+            series: Series::new(SERIES_CAP, ms(FAST_EVERY)),
+            last_seq: first.sample.seq,
+        }
+    }
+
+    /// Takes in a census sample (once per sample).
+    pub fn observe(&mut self, view: &View) {
+        let s = &view.sample;
+        let Some(at) = s.at else { return };
+        if s.seq == self.last_seq || at < self.req.clock.mono {
+            return;
+        }
+        self.last_seq = s.seq;
+        self.census = view.census_label();
+        self.ports = view.ports.iter().copied().collect();
+        self.open_now = s.open.clone();
+        if self.sigquit.is_none() {
+            // A sample's arrivals happened over its span; count only the
+            // share after the hook (the first sample straddles it).
+            let hook = self.req.clock.mono;
+            let start = at.checked_sub(s.span).unwrap_or(at);
+            let share = if start >= hook || s.span.is_zero() {
+                1.0
+            } else {
+                at.saturating_duration_since(hook).as_secs_f64() / s.span.as_secs_f64()
+            };
+            self.arrivals_during_wait += (f64::from(s.arrivals) * share).round() as u64;
+        } else if self.last_closed.is_none() && s.open_total() == 0 {
+            self.last_closed = Some(at);
+        }
+        if let Some(t) = view.log.last_arrival() {
+            self.last_arrival = Some(t);
+        }
+        self.series.push(SamplePoint {
+            t_ms: self.req.clock.millis_since_start(at),
+            arrivals: s.arrivals,
+            open: s.open_total(),
+        });
+    }
+
+    /// Milliseconds from the hook to `t`.
+    pub fn since_hook(&self, t: Instant) -> u64 {
+        self.req.clock.millis_since_start(t)
+    }
+
+    /// The drain's progress as `/status` shows it.
+    pub fn progress(
+        &self,
+        phase: &'static str,
+        left: Duration,
+        remaining: Vec<Worker>,
+        due: Option<Instant>,
+        now: Instant,
+    ) -> Progress {
+        Progress {
+            drain_id: self.req.id.clone(),
+            phase,
+            hook_received_at: self.req.clock.stamp(self.req.clock.mono),
+            elapsed_ms: self.since_hook(now),
+            budget_left_ms: ms(left),
+            sigquit_at: self.sigquit.map(|t| self.req.clock.stamp(t)),
+            workers_remaining: remaining,
+            open_connections: self.open_now.clone(),
+            arrivals_during_wait: self.arrivals_during_wait,
+            quiet_period_ms: (phase == "await_quiet").then_some(self.quiet_ms),
+            sigquit_due_in_ms: due.map(|d| ms(d.saturating_duration_since(now))),
+        }
+    }
+
+    pub fn finish(self, outcome: Outcome, message: String, workers_left: Vec<Worker>) -> Report {
+        let clock = self.req.clock;
+        let now = Instant::now();
+        let stamp = |t: Option<Instant>| t.map(|t| clock.stamp(t));
+        let traffic = self.quit_reason.map(|reason| TrafficReport {
+            census: self.census,
+            ports: self.ports.clone(),
+            arrivals_per_second_before_hook: rate2(self.rate_before),
+            arrivals_during_wait: self.arrivals_during_wait,
+            last_arrival_at: stamp(self.last_arrival),
+            quiet_period_ms: self.quiet_ms,
+            quiet_period_reason: self.quiet_reason.clone(),
+            sigquit_reason: reason,
+            wait_before_sigquit_ms: self.sigquit.map_or(0, |t| clock.millis_since_start(t)),
+            connections_at_sigquit: self.open_at_sigquit.clone(),
+            last_connection_closed_at: stamp(self.last_closed),
+            last_connection_closed_after_sigquit_ms: match (self.sigquit, self.last_closed) {
+                (Some(q), Some(c)) => Some(ms(c.saturating_duration_since(q))),
+                _ => None,
+            },
+            samples_every_ms: self.series.every_ms,
+            samples: self.series.points.clone(),
+        });
+        Report {
+            drain_id: self.req.id,
+            outcome,
+            message,
+            master_pid: Some(self.master_pid),
+            master_title: Some(self.master_title),
+            workers_at_start: self.workers_at_start,
+            workers_left,
+            signal_method: Some(self.signal_method),
+            hook_received_at: clock.stamp(clock.mono),
+            hook_peer: self.req.peer,
+            sigquit_at: stamp(self.sigquit),
+            sigterm_at: stamp(self.sigterm),
+            exited_at: stamp(self.exited),
+            answered_at: clock.stamp(now),
+            durations: Durations {
+                hook_to_sigquit_ms: self.sigquit.map(|t| clock.millis_since_start(t)),
+                sigquit_to_exit_ms: match (self.sigquit, self.exited) {
+                    (Some(q), Some(e)) => Some(ms(e.saturating_duration_since(q))),
+                    _ => None,
+                },
+                total_ms: clock.millis_since_start(now),
+            },
+            drain_timeout_ms: ms(self.req.timeout),
+            traffic,
+        }
+    }
+}

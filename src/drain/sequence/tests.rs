@@ -1,0 +1,438 @@
+//! The state machine's decisions, with a fake NGINX and made-up census
+//! views under tokio's paused clock: no root, no processes, exact times.
+//! (The integration tests in `tests/` drive a real NGINX.)
+
+use std::sync::Mutex;
+
+use tokio::time::sleep;
+
+use super::*;
+use crate::drain::WaitPolicy;
+use crate::drain::target::{BoxFuture, ExitWatch};
+use crate::nginx::{Master, ProcId};
+use crate::report::{Clock, QuitReason};
+use crate::sockets::Method;
+use crate::sockets::arrivals::{ArrivalLog, Arrivals};
+use crate::sockets::monitor::Sample;
+
+const MS: Duration = Duration::from_millis(1);
+const TICK: Duration = Duration::from_millis(100);
+
+/// How the fake master answers a signal.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Exits after this long, its workers first (a graceful or fast exit).
+    ExitAfter(Duration),
+    /// Does nothing.
+    Ignore,
+}
+
+/// A master with two workers that exits as told.
+struct Fake {
+    master: Master,
+    exit: Arc<watch::Sender<bool>>,
+    workers: Vec<(Worker, Arc<watch::Sender<bool>>)>,
+    on_quit: Answer,
+    on_term: Answer,
+    deny: bool,
+    sent: Mutex<Vec<(Sig, Instant)>>,
+}
+
+struct FakeChild(watch::Receiver<bool>);
+
+impl ExitWatch for FakeChild {
+    fn has_exited(&self) -> bool {
+        *self.0.borrow()
+    }
+    fn exited(&self) -> BoxFuture<'_> {
+        let mut rx = self.0.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|e| *e).await;
+        })
+    }
+}
+
+impl Fake {
+    fn new(on_quit: Answer, on_term: Answer) -> Fake {
+        Fake::with_titles(on_quit, on_term, "nginx: worker process")
+    }
+
+    fn with_titles(on_quit: Answer, on_term: Answer, title: &str) -> Fake {
+        Fake {
+            master: Master {
+                id: ProcId {
+                    pid: 7,
+                    start_ticks: 1,
+                },
+                title: "nginx: master process nginx".into(),
+            },
+            exit: Arc::new(watch::channel(false).0),
+            workers: (8..10)
+                .map(|pid| {
+                    let w = Worker {
+                        pid,
+                        title: title.into(),
+                    };
+                    (w, Arc::new(watch::channel(false).0))
+                })
+                .collect(),
+            on_quit,
+            on_term,
+            deny: false,
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Makes the master exit after `after`; its workers first when
+    /// `graceful`, else they stay (the master was killed).
+    fn exit_later(&self, after: Duration, graceful: bool) {
+        let exit = self.exit.clone();
+        let workers: Vec<_> = self.workers.iter().map(|(_, tx)| tx.clone()).collect();
+        tokio::spawn(async move {
+            sleep(after).await;
+            if graceful {
+                for w in workers {
+                    w.send_replace(true);
+                }
+            }
+            exit.send_replace(true);
+        });
+    }
+
+    fn sent(&self) -> Vec<(Sig, Duration)> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, at)| (*s, at.elapsed()))
+            .collect()
+    }
+
+    fn signals(&self) -> Vec<Sig> {
+        self.sent.lock().unwrap().iter().map(|(s, _)| *s).collect()
+    }
+}
+
+impl Target for Fake {
+    fn master(&self) -> &Master {
+        &self.master
+    }
+    fn signal_method(&self) -> &'static str {
+        "pidfd"
+    }
+    fn signal(&self, sig: Sig) -> Result<(), SignalError> {
+        if *self.exit.borrow() {
+            return Err(SignalError::Exited(7));
+        }
+        if self.deny {
+            return Err(SignalError::Permission(
+                "cannot send SIGQUIT to nginx master pid 7 (EPERM): run nginx-drain with the same UID".into(),
+            ));
+        }
+        self.sent.lock().unwrap().push((sig, Instant::now()));
+        let answer = match sig {
+            Sig::Quit => self.on_quit,
+            Sig::Term => self.on_term,
+        };
+        if let Answer::ExitAfter(d) = answer {
+            self.exit_later(d, true);
+        }
+        Ok(())
+    }
+    fn exited(&self) -> impl Future<Output = ()> + Send {
+        let mut rx = self.exit.subscribe();
+        async move {
+            let _ = rx.wait_for(|e| *e).await;
+        }
+    }
+    fn children(&self) -> Vec<Child> {
+        self.workers
+            .iter()
+            .map(|(w, tx)| Child {
+                worker: w.clone(),
+                exit: Arc::new(FakeChild(tx.subscribe())),
+            })
+            .collect()
+    }
+}
+
+/// Census views as the monitor would publish them: one sample every
+/// 100 ms, with `per_tick(t)` arrivals at time `t` since the hook.
+struct Census {
+    tx: watch::Sender<View>,
+    log: ArrivalLog,
+    seq: u64,
+}
+
+impl Census {
+    /// A monitor whose history holds `rate_per_tick` arrivals every 100 ms
+    /// for the `history` before now.
+    fn new(history: Duration, per_tick: u32) -> (Monitor, Census) {
+        let now = Instant::now();
+        let mut log = ArrivalLog::new(now.checked_sub(history).unwrap_or(now));
+        let mut t = log.since + TICK;
+        while t <= now && per_tick > 0 {
+            log.record(Arrivals {
+                at: t,
+                span: TICK,
+                n: per_tick,
+            });
+            t += TICK;
+        }
+        let view = View {
+            sample: Sample {
+                seq: 1,
+                at: Some(now),
+                span: TICK,
+                arrivals: per_tick,
+                open: [(80, 2)].into(),
+                listening: [(80, 0)].into(),
+            },
+            log: Arc::new(log.clone()),
+            method: Method::Netlink,
+            ports: [80].into(),
+            error: None,
+        };
+        let (monitor, tx) = Monitor::manual(view);
+        (monitor, Census { tx, log, seq: 1 })
+    }
+
+    /// Publishes samples every 100 ms for `how_long`, with `per_tick`
+    /// arrivals while `t < arrivals_until` (from now), none after.
+    fn run(mut self, how_long: Duration, arrivals_until: Duration, per_tick: u32) {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval_at(start + TICK, TICK);
+            while start.elapsed() < how_long {
+                let at = tick.tick().await;
+                let n = if at - start <= arrivals_until {
+                    per_tick
+                } else {
+                    0
+                };
+                self.log.record(Arrivals { at, span: TICK, n });
+                self.seq += 1;
+                let log = Arc::new(self.log.clone());
+                let seq = self.seq;
+                self.tx.send_modify(|v| {
+                    v.sample = Sample {
+                        seq,
+                        at: Some(at),
+                        span: TICK,
+                        arrivals: n,
+                        open: [(80, 2)].into(),
+                        listening: [(80, 0)].into(),
+                    };
+                    v.log = log;
+                });
+            }
+        });
+    }
+}
+
+fn request(timeout: Duration, max_delay: Duration) -> Request {
+    Request {
+        id: "test".into(),
+        clock: Clock::now(),
+        peer: "10.0.0.1:5000".into(),
+        timeout,
+        policy: WaitPolicy {
+            min_delay: Duration::from_millis(250),
+            max_delay,
+        },
+    }
+}
+
+async fn drain(fake: &Arc<Fake>, monitor: Monitor, timeout: Duration) -> Report {
+    let snapshot = Arc::new(watch::channel(Snapshot::initial(String::new())).0);
+    run(
+        fake.clone(),
+        request(timeout, Duration::from_secs(15)),
+        snapshot,
+        monitor,
+    )
+    .await
+}
+
+fn quiet_monitor() -> Monitor {
+    let (monitor, census) = Census::new(Duration::ZERO, 0);
+    census.run(Duration::from_secs(60), Duration::ZERO, 0);
+    monitor
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_traffic_sigquit_goes_at_min_delay_and_the_exit_is_drained() {
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(40 * MS), Answer::Ignore));
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    assert_eq!(fake.signals(), [Sig::Quit]);
+    assert_eq!(r.durations.hook_to_sigquit_ms, Some(250));
+    assert_eq!(r.durations.sigquit_to_exit_ms, Some(40));
+    assert!(r.workers_left.is_empty());
+    let t = r.traffic.expect("traffic");
+    assert_eq!(t.sigquit_reason, QuitReason::Quiet);
+    assert_eq!(t.connections_at_sigquit, [(80, 2)].into());
+}
+
+#[tokio::test(start_paused = true)]
+async fn nginx_keeps_serving_while_connections_arrive_and_quits_a_quiet_period_after_the_last() {
+    // Ten arrivals a second for a minute before the hook and 3 s after it.
+    let (monitor, census) = Census::new(Duration::from_secs(60), 1);
+    census.run(Duration::from_secs(20), Duration::from_secs(3), 1);
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(40 * MS), Answer::Ignore));
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    let waited = r.durations.hook_to_sigquit_ms.unwrap();
+    // The last arrival at 3.0 s; a gap of 100 ms x 3 = 300 ms of silence.
+    assert!(
+        (3_300..=3_400).contains(&waited),
+        "SIGQUIT {waited} ms after the hook"
+    );
+    let t = r.traffic.expect("traffic");
+    assert_eq!(t.arrivals_during_wait, 30);
+    assert_eq!(t.quiet_period_ms, 300);
+    assert_eq!(fake.signals(), [Sig::Quit]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quit_that_does_not_finish_is_forced_at_the_escalation_point_once() {
+    let fake = Arc::new(Fake::new(Answer::Ignore, Answer::ExitAfter(100 * MS)));
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(10)).await;
+    assert_eq!(r.outcome, Outcome::Forced, "{}", r.message);
+    assert_eq!(fake.signals(), [Sig::Quit, Sig::Term]);
+    // Budget 10 s: answer margin 250 ms, fast shutdown 2 s: SIGTERM at 7.75 s.
+    let sent = fake.sent();
+    assert_eq!(sent[0].1 - sent[1].1, Duration::from_millis(7_500));
+    assert_eq!(r.durations.total_ms, 7_850);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_master_that_ignores_sigterm_too_is_answered_timeout_before_the_budget_ends() {
+    let fake = Arc::new(Fake::new(Answer::Ignore, Answer::Ignore));
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(10)).await;
+    assert_eq!(r.outcome, Outcome::Timeout, "{}", r.message);
+    assert_eq!(r.durations.total_ms, 9_750, "250 ms before the budget ends");
+    assert_eq!(r.workers_left.len(), 2);
+    assert!(r.message.contains("SIGKILL"), "{}", r.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_master_killed_with_its_workers_alive_is_nginx_died_not_drained() {
+    let fake = Arc::new(Fake::new(Answer::Ignore, Answer::Ignore));
+    let monitor = quiet_monitor();
+    // Killed 1 s after the hook (after SIGQUIT at 250 ms); workers stay.
+    fake.exit_later(Duration::from_secs(1), false);
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::NginxDied, "{}", r.message);
+    assert_eq!(r.workers_left.len(), 2);
+    assert_eq!(fake.signals(), [Sig::Quit]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exit_before_our_sigquit_is_nginx_died_and_nothing_is_signalled() {
+    let (monitor, census) = Census::new(Duration::from_secs(60), 1);
+    census.run(Duration::from_secs(20), Duration::from_secs(10), 1);
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(MS), Answer::Ignore));
+    fake.exit_later(Duration::from_secs(1), true);
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::NginxDied, "{}", r.message);
+    assert!(
+        r.message.contains("before the drain sent SIGQUIT"),
+        "{}",
+        r.message
+    );
+    assert!(fake.signals().is_empty());
+    assert_eq!(r.durations.total_ms, 1_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_nginx_already_quitting_gets_no_second_sigquit() {
+    let fake = Arc::new(Fake::with_titles(
+        Answer::Ignore,
+        Answer::Ignore,
+        "nginx: worker process is shutting down",
+    ));
+    fake.exit_later(Duration::from_millis(500), true);
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    assert!(fake.signals().is_empty());
+    assert_eq!(
+        r.traffic.unwrap().sigquit_reason,
+        QuitReason::AlreadyQuitting
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_any_census_sigquit_waits_for_max_delay() {
+    let (monitor, census) = Census::new(Duration::ZERO, 0);
+    census.tx.send_modify(|v| {
+        v.sample = Sample::default();
+        v.error = Some("netlink and /proc/net/tcp both failed".into());
+    });
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(MS), Answer::Ignore));
+    let snapshot = Arc::new(watch::channel(Snapshot::initial(String::new())).0);
+    let r = run(
+        fake.clone(),
+        request(Duration::from_secs(25), Duration::from_secs(2)),
+        snapshot,
+        monitor,
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    assert_eq!(r.durations.hook_to_sigquit_ms, Some(2_000));
+    let t = r.traffic.unwrap();
+    assert_eq!(t.sigquit_reason, QuitReason::MaxDelay);
+    assert_eq!(t.census, "unavailable");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_census_monitor_that_stops_never_holds_the_drain_past_its_deadlines() {
+    let (monitor, census) = Census::new(Duration::ZERO, 0);
+    drop(census);
+    let fake = Arc::new(Fake::new(Answer::Ignore, Answer::ExitAfter(MS)));
+    let r = drain(&fake, monitor, Duration::from_secs(10)).await;
+    assert_eq!(r.outcome, Outcome::Forced, "{}", r.message);
+    assert_eq!(r.durations.hook_to_sigquit_ms, Some(250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_signal_ends_the_drain_with_an_error_that_names_the_fix() {
+    let mut fake = Fake::new(Answer::Ignore, Answer::Ignore);
+    fake.deny = true;
+    let fake = Arc::new(fake);
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Error);
+    assert!(r.message.contains("same UID"), "{}", r.message);
+    assert_eq!(r.durations.total_ms, 250);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_shows_each_phase_as_the_drain_moves() {
+    let fake = Arc::new(Fake::new(
+        Answer::ExitAfter(Duration::from_secs(2)),
+        Answer::Ignore,
+    ));
+    let monitor = quiet_monitor();
+    let snapshot = Arc::new(watch::channel(Snapshot::initial(String::new())).0);
+    let mut rx = snapshot.subscribe();
+    let task = tokio::spawn(run(
+        fake.clone(),
+        request(Duration::from_secs(25), Duration::from_secs(15)),
+        snapshot,
+        monitor,
+    ));
+    let mut phases: Vec<&'static str> = Vec::new();
+    while rx.changed().await.is_ok() {
+        let phase = rx.borrow_and_update().drain.as_ref().map(|d| d.phase);
+        if let Some(p) = phase
+            && phases.last() != Some(&p)
+        {
+            phases.push(p);
+        }
+    }
+    let r = task.await.unwrap();
+    assert_eq!(r.outcome, Outcome::Drained);
+    // `quit` lasts no time at all (SIGQUIT is one call): a watcher sees
+    // the phases around it.
+    assert_eq!(phases, ["await_quiet", "await_exit"]);
+}

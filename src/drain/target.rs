@@ -1,0 +1,86 @@
+//! What a drain acts on, as a trait: the NGINX master (signal it, await its
+//! exit) and its children at the start of the drain (each one's exit).
+//!
+//! The real target is [`MasterHandle`] (pidfds, identity checks); the
+//! drain's unit tests use a fake that exits when told, so that every decision
+//! of the state machine can be tested under tokio's paused clock, without
+//! root or NGINX.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::nginx::process::ChildWatch;
+use crate::nginx::{Master, MasterHandle, Sig, SignalError, Worker, workers};
+
+/// A boxed future borrowed from its owner.
+pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// One child's exit, observed without polling.
+pub trait ExitWatch: Send + Sync {
+    /// True once the child has exited. Exact at the moment it is asked:
+    /// this, not the order in which exit events are handled, decides
+    /// whether the master left a worker behind.
+    fn has_exited(&self) -> bool;
+    /// Resolves when the child has exited.
+    fn exited(&self) -> BoxFuture<'_>;
+}
+
+/// A child of the master at the start of the drain.
+#[derive(Clone)]
+pub struct Child {
+    pub worker: Worker,
+    pub exit: Arc<dyn ExitWatch>,
+}
+
+/// The process a drain stops.
+pub trait Target: Send + Sync + 'static {
+    fn master(&self) -> &Master;
+    /// How signals are delivered (`pidfd` or `kill`), for the report.
+    fn signal_method(&self) -> &'static str;
+    /// Sends `sig` to the master.
+    fn signal(&self, sig: Sig) -> Result<(), SignalError>;
+    /// Resolves when the master has exited.
+    fn exited(&self) -> impl Future<Output = ()> + Send;
+    /// The master's children now, each with a watch on its exit.
+    fn children(&self) -> Vec<Child>;
+}
+
+impl ExitWatch for ChildWatch {
+    fn has_exited(&self) -> bool {
+        ChildWatch::has_exited(self)
+    }
+    fn exited(&self) -> BoxFuture<'_> {
+        Box::pin(self.exited_ref())
+    }
+}
+
+impl Target for MasterHandle {
+    fn master(&self) -> &Master {
+        MasterHandle::master(self)
+    }
+    fn signal_method(&self) -> &'static str {
+        MasterHandle::signal_method(self)
+    }
+    fn signal(&self, sig: Sig) -> Result<(), SignalError> {
+        MasterHandle::signal(self, sig)
+    }
+    fn exited(&self) -> impl Future<Output = ()> + Send {
+        MasterHandle::exited(self)
+    }
+    /// Current workers and old ones still finishing requests after a
+    /// reload; a child that is already gone is left out.
+    fn children(&self) -> Vec<Child> {
+        let id = self.master().id;
+        workers(&id)
+            .into_iter()
+            .filter_map(|w| {
+                let watch = ChildWatch::open(w.pid, &id)?;
+                Some(Child {
+                    worker: w,
+                    exit: Arc::new(watch),
+                })
+            })
+            .collect()
+    }
+}
