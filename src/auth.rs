@@ -1,6 +1,10 @@
 //! Who may call the hook: a bearer token read from a file (a mounted
 //! Secret), and the peer ranges allowed.
 //!
+//! Invariant kept here: authentication never turns itself off. An unreadable
+//! or empty file is a startup error, and a failed re-read keeps the last
+//! good token.
+//!
 //! Kubernetes rotates a mounted Secret by swapping a symlink, so the file is
 //! checked on every authenticated request (one `stat`) and re-read when it
 //! changed. If a re-read fails, the last good token stays in force: a broken

@@ -10,6 +10,10 @@
 //! connection rather than refusing a new one, so that the kubelet's hook and
 //! probes are served even when the limit is reached. Connections waiting on
 //! a drain are busy and never evicted.
+//!
+//! Invariants kept here: a request refused for its peer or token never
+//! reaches the owner (nothing is signalled, no state changes); a connection
+//! waiting on a drain is never evicted.
 
 use std::collections::BTreeMap;
 

@@ -2,6 +2,10 @@
 //!
 //! Pure arithmetic on monotonic instants, so that the rule can be read and
 //! tested without NGINX.
+//!
+//! Invariants kept here: the answer goes out before the budget ends
+//! (`give_up_at`), the escalation leaves NGINX's fast shutdown room before
+//! that, and SIGQUIT is never later than `latest_sigquit`.
 
 use std::time::Duration;
 

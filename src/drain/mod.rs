@@ -10,6 +10,11 @@
 //!
 //! The owner also decides when the sidecar may exit after its own SIGTERM:
 //! once no drain is running and the master it watches has exited.
+//!
+//! Invariants kept here: only the owner starts drains, one per master (so at
+//! most one SIGQUIT each); a hook's client leaving cancels nothing; the
+//! `ReportSink` (metrics, report file) sees every final report before any
+//! hook does; the sidecar never exits while a drain runs.
 
 pub mod budget;
 pub mod outcome;

@@ -10,6 +10,10 @@
 //!
 //! On kernels without pidfds (< 5.3) we fall back to `kill(2)` after the same
 //! identity check, and to a short-interval `/proc` check for the exit.
+//!
+//! Invariant kept here: no signal goes to a pid whose start time and title
+//! were not checked against the identified master just before, and never by
+//! pid when a pidfd exists.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};

@@ -1,5 +1,8 @@
 //! From a socket dump to what the drain needs: which ports are served,
 //! how many connections each holds, and which connections are new.
+//!
+//! Invariant kept here: connections from `--ignore-peer` ranges and to the
+//! sidecar's own port never count as arrivals.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
