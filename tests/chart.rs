@@ -11,6 +11,9 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod support;
+use support::pod_rules;
+
 const CHART: &str = "charts/nginx-drain";
 
 fn helm() -> Option<String> {
@@ -61,6 +64,12 @@ fn objects(yaml: &str) -> Vec<Value> {
 }
 
 fn validate(yaml: &str, version: Option<&str>) {
+    validate_workload(yaml, version, "deployment");
+}
+
+/// kubernetes-validate --strict at `version` (None: the newest it knows),
+/// which must have seen a `workload` (lower-case kind).
+fn validate_workload(yaml: &str, version: Option<&str>, workload: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, yaml).unwrap();
@@ -83,7 +92,10 @@ fn validate(yaml: &str, version: Option<&str>) {
         "{version:?}: {text}"
     );
     // It passes empty input: make sure it saw the objects.
-    assert!(text.contains("passed for resource deployment/"), "{text}");
+    assert!(
+        text.contains(&format!("passed for resource {workload}/")),
+        "{text}"
+    );
 }
 
 fn kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -136,6 +148,8 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
         let objs = objects(&yaml);
         println!("{name}: {} objects", objs.len());
         let deploy = kind(&objs, "Deployment")[0];
+        let broken = pod_rules::check(deploy, None);
+        assert!(broken.is_empty(), "{name}: {broken:#?}");
         let pod = &deploy["spec"]["template"]["spec"];
         assert_eq!(pod["shareProcessNamespace"], true, "{name}");
         let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
@@ -307,5 +321,267 @@ fn checkov_finds_nothing_unexplained() {
     assert!(
         text.contains("Failed checks: 0") && !text.contains("Passed checks: 0,"),
         "{text}"
+    );
+}
+
+/// Where the unmodified upstream charts are: NGINX_DRAIN_UPSTREAM_CHARTS,
+/// else `../shared/upstream-charts` beside this checkout.
+fn upstream_charts() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("NGINX_DRAIN_UPSTREAM_CHARTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new("..")
+                .join("shared")
+                .join("upstream-charts")
+        });
+    if dir.join("ingress-nginx").is_dir() && dir.join("nginx-ingress").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the upstream charts are not at {}: under CI the overlays must be rendered against them; set NGINX_DRAIN_UPSTREAM_CHARTS",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: the overlays were NOT rendered against the upstream charts: none at {}; set NGINX_DRAIN_UPSTREAM_CHARTS to the folder holding ingress-nginx/ and nginx-ingress/",
+        dir.display()
+    );
+    None
+}
+
+/// A copy of NGINX Inc's chart whose schema loads its Kubernetes
+/// definitions from the local file instead of a URL (offline), so that
+/// `helm template` still checks the values against the schema.
+fn nginx_inc_chart(upstream: &std::path::Path, into: &std::path::Path) -> std::path::PathBuf {
+    let chart = into.join("nginx-ingress");
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(upstream.join("nginx-ingress"))
+        .arg(&chart)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let defs = std::fs::canonicalize(upstream.join("nginx-ingress-schema-definitions-1.36.0.json"))
+        .expect("the local schema definitions beside the charts");
+    let schema = chart.join("values.schema.json");
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("u+w")
+        .arg(&chart)
+        .status();
+    let text = std::fs::read_to_string(&schema).unwrap();
+    let url = "https://raw.githubusercontent.com/nginxinc/kubernetes-json-schema/master/v1.36.1/_definitions.json";
+    assert!(
+        text.contains(url),
+        "the schema's $refs moved: update this test"
+    );
+    std::fs::write(
+        &schema,
+        text.replace(url, &format!("file://{}", defs.display())),
+    )
+    .unwrap();
+    chart
+}
+
+/// The ConfigMap the controller reads its NGINX configuration from (named
+/// in its `--configmap` or `-nginx-configmaps` argument).
+fn controller_config<'a>(objs: &'a [Value], workload: &Value) -> Option<&'a Value> {
+    let containers = workload["spec"]["template"]["spec"]["containers"].as_array()?;
+    let name = containers
+        .iter()
+        .flat_map(|c| c["args"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .find_map(|a| {
+            let (flag, value) = a.split_once('=')?;
+            flag.trim_start_matches('-')
+                .starts_with("configmap")
+                .then(|| value.rsplit('/').next().unwrap_or(value).to_string())
+                .or_else(|| {
+                    flag.ends_with("nginx-configmaps")
+                        .then(|| value.rsplit('/').next().unwrap_or(value).to_string())
+                })
+        })?;
+    objs.iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == name.as_str())
+        .map(|c| &c["data"])
+}
+
+#[test]
+fn overlays_render_on_the_upstream_charts_and_pass_the_api_servers_rules() {
+    let Some(helm) = helm() else { return };
+    let Some(upstream) = upstream_charts() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let inc = nginx_inc_chart(&upstream, tmp.path());
+    let ingress_nginx = upstream.join("ingress-nginx");
+    let charts: [(&str, &std::path::Path, &str, &[&str]); 2] = [
+        (
+            "ingress-nginx 4.15.1",
+            &ingress_nginx,
+            "ingress-nginx-values.yaml",
+            &["Deployment", "DaemonSet"],
+        ),
+        (
+            "nginx-ingress 2.7.0",
+            &inc,
+            "nginx-inc-values.yaml",
+            &["deployment", "daemonset", "statefulset"],
+        ),
+    ];
+    let mut rendered_cases = 0;
+    for (chart_name, chart, overlay, kinds) in charts {
+        let overlay = format!("{CHART}/examples/{overlay}");
+        for kind_value in kinds {
+            for token in [Some("Bearer s3cr3t-token"), None] {
+                let mut cmd = Command::new(&helm);
+                cmd.args(["template", "edge"])
+                    .arg(chart)
+                    .args(["--namespace", "edge", "-f", &overlay])
+                    .args(["--set", &format!("controller.kind={kind_value}")]);
+                if let Some(t) = token {
+                    cmd.args([
+                        "--set-string",
+                        &format!("controller.lifecycle.preStop.httpGet.httpHeaders[0].value={t}"),
+                    ]);
+                }
+                let out = cmd.output().expect("run helm");
+                let case = format!("{chart_name} kind={kind_value} token={}", token.is_some());
+                assert!(
+                    out.status.success(),
+                    "{case}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let yaml = String::from_utf8(out.stdout).unwrap();
+                let workload_kind = kind_value.to_lowercase();
+                validate_workload(&yaml, Some("1.29.0"), &workload_kind);
+                validate_workload(&yaml, None, &workload_kind);
+                let objs = objects(&yaml);
+                let workloads: Vec<&Value> = objs
+                    .iter()
+                    .filter(|o| pod_rules::pod_spec(o).is_some() && o["kind"] != "Job")
+                    .collect();
+                // (ingress-nginx also renders its admission webhook's Jobs.)
+                assert_eq!(workloads.len(), 1, "{case}: one controller workload");
+                let workload = workloads[0];
+                assert_eq!(
+                    workload["kind"].as_str().unwrap().to_lowercase(),
+                    workload_kind,
+                    "{case}"
+                );
+                let config = controller_config(&objs, workload);
+                assert!(config.is_some(), "{case}: the controller's ConfigMap");
+                let broken = pod_rules::check(workload, config);
+                if token.is_some() {
+                    assert!(broken.is_empty(), "{case}: {broken:#?}");
+                } else {
+                    // The placeholder header is what a user who skipped the
+                    // --set-string gets: the checker names it, and nothing else.
+                    assert_eq!(broken.len(), 1, "{case}: {broken:#?}");
+                    assert!(
+                        broken[0].contains("Authorization header"),
+                        "{case}: {broken:#?}"
+                    );
+                }
+                println!("{case}: rendered, validated (1.29 and newest), rules pass");
+                rendered_cases += 1;
+            }
+        }
+    }
+    assert_eq!(rendered_cases, 10);
+}
+
+#[test]
+fn the_rules_catch_what_the_api_server_would_reject() {
+    // The overlay as it was before it removed the chart's exec hook: two
+    // handlers; and other broken pods, each named.
+    let pod = |patch: &dyn Fn(&mut Value)| {
+        let mut p: Value = serde_json::json!({
+            "kind": "Pod",
+            "spec": {
+                "shareProcessNamespace": true,
+                "terminationGracePeriodSeconds": 30,
+                "initContainers": [{
+                    "name": "nginx-drain", "image": "nginx-drain:0.1.0", "restartPolicy": "Always",
+                    "args": ["--drain-timeout=25s"],
+                    "ports": [{"name": "drain", "containerPort": 10266}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "drain"}},
+                    "securityContext": {"runAsUser": 101}
+                }],
+                "containers": [{
+                    "name": "controller", "image": "controller",
+                    "securityContext": {"runAsUser": 101},
+                    "lifecycle": {"preStop": {"httpGet": {"path": "/prestop", "port": 10266}}}
+                }]
+            }
+        });
+        patch(&mut p);
+        pod_rules::check(&p, None)
+    };
+    assert_eq!(pod(&|_| {}), Vec::<String>::new());
+    type Patch<'a> = &'a dyn Fn(&mut Value);
+    let cases: [(&str, Patch); 8] = [
+        ("2 handlers", &|p| {
+            p["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"] =
+                serde_json::json!({"command": ["/wait-shutdown"]});
+        }),
+        (
+            "neither a number nor a port declared on this container",
+            &|p| {
+                p["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]["port"] =
+                    "drain".into();
+            },
+        ),
+        ("restartPolicy is allowed only on init containers", &|p| {
+            p["spec"]["containers"][0]["restartPolicy"] = "Always".into();
+        }),
+        ("SIGKILL NGINX mid-drain", &|p| {
+            p["spec"]["terminationGracePeriodSeconds"] = 26.into();
+        }),
+        ("shareProcessNamespace is not true", &|p| {
+            p["spec"]["shareProcessNamespace"] = false.into();
+        }),
+        ("run it as UID 0 or add CAP_KILL", &|p| {
+            p["spec"]["containers"][0]["securityContext"]["runAsUser"] = 0.into();
+        }),
+        ("0 preStop hooks reach nginx-drain", &|p| {
+            p["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]["port"] = 8080.into();
+        }),
+        ("exactly one is allowed", &|p| {
+            p["spec"]["initContainers"][0]["readinessProbe"]["tcpSocket"] =
+                serde_json::json!({"port": 10266});
+        }),
+    ];
+    for (want, patch) in cases {
+        let broken = pod(patch);
+        assert!(
+            broken.iter().any(|b| b.contains(want)),
+            "{want:?} not among {broken:#?}"
+        );
+    }
+    let config = serde_json::json!({"worker-shutdown-timeout": "240s"});
+    let long = pod(&|_| {});
+    assert!(long.is_empty());
+    let mut p: Value = serde_json::json!({"kind": "Pod", "spec": {}});
+    p["spec"] = serde_json::json!({
+        "shareProcessNamespace": true, "terminationGracePeriodSeconds": 60,
+        "initContainers": [{"name": "nginx-drain", "image": "nginx-drain", "restartPolicy": "Always",
+            "args": ["--drain-timeout=55s", "--max-delay=30s"], "securityContext": {"runAsUser": 101}}],
+        "containers": [{"name": "c", "securityContext": {"runAsUser": 101},
+            "lifecycle": {"preStop": {"httpGet": {"path": "/prestop", "port": 10266}}}}]
+    });
+    let broken = pod_rules::check(&p, Some(&config));
+    assert!(
+        broken
+            .iter()
+            .any(|b| b.contains("lower worker-shutdown-timeout")),
+        "{broken:#?}"
+    );
+    assert!(
+        pod_rules::check(
+            &p,
+            Some(&serde_json::json!({"worker-shutdown-timeout": "20s"}))
+        )
+        .is_empty()
     );
 }

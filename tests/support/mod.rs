@@ -9,6 +9,8 @@ use serde_json::Value;
 use testbed::client::Fetched;
 use testbed::{Nginx, Sidecar};
 
+pub mod pod_rules;
+
 /// The `nginx-drain` binary cargo built for these tests.
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
