@@ -321,8 +321,7 @@ pub async fn route(
     Ok(match path.as_str() {
         "/prestop" => {
             if let Some(r) = refused(&ctx.opts.token, true) {
-                ctx.metrics.observe_hook(r.status().as_str());
-                return Ok(r);
+                return refused_hook(&ctx, r);
             }
             return prestop(&ctx).await;
         }
@@ -388,6 +387,31 @@ fn refusal(
         return Some(r);
     }
     None
+}
+
+/// A refused `/prestop`. The kubelet ignores status codes: an answered 401
+/// or 403 counts as a successful hook, it goes on to stop NGINX, and NGINX
+/// takes the fast shutdown. So with `--on-failure reset` the refusal resets
+/// the connection too and the kubelet records FailedPreStopHook.
+fn refused_hook(ctx: &Ctx<'_>, refusal: Response<Body>) -> Result<Response<Body>, ResetConnection> {
+    let status = refusal.status();
+    ctx.metrics.observe_hook(status.as_str());
+    let fix = if status == StatusCode::FORBIDDEN {
+        "its address is outside --allow-cidr: add the range the kubelet's hooks come from"
+    } else {
+        "its Authorization header is not \"Bearer <the token in --token-file>\": fix the preStop hook's httpHeaders (a placeholder left in an overlay does this)"
+    };
+    tracing::error!(
+        peer = %ctx.conn.peer,
+        status = status.as_u16(),
+        "a preStop hook was refused and nothing was drained: {fix}"
+    );
+    if ctx.opts.on_failure == OnFailure::Reset {
+        tracing::warn!(peer = %ctx.conn.peer, "resetting the refused hook's connection so that the kubelet records FailedPreStopHook instead of a silent success (--on-failure reset)");
+        reset(ctx.conn.fd);
+        return Err(ResetConnection);
+    }
+    Ok(refusal)
 }
 
 /// `/prestop`: start or join the drain and answer with its report (or, on

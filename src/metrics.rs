@@ -37,6 +37,7 @@ pub struct Metrics {
     workers: Gauge,
     arrivals: Gauge<f64, AtomicU64>,
     open: Gauge,
+    undrained: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +100,12 @@ impl Metrics {
             "Open client connections on NGINX's ports, from the connection census",
             open.clone(),
         );
+        let undrained = Counter::default();
+        r.register(
+            "undrained_exits",
+            "NGINX masters that exited with no drain having run (the preStop hook never reached nginx-drain: not wired, refused, on the wrong container; or NGINX crashed)",
+            undrained.clone(),
+        );
         r.register(
             "build",
             "nginx-drain's version",
@@ -115,6 +122,7 @@ impl Metrics {
             workers,
             arrivals,
             open,
+            undrained,
         }
     }
 
@@ -156,6 +164,11 @@ impl Metrics {
             );
         self.master_up.set(i64::from(running));
         self.workers.set(snapshot.workers.len() as i64);
+        // The owner counts; the counter catches up at each scrape.
+        let seen = self.undrained.get();
+        if snapshot.undrained_exits > seen {
+            self.undrained.inc_by(snapshot.undrained_exits - seen);
+        }
         if let Some(t) = &snapshot.traffic {
             self.arrivals.set(t.arrivals_per_second_last_minute);
             self.open.set(i64::from(t.open.values().sum::<u32>()));

@@ -66,7 +66,9 @@ async fn only_the_right_token_from_an_allowed_peer_drains() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tf = token_file(dir.path(), "s3cret-token");
-    // The sidecar listens on 127.0.0.1; 127.0.0.2 is "another pod".
+    // The sidecar listens on 127.0.0.1; 127.0.0.2 is "another pod". With
+    // `--on-failure status` refusals are answered (the default resets them:
+    // see the next test).
     let sidecar = sidecar_for(
         &nginx,
         &[
@@ -74,6 +76,8 @@ async fn only_the_right_token_from_an_allowed_peer_drains() {
             tf.to_str().unwrap(),
             "--allow-cidr",
             "127.0.0.1/32",
+            "--on-failure",
+            "status",
         ],
     );
     wait_ready(sidecar.addr).await;
@@ -132,6 +136,96 @@ async fn only_the_right_token_from_an_allowed_peer_drains() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"outcome\": \"drained\""), "{body}");
     assert_eq!(nginx.sigquit_count(), 1);
+}
+
+/// A hook refused for its token or peer, answered, would count as a
+/// successful hook for the kubelet, which then stops NGINX undrained. By
+/// default it is reset instead (FailedPreStopHook), the log says what to
+/// fix, and the exit that follows without a drain is an error and a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hook_is_reset_by_default_and_the_undrained_exit_is_loud() {
+    let mut nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tf = token_file(dir.path(), "s3cret-token");
+    let sidecar = sidecar_for(
+        &nginx,
+        &[
+            "--token-file",
+            tf.to_str().unwrap(),
+            "--allow-cidr",
+            "127.0.0.1/32",
+        ],
+    );
+    wait_ready(sidecar.addr).await;
+    let reset_for = |from: &str, headers: &str| {
+        let local = std::net::SocketAddr::new(from.parse().unwrap(), 0);
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&local.into()).unwrap();
+        s.connect(&sidecar.addr.into()).unwrap();
+        let mut s: TcpStream = s.into();
+        s.set_read_timeout(Some(HANG)).unwrap();
+        s.write_all(format!("GET /prestop HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
+            .unwrap();
+        let mut buf = Vec::new();
+        let e = s.read_to_end(&mut buf).expect_err("a reset, not an answer");
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+        assert!(
+            buf.is_empty(),
+            "no response bytes: {}",
+            String::from_utf8_lossy(&buf)
+        );
+    };
+    reset_for("127.0.0.1", "");
+    reset_for(
+        "127.0.0.1",
+        "Authorization: Bearer <set with --set-string, see above>\r\n",
+    );
+    reset_for("127.0.0.2", "Authorization: Bearer s3cret-token\r\n");
+    assert!(nginx.is_running());
+    assert_eq!(
+        nginx.sigquit_count(),
+        0,
+        "nothing drained for a refused hook"
+    );
+    let log = sidecar.log();
+    assert!(
+        log.contains("a preStop hook was refused and nothing was drained")
+            && log.contains("Bearer <the token in --token-file>")
+            && log.contains("outside --allow-cidr: add the range")
+            && log.contains("127.0.0.2:"),
+        "{log}"
+    );
+
+    // The kubelet goes on to stop NGINX: without a drain.
+    nginx.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(nginx.wait_exit(HANG).is_some(), "nginx stopped");
+    let auth = "Authorization: Bearer s3cret-token\r\n";
+    let deadline = Instant::now() + HANG;
+    loop {
+        let (code, body) = raw_request(sidecar.addr, "/status", auth).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        if status["undrained_exits"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted: {status:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = raw_request(sidecar.addr, "/metrics", "").unwrap();
+    assert!(
+        metrics.contains("nginx_drain_undrained_exits_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nginx_drain_hook_requests_total{code=\"401\"} 2")
+            && metrics.contains("nginx_drain_hook_requests_total{code=\"403\"} 1"),
+        "{metrics}"
+    );
+    let log = sidecar.log();
+    assert!(
+        log.contains("ERROR") && log.contains("no preStop hook had reached nginx-drain"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,7 +183,7 @@ impl Owner {
                     self.on_drain_finished(report);
                 }
                 _ = async { master.as_ref().expect("guarded").exited().await }, if master_alive && !draining => {
-                    tracing::warn!(pid = master.as_ref().map(|m| m.id().pid), "nginx master exited without a drain (stopped by someone else, or crashed)");
+                    self.on_exit_without_drain(master.as_ref().map_or(0, |m| m.id().pid));
                     self.refresh();
                 }
                 _ = sleep_until(next_scan), if !master_alive && !draining => self.refresh(),
@@ -201,6 +201,23 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// The master exited while no drain was running. Without any drain
+    /// for it, NGINX took its stop signal unprepared: the misconfiguration
+    /// this sidecar exists to prevent, so it is loud and counted.
+    fn on_exit_without_drain(&mut self, pid: i32) {
+        if self.drain.is_some() {
+            // A drain ran for this master and ended without its exit (an
+            // error, or the budget): its report already said so.
+            tracing::warn!(pid, "nginx master exited after its drain had ended");
+            return;
+        }
+        self.snapshot.send_modify(|s| s.undrained_exits += 1);
+        tracing::error!(
+            pid,
+            "nginx master exited and no preStop hook had reached nginx-drain: NGINX got its stop signal without a drain, so in-flight requests may have been cut. Likely causes: the pod's preStop hook is not an httpGet to this sidecar's port (or sits on another container), the hook was refused (wrong or missing bearer token, peer outside --allow-cidr: see the warnings above), or NGINX crashed or was stopped by hand"
+        );
     }
 
     fn may_exit(&self) -> bool {

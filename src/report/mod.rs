@@ -245,6 +245,9 @@ pub struct Snapshot {
     pub last_report: Option<Arc<Report>>,
     /// The sidecar received SIGTERM/SIGINT and exits once NGINX is gone.
     pub shutting_down: bool,
+    /// NGINX masters that exited with no drain having run for them (the
+    /// hook never reached the sidecar, or NGINX crashed), since the start.
+    pub undrained_exits: u64,
     /// The latest connection census.
     pub traffic: Option<TrafficStatus>,
 }
@@ -272,6 +275,7 @@ impl Snapshot {
             drain: None,
             last_report: None,
             shutting_down: false,
+            undrained_exits: 0,
             traffic: None,
         }
     }
