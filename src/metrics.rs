@@ -21,6 +21,12 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CutByLabel {
+    /// `nginx_worker_shutdown_timeout` or `sigterm`.
+    by: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     /// The HTTP status, or `reset` when the connection was reset on purpose.
     code: String,
@@ -38,6 +44,7 @@ pub struct Metrics {
     arrivals: Gauge<f64, AtomicU64>,
     open: Gauge,
     undrained: Counter,
+    cut: Family<CutByLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -50,7 +57,13 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("nginx_drain");
         let drains = Family::<OutcomeLabel, Counter>::default();
-        r.register("drains", "Drains finished, by outcome (drained, forced, timeout, not_running, nginx_died, error)", drains.clone());
+        r.register("drains", "Drains finished, by outcome (drained, streams_closed, forced, timeout, not_running, nginx_died, error)", drains.clone());
+        let cut = Family::<CutByLabel, Counter>::default();
+        r.register(
+            "cut_connections",
+            "Client connections still open when NGINX exited, closed by its worker_shutdown_timeout or by the escalation's SIGTERM (by)",
+            cut.clone(),
+        );
         // 50 ms .. ~100 s.
         let duration = Histogram::new(exponential_buckets(0.05, 2.0, 12));
         r.register(
@@ -123,6 +136,7 @@ impl Metrics {
             arrivals,
             open,
             undrained,
+            cut,
         }
     }
 
@@ -135,6 +149,18 @@ impl Metrics {
             .inc();
         self.duration
             .observe(report.durations.total_ms as f64 / 1e3);
+        if let Some(c) = &report.connections
+            && let Some(by) = c.cut_by
+            && c.cut > 0
+        {
+            let by = serde_json::to_value(by)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            self.cut
+                .get_or_create(&CutByLabel { by })
+                .inc_by(u64::from(c.cut));
+        }
         if let Some(t) = &report.traffic
             && report.sigquit_at.is_some()
         {

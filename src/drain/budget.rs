@@ -62,6 +62,35 @@ impl Budget {
     }
 }
 
+/// After its `worker_shutdown_timeout` fires, NGINX still needs a moment to
+/// close its connections and exit.
+pub const NGINX_EXIT_ALLOWANCE: Duration = Duration::from_secs(1);
+
+/// The longest `worker_shutdown_timeout` that lets NGINX close its
+/// long-lived connections itself before the escalation point, even when
+/// SIGQUIT comes as late as the drain allows: the escalation point
+/// (`timeout` - 2.25 s) less the latest SIGQUIT (`--max-delay`, or earlier
+/// when the budget is short: [`latest_sigquit`]) less 1 s for NGINX's exit.
+/// With the defaults (25 s, 15 s): 6.75 s.
+pub fn max_worker_shutdown_timeout(timeout: Duration, max_delay: Duration) -> Duration {
+    let b = Budget::new(Instant::now(), timeout);
+    let (latest, _) = latest_sigquit(&b, timeout, max_delay);
+    (b.escalate_at - latest).saturating_sub(NGINX_EXIT_ALLOWANCE)
+}
+
+/// The rule behind [`max_worker_shutdown_timeout`], in words with numbers.
+pub fn worker_shutdown_rule(timeout: Duration, max_delay: Duration) -> String {
+    let b = Budget::new(Instant::now(), timeout);
+    let (latest, _) = latest_sigquit(&b, timeout, max_delay);
+    let f = |d: Duration| humantime::format_duration(d).to_string();
+    format!(
+        "escalation {} after the hook - latest SIGQUIT {} - 1s for nginx to exit = {}",
+        f(b.escalate_at - b.start),
+        f(latest - b.start),
+        f(max_worker_shutdown_timeout(timeout, max_delay))
+    )
+}
+
 /// The latest time SIGQUIT may go out: `--max-delay` after the hook, or
 /// earlier when the budget needs the time for the graceful quit itself
 /// (a quarter of the budget, at most 5 s, before the escalation point).
@@ -87,6 +116,29 @@ pub fn latest_sigquit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_shutdown_timeout_fits_between_max_delay_and_the_escalation() {
+        let d = |s| Duration::from_secs(s);
+        assert_eq!(
+            max_worker_shutdown_timeout(d(55), d(30)),
+            Duration::from_millis(21_750)
+        );
+        assert_eq!(
+            max_worker_shutdown_timeout(d(25), d(15)),
+            Duration::from_millis(6_750)
+        );
+        // A short budget moves the latest SIGQUIT earlier (8 s: 3.75 s).
+        assert_eq!(max_worker_shutdown_timeout(d(8), d(15)), d(1));
+        assert_eq!(
+            max_worker_shutdown_timeout(d(8), d(1)),
+            Duration::from_millis(3_750)
+        );
+        assert!(
+            worker_shutdown_rule(d(25), d(15))
+                .contains("escalation 22s 750ms after the hook - latest SIGQUIT 15s")
+        );
+    }
 
     #[test]
     fn latest_sigquit_is_max_delay_unless_the_budget_needs_the_time() {

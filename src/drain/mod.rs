@@ -260,6 +260,7 @@ impl Owner {
                     signal_method = handle.signal_method(),
                     "found nginx master"
                 );
+                self.check_shutdown_timeout(&master);
                 if quitting {
                     tracing::warn!(
                         pid = master.id.pid,
@@ -304,6 +305,35 @@ impl Owner {
                     s.workers.clear();
                 });
             }
+        }
+    }
+
+    /// Says at discovery whether NGINX's worker_shutdown_timeout lets it
+    /// close long-lived connections itself inside the budget.
+    fn check_shutdown_timeout(&self, master: &crate::nginx::Master) {
+        use crate::nginx::config::ShutdownTimeout;
+        let (timeout, max_delay) = (self.config.drain_timeout, self.config.policy.max_delay);
+        let limit = budget::max_worker_shutdown_timeout(timeout, max_delay);
+        let f = |d: Duration| humantime::format_duration(d).to_string();
+        let rule = budget::worker_shutdown_rule(timeout, max_delay);
+        match crate::nginx::config::shutdown_timeout(master) {
+            ShutdownTimeout::Set(d) if d <= limit => tracing::info!(
+                worker_shutdown_timeout = %f(d),
+                "nginx closes connections that never end by themselves (WebSockets, streams) inside the budget ({rule})"
+            ),
+            ShutdownTimeout::Set(d) => tracing::warn!(
+                worker_shutdown_timeout = %f(d),
+                "nginx's worker_shutdown_timeout is longer than the budget leaves it ({rule}): one WebSocket or stream open at the hook makes the drain forced; set it to at most {}",
+                f(limit)
+            ),
+            ShutdownTimeout::Unset => tracing::warn!(
+                "nginx's worker_shutdown_timeout is not set: one WebSocket or stream open at the hook holds NGINX until the sidecar's SIGTERM and the drain is forced; set it to at most {} ({rule})",
+                f(limit)
+            ),
+            ShutdownTimeout::Unknown(why) => tracing::info!(
+                "cannot check nginx's worker_shutdown_timeout against the budget ({why}); it should be at most {} ({rule})",
+                f(limit)
+            ),
         }
     }
 
@@ -446,6 +476,7 @@ fn immediate_report(
         },
         drain_timeout_ms: ms(timeout),
         traffic: None,
+        connections: None,
     }
 }
 

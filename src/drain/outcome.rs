@@ -2,11 +2,51 @@
 //! observed and nothing else. Pure, so that every verdict and every message
 //! is tested without processes.
 //!
+//! Which connections were **cut**: NGINX never closes a connection in the
+//! middle of its work on its own, except when its `worker_shutdown_timeout`
+//! fires (it then closes everything still open and exits) or when it is
+//! stopped fast (our SIGTERM). So the connections still open in the last
+//! census before the exit were cut when the exit came at or after SIGQUIT +
+//! worker_shutdown_timeout, or after our SIGTERM; otherwise NGINX exited
+//! because they had finished (a graceful exit comes right after the last
+//! request ends). The census samples every 100 ms during a drain, so a
+//! request that finished within that last interval before a cut is counted
+//! with the cut ones.
+//!
 //! Invariant kept here: `drained` only when the master exited after our
-//! SIGQUIT (or after a quit already under way), with no worker left behind
-//! and no SIGTERM sent.
+//! SIGQUIT (or after a quit already under way), with no worker left behind,
+//! no SIGTERM sent, and no connection cut.
 
-use crate::report::Outcome;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::budget::{max_worker_shutdown_timeout, worker_shutdown_rule};
+use crate::nginx::config::ShutdownTimeout;
+use crate::report::{CutBy, Outcome};
+
+/// How much earlier than SIGQUIT + worker_shutdown_timeout an exit may
+/// come and still be the timer's (signal delivery, timer granularity).
+pub const TIMER_SLACK: Duration = Duration::from_millis(50);
+
+/// Whether NGINX cut connections, by whom, and when: at our SIGTERM, or
+/// when its worker_shutdown_timeout fired (if the exit came then). The
+/// connections cut are those open in the last census before that moment.
+pub fn cut_moment(
+    sigquit: Option<Instant>,
+    sigterm: Option<Instant>,
+    exited: Instant,
+    shutdown_timeout: &ShutdownTimeout,
+) -> Option<(CutBy, Instant)> {
+    if let Some(t) = sigterm {
+        return Some((CutBy::Sigterm, t));
+    }
+    let (Some(quit), Some(t)) = (sigquit, shutdown_timeout.duration()) else {
+        return None;
+    };
+    let fired = quit + t;
+    (exited + TIMER_SLACK >= fired).then_some((CutBy::NginxWorkerShutdownTimeout, fired))
+}
 
 /// What the drain saw by the time the master exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +66,66 @@ pub struct AtExit {
     pub sigterm_sent: bool,
     /// New connections between the hook and SIGQUIT.
     pub arrivals_during_wait: u64,
+    /// Open in the last census before the exit.
+    pub open_at_exit: u32,
+    pub cut: Cut,
+    pub shutdown_timeout: ShutdownTimeout,
+    pub drain_timeout: Duration,
+    pub max_delay: Duration,
+}
+
+/// The cut connections, summed up for the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cut {
+    pub by: Option<CutBy>,
+    pub total: u32,
+    /// Of those, open since before the hook.
+    pub before_hook: u32,
+    /// Ages at the exit, in milliseconds.
+    pub youngest_ms: u64,
+    pub oldest_ms: u64,
+}
+
+impl Cut {
+    /// "5 connections open since before the hook, 31-40 s old".
+    fn describe(&self) -> String {
+        let ages = if self.oldest_ms - self.youngest_ms < 1_000 {
+            format!("{:.0} s old", self.oldest_ms as f64 / 1e3)
+        } else {
+            format!(
+                "{:.0}-{:.0} s old",
+                self.youngest_ms as f64 / 1e3,
+                self.oldest_ms as f64 / 1e3
+            )
+        };
+        let during = self.total - self.before_hook;
+        match (self.before_hook, during) {
+            (n, 0) => format!(
+                "{n} connection{} open since before the hook, {ages}: WebSockets or streams that end only when closed",
+                plural(n)
+            ),
+            (0, n) => format!(
+                "{n} connection{} opened during the drain, {ages}: requests longer than the budget",
+                plural(n)
+            ),
+            (b, d) => format!(
+                "{b} connection{} open since before the hook (WebSockets or streams) and {d} opened during the drain, {ages}",
+                plural(b)
+            ),
+        }
+    }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn timeout_words(t: &ShutdownTimeout) -> String {
+    match t {
+        ShutdownTimeout::Set(d) => format!("it is {}", humantime::format_duration(*d)),
+        ShutdownTimeout::Unset => "it is not set".into(),
+        ShutdownTimeout::Unknown(why) => format!("nginx-drain could not read it: {why}"),
+    }
 }
 
 /// The outcome and the one sentence that explains it (and, on failure,
@@ -50,19 +150,52 @@ pub fn classify(o: &AtExit) -> (Outcome, String) {
             ),
         );
     }
+    let limit = max_worker_shutdown_timeout(o.drain_timeout, o.max_delay);
     if o.sigterm_sent {
+        let held = if o.cut.total > 0 {
+            format!("it still held {}", o.cut.describe())
+        } else {
+            "requests still in flight were cut".to_string()
+        };
+        let advice = if o.cut.total == 0 || o.cut.before_hook > 0 {
+            format!(
+                "Set nginx's worker_shutdown_timeout to at most {} ({}) so that NGINX closes such connections itself inside the budget ({})",
+                humantime::format_duration(limit),
+                worker_shutdown_rule(o.drain_timeout, o.max_delay),
+                timeout_words(&o.shutdown_timeout)
+            )
+        } else {
+            "Raise terminationGracePeriodSeconds and --drain-timeout for requests that long"
+                .to_string()
+        };
         return (
             Outcome::Forced,
             format!(
-                "nginx did not finish its requests in time and was stopped with SIGTERM; it exited {quit_ms} ms after SIGQUIT. Requests still in flight were cut: raise terminationGracePeriodSeconds and --drain-timeout, or lower nginx's worker_shutdown_timeout"
+                "nginx did not exit within the budget and was stopped with SIGTERM {quit_ms} ms after SIGQUIT: {held}. {advice}"
             ),
         );
     }
     let waited = o.sigquit_after_hook_ms.unwrap_or(0);
+    if o.cut.by == Some(CutBy::NginxWorkerShutdownTimeout) {
+        return (
+            Outcome::StreamsClosed,
+            format!(
+                "nginx quit gracefully (SIGQUIT {waited} ms after the hook, exit {quit_ms} ms after it), but its worker_shutdown_timeout closed {}; they are listed in connections.cut_peers. Every other request finished",
+                o.cut.describe()
+            ),
+        );
+    }
+    let tail = match (&o.shutdown_timeout, o.open_at_exit) {
+        (ShutdownTimeout::Unknown(why), n) if n > 0 => format!(
+            "; {n} connection{} still open in the last census before the exit may have been closed by nginx's worker_shutdown_timeout, which nginx-drain could not read ({why})",
+            plural(n)
+        ),
+        _ => "; every in-flight request finished".to_string(),
+    };
     (
         Outcome::Drained,
         format!(
-            "nginx exited gracefully: SIGQUIT {waited} ms after the hook ({} new connections in that time), exit {quit_ms} ms after SIGQUIT; every in-flight request finished",
+            "nginx exited gracefully: SIGQUIT {waited} ms after the hook ({} new connections in that time), exit {quit_ms} ms after SIGQUIT{tail}",
             o.arrivals_during_wait
         ),
     )
@@ -81,6 +214,21 @@ mod tests {
             exit_after_quit_ms: 40,
             sigterm_sent: false,
             arrivals_during_wait: 3,
+            open_at_exit: 0,
+            cut: Cut::default(),
+            shutdown_timeout: ShutdownTimeout::Set(Duration::from_secs(4)),
+            drain_timeout: Duration::from_secs(25),
+            max_delay: Duration::from_secs(15),
+        }
+    }
+
+    fn websockets() -> Cut {
+        Cut {
+            by: Some(CutBy::NginxWorkerShutdownTimeout),
+            total: 5,
+            before_hook: 5,
+            youngest_ms: 31_200,
+            oldest_ms: 40_100,
         }
     }
 
@@ -89,7 +237,8 @@ mod tests {
         let (o, msg) = classify(&graceful());
         assert_eq!(o, Outcome::Drained);
         assert!(
-            msg.contains("SIGQUIT 250 ms after the hook (3 new connections"),
+            msg.contains("SIGQUIT 250 ms after the hook (3 new connections")
+                && msg.contains("every in-flight request finished"),
             "{msg}"
         );
     }
@@ -124,14 +273,104 @@ mod tests {
     }
 
     #[test]
-    fn our_sigterm_makes_it_forced_and_says_what_to_change() {
+    fn forced_by_websockets_names_them_and_advises_a_shutdown_timeout_not_a_longer_grace() {
         let (o, msg) = classify(&AtExit {
             sigterm_sent: true,
             exit_after_quit_ms: 22_800,
+            cut: Cut {
+                by: Some(CutBy::Sigterm),
+                ..websockets()
+            },
+            shutdown_timeout: ShutdownTimeout::Unset,
             ..graceful()
         });
         assert_eq!(o, Outcome::Forced);
-        assert!(msg.contains("22800 ms after SIGQUIT"), "{msg}");
-        assert!(msg.contains("worker_shutdown_timeout"), "{msg}");
+        assert!(
+            msg.contains(
+                "5 connections open since before the hook, 31-40 s old: WebSockets or streams"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("worker_shutdown_timeout to at most 6s 750ms")
+                && msg.contains("it is not set"),
+            "{msg}"
+        );
+        assert!(!msg.contains("terminationGracePeriodSeconds"), "{msg}");
+    }
+
+    #[test]
+    fn forced_by_a_long_download_advises_a_longer_budget() {
+        let (o, msg) = classify(&AtExit {
+            sigterm_sent: true,
+            cut: Cut {
+                by: Some(CutBy::Sigterm),
+                total: 1,
+                before_hook: 0,
+                youngest_ms: 22_000,
+                oldest_ms: 22_000,
+            },
+            ..graceful()
+        });
+        assert_eq!(o, Outcome::Forced);
+        assert!(
+            msg.contains("1 connection opened during the drain, 22 s old"),
+            "{msg}"
+        );
+        assert!(msg.contains("terminationGracePeriodSeconds"), "{msg}");
+    }
+
+    #[test]
+    fn streams_closed_by_nginx_are_a_success_that_says_so() {
+        let (o, msg) = classify(&AtExit {
+            exit_after_quit_ms: 4_010,
+            open_at_exit: 5,
+            cut: websockets(),
+            ..graceful()
+        });
+        assert_eq!(o, Outcome::StreamsClosed);
+        assert!(o.is_success());
+        assert!(
+            msg.contains("worker_shutdown_timeout closed 5 connections open since before the hook"),
+            "{msg}"
+        );
+        assert!(!msg.contains("every in-flight request finished"), "{msg}");
+    }
+
+    #[test]
+    fn an_unreadable_config_with_open_connections_claims_nothing() {
+        let (o, msg) = classify(&AtExit {
+            open_at_exit: 2,
+            shutdown_timeout: ShutdownTimeout::Unknown("EACCES".into()),
+            ..graceful()
+        });
+        assert_eq!(o, Outcome::Drained);
+        assert!(!msg.contains("every in-flight request finished"), "{msg}");
+        assert!(msg.contains("could not read (EACCES)"), "{msg}");
+    }
+
+    #[test]
+    fn who_cut_follows_the_timer_and_the_escalation() {
+        let t0 = Instant::now();
+        let wst = ShutdownTimeout::Set(Duration::from_secs(4));
+        let q = Some(t0 + Duration::from_secs(1));
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Exit when the timer fires: cut by NGINX, at the timer.
+        assert_eq!(
+            cut_moment(q, None, at(5_001), &wst),
+            Some((CutBy::NginxWorkerShutdownTimeout, at(5_000)))
+        );
+        // Exit well before it: those requests finished.
+        assert_eq!(cut_moment(q, None, at(3_000), &wst), None);
+        // No timer known: nothing can be called cut.
+        assert_eq!(
+            cut_moment(q, None, at(5_000), &ShutdownTimeout::Unset),
+            None
+        );
+        // Our SIGTERM cuts whatever is open at that moment.
+        assert_eq!(
+            cut_moment(q, Some(at(2_000)), at(2_010), &wst),
+            Some((CutBy::Sigterm, at(2_000)))
+        );
     }
 }

@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use crate::nginx::Worker;
 use crate::report::{
-    Clock, Durations, Outcome, Progress, QuitReason, Report, SamplePoint, Series, TrafficReport,
-    ms, rate2,
+    Clock, ConnectionsReport, Durations, Outcome, Progress, QuitReason, Report, SamplePoint,
+    Series, TrafficReport, ms, rate2,
 };
-use crate::sockets::monitor::{FAST_EVERY, View};
+use crate::sockets::monitor::{FAST_EVERY, OpenConn, View};
+
+/// How many recent censuses' connection lists are kept.
+pub const RECENT_CENSUSES: usize = 8;
 
 /// At most this many points of the timeline are kept in the report.
 const SERIES_CAP: usize = 600;
@@ -54,6 +59,11 @@ pub struct Record {
     pub quit_reason: Option<QuitReason>,
     pub open_now: BTreeMap<u16, u32>,
     pub open_at_sigquit: BTreeMap<u16, u32>,
+    pub open_at_hook: u32,
+    /// The open connections of the latest censuses (at most
+    /// [`RECENT_CENSUSES`]), with when each was taken: the moment NGINX cut
+    /// connections may lie a little before its exit.
+    pub recent: std::collections::VecDeque<(Instant, Arc<Vec<OpenConn>>)>,
     pub last_closed: Option<Instant>,
     series: Series,
     last_seq: u64,
@@ -87,6 +97,13 @@ impl Record {
             quit_reason: None,
             open_now: first.sample.open.clone(),
             open_at_sigquit: BTreeMap::new(),
+            open_at_hook: first.sample.open_total(),
+            recent: first
+                .sample
+                .at
+                .map(|at| (at, first.sample.conns.clone()))
+                .into_iter()
+                .collect(),
             last_closed: None,
             series: Series::new(SERIES_CAP, ms(FAST_EVERY)),
             last_seq: first.sample.seq,
@@ -104,6 +121,10 @@ impl Record {
         self.census = view.census_label();
         self.ports = view.ports.iter().copied().collect();
         self.open_now = s.open.clone();
+        if self.recent.len() == RECENT_CENSUSES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((at, s.conns.clone()));
         if self.sigquit.is_none() {
             // A sample's arrivals happened over its span; count only the
             // share after the hook (the first sample straddles it).
@@ -126,6 +147,17 @@ impl Record {
             arrivals: s.arrivals,
             open: s.open_total(),
         });
+    }
+
+    /// The latest census taken at or before `t` (the oldest kept when none
+    /// is), with its connections.
+    pub fn census_before(&self, t: Instant) -> Option<(Instant, Arc<Vec<OpenConn>>)> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .or(self.recent.front())
+            .cloned()
     }
 
     /// Milliseconds from the hook to `t`.
@@ -152,12 +184,19 @@ impl Record {
             workers_remaining: remaining,
             open_connections: self.open_now.clone(),
             arrivals_during_wait: self.arrivals_during_wait,
+            cut_connections: None,
             quiet_period_ms: (phase == "await_quiet").then_some(self.quiet_ms),
             sigquit_due_in_ms: due.map(|d| ms(d.saturating_duration_since(now))),
         }
     }
 
-    pub fn finish(self, outcome: Outcome, message: String, workers_left: Vec<Worker>) -> Report {
+    pub fn finish(
+        self,
+        outcome: Outcome,
+        message: String,
+        workers_left: Vec<Worker>,
+        connections: Option<ConnectionsReport>,
+    ) -> Report {
         let clock = self.req.clock;
         let now = Instant::now();
         let stamp = |t: Option<Instant>| t.map(|t| clock.stamp(t));
@@ -205,6 +244,7 @@ impl Record {
             },
             drain_timeout_ms: ms(self.req.timeout),
             traffic,
+            connections,
         }
     }
 }

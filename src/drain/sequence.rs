@@ -32,13 +32,14 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, sleep_until};
 
 use super::budget::{Budget, latest_sigquit};
-use super::outcome::{AtExit, classify};
+use super::outcome::{AtExit, Cut, classify, cut_moment};
 use super::quiet::{QuitReason, quiet_period, sigquit_at};
 use super::record::{Record, Request};
 use super::target::{Child, Target};
+use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Sig, SignalError, Worker, is_quitting};
-use crate::report::{Outcome, Report, Snapshot, ms};
-use crate::sockets::monitor::{Monitor, View};
+use crate::report::{CUT_PEERS_LISTED, ConnectionsReport, CutConn, Outcome, Report, Snapshot, ms};
+use crate::sockets::monitor::{Monitor, OpenConn, View};
 
 /// How often a progress line is logged.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -91,7 +92,7 @@ pub async fn run<T: Target>(
         };
         match step {
             Step::Next(next) => phase = next,
-            Step::Exited => return drain.finish(phase),
+            Step::Exited => return drain.finish(),
             Step::GiveUp(outcome, msg) => return drain.give_up(outcome, msg),
         }
     }
@@ -113,6 +114,8 @@ struct Drain<T> {
     exits: JoinSet<i32>,
     snapshot: Arc<watch::Sender<Snapshot>>,
     log_tick: Interval,
+    /// NGINX's worker_shutdown_timeout, read at the start.
+    shutdown_timeout: ShutdownTimeout,
     rec: Record,
 }
 
@@ -149,6 +152,7 @@ impl<T: Target> Drain<T> {
             });
         }
         let remaining = workers.iter().map(|w| (w.pid, w.clone())).collect();
+        let shutdown_timeout = target.shutdown_timeout();
         let rec = Record::new(
             req,
             master.id.pid,
@@ -172,6 +176,7 @@ impl<T: Target> Drain<T> {
                 Instant::now() + PROGRESS_LOG_EVERY,
                 PROGRESS_LOG_EVERY,
             ),
+            shutdown_timeout,
             rec,
         }
     }
@@ -405,11 +410,93 @@ impl<T: Target> Drain<T> {
     fn give_up(self, outcome: Outcome, msg: String) -> Report {
         self.monitor.set_fast(false);
         let left = self.still_running();
-        self.rec.finish(outcome, msg, left)
+        self.publish_done(None);
+        self.rec.finish(outcome, msg, left, None)
     }
 
-    /// The master exited (in `phase`): classify what was seen.
-    fn finish(mut self, phase: Phase) -> Report {
+    /// The drain is over: `/status` shows it as done, with what NGINX cut.
+    fn publish_done(&self, cut: Option<u32>) {
+        let now = Instant::now();
+        let mut progress = self
+            .rec
+            .progress("done", self.budget.left(now), Vec::new(), None, now);
+        progress.cut_connections = cut;
+        if cut.is_some() {
+            // NGINX has exited: it holds no connection any more.
+            progress.open_connections.clear();
+        }
+        self.snapshot.send_modify(|s| {
+            s.workers.clear();
+            s.drain = Some(progress);
+        });
+    }
+
+    /// The connections open at the exit, those cut, and the report of them.
+    fn connections_at_exit(&self, exited: Instant) -> (Cut, ConnectionsReport) {
+        let moment = cut_moment(
+            self.rec.sigquit,
+            self.rec.sigterm,
+            exited,
+            &self.shutdown_timeout,
+        );
+        // The connections open just before NGINX cut them, or just before
+        // it exited.
+        let (census_at, open) = self
+            .rec
+            .census_before(moment.map_or(exited, |(_, at)| at))
+            .unwrap_or((exited, Arc::default()));
+        let by = moment.map(|(by, _)| by).filter(|_| !open.is_empty());
+        let hook = self.rec.req.clock.mono;
+        let age = |c: &OpenConn| ms(exited.saturating_duration_since(c.first_seen));
+        let mut cut: Vec<&OpenConn> = if by.is_some() {
+            open.iter().collect()
+        } else {
+            Vec::new()
+        };
+        cut.sort_by_key(|c| c.first_seen);
+        let mut per_port = BTreeMap::new();
+        for c in &cut {
+            *per_port.entry(c.local.port()).or_insert(0u32) += 1;
+        }
+        let summary = Cut {
+            by,
+            total: cut.len() as u32,
+            before_hook: cut.iter().filter(|c| c.first_seen < hook).count() as u32,
+            youngest_ms: cut.last().map_or(0, |c| age(c)),
+            oldest_ms: cut.first().map_or(0, |c| age(c)),
+        };
+        let report = ConnectionsReport {
+            open_at_hook: self.rec.open_at_hook,
+            open_at_sigquit: self.rec.open_at_sigquit.values().sum(),
+            open_at_exit: open.len() as u32,
+            last_census_before_exit_ms: Some(ms(exited.saturating_duration_since(census_at))),
+            worker_shutdown_timeout: match &self.shutdown_timeout {
+                ShutdownTimeout::Set(d) => humantime::format_duration(*d).to_string(),
+                ShutdownTimeout::Unset => "unset".into(),
+                ShutdownTimeout::Unknown(why) => format!("unknown: {why}"),
+            },
+            cut: summary.total,
+            cut_by: by,
+            cut_per_port: per_port,
+            cut_open_before_hook: summary.before_hook,
+            cut_youngest_ms: (summary.total > 0).then_some(summary.youngest_ms),
+            cut_oldest_ms: (summary.total > 0).then_some(summary.oldest_ms),
+            cut_peers: cut
+                .iter()
+                .take(CUT_PEERS_LISTED)
+                .map(|c| CutConn {
+                    peer: c.peer.to_string(),
+                    port: c.local.port(),
+                    age_ms: age(c),
+                    open_before_hook: c.first_seen < hook,
+                })
+                .collect(),
+        };
+        (summary, report)
+    }
+
+    /// The master exited: classify what was seen.
+    fn finish(mut self) -> Report {
         self.monitor.set_fast(false);
         let exited = Instant::now();
         self.rec.exited = Some(exited);
@@ -418,6 +505,7 @@ impl<T: Target> Drain<T> {
             self.rec.last_closed = Some(exited);
         }
         let left = self.still_running();
+        let (cut, connections) = self.connections_at_exit(exited);
         let seen = AtExit {
             master_pid: self.pid(),
             workers_left: left.len(),
@@ -429,6 +517,11 @@ impl<T: Target> Drain<T> {
                 .map_or(0, |q| ms(exited.saturating_duration_since(q))),
             sigterm_sent: self.rec.sigterm.is_some(),
             arrivals_during_wait: self.rec.arrivals_during_wait,
+            open_at_exit: connections.open_at_exit,
+            cut,
+            shutdown_timeout: self.shutdown_timeout.clone(),
+            drain_timeout: self.rec.req.timeout,
+            max_delay: self.rec.req.policy.max_delay,
         };
         let (outcome, msg) = classify(&seen);
         match outcome {
@@ -437,11 +530,17 @@ impl<T: Target> Drain<T> {
                 quit_ms = seen.exit_after_quit_ms,
                 "nginx master exited: drained"
             ),
-            _ => tracing::warn!(pid = seen.master_pid, outcome = outcome.as_str(), "{msg}"),
+            _ => tracing::warn!(
+                pid = seen.master_pid,
+                outcome = outcome.as_str(),
+                cut = connections.cut,
+                cut_peers = ?connections.cut_peers.iter().map(|c| c.peer.as_str()).collect::<Vec<_>>(),
+                "{msg}"
+            ),
         }
         self.remaining.clear();
-        self.publish(phase, None);
-        self.rec.finish(outcome, msg, left)
+        self.publish_done(Some(connections.cut));
+        self.rec.finish(outcome, msg, left, Some(connections))
     }
 }
 

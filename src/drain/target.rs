@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::nginx::config::{ShutdownTimeout, shutdown_timeout};
 use crate::nginx::process::ChildWatch;
 use crate::nginx::{Master, MasterHandle, Sig, SignalError, Worker, workers};
 
@@ -44,6 +45,8 @@ pub trait Target: Send + Sync + 'static {
     fn exited(&self) -> impl Future<Output = ()> + Send;
     /// The master's children now, each with a watch on its exit.
     fn children(&self) -> Vec<Child>;
+    /// The master's `worker_shutdown_timeout`, from its configuration.
+    fn shutdown_timeout(&self) -> ShutdownTimeout;
 }
 
 impl ExitWatch for ChildWatch {
@@ -82,5 +85,8 @@ impl Target for MasterHandle {
                 })
             })
             .collect()
+    }
+    fn shutdown_timeout(&self) -> ShutdownTimeout {
+        shutdown_timeout(self.master())
     }
 }

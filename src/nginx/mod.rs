@@ -5,6 +5,7 @@
 //! This module knows nothing of HTTP, Kubernetes or the drain's rules. It
 //! reads `/proc` of the (shared) PID namespace and returns plain values.
 
+pub mod config;
 pub mod process;
 pub mod procfs;
 

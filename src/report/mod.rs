@@ -23,8 +23,13 @@ use crate::nginx::{Master, Worker};
 /// How a drain ended. Only `drained` and `not_running` are successes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// NGINX quit gracefully: every worker finished and the master exited.
+    /// NGINX quit gracefully: every worker finished and the master exited,
+    /// and no connection was cut.
     Drained,
+    /// NGINX quit gracefully, but closed connections that had not ended by
+    /// themselves (WebSockets, streams) at its `worker_shutdown_timeout`, as
+    /// the operator configured it. A success: the hook is answered 200.
+    StreamsClosed,
     /// The graceful quit did not finish in the budget; NGINX was stopped
     /// with SIGTERM (fast shutdown) before the budget ended.
     Forced,
@@ -42,12 +47,16 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Drained | Outcome::NotRunning)
+        matches!(
+            self,
+            Outcome::Drained | Outcome::StreamsClosed | Outcome::NotRunning
+        )
     }
     /// The outcome's name in JSON, logs and metrics: written once, here.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Drained => "drained",
+            Outcome::StreamsClosed => "streams_closed",
             Outcome::Forced => "forced",
             Outcome::Timeout => "timeout",
             Outcome::NotRunning => "not_running",
@@ -61,6 +70,16 @@ impl Serialize for Outcome {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
+}
+
+/// Who ended the connections that were still open when NGINX exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutBy {
+    /// NGINX itself, when its `worker_shutdown_timeout` fired after SIGQUIT.
+    NginxWorkerShutdownTimeout,
+    /// NGINX's fast shutdown after the sidecar's SIGTERM (the escalation).
+    Sigterm,
 }
 
 /// Why SIGQUIT went out when it did.
@@ -110,6 +129,54 @@ pub fn ms(d: Duration) -> u64 {
 /// A rate as the JSON and the metrics show it: two decimals.
 pub fn rate2(per_second: f64) -> f64 {
     (per_second * 100.0).round() / 100.0
+}
+
+/// The client connections around the drain, and those that were cut: still
+/// open when NGINX exited, closed by it rather than finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionsReport {
+    /// Open client connections in the drain's first census (at the hook).
+    pub open_at_hook: u32,
+    /// Open client connections when SIGQUIT was sent.
+    pub open_at_sigquit: u32,
+    /// Open in the last census before NGINX exited.
+    pub open_at_exit: u32,
+    /// How long before the exit that census was taken.
+    pub last_census_before_exit_ms: Option<u64>,
+    /// NGINX's `worker_shutdown_timeout` as read from its configuration:
+    /// a duration such as `20s`, `unset`, or why it could not be read.
+    pub worker_shutdown_timeout: String,
+    /// Connections cut: closed by NGINX's worker shutdown timeout or by the
+    /// escalation's SIGTERM while still open.
+    pub cut: u32,
+    /// Who cut them, when any were.
+    pub cut_by: Option<CutBy>,
+    pub cut_per_port: BTreeMap<u16, u32>,
+    /// Of the cut, how many were open since before the hook: long-lived
+    /// connections (WebSockets, streams), not requests that began during the
+    /// drain.
+    pub cut_open_before_hook: u32,
+    /// The youngest and oldest cut connection's age at the exit (since the
+    /// census first saw it: a lower bound).
+    pub cut_youngest_ms: Option<u64>,
+    pub cut_oldest_ms: Option<u64>,
+    /// The cut connections, oldest first, at most [`CUT_PEERS_LISTED`].
+    pub cut_peers: Vec<CutConn>,
+}
+
+/// At most this many cut connections are listed by peer.
+pub const CUT_PEERS_LISTED: usize = 20;
+
+/// One cut connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CutConn {
+    /// The client's address:port.
+    pub peer: String,
+    /// NGINX's port it was connected to.
+    pub port: u16,
+    /// Its age at the exit (since the census first saw it).
+    pub age_ms: u64,
+    pub open_before_hook: bool,
 }
 
 /// Durations of the drain's phases, in milliseconds.
@@ -187,6 +254,9 @@ pub struct Report {
     pub drain_timeout_ms: u64,
     /// What the connection census saw; absent when nothing was drained.
     pub traffic: Option<TrafficReport>,
+    /// The connections NGINX held at the exit, and those it cut; absent
+    /// when NGINX did not exit during the drain.
+    pub connections: Option<ConnectionsReport>,
 }
 
 impl Report {
@@ -208,6 +278,8 @@ pub struct Progress {
     /// Open client connections per port, from the latest census.
     pub open_connections: BTreeMap<u16, u32>,
     pub arrivals_during_wait: u64,
+    /// Once NGINX has exited: the connections it cut.
+    pub cut_connections: Option<u32>,
     /// While waiting for traffic to stop: the quiet period and when SIGQUIT
     /// is due at the latest.
     pub quiet_period_ms: Option<u64>,

@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use rustc_hash::FxHashMap;
+
 use super::arrivals::{ArrivalLog, Arrivals};
-use super::{Census, Method, PortFilter, Source};
+use super::{Census, ConnKey, Method, PortFilter, Source};
 
 pub const IDLE_EVERY: Duration = Duration::from_millis(200);
 pub const FAST_EVERY: Duration = Duration::from_millis(100);
@@ -25,6 +27,16 @@ pub const FAST_EVERY: Duration = Duration::from_millis(100);
 pub struct MonitorConfig {
     pub method: Method,
     pub filter: PortFilter,
+}
+
+/// A client connection NGINX holds open, as the census saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenConn {
+    pub local: std::net::SocketAddr,
+    pub peer: std::net::SocketAddr,
+    /// The first census that saw it open (the monitor's start for
+    /// connections that were already open then: ages are lower bounds).
+    pub first_seen: Instant,
 }
 
 /// One census, reduced.
@@ -38,6 +50,9 @@ pub struct Sample {
     pub arrivals: u32,
     pub open: BTreeMap<u16, u32>,
     pub listening: BTreeMap<u16, u32>,
+    /// Each open client connection, while a drain wants detail (fast
+    /// sampling); empty otherwise, to keep idle samples cheap.
+    pub conns: Arc<Vec<OpenConn>>,
 }
 
 impl Sample {
@@ -133,6 +148,8 @@ async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::
     let mut ports_seen = BTreeSet::new();
     let mut log = ArrivalLog::new(Instant::now());
     let mut prev: Option<(Census, Instant)> = None;
+    // When each open connection was first seen.
+    let mut first_seen: FxHashMap<ConnKey, Instant> = FxHashMap::default();
     let mut seq = 0u64;
     let mut failing = false;
     loop {
@@ -181,6 +198,26 @@ async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::
             });
         }
         seq += 1;
+        first_seen = census
+            .conns
+            .iter()
+            .filter(|(_, open)| **open)
+            .map(|(key, _)| (*key, first_seen.get(key).copied().unwrap_or(at)))
+            .collect();
+        let conns = if *fast.borrow() {
+            Arc::new(
+                first_seen
+                    .iter()
+                    .map(|(&(local, peer), &first_seen)| OpenConn {
+                        local,
+                        peer,
+                        first_seen,
+                    })
+                    .collect(),
+            )
+        } else {
+            Arc::default()
+        };
         let sample = Sample {
             seq,
             at: Some(at),
@@ -190,6 +227,7 @@ async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::
             arrivals,
             open: census.open.clone(),
             listening: census.listening.clone(),
+            conns,
         };
         let log_now = Arc::new(log.clone());
         let method = source.method;

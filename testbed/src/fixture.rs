@@ -19,8 +19,16 @@ pub struct NginxOptions {
     pub workers: usize,
     /// Size of the file served at `/blob` (rate-limit it with `?rate=500k`).
     pub blob_bytes: usize,
+    /// Extra directives for the main (top-level) context, e.g.
+    /// `worker_shutdown_timeout 2s;`.
+    pub extra_main: String,
     /// Extra directives for the `http` block.
     pub extra_http: String,
+    /// Extra directives for the `server` block (locations).
+    pub extra_server: String,
+    /// Also listen on a port that speaks cleartext HTTP/2 with prior
+    /// knowledge ([`Workdir::h2c_port`]).
+    pub h2c: bool,
     /// Further loopback ports to listen on (see [`Workdir::extra_ports`]).
     pub extra_ports: usize,
     /// `worker_connections` (and a file limit to match).
@@ -33,7 +41,10 @@ impl Default for NginxOptions {
         NginxOptions {
             workers: 2,
             blob_bytes: 1 << 20,
+            extra_main: String::new(),
             extra_http: String::new(),
+            extra_server: String::new(),
+            h2c: false,
             extra_ports: 0,
             worker_connections: 4096,
             binary: None,
@@ -46,6 +57,8 @@ pub struct Workdir {
     dir: tempfile::TempDir,
     pub port: u16,
     pub extra_ports: Vec<u16>,
+    /// The HTTP/2 (h2c, prior knowledge) port, with `h2c`.
+    pub h2c_port: Option<u16>,
     binary: PathBuf,
     opts: NginxOptions,
 }
@@ -110,10 +123,12 @@ impl Nginx {
         std::fs::write(www.join("blob"), blob)?;
         std::fs::set_permissions(www.join("blob"), std::fs::Permissions::from_mode(0o644))?;
         let extra_ports = (0..opts.extra_ports).map(|_| free_port()).collect();
+        let h2c_port = opts.h2c.then(free_port);
         let work = Arc::new(Workdir {
             dir,
             port,
             extra_ports,
+            h2c_port,
             binary,
             opts,
         });
@@ -300,6 +315,7 @@ worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log notice;
 worker_rlimit_nofile {rlimit};
+{extra_main}
 events {{ worker_connections {wc}; }}
 http {{
     access_log off;
@@ -315,6 +331,7 @@ http {{
         root {d}/www;
         location = /blob {{ limit_rate $arg_rate; }}
         location / {{ return 200 "ok\n"; }}
+        {extra_server}
     }}
 }}
 "#,
@@ -323,10 +340,16 @@ http {{
         rlimit = o.worker_connections * 2 + 64,
         port = work.port,
         extra = o.extra_http,
+        extra_main = o.extra_main,
+        extra_server = o.extra_server,
         extra_listen = work
             .extra_ports
             .iter()
             .map(|p| format!("\n        listen 127.0.0.1:{p} reuseport;"))
+            .chain(
+                work.h2c_port
+                    .map(|p| format!("\n        listen 127.0.0.1:{p} reuseport http2;")),
+            )
             .collect::<String>(),
     )
 }

@@ -5,12 +5,14 @@
 
 pub mod client;
 pub mod fixture;
+pub mod h2;
 pub mod kubelet;
 pub mod load;
 pub mod netns;
 pub mod scenario;
 pub mod sidecar;
 pub mod strategies;
+pub mod ws;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

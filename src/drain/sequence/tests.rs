@@ -9,11 +9,12 @@ use tokio::time::sleep;
 use super::*;
 use crate::drain::WaitPolicy;
 use crate::drain::target::{BoxFuture, ExitWatch};
+use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Master, ProcId};
-use crate::report::{Clock, QuitReason};
+use crate::report::{Clock, CutBy, QuitReason};
 use crate::sockets::Method;
 use crate::sockets::arrivals::{ArrivalLog, Arrivals};
-use crate::sockets::monitor::Sample;
+use crate::sockets::monitor::{OpenConn, Sample};
 
 const MS: Duration = Duration::from_millis(1);
 const TICK: Duration = Duration::from_millis(100);
@@ -35,6 +36,7 @@ struct Fake {
     on_quit: Answer,
     on_term: Answer,
     deny: bool,
+    shutdown_timeout: ShutdownTimeout,
     sent: Mutex<Vec<(Sig, Instant)>>,
 }
 
@@ -79,6 +81,7 @@ impl Fake {
             on_quit,
             on_term,
             deny: false,
+            shutdown_timeout: ShutdownTimeout::Unset,
             sent: Mutex::new(Vec::new()),
         }
     }
@@ -145,6 +148,9 @@ impl Target for Fake {
             let _ = rx.wait_for(|e| *e).await;
         }
     }
+    fn shutdown_timeout(&self) -> ShutdownTimeout {
+        self.shutdown_timeout.clone()
+    }
     fn children(&self) -> Vec<Child> {
         self.workers
             .iter()
@@ -162,6 +168,20 @@ struct Census {
     tx: watch::Sender<View>,
     log: ArrivalLog,
     seq: u64,
+}
+
+/// Two client connections on port 80, open since `age` before now.
+fn two_conns(age: Duration) -> Arc<Vec<OpenConn>> {
+    let since = Instant::now() - age;
+    Arc::new(
+        [41_000, 41_001]
+            .map(|p| OpenConn {
+                local: "127.0.0.1:80".parse().unwrap(),
+                peer: format!("10.0.0.9:{p}").parse().unwrap(),
+                first_seen: since,
+            })
+            .to_vec(),
+    )
 }
 
 impl Census {
@@ -187,6 +207,7 @@ impl Census {
                 arrivals: per_tick,
                 open: [(80, 2)].into(),
                 listening: [(80, 0)].into(),
+                conns: two_conns(Duration::from_secs(30)),
             },
             log: Arc::new(log.clone()),
             method: Method::Netlink,
@@ -222,6 +243,7 @@ impl Census {
                         arrivals: n,
                         open: [(80, 2)].into(),
                         listening: [(80, 0)].into(),
+                        conns: v.sample.conns.clone(),
                     };
                     v.log = log;
                 });
@@ -434,5 +456,93 @@ async fn status_shows_each_phase_as_the_drain_moves() {
     assert_eq!(r.outcome, Outcome::Drained);
     // `quit` lasts no time at all (SIGQUIT is one call): a watcher sees
     // the phases around it.
-    assert_eq!(phases, ["await_quiet", "await_exit"]);
+    assert_eq!(phases, ["await_quiet", "await_exit", "done"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_closed_by_nginxs_timer_are_their_own_success_and_are_listed() {
+    // Two WebSockets open for 30 s at the hook; NGINX closes them 4 s after
+    // SIGQUIT, when its worker_shutdown_timeout fires, and exits.
+    let mut fake = Fake::new(Answer::ExitAfter(Duration::from_secs(4)), Answer::Ignore);
+    fake.shutdown_timeout = ShutdownTimeout::Set(Duration::from_secs(4));
+    let fake = Arc::new(fake);
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::StreamsClosed, "{}", r.message);
+    assert_eq!(r.http_status(), 200);
+    let c = r.connections.expect("connections");
+    assert_eq!((c.cut, c.cut_open_before_hook), (2, 2));
+    assert_eq!(c.cut_by, Some(CutBy::NginxWorkerShutdownTimeout));
+    assert_eq!(c.cut_per_port, [(80, 2)].into());
+    assert_eq!(c.worker_shutdown_timeout, "4s");
+    assert_eq!(c.cut_peers.len(), 2);
+    assert_eq!(c.cut_peers[0].peer, "10.0.0.9:41000");
+    assert!(
+        c.cut_peers
+            .iter()
+            .all(|p| p.open_before_hook && p.age_ms >= 34_000)
+    );
+    assert!(
+        r.message
+            .contains("worker_shutdown_timeout closed 2 connections"),
+        "{}",
+        r.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_that_finish_before_nginxs_timer_are_not_cut() {
+    // The same connections, but NGINX exits 2 s after SIGQUIT, before its
+    // 10 s timer: they were downloads that finished.
+    let mut fake = Fake::new(Answer::ExitAfter(Duration::from_secs(2)), Answer::Ignore);
+    fake.shutdown_timeout = ShutdownTimeout::Set(Duration::from_secs(10));
+    let fake = Arc::new(fake);
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    let c = r.connections.unwrap();
+    assert_eq!((c.open_at_exit, c.cut), (2, 0));
+    assert!(c.cut_peers.is_empty() && c.cut_by.is_none());
+    assert!(
+        r.message.contains("every in-flight request finished"),
+        "{}",
+        r.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_by_websockets_says_what_held_nginx_and_what_helps() {
+    let fake = Arc::new(Fake::new(Answer::Ignore, Answer::ExitAfter(100 * MS)));
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Forced, "{}", r.message);
+    let c = r.connections.unwrap();
+    assert_eq!((c.cut, c.cut_by), (2, Some(CutBy::Sigterm)));
+    assert!(
+        r.message
+            .contains("2 connections open since before the hook, 53 s old: WebSockets or streams")
+            && r.message
+                .contains("worker_shutdown_timeout to at most 6s 750ms")
+            && r.message.contains("it is not set"),
+        "{}",
+        r.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_after_the_drain_shows_it_done_with_final_counts() {
+    let mut fake = Fake::new(Answer::ExitAfter(Duration::from_secs(4)), Answer::Ignore);
+    fake.shutdown_timeout = ShutdownTimeout::Set(Duration::from_secs(4));
+    let fake = Arc::new(fake);
+    let snapshot = Arc::new(watch::channel(Snapshot::initial(String::new())).0);
+    let rx = snapshot.subscribe();
+    run(
+        fake.clone(),
+        request(Duration::from_secs(25), Duration::from_secs(15)),
+        snapshot,
+        quiet_monitor(),
+    )
+    .await;
+    let snap = rx.borrow();
+    let d = snap.drain.as_ref().unwrap();
+    assert_eq!(d.phase, "done");
+    assert_eq!(d.cut_connections, Some(2));
+    assert!(d.open_connections.is_empty() && d.workers_remaining.is_empty());
 }

@@ -1,0 +1,134 @@
+//! Real WebSockets through NGINX: an echo backend that NGINX proxies to
+//! (`proxy_http_version 1.1` with the Upgrade and Connection headers), and
+//! clients that keep exchanging messages until the connection ends, so that
+//! a test can tell who ended it and when.
+//!
+//! Loopback only; every loop ends by itself (a connection's end, or a limit).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// An echo WebSocket server on a loopback port.
+pub struct EchoBackend {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EchoBackend {
+    pub async fn start() -> io::Result<EchoBackend> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(EchoBackend { addr, task })
+    }
+
+    /// The NGINX `server` block location that proxies `/ws` to this
+    /// backend as WebSockets (for [`crate::NginxOptions::extra_server`]).
+    pub fn location(&self) -> String {
+        format!(
+            "location /ws {{ proxy_pass http://{}; proxy_http_version 1.1; \
+             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; \
+             proxy_read_timeout 1h; proxy_send_timeout 1h; }}",
+            self.addr
+        )
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How a client's WebSocket ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsEnd {
+    /// Messages sent and echoed back.
+    pub exchanged: u32,
+    /// `closed` (a close frame or EOF from NGINX), `error: ...`, or `limit`
+    /// (still open when the client's own limit ran out).
+    pub how: String,
+    /// When it ended, since the client opened it.
+    pub after: Duration,
+}
+
+/// A WebSocket client through NGINX that sends a message every `every` and
+/// reads its echo, until the connection ends or `limit` passes.
+pub struct WsClient {
+    /// The client's own address: NGINX's census sees it as the peer.
+    pub local: SocketAddr,
+    task: JoinHandle<WsEnd>,
+}
+
+impl WsClient {
+    pub async fn open(nginx: SocketAddr, every: Duration, limit: Duration) -> io::Result<WsClient> {
+        let stream = TcpStream::connect(nginx).await?;
+        let local = stream.local_addr()?;
+        let url = format!("ws://{nginx}/ws");
+        let (mut ws, resp) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .map_err(io::Error::other)?;
+        if resp.status() != 101 {
+            return Err(io::Error::other(format!(
+                "upgrade answered {}",
+                resp.status()
+            )));
+        }
+        let task = tokio::spawn(async move {
+            let start = Instant::now();
+            let mut exchanged = 0u32;
+            let mut tick = tokio::time::interval(every);
+            let how = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(start + limit) => break "limit".to_string(),
+                    _ = tick.tick() => {
+                        if let Err(e) = ws.send(Message::text(format!("m{exchanged}"))).await {
+                            break format!("error: {e}");
+                        }
+                        match ws.next().await {
+                            Some(Ok(m)) if m.is_text() => exchanged += 1,
+                            Some(Ok(Message::Close(_))) | None => break "closed".to_string(),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => break format!("error: {e}"),
+                        }
+                    }
+                }
+            };
+            WsEnd {
+                exchanged,
+                how,
+                after: start.elapsed(),
+            }
+        });
+        Ok(WsClient { local, task })
+    }
+
+    /// Waits for the end.
+    pub async fn end(self) -> WsEnd {
+        self.task.await.unwrap_or_else(|e| WsEnd {
+            exchanged: 0,
+            how: format!("error: {e}"),
+            after: Duration::ZERO,
+        })
+    }
+}
