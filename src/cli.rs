@@ -79,11 +79,21 @@ pub struct ServeArgs {
     pub ports: Vec<u16>,
 
     /// Connections from these peers are not client traffic and never delay
-    /// the quit: the node, whose kubelet sends probes and the hook
-    /// (repeatable; an address or a CIDR; env: comma-separated). The chart
-    /// passes the node's IP (status.hostIP).
+    /// the quit: health checkers and monitors other than the kubelet, whose
+    /// address is learned (`--ignore-kubelet`). Repeatable; an address or a
+    /// CIDR; env: comma-separated.
     #[arg(long = "ignore-peer", env = "NGINX_DRAIN_IGNORE_PEER", value_delimiter = ',', value_parser = parse_net, value_name = "CIDR")]
     pub ignore_peers: Vec<IpNet>,
+
+    /// Learn the kubelet's address from the requests it makes to the
+    /// sidecar (probes with User-Agent `kube-probe/`, hooks with
+    /// `kube-lifecycle/`, and every accepted /prestop) and stop counting its
+    /// connections to NGINX (its probes) as client arrivals. Which address
+    /// the kubelet uses depends on the CNI (often the bridge's, not the
+    /// node's), so it is learned, not configured. Turn off where client
+    /// traffic shares that source address (SNAT to the node's bridge).
+    #[arg(long, env = "NGINX_DRAIN_IGNORE_KUBELET", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub ignore_kubelet: bool,
 
     /// Where the connection census comes from: `auto` (netlink, falling back
     /// to /proc/net/tcp when netlink is refused), `netlink` or `proc`.

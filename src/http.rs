@@ -26,7 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -79,6 +81,9 @@ pub struct Options {
     pub on_failure: OnFailure,
     /// Open connections before the oldest idle one is evicted.
     pub max_connections: usize,
+    /// Learn the kubelet's address from its probes and hooks
+    /// (`--ignore-kubelet`).
+    pub learn_kubelet: bool,
 }
 
 impl Default for Options {
@@ -89,6 +94,7 @@ impl Default for Options {
             allow: Vec::new(),
             on_failure: OnFailure::Status,
             max_connections: 512,
+            learn_kubelet: true,
         }
     }
 }
@@ -266,6 +272,18 @@ pub async fn serve(
     }
 }
 
+/// The User-Agent prefixes of the kubelet's probes and lifecycle hooks.
+const KUBELET_AGENTS: [&[u8]; 2] = [b"kube-probe/", b"kube-lifecycle/"];
+
+/// The kubelet's probes and hooks (and any accepted hook) reveal its
+/// address: connections from there to NGINX are probes, not clients. Only
+/// from peers `--allow-cidr` admits.
+fn learn_kubelet(ctx: &Ctx<'_>) {
+    if ctx.opts.learn_kubelet && peer_allowed(&ctx.opts.allow, ctx.conn.peer.ip()) {
+        ctx.handle.kubelet_seen(ctx.conn.peer.ip());
+    }
+}
+
 /// The methods each path answers; anything else gets 405 with `Allow`.
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
@@ -294,6 +312,13 @@ pub async fn route(
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
+    let from_kubelet = req
+        .headers()
+        .get(USER_AGENT)
+        .is_some_and(|ua| KUBELET_AGENTS.iter().any(|k| ua.as_bytes().starts_with(k)));
+    if from_kubelet {
+        learn_kubelet(&ctx);
+    }
     // The body is never read: hyper closes the connection after the answer
     // instead of buffering whatever a client sends.
     drop(req);
@@ -323,6 +348,7 @@ pub async fn route(
             if let Some(r) = refused(&ctx.opts.token, true) {
                 return refused_hook(&ctx, r);
             }
+            learn_kubelet(&ctx);
             return prestop(&ctx).await;
         }
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),

@@ -193,6 +193,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
             allow: args.allow_cidrs.clone(),
             on_failure: args.on_failure.into(),
             max_connections: fit_file_limit(args.max_connections as usize),
+            learn_kubelet: args.ignore_kubelet,
         },
         listener,
         report_file: args.report_file.clone(),
@@ -288,6 +289,7 @@ pub async fn run(
         allow_cidrs = ?http_opts.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         on_failure = ?http_opts.on_failure,
         max_connections = http_opts.max_connections,
+        ignore_kubelet = http_opts.learn_kubelet,
         report_file = ?report_file,
         version = env!("CARGO_PKG_VERSION"),
         "nginx-drain serving: preStop hook at GET /prestop"

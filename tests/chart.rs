@@ -183,11 +183,9 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
             .iter()
             .map(|e| e["name"].as_str().unwrap())
             .collect();
-        assert_eq!(
-            envs,
-            ["POD_NAME", "POD_NAMESPACE", "NGINX_DRAIN_IGNORE_PEER"]
-        );
-        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(envs, ["POD_NAME", "POD_NAMESPACE"]);
+        // /readyz turns 503 at the hook: as readiness it would warn on every drain.
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
         let nginx = pod["containers"]
             .as_array()

@@ -437,7 +437,7 @@ async fn a_silent_client_cannot_hold_the_drain_past_the_budget() {
     let hook = term.hook.unwrap();
     let report: Value = serde_json::from_slice(&hook.body).unwrap();
     assert_eq!(report["outcome"], "forced", "{report:#}");
-    assert!(!term.sigkill_needed && !term.sigterm_found_nginx_running);
+    assert!(!term.sigkill_needed && !term.stop_found_nginx_running);
 }
 
 /// Case 11: a wall-clock jump during the wait changes no deadline.

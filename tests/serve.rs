@@ -114,7 +114,7 @@ async fn downloads_in_flight_complete_and_nginx_quits_exactly_once() {
     }
     assert_eq!(nginx.sigquit_count(), 1, "{}", nginx.error_log());
     assert!(
-        !term.sigterm_found_nginx_running,
+        !term.stop_found_nginx_running,
         "nginx was gone when the hook returned"
     );
     assert!(!term.sigkill_needed);
@@ -326,7 +326,7 @@ async fn a_download_that_cannot_finish_is_forced_before_the_budget_ends() {
             .contains("terminationGracePeriodSeconds")
     );
     assert!(
-        !term.sigterm_found_nginx_running,
+        !term.stop_found_nginx_running,
         "nginx was already gone when the hook returned"
     );
     assert!(!term.sigkill_needed, "the kubelet never needed SIGKILL");

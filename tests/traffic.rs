@@ -70,7 +70,7 @@ fn assert_clean(r: &Run, downloads: usize) {
     assert_eq!(r.downloads_complete, downloads, "every download complete");
     assert_eq!(r.sigquits, 1, "exactly one SIGQUIT");
     assert!(
-        !r.term.sigkill_needed && !r.term.sigterm_found_nginx_running,
+        !r.term.sigkill_needed && !r.term.stop_found_nginx_running,
         "nginx gone when the hook returned"
     );
     assert!(
@@ -187,6 +187,61 @@ async fn probes_from_an_ignored_peer_do_not_delay_the_quit() {
         waited < 2000,
         "probes continued, yet SIGQUIT came after {waited} ms"
     );
+}
+
+/// The kubelet probes NGINX from an address of its own (the CNI bridge's in
+/// a pod), which nobody configured. Learned from its probes of the sidecar,
+/// or from the hook alone, it never delays the quit.
+async fn kubelet_case(probes_sidecar: bool) {
+    let r = run_scenario(Scenario {
+        rate: 0.0,
+        warmup: Duration::from_secs(4),
+        keepalive: 0,
+        downloads: 0,
+        kubelet_probes: true,
+        kubelet_probes_sidecar: probes_sidecar,
+        // The scenario's own check that NGINX serves during the wait is not
+        // the traffic under test.
+        check_from: Some("127.0.0.9".parse().unwrap()),
+        args: vec!["--ignore-peer".into(), "127.0.0.9".into()],
+        ..Default::default()
+    })
+    .await;
+    assert_clean(&r, 0);
+    let t = &r.report["traffic"];
+    assert_eq!(
+        t["kubelet_peers"],
+        serde_json::json!(["127.0.0.3"]),
+        "{t:#}"
+    );
+    assert_eq!(t["sigquit_reason"], "quiet", "{t:#}");
+    // Counted, a probe a second would hold SIGQUIT off for three gaps (3 s).
+    let waited = t["wait_before_sigquit_ms"].as_u64().unwrap();
+    assert!(
+        waited < 1_500,
+        "probes delayed SIGQUIT by {waited} ms: {t:#}"
+    );
+    assert!(
+        r.sidecar_log.contains("no longer count as client arrivals"),
+        "{}",
+        r.sidecar_log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_probes_learned_from_its_probes_of_the_sidecar_do_not_delay_the_quit() {
+    if in_own_netns("kubelet_probes_learned_from_its_probes_of_the_sidecar_do_not_delay_the_quit") {
+        return;
+    }
+    kubelet_case(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_probes_learned_from_the_hook_alone_do_not_delay_the_quit() {
+    if in_own_netns("kubelet_probes_learned_from_the_hook_alone_do_not_delay_the_quit") {
+        return;
+    }
+    kubelet_case(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

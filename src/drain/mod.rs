@@ -90,6 +90,12 @@ impl Handle {
         r.clone()
     }
 
+    /// A request came from the kubelet (its probe or hook): its address
+    /// is not a client's.
+    pub fn kubelet_seen(&self, ip: std::net::IpAddr) {
+        self.monitor.ignore_kubelet(ip);
+    }
+
     /// The state as `/status` shows it, with the latest census.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = self.snapshot.borrow().clone();
@@ -101,6 +107,7 @@ impl Handle {
             listening: view.sample.listening.clone(),
             open: view.sample.open.clone(),
             arrivals_per_second_last_minute: rate2(view.log.rate_before(Instant::now())),
+            kubelet_peers: view.kubelet_peers.iter().map(ToString::to_string).collect(),
         });
         snap
     }

@@ -51,6 +51,7 @@ pub struct Record {
     // Traffic.
     pub census: &'static str,
     pub ports: Vec<u16>,
+    pub kubelet_peers: Vec<String>,
     pub rate_before: f64,
     pub arrivals_during_wait: u64,
     pub last_arrival: Option<Instant>,
@@ -90,6 +91,11 @@ impl Record {
             exited: None,
             census: first.census_label(),
             ports: first.ports.iter().copied().collect(),
+            kubelet_peers: first
+                .kubelet_peers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             arrivals_during_wait: 0,
             last_arrival: first.log.last_arrival(),
             quiet_ms: 0,
@@ -120,6 +126,7 @@ impl Record {
         self.last_seq = s.seq;
         self.census = view.census_label();
         self.ports = view.ports.iter().copied().collect();
+        self.kubelet_peers = view.kubelet_peers.iter().map(ToString::to_string).collect();
         self.open_now = s.open.clone();
         if self.recent.len() == RECENT_CENSUSES {
             self.recent.pop_front();
@@ -203,6 +210,7 @@ impl Record {
         let traffic = self.quit_reason.map(|reason| TrafficReport {
             census: self.census,
             ports: self.ports.clone(),
+            kubelet_peers: self.kubelet_peers.clone(),
             arrivals_per_second_before_hook: rate2(self.rate_before),
             arrivals_during_wait: self.arrivals_during_wait,
             last_arrival_at: stamp(self.last_arrival),

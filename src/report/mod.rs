@@ -197,6 +197,8 @@ pub struct TrafficReport {
     pub census: &'static str,
     /// The ports counted as NGINX's.
     pub ports: Vec<u16>,
+    /// Addresses learned to be the kubelet's, not counted as clients.
+    pub kubelet_peers: Vec<String>,
     /// New client connections per second over the minute before the hook.
     pub arrivals_per_second_before_hook: f64,
     /// New client connections between the hook and SIGQUIT.
@@ -335,6 +337,9 @@ pub struct TrafficStatus {
     /// Open client connections per port.
     pub open: BTreeMap<u16, u32>,
     pub arrivals_per_second_last_minute: f64,
+    /// Addresses learned to be the kubelet's (from its probes and hooks):
+    /// their connections to NGINX never count as arrivals.
+    pub kubelet_peers: Vec<String>,
 }
 
 impl Snapshot {

@@ -1,6 +1,7 @@
 //! Recent arrivals of new client connections, as the census saw them.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,12 +19,21 @@ pub struct Arrivals {
     pub n: u32,
 }
 
+/// A sample's arrivals by peer address, when they came from few peers
+/// (`None`: from many, where one peer's share does not matter).
+pub type FewPeers = Option<Box<[(IpAddr, u32)]>>;
+
+/// At most this many distinct peers are kept per sample.
+pub const FEW_PEERS: usize = 8;
+
 /// Recent arrivals, sample by sample (only samples that saw some).
 #[derive(Debug, Clone)]
 pub struct ArrivalLog {
     /// When observation began: silence since then is observed silence.
     pub since: Instant,
     entries: VecDeque<Arrivals>,
+    /// Per entry, who arrived, when few did.
+    peers: VecDeque<FewPeers>,
 }
 
 impl ArrivalLog {
@@ -31,12 +41,19 @@ impl ArrivalLog {
         ArrivalLog {
             since,
             entries: VecDeque::new(),
+            peers: VecDeque::new(),
         }
     }
 
     pub fn record(&mut self, a: Arrivals) {
+        self.record_from(a, None);
+    }
+
+    /// Records a sample's arrivals with who they came from, when few did.
+    pub fn record_from(&mut self, a: Arrivals, peers: FewPeers) {
         if a.n > 0 {
             self.entries.push_back(a);
+            self.peers.push_back(peers);
         }
         while self
             .entries
@@ -44,7 +61,35 @@ impl ArrivalLog {
             .is_some_and(|e| a.at.saturating_duration_since(e.at) > HISTORY)
         {
             self.entries.pop_front();
+            self.peers.pop_front();
         }
+    }
+
+    /// Takes back the arrivals from `ip` that samples of few peers
+    /// recorded: it turned out not to be a client (the kubelet). Returns how
+    /// many were taken back.
+    pub fn forget_peer(&mut self, ip: IpAddr) -> u64 {
+        let mut taken = 0u64;
+        for (e, peers) in self.entries.iter_mut().zip(self.peers.iter_mut()) {
+            if let Some(list) = peers {
+                let from_ip: u32 = list.iter().filter(|(p, _)| *p == ip).map(|(_, n)| n).sum();
+                if from_ip > 0 {
+                    e.n -= from_ip.min(e.n);
+                    taken += u64::from(from_ip);
+                    *list = list.iter().filter(|(p, _)| *p != ip).copied().collect();
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.entries.len() {
+            if self.entries[i].n == 0 {
+                self.entries.remove(i);
+                self.peers.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        taken
     }
 
     pub fn last_arrival(&self) -> Option<Instant> {
@@ -99,5 +144,49 @@ impl ArrivalLog {
 
     pub fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.n)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_learned_late_is_taken_back_where_samples_can_tell() {
+        let t0 = Instant::now();
+        let kubelet: IpAddr = "10.213.1.1".parse().unwrap();
+        let client: IpAddr = "10.2.0.9".parse().unwrap();
+        let mut log = ArrivalLog::new(t0);
+        let s = Duration::from_millis(200);
+        // A probe alone, a probe with a client, and a sample of many peers.
+        log.record_from(
+            Arrivals {
+                at: t0 + s,
+                span: s,
+                n: 1,
+            },
+            Some([(kubelet, 1)].into()),
+        );
+        log.record_from(
+            Arrivals {
+                at: t0 + 2 * s,
+                span: s,
+                n: 3,
+            },
+            Some([(kubelet, 1), (client, 2)].into()),
+        );
+        log.record_from(
+            Arrivals {
+                at: t0 + 3 * s,
+                span: s,
+                n: 50,
+            },
+            None,
+        );
+        assert_eq!(log.total(), 54);
+        assert_eq!(log.forget_peer(kubelet), 2);
+        assert_eq!(log.total(), 52);
+        assert_eq!(log.gaps().len(), 51, "the probe-only sample is gone");
+        assert_eq!(log.forget_peer(kubelet), 0, "idempotent");
     }
 }

@@ -5,7 +5,7 @@
 //! sidecar's own port never count as arrivals.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 // A fast non-cryptographic hash. Peers choose their own addresses, but the
@@ -13,6 +13,7 @@ use ipnet::IpNet;
 // cost an attacker one connection each: SipHash is not worth its price here.
 use rustc_hash::FxHashMap;
 
+use super::arrivals::{FEW_PEERS, FewPeers};
 use super::{Sock, state};
 
 /// Which local ports count as NGINX's, and which peers are not clients.
@@ -87,15 +88,37 @@ impl Census {
     /// before and are open now (a new connection reusing the endpoints of
     /// one in TIME_WAIT).
     pub fn arrivals_since(&self, before: &Census) -> u32 {
-        let n = self
-            .conns
-            .iter()
-            .filter(|(key, open)| match before.conns.get(*key) {
+        self.arrivals_by_peer(before).0
+    }
+
+    /// [`Census::arrivals_since`], with who arrived when few peers did
+    /// (at most [`FEW_PEERS`] distinct addresses).
+    pub fn arrivals_by_peer(&self, before: &Census) -> (u32, FewPeers) {
+        let mut n = 0u32;
+        let mut peers: Vec<(IpAddr, u32)> = Vec::new();
+        let mut many = false;
+        for (key, open) in &self.conns {
+            let new = match before.conns.get(key) {
                 None => true,
-                Some(was_open) => **open && !*was_open,
-            })
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
+                Some(was_open) => *open && !*was_open,
+            };
+            if !new {
+                continue;
+            }
+            n = n.saturating_add(1);
+            if many {
+                continue;
+            }
+            let ip = key.1.ip();
+            if let Some((_, c)) = peers.iter_mut().find(|(p, _)| *p == ip) {
+                *c += 1;
+            } else if peers.len() < FEW_PEERS {
+                peers.push((ip, 1));
+            } else {
+                many = true;
+            }
+        }
+        (n, (!many).then(|| peers.into_boxed_slice()))
     }
 
     pub fn open_total(&self) -> u32 {

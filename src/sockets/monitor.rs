@@ -9,10 +9,12 @@
 //! at 100 ms that is about 1 % of a core while a drain runs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use ipnet::IpNet;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use rustc_hash::FxHashMap;
@@ -72,6 +74,9 @@ pub struct View {
     pub ports: BTreeSet<u16>,
     /// Set when no census can be taken at all.
     pub error: Option<String>,
+    /// Peers learned to be the kubelet (its probes and hooks), whose
+    /// connections no longer count.
+    pub kubelet_peers: Vec<IpAddr>,
 }
 
 impl View {
@@ -97,6 +102,7 @@ impl View {
 pub struct Monitor {
     view: watch::Receiver<View>,
     fast: Arc<watch::Sender<bool>>,
+    learn: mpsc::UnboundedSender<IpAddr>,
 }
 
 impl Monitor {
@@ -109,13 +115,25 @@ impl Monitor {
             method: config.method,
             ports: config.filter.only.clone(),
             error: None,
+            kubelet_peers: Vec::new(),
         });
         let (fast, fast_rx) = watch::channel(false);
-        tokio::spawn(run(config, view_tx, fast_rx));
+        let (learn, learn_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(config, view_tx, fast_rx, learn_rx));
         Monitor {
             view,
             fast: Arc::new(fast),
+            learn,
         }
+    }
+
+    /// `ip` is the kubelet's (its probes and hooks come from it): its
+    /// connections stop counting, and the arrivals already logged from it
+    /// are taken back where the census can tell them apart.
+    pub fn ignore_kubelet(&self, ip: IpAddr) {
+        let _ = self
+            .learn
+            .send(super::canonical(std::net::SocketAddr::new(ip, 0)).ip());
     }
 
     /// A monitor with no sampling task: the caller publishes the views.
@@ -123,10 +141,12 @@ impl Monitor {
     pub fn manual(initial: View) -> (Monitor, watch::Sender<View>) {
         let (view_tx, view) = watch::channel(initial);
         let (fast, _) = watch::channel(false);
+        let (learn, _) = mpsc::unbounded_channel();
         (
             Monitor {
                 view,
                 fast: Arc::new(fast),
+                learn,
             },
             view_tx,
         )
@@ -143,8 +163,14 @@ impl Monitor {
     }
 }
 
-async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::Receiver<bool>) {
+async fn run(
+    config: MonitorConfig,
+    view: watch::Sender<View>,
+    mut fast: watch::Receiver<bool>,
+    mut learn: mpsc::UnboundedReceiver<IpAddr>,
+) {
     let mut source = Source::new(config.method);
+    let mut filter = config.filter.clone();
     let mut ports_seen = BTreeSet::new();
     let mut log = ArrivalLog::new(Instant::now());
     let mut prev: Option<(Census, Instant)> = None;
@@ -160,6 +186,24 @@ async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::
         };
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            Some(ip) = learn.recv() => {
+                if !filter.peer_counts(&std::net::SocketAddr::new(ip, 0)) {
+                    continue;
+                }
+                filter.ignore_peers.push(IpNet::from(ip));
+                let taken = log.forget_peer(ip);
+                tracing::info!(
+                    peer = %ip,
+                    arrivals_taken_back = taken,
+                    "connections from the kubelet's address (its probes and hooks come from there) no longer count as client arrivals"
+                );
+                let log_now = Arc::new(log.clone());
+                view.send_modify(|v| {
+                    v.log = log_now;
+                    v.kubelet_peers.push(ip);
+                });
+                continue;
+            }
             changed = fast.changed() => {
                 if changed.is_err() {
                     return;
@@ -172,7 +216,7 @@ async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::
             }
         }
         let at = Instant::now();
-        let census = match source.census(&config.filter, &mut ports_seen) {
+        let census = match source.census(&filter, &mut ports_seen) {
             Ok(c) => {
                 failing = false;
                 c
@@ -186,16 +230,19 @@ async fn run(config: MonitorConfig, view: watch::Sender<View>, mut fast: watch::
                 continue;
             }
         };
-        let arrivals = match &prev {
-            Some((p, _)) => census.arrivals_since(p),
-            None => 0,
+        let (arrivals, peers) = match &prev {
+            Some((p, _)) => census.arrivals_by_peer(p),
+            None => (0, None),
         };
         if let Some((_, prev_at)) = &prev {
-            log.record(Arrivals {
-                at,
-                span: at.saturating_duration_since(*prev_at),
-                n: arrivals,
-            });
+            log.record_from(
+                Arrivals {
+                    at,
+                    span: at.saturating_duration_since(*prev_at),
+                    n: arrivals,
+                },
+                peers,
+            );
         }
         seq += 1;
         first_seen = census

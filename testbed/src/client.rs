@@ -102,8 +102,13 @@ pub async fn start_from(
     extra_headers: &str,
 ) -> Result<Download, Failure> {
     let mut stream = connect(from, addr).await?;
+    let agent = if extra_headers.to_ascii_lowercase().contains("user-agent:") {
+        ""
+    } else {
+        "User-Agent: nginx-drain-testbed\r\n"
+    };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: nginx-drain-testbed\r\nConnection: close\r\n{extra_headers}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{agent}Connection: close\r\n{extra_headers}\r\n"
     );
     stream
         .write_all(req.as_bytes())
@@ -205,6 +210,25 @@ impl Download {
             body,
         })
     }
+}
+
+/// Where the kubelet's probes and hooks come from in tests: an address of
+/// its own, as in a pod (the CNI bridge's), never a client's.
+pub const KUBELET_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+/// `GET path` as the kubelet sends a preStop hook: from [`KUBELET_ADDR`],
+/// with its User-Agent (`kube-lifecycle/1.32`).
+pub async fn kubelet_hook(addr: SocketAddr, path: &str) -> Result<Fetched, Failure> {
+    start_from(
+        Some(KUBELET_ADDR),
+        addr,
+        "GET",
+        path,
+        "User-Agent: kube-lifecycle/1.32\r\n",
+    )
+    .await?
+    .finish()
+    .await
 }
 
 /// One whole request.

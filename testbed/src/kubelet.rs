@@ -1,11 +1,17 @@
 //! A small kubelet emulator: the termination sequence of one container with
-//! an httpGet preStop hook, as pkg/kubelet does it.
+//! an httpGet preStop hook, as a real kubelet (1.32, checked against one in
+//! `../shared/kubelet-rig`) does it.
 //!
-//! 1. GET the hook; no client timeout other than the grace period; the status
-//!    code is ignored (the kubelet ignores it too) but recorded.
-//! 2. Send the container's main process SIGTERM.
-//! 3. When the grace period ends (at least 2 s after SIGTERM), SIGKILL, and
-//!    record that it was needed: that is what nginx-drain must prevent.
+//! 1. GET the hook, from the kubelet's own address with its User-Agent
+//!    ([`client::kubelet_hook`]); no client timeout other than the grace
+//!    period; the status code is ignored (the kubelet ignores it too) but
+//!    recorded.
+//! 2. Ask the runtime to stop the container: it sends the image's
+//!    STOPSIGNAL (SIGQUIT for the official nginx image; SIGTERM for images
+//!    without one) with what is left of the grace period: the grace less the
+//!    hook's duration in whole seconds, rounded down, at least 2 s.
+//! 3. When that ends, SIGKILL, and record that it was needed: that is what
+//!    nginx-drain must prevent.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,14 +30,20 @@ pub struct Kubelet {
     pub hook: SocketAddr,
     pub path: String,
     pub grace: Duration,
+    /// The NGINX image's STOPSIGNAL: SIGQUIT for the official image.
+    pub stop_signal: Signal,
 }
 
 #[derive(Debug)]
 pub struct Termination {
     pub hook: Result<Fetched, Failure>,
     pub hook_took: Duration,
-    /// NGINX was still running when the hook returned, so SIGTERM mattered.
-    pub sigterm_found_nginx_running: bool,
+    /// NGINX was still running when the hook returned, so the stop signal
+    /// mattered.
+    pub stop_found_nginx_running: bool,
+    /// What was left of the grace period for the stop, as the kubelet
+    /// computes it.
+    pub stop_grace: Duration,
     pub sigkill_needed: bool,
     /// From the start of termination to the master's exit (as seen here).
     pub nginx_gone_after: Option<Duration>,
@@ -43,7 +55,15 @@ impl Kubelet {
             hook,
             path: "/prestop".into(),
             grace,
+            stop_signal: Signal::SIGQUIT,
         }
+    }
+
+    /// The grace left for the stop after a hook that took `hook_took`: the
+    /// kubelet subtracts whole seconds, rounded down, and keeps at least 2 s.
+    pub fn grace_after_hook(&self, hook_took: Duration) -> Duration {
+        let left = self.grace.as_secs().saturating_sub(hook_took.as_secs());
+        Duration::from_secs(left).max(MINIMUM_GRACE)
     }
 
     /// Runs the termination sequence against `nginx`'s master.
@@ -51,7 +71,7 @@ impl Kubelet {
         let t0 = Instant::now();
         let deadline = t0 + self.grace;
         let hook =
-            match tokio::time::timeout_at(deadline, client::request(self.hook, "GET", &self.path))
+            match tokio::time::timeout_at(deadline, client::kubelet_hook(self.hook, &self.path))
                 .await
             {
                 Ok(r) => r,
@@ -62,9 +82,10 @@ impl Kubelet {
         let hook_took = t0.elapsed();
         let running = nginx.is_running();
         if running {
-            let _ = nginx.signal(Signal::SIGTERM);
+            let _ = nginx.signal(self.stop_signal);
         }
-        let kill_at = deadline.max(Instant::now() + MINIMUM_GRACE);
+        let stop_grace = self.grace_after_hook(hook_took);
+        let kill_at = Instant::now() + stop_grace;
         let mut gone = (!running).then_some(hook_took);
         while gone.is_none() && Instant::now() < kill_at {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -79,7 +100,8 @@ impl Kubelet {
         Termination {
             hook,
             hook_took,
-            sigterm_found_nginx_running: running,
+            stop_found_nginx_running: running,
+            stop_grace,
             sigkill_needed,
             nginx_gone_after: gone,
         }

@@ -63,6 +63,15 @@ pub struct Scenario {
     pub keepalive: usize,
     /// Probe-like connections from 127.0.0.2 (the "node") all along.
     pub node_probes: bool,
+    /// The kubelet's readiness probe of NGINX: a connection a second from
+    /// [`client::KUBELET_ADDR`], all along (the hook comes from there too).
+    pub kubelet_probes: bool,
+    /// The kubelet also probes the sidecar (`kube-probe/` User-Agent, every
+    /// second), from which the sidecar learns its address before the hook.
+    pub kubelet_probes_sidecar: bool,
+    /// Where the check "does NGINX still serve during the wait?" comes
+    /// from (it is one more arrival unless that address is ignored).
+    pub check_from: Option<IpAddr>,
     pub args: Vec<String>,
 }
 
@@ -75,6 +84,9 @@ impl Default for Scenario {
             downloads: 2,
             keepalive: 4,
             node_probes: false,
+            kubelet_probes: false,
+            kubelet_probes_sidecar: false,
+            check_from: None,
             args: Vec::new(),
         }
     }
@@ -135,6 +147,33 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     } else {
         None
     };
+    let kubelet_probes = s.kubelet_probes.then(|| {
+        tokio::spawn(load::open_loop(
+            addr,
+            1.0,
+            Some(client::KUBELET_ADDR),
+            t0 + HANG,
+            60,
+        ))
+    });
+    let sidecar_probes = s.kubelet_probes_sidecar.then(|| {
+        let hook = sidecar.addr;
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                let probe = client::start_from(
+                    Some(client::KUBELET_ADDR),
+                    hook,
+                    "GET",
+                    "/healthz",
+                    "User-Agent: kube-probe/1.32\r\n",
+                );
+                if let Ok(d) = probe.await {
+                    let _ = d.finish().await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    });
 
     // Slow downloads in flight at the hook: 1 MiB at 500 KB/s, ~2 s each.
     tokio::time::sleep_until(hook_at - Duration::from_millis(500)).await;
@@ -163,7 +202,10 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
             .await
             .ok()
             .map(|r| json(&r));
-        let served = client::get(addr, "/", HANG).await.ok().map(|r| r.status);
+        let served = match client::start_from(s.check_from, addr, "GET", "/", "").await {
+            Ok(d) => d.finish().await.ok().map(|r| r.status),
+            Err(_) => None,
+        };
         (ready, status, served)
     };
     let kubelet = Kubelet::new(sidecar.addr, Duration::from_secs(30));
@@ -186,7 +228,10 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
         }
         last_done = last_done.max(done);
     }
-    if let Some(p) = probes {
+    for p in [probes, kubelet_probes].into_iter().flatten() {
+        p.abort();
+    }
+    if let Some(p) = sidecar_probes {
         p.abort();
     }
     let report = json(term.hook.as_ref().expect("hook answered"));

@@ -103,17 +103,22 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
     - name: POD_NAMESPACE
       valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
-    # The kubelet's probes and hook come from the node: they are not traffic.
-    - name: NGINX_DRAIN_IGNORE_PEER
-      valueFrom: {fieldRef: {fieldPath: status.hostIP}}
+  # The kubelet's probes and hook are not client traffic: the sidecar learns
+  # their source address from the kubelet's own requests (--ignore-kubelet),
+  # which depends on the CNI (often the bridge's, not status.hostIP).
   ports:
     - name: drain
       containerPort: {{ .Values.drain.port }}
       protocol: TCP
+  # Readiness is the sidecar serving (/healthz), not /readyz: /readyz turns
+  # 503 at the hook on purpose (for load balancers' health checks), and as
+  # the pod's readiness it would record a "Readiness probe failed" warning on
+  # every routine rollout. A terminating pod leaves the Service's endpoints
+  # anyway.
   readinessProbe:
-    httpGet: {path: /readyz, port: drain}
-    periodSeconds: 2
-    failureThreshold: 1
+    httpGet: {path: /healthz, port: drain}
+    periodSeconds: 10
+    failureThreshold: 3
   livenessProbe:
     httpGet: {path: /healthz, port: drain}
     periodSeconds: 10

@@ -213,6 +213,7 @@ impl Census {
             method: Method::Netlink,
             ports: [80].into(),
             error: None,
+            kubelet_peers: Vec::new(),
         };
         let (monitor, tx) = Monitor::manual(view);
         (monitor, Census { tx, log, seq: 1 })

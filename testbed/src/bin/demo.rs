@@ -211,6 +211,7 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
     });
 
     let kubelet = Kubelet::new(hook_addr, GRACE);
+    let kubelet_stop_signal = kubelet.stop_signal;
     let terminate = kubelet.terminate(&nginx);
     tokio::pin!(terminate);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -269,9 +270,11 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         }
     }
     println!(
-        "{} kubelet: SIGTERM to nginx {}; SIGKILL {}",
+        "{} kubelet: stop the nginx container ({:?}, the official image's STOPSIGNAL, with {} s of grace left) {}; SIGKILL {}",
         at(),
-        if term.sigterm_found_nginx_running {
+        kubelet_stop_signal,
+        term.stop_grace.as_secs(),
+        if term.stop_found_nginx_running {
             "(it was still running)"
         } else {
             "found nothing left to stop"
