@@ -67,6 +67,14 @@ pub struct ServeArgs {
     #[arg(long, env = "NGINX_DRAIN_MAX_DELAY", default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_delay: Duration,
 
+    /// NGINX's `worker_shutdown_timeout`, when the sidecar cannot read
+    /// NGINX's configuration itself (it reads the master's file through
+    /// /proc/PID/root, which needs the master's UID and capabilities).
+    /// It tells NGINX's own closing of long-lived connections apart from
+    /// requests that finished, and is checked against the budget at start.
+    #[arg(long, env = "NGINX_DRAIN_WORKER_SHUTDOWN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub worker_shutdown_timeout: Option<Duration>,
+
     /// Count only connections to these local ports as NGINX traffic
     /// (repeatable; env: comma-separated). Default: every TCP port listening
     /// in the pod's network namespace except the sidecar's own.
@@ -87,7 +95,7 @@ pub struct ServeArgs {
 
     /// Learn the kubelet's address from the requests it makes to the
     /// sidecar (probes with User-Agent `kube-probe/`, hooks with
-    /// `kube-lifecycle/`, and every accepted /prestop) and stop counting its
+    /// `kube-lifecycle/`; other callers teach nothing) and stop counting its
     /// connections to NGINX (its probes) as client arrivals. Which address
     /// the kubelet uses depends on the CNI (often the bridge's, not the
     /// node's), so it is learned, not configured. Turn off where client

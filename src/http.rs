@@ -275,9 +275,10 @@ pub async fn serve(
 /// The User-Agent prefixes of the kubelet's probes and lifecycle hooks.
 const KUBELET_AGENTS: [&[u8]; 2] = [b"kube-probe/", b"kube-lifecycle/"];
 
-/// The kubelet's probes and hooks (and any accepted hook) reveal its
-/// address: connections from there to NGINX are probes, not clients. Only
-/// from peers `--allow-cidr` admits.
+/// The kubelet's probes and hooks (by their User-Agent) reveal its address:
+/// connections from there to NGINX are probes, not clients. Only from peers
+/// `--allow-cidr` admits. A hook without the kubelet's User-Agent (a person
+/// with curl, a script) teaches nothing: its address may be a client's.
 fn learn_kubelet(ctx: &Ctx<'_>) {
     if ctx.opts.learn_kubelet && peer_allowed(&ctx.opts.allow, ctx.conn.peer.ip()) {
         ctx.handle.kubelet_seen(ctx.conn.peer.ip());
@@ -348,7 +349,6 @@ pub async fn route(
             if let Some(r) = refused(&ctx.opts.token, true) {
                 return refused_hook(&ctx, r);
             }
-            learn_kubelet(&ctx);
             return prestop(&ctx).await;
         }
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),

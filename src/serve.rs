@@ -178,6 +178,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
                 min_delay: args.min_delay,
                 max_delay: args.max_delay,
             },
+            worker_shutdown_timeout: args.worker_shutdown_timeout,
             census: MonitorConfig {
                 method: args.census.into(),
                 filter: PortFilter {

@@ -63,7 +63,17 @@ fn assert_complete(d: Result<Fetched, client::Failure>, size: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_without_a_shutdown_timeout_are_forced_and_named() {
     let (_backend, nginx) = nginx_with_websockets("").await;
-    let sidecar = sidecar_for(&nginx, &["--drain-timeout", "5s", "--on-failure", "status"]);
+    let sidecar = sidecar_for(
+        &nginx,
+        &[
+            "--drain-timeout",
+            "8s",
+            "--max-delay",
+            "1s",
+            "--on-failure",
+            "status",
+        ],
+    );
     wait_ready(sidecar.addr).await;
     let ws = open_websockets(nginx.addr()).await;
     let locals: BTreeSet<String> = ws.iter().map(|c| c.local.to_string()).collect();
@@ -79,7 +89,7 @@ async fn websockets_without_a_shutdown_timeout_are_forced_and_named() {
     assert_eq!(hook.status, 500, "{report:#}");
     assert_eq!(report["outcome"], "forced", "{report:#}");
     assert!(
-        report["durations"]["total_ms"].as_u64().unwrap() < 5_000,
+        report["durations"]["total_ms"].as_u64().unwrap() < 8_000,
         "{report:#}"
     );
     let c = &report["connections"];

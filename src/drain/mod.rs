@@ -52,6 +52,23 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub policy: WaitPolicy,
     pub census: MonitorConfig,
+    /// `--worker-shutdown-timeout`: NGINX's, as the operator states it;
+    /// else read from NGINX's configuration.
+    pub worker_shutdown_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// NGINX's worker_shutdown_timeout: as given, else as read from the
+    /// master's configuration.
+    pub fn shutdown_timeout(
+        &self,
+        master: &crate::nginx::Master,
+    ) -> crate::nginx::config::ShutdownTimeout {
+        match self.worker_shutdown_timeout {
+            Some(d) => crate::nginx::config::ShutdownTimeout::Set(d),
+            None => crate::nginx::config::shutdown_timeout(master),
+        }
+    }
 }
 
 /// Called with every final report before any hook sees it: the wiring
@@ -323,7 +340,7 @@ impl Owner {
         let limit = budget::max_worker_shutdown_timeout(timeout, max_delay);
         let f = |d: Duration| humantime::format_duration(d).to_string();
         let rule = budget::worker_shutdown_rule(timeout, max_delay);
-        match crate::nginx::config::shutdown_timeout(master) {
+        match self.config.shutdown_timeout(master) {
             ShutdownTimeout::Set(d) if d <= limit => tracing::info!(
                 worker_shutdown_timeout = %f(d),
                 "nginx closes connections that never end by themselves (WebSockets, streams) inside the budget ({rule})"
@@ -338,7 +355,7 @@ impl Owner {
                 f(limit)
             ),
             ShutdownTimeout::Unknown(why) => tracing::info!(
-                "cannot check nginx's worker_shutdown_timeout against the budget ({why}); it should be at most {} ({rule})",
+                "cannot check nginx's worker_shutdown_timeout against the budget ({why}): give it with --worker-shutdown-timeout; it should be at most {} ({rule})",
                 f(limit)
             ),
         }
@@ -378,6 +395,7 @@ impl Owner {
             peer,
             timeout: self.config.drain_timeout,
             policy: self.config.policy,
+            worker_shutdown_timeout: self.config.worker_shutdown_timeout,
         };
         let snapshot = self.snapshot.clone();
         let monitor = self.monitor.clone();

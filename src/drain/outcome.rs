@@ -101,7 +101,7 @@ impl Cut {
         let during = self.total - self.before_hook;
         match (self.before_hook, during) {
             (n, 0) => format!(
-                "{n} connection{} open since before the hook, {ages}: WebSockets or streams that end only when closed",
+                "{n} connection{} open since before the hook, {ages}: WebSockets or streams that end only when closed, or long downloads",
                 plural(n)
             ),
             (0, n) => format!(
@@ -157,7 +157,12 @@ pub fn classify(o: &AtExit) -> (Outcome, String) {
         } else {
             "requests still in flight were cut".to_string()
         };
-        let advice = if o.cut.total == 0 || o.cut.before_hook > 0 {
+        let advice = if limit < Duration::from_secs(1) {
+            format!(
+                "The budget leaves no room for nginx to close such connections itself ({}): raise terminationGracePeriodSeconds and --drain-timeout",
+                worker_shutdown_rule(o.drain_timeout, o.max_delay)
+            )
+        } else if o.cut.total == 0 || o.cut.before_hook > 0 {
             format!(
                 "Set nginx's worker_shutdown_timeout to at most {} ({}) so that NGINX closes such connections itself inside the budget ({})",
                 humantime::format_duration(limit),

@@ -36,6 +36,8 @@ pub struct Request {
     pub peer: String,
     pub timeout: Duration,
     pub policy: WaitPolicy,
+    /// `--worker-shutdown-timeout`, when given.
+    pub worker_shutdown_timeout: Option<Duration>,
 }
 
 /// Accumulates what was observed; turned into the report at the end.

@@ -72,7 +72,7 @@ pub fn shutdown_timeout(master: &Master) -> ShutdownTimeout {
             },
         },
         Err(e) => ShutdownTimeout::Unknown(format!(
-            "cannot read nginx's configuration {} ({e})",
+            "cannot read nginx's configuration {} ({e}); --worker-shutdown-timeout gives it",
             path.display()
         )),
     }

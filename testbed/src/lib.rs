@@ -9,6 +9,7 @@ pub mod h2;
 pub mod kubelet;
 pub mod load;
 pub mod netns;
+pub mod rig;
 pub mod scenario;
 pub mod sidecar;
 pub mod strategies;

@@ -56,3 +56,25 @@ pub fn enter(own_pids: bool) -> Vec<String> {
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     std::process::exit(out.status.code().unwrap_or(1));
 }
+
+/// Runs `f` on a thread of its own that has joined the network namespace at
+/// `ns` (e.g. `/proc/PID/ns/net`), with a tokio runtime of its own: sockets
+/// it opens live in that namespace. Needs CAP_SYS_ADMIN (root).
+pub fn run_in<T, F, Fut>(ns: &std::path::Path, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let ns = std::fs::File::open(ns).expect("open the network namespace");
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns (root)");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f())
+    })
+    .join()
+    .expect("the thread in the namespace")
+}

@@ -41,6 +41,7 @@ pub struct SidecarFlags {
     pub port: u16,
     pub drain_timeout: Duration,
     pub max_delay: Duration,
+    pub worker_shutdown_timeout: Option<Duration>,
 }
 
 fn flag(c: &Value, name: &str) -> Option<String> {
@@ -74,6 +75,8 @@ pub fn sidecar_flags(c: &Value) -> SidecarFlags {
             .unwrap_or(DEFAULT_PORT),
         drain_timeout: duration("drain-timeout", DEFAULT_DRAIN_TIMEOUT),
         max_delay: duration("max-delay", DEFAULT_MAX_DELAY),
+        worker_shutdown_timeout: flag(c, "worker-shutdown-timeout")
+            .map(|v| humantime::parse_duration(&v).expect("--worker-shutdown-timeout")),
     }
 }
 
@@ -307,6 +310,12 @@ pub fn check(obj: &Value, config: Option<&Value>) -> Vec<String> {
             )),
             Some(t) => {
                 let t = humantime::parse_duration(t).unwrap_or_else(|e| panic!("worker-shutdown-timeout {t}: {e}"));
+                if flags.worker_shutdown_timeout.is_some_and(|told| told != t) {
+                    bad.push(format!(
+                        "the sidecar's --worker-shutdown-timeout differs from NGINX's worker-shutdown-timeout {}: give the sidecar the same value",
+                        humantime::format_duration(t)
+                    ));
+                }
                 if flags.max_delay + t + ESCALATION_AND_EXIT > flags.drain_timeout {
                     bad.push(format!(
                         "worker-shutdown-timeout {} + --max-delay {} + {} (escalation and exit) exceeds --drain-timeout {}: lower worker-shutdown-timeout",

@@ -263,6 +263,7 @@ fn request(timeout: Duration, max_delay: Duration) -> Request {
             min_delay: Duration::from_millis(250),
             max_delay,
         },
+        worker_shutdown_timeout: None,
     }
 }
 

@@ -1,0 +1,552 @@
+//! The chart's own pod, terminated by a real kubelet (1.32) with containerd
+//! and runc: `../shared/kubelet-rig` (its README). Each case renders the
+//! chart (`helm template`), takes the Deployment's pod template as a static
+//! pod, sends traffic from inside the rig's network, deletes the manifest and
+//! asserts from the clients, NGINX's log, the sidecar's report, the
+//! kubelet's log and crictl.
+//!
+//! Needs root, helm (NGINX_DRAIN_HELM), the project's static binary
+//! (`dist/nginx-drain`, built by scripts/image) and the rig
+//! (NGINX_DRAIN_KUBELET_RIG, default `../shared/kubelet-rig`). Without them
+//! it says loudly that it skipped; under CI it fails instead.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testbed::client;
+use testbed::load::{self, LoadStats};
+use testbed::netns;
+use testbed::rig::{self, CLIENT_IP, KUBELET_IP, Rig};
+
+const HANG: Duration = Duration::from_secs(60);
+/// `/slow/` serves 64 KiB/s: 256 KiB take 4 s.
+const DOWNLOAD_BYTES: usize = 256 << 10;
+
+fn skip_or_fail(why: &str) -> Option<Rig> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the real-kubelet cases must run under CI: {why}"
+    );
+    eprintln!("SKIPPED: the real-kubelet cases did NOT run: {why}");
+    None
+}
+
+fn rig() -> Option<Rig> {
+    let dir = std::env::var_os("NGINX_DRAIN_KUBELET_RIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("..").join("shared").join("kubelet-rig"));
+    if !dir.join("rig.sh").is_file() {
+        return skip_or_fail(&format!(
+            "no rig at {} (set NGINX_DRAIN_KUBELET_RIG)",
+            dir.display()
+        ));
+    }
+    if !nix::unistd::getuid().is_root() {
+        return skip_or_fail("it needs root (namespaces, containerd)");
+    }
+    let project = std::env::current_dir().unwrap();
+    let binary = project.join("dist/nginx-drain");
+    if !binary.is_file() {
+        return skip_or_fail("no dist/nginx-drain: run scripts/image first (scripts/test does)");
+    }
+    // Not under the project: containerd's overlay snapshots need a plain
+    // file system (the checkout may itself sit on an overlay).
+    let home = std::env::temp_dir().join("nginx-drain-kubelet-rig");
+    std::fs::create_dir_all(&home).unwrap();
+    Some(Rig::up(&dir, &home, &project, &binary))
+}
+
+/// The chart rendered with the rig's images and `sets`, as a static pod
+/// named `name`, plus the token its hook sends (if any).
+fn pod_manifest(name: &str, sets: &[&str]) -> (Value, Option<String>) {
+    let helm = std::env::var("NGINX_DRAIN_HELM").expect("NGINX_DRAIN_HELM (scripts/test sets it)");
+    let version = env!("CARGO_PKG_VERSION");
+    let mut cmd = Command::new(helm);
+    cmd.args([
+        "template",
+        "web",
+        "charts/nginx-drain",
+        "--namespace",
+        "default",
+    ]);
+    for s in [
+        "nginx.image.repository=localhost/rig-nginx",
+        "nginx.image.tag=1.22.1",
+        "nginx.image.pullPolicy=Never",
+        "drain.image.repository=localhost/nginx-drain",
+        &format!("drain.image.tag={version}"),
+        "drain.image.pullPolicy=Never",
+    ]
+    .iter()
+    .map(|s| s as &str)
+    .chain(sets.iter().copied())
+    {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("helm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut py = Command::new("python3")
+        .args(["-c", "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let objs: Vec<Value> = serde_json::from_slice(&py.wait_with_output().unwrap().stdout).unwrap();
+    let deploy = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let token = objs
+        .iter()
+        .find(|o| o["kind"] == "Secret")
+        .and_then(|s| s["data"]["token"].as_str())
+        .map(|b64| {
+            let out = Command::new("base64")
+                .arg("-d")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    c.stdin.take().unwrap().write_all(b64.as_bytes())?;
+                    c.wait_with_output()
+                })
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        });
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": deploy["spec"]["template"]["metadata"]["labels"]},
+        "spec": deploy["spec"]["template"]["spec"],
+    });
+    (pod, token)
+}
+
+/// Static pods cannot use Secrets: the token is mounted from a file the
+/// test writes, in place of the chart's Secret volume.
+fn token_from_host_path(pod: &mut Value, token: &str, dir: &Path) {
+    let file = dir.join("token");
+    std::fs::write(&file, token).unwrap();
+    for v in pod["spec"]["volumes"].as_array_mut().unwrap() {
+        if v["name"] == "drain-token" {
+            *v = json!({"name": "drain-token",
+                        "hostPath": {"path": dir.display().to_string(), "type": "Directory"}});
+        }
+    }
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Traffic {
+    load: LoadStats,
+    downloads: Vec<Result<usize, String>>,
+}
+
+/// Runs in the rig's network: `rate` new connections/s from the node's
+/// address from now until `lag` after the deletion (which happens `lead`
+/// from now, by `delete`), and `downloads` slow downloads started 1 s before
+/// the deletion.
+fn traffic_and_delete(
+    rig: &Rig,
+    pod_ip: IpAddr,
+    rate: f64,
+    downloads: usize,
+    lead: Duration,
+    lag: Duration,
+    delete: impl FnOnce() + Send + 'static,
+) -> (Traffic, Instant) {
+    let nginx = SocketAddr::new(pod_ip, 80);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let traffic = netns::run_in(&rig.netns(), move || async move {
+        let t0 = tokio::time::Instant::now();
+        let deleted_at = t0 + lead;
+        let max = (rate * (lead + lag).as_secs_f64()).ceil() as u64 + 1;
+        let load = (rate > 0.0).then(|| {
+            tokio::spawn(load::open_loop(
+                nginx,
+                rate,
+                Some(CLIENT_IP),
+                deleted_at + lag,
+                max,
+            ))
+        });
+        tokio::time::sleep_until(deleted_at - Duration::from_secs(1)).await;
+        let mut dl = Vec::new();
+        for _ in 0..downloads {
+            let d = client::start_from(
+                Some(CLIENT_IP),
+                nginx,
+                "GET",
+                "/slow/big.bin",
+                &format!("Range: bytes=0-{}\r\n", DOWNLOAD_BYTES - 1),
+            )
+            .await;
+            dl.push(tokio::spawn(async move {
+                match d {
+                    Ok(d) => d
+                        .finish()
+                        .await
+                        .map(|f| f.body.len())
+                        .map_err(|e| format!("{e:?}")),
+                    Err(e) => Err(format!("did not start: {e:?}")),
+                }
+            }));
+        }
+        tokio::time::sleep_until(deleted_at).await;
+        let _ = tx.send(Instant::now());
+        delete();
+        let mut t = Traffic::default();
+        if let Some(l) = load {
+            t.load = l.await.unwrap();
+        }
+        for d in dl {
+            t.downloads.push(d.await.unwrap());
+        }
+        t
+    });
+    (traffic, rx.recv().unwrap())
+}
+
+/// Everything the case looks at after the pod's containers have exited.
+struct Seen {
+    nginx_exit: i64,
+    sidecar_exit: i64,
+    nginx_log: String,
+    /// The sidecar's termination message.
+    report: Value,
+    kubelet: Vec<String>,
+}
+
+fn run_case(
+    rig: &Rig,
+    name: &str,
+    pod: Value,
+    traffic: impl FnOnce(IpAddr) -> (Traffic, Instant),
+) -> (Traffic, Instant, Seen) {
+    let static_name = format!("{name}-rig-node");
+    let file = rig.home.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+    rig.sh(&["apply", file.to_str().unwrap()]);
+    let deadline = Instant::now() + HANG;
+    let (pod_id, ip) = loop {
+        if let Some(p) = rig.pod(&static_name) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "{name}: no pod sandbox");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        rig.wait_containers(&pod_id, 2, "CONTAINER_RUNNING", HANG),
+        "{name}: containers did not start: {:#?}",
+        rig.containers(&pod_id)
+    );
+    rig.add_client_address();
+    // Let the kubelet probe a few times, and NGINX settle.
+    std::thread::sleep(Duration::from_secs(3));
+    let containers = rig.containers(&pod_id);
+    let by = |n: &str| {
+        containers
+            .iter()
+            .find(|c| c["status"]["metadata"]["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: no container {n}"))
+    };
+    let (nginx, sidecar) = (by("nginx"), by("nginx-drain"));
+    let id = |c: &Value| c["status"]["id"].as_str().unwrap().to_string();
+    let message_file = Rig::termination_log_path(&sidecar).expect("the sidecar's termination-log");
+    let (t, deleted) = traffic(ip);
+    // The kubelet removes a deleted static pod's containers (their logs and
+    // termination messages) right after they exit: read while they last.
+    let (mut nginx_log, mut message) = (String::new(), String::new());
+    let deadline = Instant::now() + HANG;
+    let (nginx_exit, sidecar_exit) = loop {
+        if let Ok(log) = rig.logs(&nginx) {
+            nginx_log = log;
+        }
+        if let Ok(m) = rig.read_inside(&message_file)
+            && !m.is_empty()
+        {
+            message = m;
+        }
+        if let (Some(n), Some(s)) = (rig.exit_code(&id(&nginx)), rig.exit_code(&id(&sidecar))) {
+            break (n, s);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the containers did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let report: Value = serde_json::from_str(&message).unwrap_or_else(|e| {
+        panic!("{name}: the termination message is the report ({e}): {message:?}")
+    });
+    let seen = Seen {
+        nginx_exit,
+        sidecar_exit,
+        nginx_log,
+        report,
+        kubelet: rig.kubelet_log(&static_name),
+    };
+    rig.sh(&["delete", &format!("{name}.json")]);
+    (t, deleted, seen)
+}
+
+fn line<'a>(lines: &'a [String], what: &str, container: &str) -> Option<&'a String> {
+    let c = format!("containerName=\"{container}\"");
+    lines.iter().find(|l| l.contains(what) && l.contains(&c))
+}
+
+fn assert_no_warning_from_probes(name: &str, kubelet: &[String]) {
+    let unhealthy: Vec<&String> = kubelet
+        .iter()
+        .filter(|l| l.contains("reason=\"Unhealthy\"") || l.contains("Probe failed"))
+        .collect();
+    assert!(
+        unhealthy.is_empty(),
+        "{name}: probe warnings: {unhealthy:#?}"
+    );
+}
+
+#[test]
+fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
+    let Some(rig) = rig() else { return };
+    let started = Instant::now();
+    let work = rig.home.join("cases");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // 1. Native sidecar (the chart's default), with the token from a file,
+    //    traffic continuing 3 s after deletion and downloads in flight.
+    {
+        let name = "native";
+        let (mut pod, token) = pod_manifest(name, &[]);
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        token_from_host_path(&mut pod, token.as_deref().expect("the chart's token"), &dir);
+        let manifest = format!("{name}.json");
+        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
+        let (t, deleted, seen) = run_case(&rig, name, pod, |ip| {
+            traffic_and_delete(
+                &rig,
+                ip,
+                50.0,
+                2,
+                Duration::from_secs(2),
+                Duration::from_secs(3),
+                move || {
+                    let st = Command::new(script)
+                        .args(["delete", &manifest])
+                        .env("RIG", home)
+                        .status();
+                    assert!(st.is_ok_and(|s| s.success()));
+                },
+            )
+        });
+        let r = &seen.report;
+        println!("{name}: report {}", serde_json::to_string(r).unwrap());
+        assert_eq!(r["outcome"], "drained", "{r:#}");
+        assert_eq!(t.load.failed(), 0, "{name}: failed requests {:?}", t.load);
+        assert!(t.load.ok > 100, "{:?}", t.load);
+        assert_eq!(t.downloads, vec![Ok(DOWNLOAD_BYTES), Ok(DOWNLOAD_BYTES)]);
+        assert_eq!(
+            seen.nginx_log
+                .matches("signal 3 (SIGQUIT) received")
+                .count(),
+            1,
+            "{}",
+            seen.nginx_log
+        );
+        assert_eq!(seen.nginx_exit, 0, "no SIGKILL");
+        assert_eq!(seen.sidecar_exit, 0);
+        assert_eq!(
+            r["traffic"]["kubelet_peers"],
+            json!([KUBELET_IP.to_string()]),
+            "{r:#}"
+        );
+        // The timeline, from the kubelet's log and the report.
+        let k = &seen.kubelet;
+        let hook_run = line(k, "Running preStop hook", "nginx").expect("hook run");
+        let hook_done = line(k, "PreStop hook completed", "nginx").expect("hook completed");
+        let exit = rig::rfc3339_time(r["exited_at"].as_str().unwrap()).unwrap();
+        let done = rig::kubelet_log_time(hook_done).unwrap();
+        assert!(
+            done >= exit - 0.005 && done - exit < 0.5,
+            "hook completed {done} vs exit {exit}"
+        );
+        // The sidecar is stopped after NGINX: the kubelet kills it once the
+        // main containers are gone.
+        let killed = |c: &str| {
+            let tag = format!("containerName=\"{c}\"");
+            k.iter()
+                .find(|l| {
+                    l.contains("\"Killing container with a grace period\"") && l.contains(&tag)
+                })
+                .and_then(|l| rig::kubelet_log_time(l))
+                .unwrap_or_else(|| panic!("no kill of {c}: {k:#?}"))
+        };
+        assert!(
+            killed("nginx-drain") >= killed("nginx"),
+            "the sidecar stopped after nginx"
+        );
+        assert_no_warning_from_probes(name, k);
+        println!(
+            "{name}: timeline: manifest deleted at {:?} (test clock); kubelet ran the hook at {}; hook received {}; SIGQUIT {}; nginx exit {}; kubelet: hook completed at {}; stopping nginx at {:.3}, the sidecar at {:.3} (s of the day); nginx exit code {}; sidecar exit code {}",
+            deleted,
+            hook_run.split_ascii_whitespace().nth(1).unwrap_or("?"),
+            r["hook_received_at"],
+            r["sigquit_at"],
+            r["exited_at"],
+            hook_done.split_ascii_whitespace().nth(1).unwrap_or("?"),
+            killed("nginx"),
+            killed("nginx-drain"),
+            seen.nginx_exit,
+            seen.sidecar_exit,
+        );
+    }
+
+    // 2. The sidecar as a regular container.
+    {
+        let name = "regular";
+        let (pod, _) = pod_manifest(name, &["sidecar.native=false", "token.enabled=false"]);
+        let manifest = format!("{name}.json");
+        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
+        let (t, _, seen) = run_case(&rig, name, pod, |ip| {
+            traffic_and_delete(
+                &rig,
+                ip,
+                20.0,
+                1,
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+                move || {
+                    let st = Command::new(script)
+                        .args(["delete", &manifest])
+                        .env("RIG", home)
+                        .status();
+                    assert!(st.is_ok_and(|s| s.success()));
+                },
+            )
+        });
+        let r = &seen.report;
+        println!(
+            "{name}: report outcome {} message {}",
+            r["outcome"], r["message"]
+        );
+        assert_eq!(r["outcome"], "drained", "{r:#}");
+        assert_eq!(t.load.failed(), 0, "{:?}", t.load);
+        assert_eq!(t.downloads, vec![Ok(DOWNLOAD_BYTES)]);
+        assert_eq!(seen.nginx_exit, 0);
+        assert_eq!(
+            seen.sidecar_exit, 0,
+            "the sidecar's own SIGTERM: exit 0 once nginx is gone"
+        );
+        assert_no_warning_from_probes(name, &seen.kubelet);
+    }
+
+    // 3. A budget too short for a download: forced inside the budget, the
+    //    hook's reset recorded by the kubelet, no SIGKILL needed.
+    {
+        let name = "forced";
+        let (pod, _) = pod_manifest(
+            name,
+            &["terminationGracePeriodSeconds=8", "token.enabled=false"],
+        );
+        let manifest = format!("{name}.json");
+        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
+        let (t, _, seen) = run_case(&rig, name, pod, |ip| {
+            traffic_and_delete(
+                &rig,
+                ip,
+                0.0,
+                1,
+                Duration::from_secs(2),
+                Duration::ZERO,
+                move || {
+                    let st = Command::new(script)
+                        .args(["delete", &manifest])
+                        .env("RIG", home)
+                        .status();
+                    assert!(st.is_ok_and(|s| s.success()));
+                },
+            )
+        });
+        let r = &seen.report;
+        println!(
+            "{name}: report outcome {} message {}",
+            r["outcome"], r["message"]
+        );
+        assert_eq!(r["outcome"], "forced", "{r:#}");
+        assert!(
+            t.downloads[0].is_err(),
+            "the download was cut: {:?}",
+            t.downloads
+        );
+        let failed = seen
+            .kubelet
+            .iter()
+            .any(|l| l.contains("PreStop hook failed") || l.contains("FailedPreStopHook"));
+        assert!(
+            failed,
+            "the kubelet recorded the failed hook: {:#?}",
+            seen.kubelet
+        );
+        assert_ne!(seen.nginx_exit, 137, "no SIGKILL");
+    }
+
+    // 4. The kubelet's readiness probe on NGINX's port every second and no
+    //    other traffic: the quit is not delayed.
+    {
+        let name = "probed";
+        let (mut pod, _) = pod_manifest(name, &["token.enabled=false"]);
+        for c in pod["spec"]["containers"].as_array_mut().unwrap() {
+            if c["name"] == "nginx" {
+                c["readinessProbe"]["periodSeconds"] = json!(1);
+            }
+        }
+        let manifest = format!("{name}.json");
+        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
+        let (_, _, seen) = run_case(&rig, name, pod, |ip| {
+            traffic_and_delete(
+                &rig,
+                ip,
+                0.0,
+                0,
+                Duration::from_secs(3),
+                Duration::ZERO,
+                move || {
+                    let st = Command::new(script)
+                        .args(["delete", &manifest])
+                        .env("RIG", home)
+                        .status();
+                    assert!(st.is_ok_and(|s| s.success()));
+                },
+            )
+        });
+        let r = &seen.report;
+        println!(
+            "{name}: report outcome {} traffic {}",
+            r["outcome"], r["traffic"]
+        );
+        assert_eq!(r["outcome"], "drained", "{r:#}");
+        assert_eq!(
+            r["traffic"]["kubelet_peers"],
+            json!([KUBELET_IP.to_string()]),
+            "{r:#}"
+        );
+        let waited = r["durations"]["hook_to_sigquit_ms"].as_u64().unwrap();
+        assert!(
+            waited < 1_500,
+            "probes delayed SIGQUIT by {waited} ms: {r:#}"
+        );
+    }
+    println!(
+        "real-kubelet cases: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
