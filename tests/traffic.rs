@@ -189,6 +189,32 @@ async fn probes_from_an_ignored_peer_do_not_delay_the_quit() {
     );
 }
 
+/// The sidecar started a second before the hook, a burst of connections
+/// (8 keep-alive clients, 4 downloads) right before it, then one new
+/// connection every 2 s until 3 s after it: a burst is no rate, and nothing
+/// may be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_history_with_a_burst_refuses_nothing() {
+    if in_own_netns("a_short_history_with_a_burst_refuses_nothing") {
+        return;
+    }
+    let r = run_scenario(Scenario {
+        rate: 0.5,
+        warmup: Duration::from_secs(1),
+        lag: Duration::from_secs(3),
+        keepalive: 8,
+        downloads: 4,
+        ..Default::default()
+    })
+    .await;
+    assert_clean(&r, 4);
+    let reason = r.report["traffic"]["quiet_period_reason"].as_str().unwrap();
+    assert!(
+        !reason.contains("p90"),
+        "too little evidence for a percentile: {reason}"
+    );
+}
+
 /// The kubelet probes NGINX from an address of its own (the CNI bridge's in
 /// a pod), which nobody configured. Learned from its probes of the sidecar,
 /// or from the hook alone, it never delays the quit.

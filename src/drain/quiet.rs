@@ -17,11 +17,19 @@
 //! 3.9/λ, so the quiet period is 11.7/λ: the chance that traffic was still
 //! flowing and merely paused that long is e^-11.7, about 1 in 100 000. At
 //! 100 connections/s that is 117 ms (raised to the 250 ms floor); for evenly
-//! spaced arrivals it is three gaps. With fewer than eight gaps seen, the
-//! typical gap is estimated as the time observed up to the last arrival
-//! divided by the arrivals (the silence after the last arrival is what is
-//! being judged, so it must not inflate the estimate); with no arrival at all
-//! in the last minute there is nothing to wait for and `--min-delay` applies.
+//! spaced arrivals it is three gaps.
+//!
+//! **Skeptical with little evidence.** A rate is established by arrivals
+//! spread over time, not by many connections at once: a burst (clients
+//! reconnecting, a page's parallel requests) within one census sample is one
+//! *event*. With fewer than eight gaps between events (a short history, or
+//! one dominated by a burst), the typical gap is the time observed up to the
+//! last arrival divided by the events, not by the connections (the silence
+//! after the last arrival is what is being judged, so it must not inflate
+//! the estimate). A sidecar that saw 12 connections in one burst 0.8 s after
+//! it started waits 3 x 0.8 s = 2.4 s after it, not 3 x 67 ms; each later
+//! arrival is more evidence. With no arrival at all in the last minute there
+//! is nothing to wait for and `--min-delay` applies.
 //!
 //! Pure functions over instants and counts: tested without NGINX.
 
@@ -36,7 +44,8 @@ pub use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY};
 pub const GAP_MULTIPLIER: u32 = 3;
 /// The typical gap is this percentile of recent gaps.
 pub const GAP_PERCENTILE: f64 = 0.9;
-/// Below this many gaps the percentile is noise: use the mean instead.
+/// Below this many gaps between events (census samples that saw arrivals)
+/// the percentile is noise: use the mean gap between events instead.
 pub const MIN_GAPS_FOR_PERCENTILE: usize = 8;
 
 /// The quiet period chosen, and why, in words for the report.
@@ -61,23 +70,30 @@ pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration
             ),
         };
     }
-    let gaps = log.gaps();
-    let (gap, how) = if gaps.len() >= MIN_GAPS_FOR_PERCENTILE {
+    let events = log.events();
+    let (gap, how) = if events.saturating_sub(1) >= MIN_GAPS_FOR_PERCENTILE {
+        let gaps = log.gaps();
         (
             time_weighted_percentile(&gaps, GAP_PERCENTILE),
             format!("p90 of {} gaps by time", gaps.len()),
         )
     } else {
-        // The mean gap up to the last arrival. The silence since then is
-        // what is being judged, so it must not inflate the estimate.
+        // Few events: the mean gap between them up to the last arrival. The
+        // silence since then is what is being judged, so it must not
+        // inflate the estimate.
         let span = log
             .last_arrival()
             .map_or(observed, |last| last.saturating_duration_since(log.since))
             .min(HISTORY);
-        (
-            span.div_f64(total as f64),
-            format!("{total} arrivals in {:.1} s", span.as_secs_f64()),
-        )
+        let how = if total > events as u64 {
+            format!(
+                "{events} samples with arrivals ({total} connections) in {:.1} s: too little evidence for a rate, a burst counts once",
+                span.as_secs_f64()
+            )
+        } else {
+            format!("{total} arrivals in {:.1} s", span.as_secs_f64())
+        };
+        (span.div_f64(events.max(1) as f64), how)
     };
     let raw = gap * GAP_MULTIPLIER;
     let period = raw.clamp(min, max);
@@ -206,6 +222,32 @@ mod tests {
             assert_eq!(q.typical_gap, Some(Duration::from_millis(1500)));
             assert_eq!(q.period, Duration::from_millis(4500));
         }
+    }
+
+    #[test]
+    fn a_burst_in_a_short_history_is_one_event_not_a_rate() {
+        // The sidecar started 1 s before the hook; 8 keep-alive clients and
+        // 4 downloads connected in one sample 0.8 s in; then one connection
+        // every 2 s. Counted per connection the gap is 67 ms and SIGQUIT
+        // comes at the 250 ms floor, refusing the next arrival.
+        let t0 = Instant::now();
+        let mut log = ArrivalLog::new(t0);
+        log.record(Arrivals {
+            at: t0 + 800 * MS,
+            span: 200 * MS,
+            n: 12,
+        });
+        let q = quiet_period(&log, t0 + Duration::from_secs(1), MIN, MAX);
+        assert_eq!(q.period, Duration::from_millis(2400), "{}", q.reason);
+        assert!(q.reason.contains("a burst counts once"), "{}", q.reason);
+        // The next arrival 2 s later is more evidence, and is waited for.
+        log.record(Arrivals {
+            at: t0 + Duration::from_millis(2_800),
+            span: 200 * MS,
+            n: 1,
+        });
+        let q = quiet_period(&log, t0 + Duration::from_secs(3), MIN, MAX);
+        assert_eq!(q.period, Duration::from_millis(4_200), "{}", q.reason);
     }
 
     #[test]

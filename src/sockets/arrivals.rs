@@ -142,6 +142,12 @@ impl ArrivalLog {
         gaps
     }
 
+    /// Samples that saw arrivals: the evidence of a rate. A burst of many
+    /// connections within one sample is one event.
+    pub fn events(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.n)).sum()
     }
