@@ -221,6 +221,7 @@ pub async fn serve(
                         continue;
                     }
                 };
+                handle.note_own_accept();
                 let _ = stream.set_nodelay(true);
                 let conn = Conn { peer, fd: stream.as_raw_fd() };
                 let (id, slot) = tracker.add();

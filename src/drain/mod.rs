@@ -107,6 +107,12 @@ impl Handle {
         r.clone()
     }
 
+    /// The sidecar accepted a connection of its own: not NGINX's traffic,
+    /// though it moves the namespace's accept counter.
+    pub fn note_own_accept(&self) {
+        self.monitor.note_own_accept();
+    }
+
     /// A request came from the kubelet (its probe or hook): its address
     /// is not a client's.
     pub fn kubelet_seen(&self, ip: std::net::IpAddr) {

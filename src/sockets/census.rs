@@ -75,11 +75,16 @@ impl Census {
             if !ports_seen.contains(&port) || !filter.peer_counts(&s.peer) {
                 continue;
             }
+            // A pair of endpoints counts once, even if a dump lists it twice
+            // (or lists a closing socket beside a new one that reuses them):
+            // open wins.
+            let key = (s.local, s.peer);
+            let was_open = c.conns.get(&key).copied();
             let open = s.is_open();
-            if open {
+            if open && was_open != Some(true) {
                 *c.open.entry(port).or_default() += 1;
             }
-            c.conns.insert((s.local, s.peer), open);
+            c.conns.insert(key, open || was_open == Some(true));
         }
         c
     }
@@ -146,6 +151,25 @@ mod tests {
             ignore_peers: vec!["10.0.0.1/32".parse().unwrap()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_socket_listed_twice_counts_once_and_open_wins() {
+        let est = sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.9:40000");
+        let socks = [
+            sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0"),
+            est,
+            est,
+            // A closing socket beside a new one that reuses its endpoints.
+            sock(state::TIME_WAIT, "10.1.0.5:80", "10.2.0.9:40001"),
+            sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.9:40001"),
+            sock(state::TIME_WAIT, "10.1.0.5:80", "10.2.0.9:40001"),
+        ];
+        let mut seen = BTreeSet::new();
+        let c = Census::take(&socks, &filter(), &mut seen);
+        assert_eq!(c.open.get(&80), Some(&2));
+        assert_eq!(c.conns.len(), 2);
+        assert!(c.conns.values().all(|open| *open));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod arrivals;
 pub mod census;
+pub mod counters;
 pub mod monitor;
 pub mod netlink;
 pub mod procnet;

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -20,10 +21,14 @@ use tokio::time::Instant;
 use rustc_hash::FxHashMap;
 
 use super::arrivals::{ArrivalLog, Arrivals};
-use super::{Census, ConnKey, Method, PortFilter, Source};
+use super::{Census, ConnKey, Method, PortFilter, Source, counters};
 
 pub const IDLE_EVERY: Duration = Duration::from_millis(200);
 pub const FAST_EVERY: Duration = Duration::from_millis(100);
+/// While idle, a census that the namespace's accept counter says would find
+/// nothing new is skipped, but one is taken at least this often (for the
+/// open connections, their ages, and listeners that appeared).
+pub const IDLE_CENSUS_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
@@ -103,6 +108,9 @@ pub struct Monitor {
     view: watch::Receiver<View>,
     fast: Arc<watch::Sender<bool>>,
     learn: mpsc::UnboundedSender<IpAddr>,
+    /// Connections the sidecar itself accepted: they move the namespace's
+    /// accept counter without being NGINX's.
+    own_accepts: Arc<AtomicU64>,
 }
 
 impl Monitor {
@@ -119,12 +127,19 @@ impl Monitor {
         });
         let (fast, fast_rx) = watch::channel(false);
         let (learn, learn_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(config, view_tx, fast_rx, learn_rx));
+        let own_accepts = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(config, view_tx, fast_rx, learn_rx, own_accepts.clone()));
         Monitor {
             view,
             fast: Arc::new(fast),
             learn,
+            own_accepts,
         }
+    }
+
+    /// The sidecar accepted a connection of its own (the HTTP server).
+    pub fn note_own_accept(&self) {
+        self.own_accepts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `ip` is the kubelet's (its probes and hooks come from it): its
@@ -147,6 +162,7 @@ impl Monitor {
                 view,
                 fast: Arc::new(fast),
                 learn,
+                own_accepts: Arc::default(),
             },
             view_tx,
         )
@@ -168,9 +184,20 @@ async fn run(
     view: watch::Sender<View>,
     mut fast: watch::Receiver<bool>,
     mut learn: mpsc::UnboundedReceiver<IpAddr>,
+    own_accepts: Arc<AtomicU64>,
 ) {
     let mut source = Source::new(config.method);
     let mut filter = config.filter.clone();
+    // Accepts in the namespace, less the sidecar's own, at the last check;
+    // and when the counter last said "nothing new" or a census ran.
+    let accepted = || {
+        counters::passive_opens()
+            .ok()
+            .map(|n| n.wrapping_sub(own_accepts.load(Ordering::Relaxed)))
+    };
+    let mut last_accepted: Option<u64> = None;
+    let mut last_check = Instant::now();
+    let mut last_census: Option<Instant> = None;
     let mut ports_seen = BTreeSet::new();
     let mut log = ArrivalLog::new(Instant::now());
     let mut prev: Option<(Census, Instant)> = None;
@@ -216,6 +243,22 @@ async fn run(
             }
         }
         let at = Instant::now();
+        // Idle and nothing accepted since the last look: a census would find
+        // no arrival. Skip it (its cost grows with the open connections),
+        // unless the last one is getting old.
+        let now_accepted = accepted();
+        let fast_now = *fast.borrow();
+        if !fast_now
+            && now_accepted.is_some()
+            && now_accepted == last_accepted
+            && last_census
+                .is_some_and(|t| at.saturating_duration_since(t) < IDLE_CENSUS_AT_LEAST_EVERY)
+        {
+            last_check = at;
+            continue;
+        }
+        // Anything new arrived after the last check that found nothing.
+        let span = at.saturating_duration_since(last_check);
         let census = match source.census(&filter, &mut ports_seen) {
             Ok(c) => {
                 failing = false;
@@ -234,23 +277,30 @@ async fn run(
             Some((p, _)) => census.arrivals_by_peer(p),
             None => (0, None),
         };
-        if let Some((_, prev_at)) = &prev {
+        if prev.is_some() {
+            // Nothing was accepted before the last check that found the
+            // counter unchanged: the arrivals came after it.
             log.record_from(
                 Arrivals {
                     at,
-                    span: at.saturating_duration_since(*prev_at),
+                    span,
                     n: arrivals,
                 },
                 peers,
             );
         }
+        last_accepted = now_accepted;
+        last_check = at;
+        last_census = Some(at);
         seq += 1;
-        first_seen = census
-            .conns
-            .iter()
-            .filter(|(_, open)| **open)
-            .map(|(key, _)| (*key, first_seen.get(key).copied().unwrap_or(at)))
-            .collect();
+        // In place: a second map of every connection would double the
+        // memory at the moment it matters least.
+        first_seen.retain(|key, _| census.conns.get(key) == Some(&true));
+        for (key, open) in &census.conns {
+            if *open {
+                first_seen.entry(*key).or_insert(at);
+            }
+        }
         let conns = if *fast.borrow() {
             Arc::new(
                 first_seen
@@ -268,9 +318,7 @@ async fn run(
         let sample = Sample {
             seq,
             at: Some(at),
-            span: prev
-                .as_ref()
-                .map_or(Duration::ZERO, |(_, p)| at.saturating_duration_since(*p)),
+            span: if prev.is_some() { span } else { Duration::ZERO },
             arrivals,
             open: census.open.clone(),
             listening: census.listening.clone(),

@@ -17,11 +17,20 @@ impl From<&'static str> for BadLine {
     }
 }
 
+/// Every TCP socket of this network namespace. The kernel prints these
+/// files a page at a time while sockets come and go, so one socket can be
+/// printed twice: each socket (endpoints and state) is kept once.
 pub fn dump() -> io::Result<Vec<Sock>> {
     let mut out = Vec::new();
+    let mut seen = rustc_hash::FxHashSet::default();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         match std::fs::read_to_string(path) {
-            Ok(text) => out.extend(text.lines().skip(1).filter_map(|l| parse_line(l).ok())),
+            Ok(text) => out.extend(
+                text.lines()
+                    .skip(1)
+                    .filter_map(|l| parse_line(l).ok())
+                    .filter(|s| seen.insert((s.local, s.peer, s.state))),
+            ),
             // tcp6 is absent where IPv6 is disabled.
             Err(e) if e.kind() == io::ErrorKind::NotFound && path.ends_with('6') => {}
             Err(e) => return Err(e),
