@@ -149,19 +149,31 @@ struct Traffic {
     downloads: Vec<Result<usize, String>>,
 }
 
-/// Runs in the rig's network: `rate` new connections/s from the node's
+/// The traffic of a case: `rate` new connections/s from the clients'
 /// address from now until `lag` after the deletion (which happens `lead`
-/// from now, by `delete`), and `downloads` slow downloads started 1 s before
-/// the deletion.
-fn traffic_and_delete(
-    rig: &Rig,
-    pod_ip: IpAddr,
+/// from now), and `downloads` slow downloads started 1 s before the
+/// deletion.
+#[derive(Clone, Copy)]
+struct Plan {
     rate: f64,
     downloads: usize,
     lead: Duration,
     lag: Duration,
+}
+
+/// Runs `plan` in the rig's network and calls `delete` at the deletion.
+fn traffic_and_delete(
+    rig: &Rig,
+    pod_ip: IpAddr,
+    plan: Plan,
     delete: impl FnOnce() + Send + 'static,
 ) -> (Traffic, Instant) {
+    let Plan {
+        rate,
+        downloads,
+        lead,
+        lag,
+    } = plan;
     let nginx = SocketAddr::new(pod_ip, 80);
     let (tx, rx) = std::sync::mpsc::channel();
     let traffic = netns::run_in(&rig.netns(), move || async move {
@@ -224,12 +236,7 @@ struct Seen {
     kubelet: Vec<String>,
 }
 
-fn run_case(
-    rig: &Rig,
-    name: &str,
-    pod: Value,
-    traffic: impl FnOnce(IpAddr) -> (Traffic, Instant),
-) -> (Traffic, Instant, Seen) {
+fn run_case(rig: &Rig, name: &str, pod: Value, plan: Plan) -> (Traffic, Instant, Seen) {
     let static_name = format!("{name}-rig-node");
     let file = rig.home.join(format!("{name}.json"));
     std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
@@ -261,7 +268,15 @@ fn run_case(
     let (nginx, sidecar) = (by("nginx"), by("nginx-drain"));
     let id = |c: &Value| c["status"]["id"].as_str().unwrap().to_string();
     let message_file = Rig::termination_log_path(&sidecar).expect("the sidecar's termination-log");
-    let (t, deleted) = traffic(ip);
+    let manifest = format!("{name}.json");
+    let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
+    let (t, deleted) = traffic_and_delete(rig, ip, plan, move || {
+        let st = Command::new(script)
+            .args(["delete", &manifest])
+            .env("RIG", home)
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "rig.sh delete");
+    });
     // The kubelet removes a deleted static pod's containers (their logs and
     // termination messages) right after they exit: read while they last.
     let (mut nginx_log, mut message) = (String::new(), String::new());
@@ -329,25 +344,13 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
         let dir = work.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         token_from_host_path(&mut pod, token.as_deref().expect("the chart's token"), &dir);
-        let manifest = format!("{name}.json");
-        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
-        let (t, deleted, seen) = run_case(&rig, name, pod, |ip| {
-            traffic_and_delete(
-                &rig,
-                ip,
-                50.0,
-                2,
-                Duration::from_secs(2),
-                Duration::from_secs(3),
-                move || {
-                    let st = Command::new(script)
-                        .args(["delete", &manifest])
-                        .env("RIG", home)
-                        .status();
-                    assert!(st.is_ok_and(|s| s.success()));
-                },
-            )
-        });
+        let plan = Plan {
+            rate: 50.0,
+            downloads: 2,
+            lead: Duration::from_secs(2),
+            lag: Duration::from_secs(3),
+        };
+        let (t, deleted, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
         println!("{name}: report {}", serde_json::to_string(r).unwrap());
         assert_eq!(r["outcome"], "drained", "{r:#}");
@@ -414,25 +417,13 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
     {
         let name = "regular";
         let (pod, _) = pod_manifest(name, &["sidecar.native=false", "token.enabled=false"]);
-        let manifest = format!("{name}.json");
-        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
-        let (t, _, seen) = run_case(&rig, name, pod, |ip| {
-            traffic_and_delete(
-                &rig,
-                ip,
-                20.0,
-                1,
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-                move || {
-                    let st = Command::new(script)
-                        .args(["delete", &manifest])
-                        .env("RIG", home)
-                        .status();
-                    assert!(st.is_ok_and(|s| s.success()));
-                },
-            )
-        });
+        let plan = Plan {
+            rate: 20.0,
+            downloads: 1,
+            lead: Duration::from_secs(2),
+            lag: Duration::from_secs(2),
+        };
+        let (t, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
         println!(
             "{name}: report outcome {} message {}",
@@ -457,25 +448,13 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             name,
             &["terminationGracePeriodSeconds=8", "token.enabled=false"],
         );
-        let manifest = format!("{name}.json");
-        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
-        let (t, _, seen) = run_case(&rig, name, pod, |ip| {
-            traffic_and_delete(
-                &rig,
-                ip,
-                0.0,
-                1,
-                Duration::from_secs(2),
-                Duration::ZERO,
-                move || {
-                    let st = Command::new(script)
-                        .args(["delete", &manifest])
-                        .env("RIG", home)
-                        .status();
-                    assert!(st.is_ok_and(|s| s.success()));
-                },
-            )
-        });
+        let plan = Plan {
+            rate: 0.0,
+            downloads: 1,
+            lead: Duration::from_secs(2),
+            lag: Duration::ZERO,
+        };
+        let (t, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
         println!(
             "{name}: report outcome {} message {}",
@@ -509,25 +488,13 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
                 c["readinessProbe"]["periodSeconds"] = json!(1);
             }
         }
-        let manifest = format!("{name}.json");
-        let (home, script) = (rig.home.clone(), rig.dir.join("rig.sh"));
-        let (_, _, seen) = run_case(&rig, name, pod, |ip| {
-            traffic_and_delete(
-                &rig,
-                ip,
-                0.0,
-                0,
-                Duration::from_secs(3),
-                Duration::ZERO,
-                move || {
-                    let st = Command::new(script)
-                        .args(["delete", &manifest])
-                        .env("RIG", home)
-                        .status();
-                    assert!(st.is_ok_and(|s| s.success()));
-                },
-            )
-        });
+        let plan = Plan {
+            rate: 0.0,
+            downloads: 0,
+            lead: Duration::from_secs(3),
+            lag: Duration::ZERO,
+        };
+        let (_, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
         println!(
             "{name}: report outcome {} traffic {}",
