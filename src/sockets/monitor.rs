@@ -186,25 +186,7 @@ async fn run(
     mut learn: mpsc::UnboundedReceiver<IpAddr>,
     own_accepts: Arc<AtomicU64>,
 ) {
-    let mut source = Source::new(config.method);
-    let mut filter = config.filter.clone();
-    // Accepts in the namespace, less the sidecar's own, at the last check;
-    // and when the counter last said "nothing new" or a census ran.
-    let accepted = || {
-        counters::passive_opens()
-            .ok()
-            .map(|n| n.wrapping_sub(own_accepts.load(Ordering::Relaxed)))
-    };
-    let mut last_accepted: Option<u64> = None;
-    let mut last_check = Instant::now();
-    let mut last_census: Option<Instant> = None;
-    let mut ports_seen = BTreeSet::new();
-    let mut log = ArrivalLog::new(Instant::now());
-    let mut prev: Option<(Census, Instant)> = None;
-    // When each open connection was first seen.
-    let mut first_seen: FxHashMap<ConnKey, Instant> = FxHashMap::default();
-    let mut seq = 0u64;
-    let mut failing = false;
+    let mut state = Sampler::new(config, view, own_accepts);
     loop {
         let every = if *fast.borrow_and_update() {
             FAST_EVERY
@@ -214,21 +196,7 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             Some(ip) = learn.recv() => {
-                if !filter.peer_counts(&std::net::SocketAddr::new(ip, 0)) {
-                    continue;
-                }
-                filter.ignore_peers.push(IpNet::from(ip));
-                let taken = log.forget_peer(ip);
-                tracing::info!(
-                    peer = %ip,
-                    arrivals_taken_back = taken,
-                    "connections from the kubelet's address (its probes and hooks come from there) no longer count as client arrivals"
-                );
-                let log_now = Arc::new(log.clone());
-                view.send_modify(|v| {
-                    v.log = log_now;
-                    v.kubelet_peers.push(ip);
-                });
+                state.ignore_kubelet(ip);
                 continue;
             }
             changed = fast.changed() => {
@@ -242,45 +210,125 @@ async fn run(
                 }
             }
         }
-        let at = Instant::now();
-        // Idle and nothing accepted since the last look: a census would find
-        // no arrival. Skip it (its cost grows with the open connections),
-        // unless the last one is getting old.
-        let now_accepted = accepted();
         let fast_now = *fast.borrow();
-        if !fast_now
-            && now_accepted.is_some()
-            && now_accepted == last_accepted
-            && last_census
+        state.sample(fast_now);
+    }
+}
+
+/// The monitor task's state: the census source, what it learned, and the
+/// arrival log it publishes.
+struct Sampler {
+    source: Source,
+    filter: PortFilter,
+    view: watch::Sender<View>,
+    own_accepts: Arc<AtomicU64>,
+    /// Accepts in the namespace, less the sidecar's own, at the last check.
+    last_accepted: Option<u64>,
+    /// When the counter last said "nothing new", or a census ran.
+    last_check: Instant,
+    last_census: Option<Instant>,
+    ports_seen: BTreeSet<u16>,
+    log: ArrivalLog,
+    prev: Option<Census>,
+    /// When each open connection was first seen.
+    first_seen: FxHashMap<ConnKey, Instant>,
+    seq: u64,
+    failing: bool,
+}
+
+impl Sampler {
+    fn new(
+        config: MonitorConfig,
+        view: watch::Sender<View>,
+        own_accepts: Arc<AtomicU64>,
+    ) -> Sampler {
+        let now = Instant::now();
+        Sampler {
+            source: Source::new(config.method),
+            filter: config.filter,
+            view,
+            own_accepts,
+            last_accepted: None,
+            last_check: now,
+            last_census: None,
+            ports_seen: BTreeSet::new(),
+            log: ArrivalLog::new(now),
+            prev: None,
+            first_seen: FxHashMap::default(),
+            seq: 0,
+            failing: false,
+        }
+    }
+
+    /// Connections from `ip` (the kubelet's) stop counting, and its logged
+    /// arrivals are taken back.
+    fn ignore_kubelet(&mut self, ip: IpAddr) {
+        if !self.filter.peer_counts(&std::net::SocketAddr::new(ip, 0)) {
+            return;
+        }
+        self.filter.ignore_peers.push(IpNet::from(ip));
+        let taken = self.log.forget_peer(ip);
+        tracing::info!(
+            peer = %ip,
+            arrivals_taken_back = taken,
+            "connections from the kubelet's address (its probes and hooks come from there) no longer count as client arrivals"
+        );
+        let log_now = Arc::new(self.log.clone());
+        self.view.send_modify(|v| {
+            v.log = log_now;
+            v.kubelet_peers.push(ip);
+        });
+    }
+
+    /// The namespace's accepts, less the sidecar's own.
+    fn accepted(&self) -> Option<u64> {
+        counters::passive_opens()
+            .ok()
+            .map(|n| n.wrapping_sub(self.own_accepts.load(Ordering::Relaxed)))
+    }
+
+    /// Idle and nothing accepted since the last look: a census would find
+    /// no arrival. Skip it (its cost grows with the open connections),
+    /// unless the last one is getting old.
+    fn can_skip(&self, fast: bool, accepted: Option<u64>, at: Instant) -> bool {
+        !fast
+            && accepted.is_some()
+            && accepted == self.last_accepted
+            && self
+                .last_census
                 .is_some_and(|t| at.saturating_duration_since(t) < IDLE_CENSUS_AT_LEAST_EVERY)
-        {
-            last_check = at;
-            continue;
+    }
+
+    /// One look: a census unless it can be skipped, then the view.
+    fn sample(&mut self, fast: bool) {
+        let at = Instant::now();
+        let accepted = self.accepted();
+        if self.can_skip(fast, accepted, at) {
+            self.last_check = at;
+            return;
         }
         // Anything new arrived after the last check that found nothing.
-        let span = at.saturating_duration_since(last_check);
-        let census = match source.census(&filter, &mut ports_seen) {
+        let span = at.saturating_duration_since(self.last_check);
+        let census = match self.source.census(&self.filter, &mut self.ports_seen) {
             Ok(c) => {
-                failing = false;
+                self.failing = false;
                 c
             }
             Err(e) => {
-                if !failing {
+                if !self.failing {
                     tracing::error!(error = %e, "cannot take a connection census (netlink and /proc/net/tcp both failed): the drain cannot see traffic and waits --max-delay before SIGQUIT");
-                    failing = true;
+                    self.failing = true;
                 }
-                view.send_modify(|v| v.error = Some(e.to_string()));
-                continue;
+                self.view.send_modify(|v| v.error = Some(e.to_string()));
+                return;
             }
         };
-        let (arrivals, peers) = match &prev {
-            Some((p, _)) => census.arrivals_by_peer(p),
+        let (arrivals, peers) = match &self.prev {
+            Some(p) => census.arrivals_by_peer(p),
             None => (0, None),
         };
-        if prev.is_some() {
-            // Nothing was accepted before the last check that found the
-            // counter unchanged: the arrivals came after it.
-            log.record_from(
+        if self.prev.is_some() {
+            self.log.record_from(
                 Arrivals {
                     at,
                     span,
@@ -289,51 +337,60 @@ async fn run(
                 peers,
             );
         }
-        last_accepted = now_accepted;
-        last_check = at;
-        last_census = Some(at);
-        seq += 1;
-        // In place: a second map of every connection would double the
-        // memory at the moment it matters least.
-        first_seen.retain(|key, _| census.conns.get(key) == Some(&true));
-        for (key, open) in &census.conns {
-            if *open {
-                first_seen.entry(*key).or_insert(at);
-            }
-        }
-        let conns = if *fast.borrow() {
-            Arc::new(
-                first_seen
-                    .iter()
-                    .map(|(&(local, peer), &first_seen)| OpenConn {
-                        local,
-                        peer,
-                        first_seen,
-                    })
-                    .collect(),
-            )
-        } else {
-            Arc::default()
-        };
+        self.last_accepted = accepted;
+        self.last_check = at;
+        self.last_census = Some(at);
+        self.seq += 1;
+        let conns = self.track_open(&census, at, fast);
         let sample = Sample {
-            seq,
+            seq: self.seq,
             at: Some(at),
-            span: if prev.is_some() { span } else { Duration::ZERO },
+            span: if self.prev.is_some() {
+                span
+            } else {
+                Duration::ZERO
+            },
             arrivals,
             open: census.open.clone(),
             listening: census.listening.clone(),
             conns,
         };
-        let log_now = Arc::new(log.clone());
-        let method = source.method;
-        let ports = ports_seen.clone();
-        view.send_modify(|v| {
+        let log_now = Arc::new(self.log.clone());
+        let method = self.source.method;
+        let ports = self.ports_seen.clone();
+        self.view.send_modify(|v| {
             v.sample = sample;
             v.log = log_now;
             v.method = method;
             v.ports = ports;
             v.error = None;
         });
-        prev = Some((census, at));
+        self.prev = Some(census);
+    }
+
+    /// Updates each open connection's first sighting (in place: a second
+    /// map of every connection would double the memory at the moment it
+    /// matters least) and, while a drain wants detail, lists them.
+    fn track_open(&mut self, census: &Census, at: Instant, detail: bool) -> Arc<Vec<OpenConn>> {
+        self.first_seen
+            .retain(|key, _| census.conns.get(key) == Some(&true));
+        for (key, open) in &census.conns {
+            if *open {
+                self.first_seen.entry(*key).or_insert(at);
+            }
+        }
+        if !detail {
+            return Arc::default();
+        }
+        Arc::new(
+            self.first_seen
+                .iter()
+                .map(|(&(local, peer), &first_seen)| OpenConn {
+                    local,
+                    peer,
+                    first_seen,
+                })
+                .collect(),
+        )
     }
 }
