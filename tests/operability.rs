@@ -61,25 +61,27 @@ fn token_file(dir: &Path, token: &str) -> std::path::PathBuf {
     p
 }
 
+/// A sidecar for `nginx` that wants the token `s3cret-token` and admits
+/// 127.0.0.1 only (127.0.0.2 plays "another pod"), with `extra` flags.
+fn guarded_sidecar(nginx: &Nginx, dir: &Path, extra: &[&str]) -> Sidecar {
+    let tf = token_file(dir, "s3cret-token");
+    let mut args = vec![
+        "--token-file",
+        tf.to_str().unwrap(),
+        "--allow-cidr",
+        "127.0.0.1/32",
+    ];
+    args.extend_from_slice(extra);
+    sidecar_for(nginx, &args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_right_token_from_an_allowed_peer_drains() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let tf = token_file(dir.path(), "s3cret-token");
-    // The sidecar listens on 127.0.0.1; 127.0.0.2 is "another pod". With
-    // `--on-failure status` refusals are answered (the default resets them:
-    // see the next test).
-    let sidecar = sidecar_for(
-        &nginx,
-        &[
-            "--token-file",
-            tf.to_str().unwrap(),
-            "--allow-cidr",
-            "127.0.0.1/32",
-            "--on-failure",
-            "status",
-        ],
-    );
+    // With `--on-failure status` refusals are answered (the default resets
+    // them: see the next test).
+    let sidecar = guarded_sidecar(&nginx, dir.path(), &["--on-failure", "status"]);
     wait_ready(sidecar.addr).await;
 
     let (code, body) = raw_request(sidecar.addr, "/prestop", "").unwrap();
@@ -146,16 +148,7 @@ async fn only_the_right_token_from_an_allowed_peer_drains() {
 async fn a_refused_hook_is_reset_by_default_and_the_undrained_exit_is_loud() {
     let mut nginx = Nginx::start(NginxOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let tf = token_file(dir.path(), "s3cret-token");
-    let sidecar = sidecar_for(
-        &nginx,
-        &[
-            "--token-file",
-            tf.to_str().unwrap(),
-            "--allow-cidr",
-            "127.0.0.1/32",
-        ],
-    );
+    let sidecar = guarded_sidecar(&nginx, dir.path(), &[]);
     wait_ready(sidecar.addr).await;
     let reset_for = |from: &str, headers: &str| {
         let local = std::net::SocketAddr::new(from.parse().unwrap(), 0);
