@@ -4,24 +4,92 @@
 //!
 //! In a network namespace of its own: a real NGINX, N idle keep-alive
 //! client connections on loopback (both ends in the namespace, so the pod
-//! has about 2N sockets), the sidecar idle for 10 s: its CPU (share of one
-//! core, from /proc/PID/stat) and RSS. Before this change every idle census
-//! walked every socket on NGINX's ports every 200 ms; now the namespace's
-//! accept counter (`/proc/net/snmp`) says when a census can find nothing new,
-//! and an idle census runs at least every 5 s.
+//! has about 2N sockets), the sidecar idle for 35 s: its CPU (share of one
+//! core, from /proc/PID/stat) and RSS. Before, every idle census walked every
+//! socket on NGINX's ports every 200 ms; now the namespace's accept counter
+//! (`/proc/net/snmp`) says when a census can find nothing new, and an idle
+//! census runs at least every 30 s.
 //!
-//! Run: `cargo bench --bench idle_cost [-- N...]` (default 0 1000 10000;
-//! one process holds at most ~20 000 files here, and each connection costs
-//! one). `NGINX_DRAIN_BIN` measures another build of the binary.
+//! Run: `cargo bench --bench idle_cost [-- N...]` (default 0 1000 10000).
+//! One process may hold at most 20 000 files here and one source address has
+//! about 28 000 ephemeral ports, so the clients are spread over helper
+//! processes of 12 500 connections each, from 127.0.0.2, 127.0.0.3, ...;
+//! NGINX gets a worker per 12 500 connections. `NGINX_DRAIN_BIN` measures
+//! another build of the binary.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testbed::scenario::cpu_time;
 use testbed::{Nginx, NginxOptions, Sidecar, netns};
 
-const IDLE: Duration = Duration::from_secs(10);
+/// Longer than the idle census's 30 s period, so that one falls in.
+const IDLE: Duration = Duration::from_secs(35);
+/// Connections per helper process (and per NGINX worker).
+const PER_PROCESS: usize = 12_500;
+
+/// Helper mode: `--hold N ADDR FROM`: opens N keep-alive connections to
+/// ADDR from FROM, says "ready", and holds them until stdin closes.
+fn hold(args: &[String]) -> ! {
+    let n: usize = args[1].parse().unwrap();
+    let addr: SocketAddr = args[2].parse().unwrap();
+    let from: IpAddr = args[3].parse().unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::new(from, 0).into()).unwrap();
+        sock.connect(&addr.into())
+            .unwrap_or_else(|e| panic!("connection {i} from {from}: {e}"));
+        let mut s: std::net::TcpStream = sock.into();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).unwrap();
+        held.push(s);
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    std::process::exit(0);
+}
+
+/// Opens `n` idle keep-alive connections to `addr` through helper
+/// processes; they close when the children are dropped.
+fn hold_connections(n: usize, addr: SocketAddr) -> Vec<Child> {
+    let me = std::env::current_exe().unwrap();
+    let mut children = Vec::new();
+    let mut left = n;
+    let mut k = 2u8;
+    while left > 0 {
+        let take = left.min(PER_PROCESS);
+        let mut child = Command::new(&me)
+            .args([
+                "--hold",
+                &take.to_string(),
+                &addr.to_string(),
+                &format!("127.0.0.{k}"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "helper {k}");
+        children.push(child);
+        left -= take;
+        k += 1;
+    }
+    children
+}
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -38,6 +106,10 @@ fn rss_kib(pid: i32) -> u64 {
 }
 
 fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().is_some_and(|a| a == "--hold") {
+        hold(&raw);
+    }
     let args = netns::enter(false);
     let counts: Vec<usize> = {
         let v: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
@@ -61,22 +133,14 @@ fn main() {
     );
     for n in counts {
         let nginx = Nginx::start(NginxOptions {
-            workers: 2,
-            worker_connections: (n + 1_000).max(4_096),
+            workers: n.div_ceil(PER_PROCESS).max(2),
+            worker_connections: 19_000,
             extra_http: "keepalive_timeout 300s; keepalive_requests 100000;".into(),
             ..Default::default()
         })
         .expect("nginx");
         let sidecar = Sidecar::for_nginx(&bin, &nginx, &[]).expect("sidecar");
-        let mut held = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut s = std::net::TcpStream::connect(nginx.addr())
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut buf = [0u8; 512];
-            let _ = s.read(&mut buf).unwrap();
-            held.push(s);
-        }
+        let held = hold_connections(n, nginx.addr());
         // Let the census learn them all, then measure a quiet stretch.
         std::thread::sleep(Duration::from_secs(6));
         let cpu0 = cpu_time(sidecar.pid());
@@ -88,6 +152,9 @@ fn main() {
             cpu.as_secs_f64() / IDLE.as_secs_f64() * 100.0,
             rss_kib(sidecar.pid()) as f64 / 1024.0
         );
-        drop(held);
+        for mut c in held {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
     }
 }

@@ -39,6 +39,19 @@ impl PortFilter {
 /// Identifies one connection across samples: its two endpoints.
 pub type ConnKey = (SocketAddr, SocketAddr);
 
+/// What the census keeps of a connection: its two endpoints, hashed (8
+/// bytes, not 64: a busy pod holds 100k connections). Two connections
+/// colliding would need 2^32 of them.
+pub type ConnId = u64;
+
+pub fn conn_id(local: SocketAddr, peer: SocketAddr) -> ConnId {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    local.hash(&mut h);
+    peer.hash(&mut h);
+    h.finish()
+}
+
 /// One census of the namespace, reduced to the counted ports.
 #[derive(Debug, Clone, Default)]
 pub struct Census {
@@ -48,9 +61,30 @@ pub struct Census {
     /// client peers only.
     pub open: BTreeMap<u16, u32>,
     /// Every connection on a counted port from a client peer, in any state,
-    /// TIME_WAIT included (so short connections that closed between two
-    /// samples are still seen), with whether it is open.
-    pub conns: FxHashMap<ConnKey, bool>,
+    /// TIME_WAIT included (so short connections that NGINX closed between
+    /// two samples are still seen), with whether it is open and since when.
+    pub conns: FxHashMap<ConnId, ConnState>,
+    /// The open connections' endpoints, when the census was taken with
+    /// detail (during a drain); empty otherwise.
+    pub endpoints: Vec<(ConnId, ConnKey)>,
+}
+
+/// What the census knows of one connection (8 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnState {
+    /// NGINX has not closed its side.
+    pub open: bool,
+    /// The census tick (the caller's clock) at which it was first seen
+    /// open, carried over from census to census.
+    pub since: u32,
+}
+
+/// The connections new since an earlier census.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewConns {
+    pub n: u32,
+    /// Who they came from, when few peers did.
+    pub peers: FewPeers,
 }
 
 impl Census {
@@ -58,11 +92,85 @@ impl Census {
     /// so far (listeners close at SIGQUIT, their connections stay): it is
     /// extended with today's listeners.
     pub fn take(socks: &[Sock], filter: &PortFilter, ports_seen: &mut BTreeSet<u16>) -> Census {
+        Census::take_since(socks, filter, ports_seen, None, false, 0).0
+    }
+
+    /// [`Census::take`], and the connections new since `before` (none
+    /// without one), with who they came from; with `detail`, the open
+    /// connections' endpoints too. `tick` is the caller's clock: what a
+    /// connection first seen open now is stamped with.
+    pub fn take_since(
+        socks: &[Sock],
+        filter: &PortFilter,
+        ports_seen: &mut BTreeSet<u16>,
+        before: Option<&Census>,
+        detail: bool,
+        tick: u32,
+    ) -> (Census, NewConns) {
+        let listeners: Vec<Sock> = socks
+            .iter()
+            .filter(|s| s.state == state::LISTEN)
+            .copied()
+            .collect();
+        let mut b = CensusBuilder::new(&listeners, filter, ports_seen, before, detail, tick);
+        b.extend(socks.iter().filter(|s| s.state != state::LISTEN).copied());
+        b.finish()
+    }
+
+    /// Connections in `self` that were not in `before`, or that were closing
+    /// before and are open now (a new connection reusing the endpoints of
+    /// one in TIME_WAIT).
+    pub fn arrivals_since(&self, before: &Census) -> u32 {
+        let n = self
+            .conns
+            .iter()
+            .filter(|(id, now)| match before.conns.get(*id) {
+                None => true,
+                Some(was) => now.open && !was.open,
+            })
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    pub fn open_total(&self) -> u32 {
+        self.open.values().sum()
+    }
+}
+
+/// A census built while a dump streams in: the listeners first, then each
+/// connection as it is parsed, so that a dump of 100k sockets is never held
+/// whole in memory.
+pub struct CensusBuilder<'a> {
+    c: Census,
+    filter: &'a PortFilter,
+    ports: &'a BTreeSet<u16>,
+    before: Option<&'a Census>,
+    detail: bool,
+    /// The caller's clock, for connections first seen now.
+    tick: u32,
+    /// New connections, as (id, peer): few, so kept with their peers.
+    new: Vec<(ConnId, IpAddr)>,
+}
+
+impl<'a> CensusBuilder<'a> {
+    /// Starts from the dump's listeners; `ports_seen` (the ports known to
+    /// be NGINX's so far) is extended with today's.
+    pub fn new(
+        listeners: &[Sock],
+        filter: &'a PortFilter,
+        ports_seen: &'a mut BTreeSet<u16>,
+        before: Option<&'a Census>,
+        detail: bool,
+        tick: u32,
+    ) -> CensusBuilder<'a> {
         let mut c = Census {
-            conns: FxHashMap::with_capacity_and_hasher(socks.len(), Default::default()),
+            conns: FxHashMap::with_capacity_and_hasher(
+                before.map_or(0, |b| b.conns.len()),
+                Default::default(),
+            ),
             ..Census::default()
         };
-        for s in socks.iter().filter(|s| s.state == state::LISTEN) {
+        for s in listeners.iter().filter(|s| s.state == state::LISTEN) {
             let port = s.local.port();
             if filter.port_counts(port) {
                 *c.listening.entry(port).or_default() += s.rx_queue;
@@ -70,64 +178,95 @@ impl Census {
             }
         }
         ports_seen.extend(filter.only.iter().copied());
-        for s in socks.iter().filter(|s| s.state != state::LISTEN) {
-            let port = s.local.port();
-            if !ports_seen.contains(&port) || !filter.peer_counts(&s.peer) {
-                continue;
-            }
-            // A pair of endpoints counts once, even if a dump lists it twice
-            // (or lists a closing socket beside a new one that reuses them):
-            // open wins.
-            let key = (s.local, s.peer);
-            let was_open = c.conns.get(&key).copied();
-            let open = s.is_open();
-            if open && was_open != Some(true) {
-                *c.open.entry(port).or_default() += 1;
-            }
-            c.conns.insert(key, open || was_open == Some(true));
+        CensusBuilder {
+            c,
+            filter,
+            ports: ports_seen,
+            before,
+            detail,
+            tick,
+            new: Vec::new(),
         }
-        c
     }
 
-    /// Connections in `self` that were not in `before`, or that were closing
-    /// before and are open now (a new connection reusing the endpoints of
-    /// one in TIME_WAIT).
-    pub fn arrivals_since(&self, before: &Census) -> u32 {
-        self.arrivals_by_peer(before).0
+    /// The ports whose connections count (listening now, or before).
+    pub fn ports(&self) -> &BTreeSet<u16> {
+        self.ports
     }
 
-    /// [`Census::arrivals_since`], with who arrived when few peers did
-    /// (at most [`FEW_PEERS`] distinct addresses).
-    pub fn arrivals_by_peer(&self, before: &Census) -> (u32, FewPeers) {
-        let mut n = 0u32;
+    fn add(&mut self, s: Sock) {
+        let port = s.local.port();
+        if s.state == state::LISTEN
+            || !self.ports.contains(&port)
+            || !self.filter.peer_counts(&s.peer)
+        {
+            return;
+        }
+        let c = &mut self.c;
+        // A pair of endpoints counts once, even if a dump lists it twice (or
+        // lists a closing socket beside a new one that reuses them): open
+        // wins.
+        let id = conn_id(s.local, s.peer);
+        let listed = c.conns.get(&id).copied();
+        let open = s.is_open();
+        if open && listed.is_none_or(|l| !l.open) {
+            *c.open.entry(port).or_default() += 1;
+            if self.detail {
+                c.endpoints.push((id, (s.local, s.peer)));
+            }
+        }
+        let before = self.before.and_then(|b| b.conns.get(&id).copied());
+        // Open since an earlier census that saw it open; else since now.
+        let since = match before {
+            Some(b) if b.open => b.since,
+            _ => self.tick,
+        };
+        c.conns.insert(
+            id,
+            ConnState {
+                open: open || listed.is_some_and(|l| l.open),
+                since,
+            },
+        );
+        if self.before.is_some() {
+            let is_new = match before {
+                None => true,
+                Some(b) => open && !b.open,
+            };
+            if is_new {
+                self.new.push((id, s.peer.ip()));
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> (Census, NewConns) {
+        self.new.sort_unstable_by_key(|(id, _)| *id);
+        self.new.dedup_by_key(|(id, _)| *id);
         let mut peers: Vec<(IpAddr, u32)> = Vec::new();
         let mut many = false;
-        for (key, open) in &self.conns {
-            let new = match before.conns.get(key) {
-                None => true,
-                Some(was_open) => *open && !*was_open,
-            };
-            if !new {
-                continue;
-            }
-            n = n.saturating_add(1);
-            if many {
-                continue;
-            }
-            let ip = key.1.ip();
-            if let Some((_, c)) = peers.iter_mut().find(|(p, _)| *p == ip) {
-                *c += 1;
+        for (_, ip) in &self.new {
+            if let Some((_, n)) = peers.iter_mut().find(|(p, _)| p == ip) {
+                *n += 1;
             } else if peers.len() < FEW_PEERS {
-                peers.push((ip, 1));
+                peers.push((*ip, 1));
             } else {
                 many = true;
+                break;
             }
         }
-        (n, (!many).then(|| peers.into_boxed_slice()))
+        let arrivals = NewConns {
+            n: u32::try_from(self.new.len()).unwrap_or(u32::MAX),
+            peers: (!many).then(|| peers.into_boxed_slice()),
+        };
+        (self.c, arrivals)
     }
+}
 
-    pub fn open_total(&self) -> u32 {
-        self.open.values().sum()
+impl Extend<Sock> for CensusBuilder<'_> {
+    fn extend<I: IntoIterator<Item = Sock>>(&mut self, iter: I) {
+        for s in iter {
+            self.add(s);
+        }
     }
 }
 
@@ -154,6 +293,30 @@ mod tests {
     }
 
     #[test]
+    fn new_connections_since_an_earlier_census_with_their_peers() {
+        let listen = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
+        let old = sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.9:40000");
+        let mut seen = BTreeSet::new();
+        let (a, none) = Census::take_since(&[listen, old], &filter(), &mut seen, None, false, 1);
+        assert_eq!(none.n, 0, "no earlier census: nothing is new");
+        let fresh = sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.7:41000");
+        let short = sock(state::TIME_WAIT, "10.1.0.5:80", "10.2.0.7:41001");
+        let socks = [listen, old, fresh, fresh, short];
+        let (b, new) = Census::take_since(&socks, &filter(), &mut seen, Some(&a), true, 2);
+        assert_eq!(new.n, 2, "the listed-twice one counts once");
+        assert_eq!(
+            new.peers.as_deref(),
+            Some(&[("10.2.0.7".parse().unwrap(), 2)][..])
+        );
+        assert_eq!(b.arrivals_since(&a), 2);
+        assert_eq!(
+            b.endpoints.len(),
+            2,
+            "with detail: the open ones' endpoints"
+        );
+    }
+
+    #[test]
     fn a_socket_listed_twice_counts_once_and_open_wins() {
         let est = sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.9:40000");
         let socks = [
@@ -169,7 +332,7 @@ mod tests {
         let c = Census::take(&socks, &filter(), &mut seen);
         assert_eq!(c.open.get(&80), Some(&2));
         assert_eq!(c.conns.len(), 2);
-        assert!(c.conns.values().all(|open| *open));
+        assert!(c.conns.values().all(|s| s.open));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-pub use census::{Census, ConnKey, PortFilter};
+pub use census::{Census, CensusBuilder, ConnId, ConnKey, NewConns, PortFilter};
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub mod state {
@@ -108,6 +108,45 @@ impl Source {
     ) -> io::Result<Census> {
         let socks = self.dump_for(filter, ports_seen)?;
         Ok(Census::take(&socks, filter, ports_seen))
+    }
+
+    /// [`Source::census`], with the connections new since `before` (see
+    /// [`Census::take_since`]). By netlink the connections stream into the
+    /// census as they are parsed: a dump is never held whole.
+    pub fn census_since(
+        &mut self,
+        filter: &PortFilter,
+        ports_seen: &mut BTreeSet<u16>,
+        before: Option<&Census>,
+        detail: bool,
+        tick: u32,
+    ) -> io::Result<(Census, NewConns)> {
+        if let Some(d) = &mut self.netlink {
+            let mut listeners = Vec::new();
+            let result = d.listeners(&mut listeners).and_then(|()| {
+                let mut seen = ports_seen.clone();
+                let mut b = CensusBuilder::new(&listeners, filter, &mut seen, before, detail, tick);
+                let ports = b.ports().clone();
+                d.connections(&ports, &mut b)?;
+                let done = b.finish();
+                Ok((done, seen))
+            });
+            match result {
+                Ok((done, seen)) => {
+                    *ports_seen = seen;
+                    return Ok(done);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "NETLINK_SOCK_DIAG dump failed: counting connections from /proc/net/tcp and /proc/net/tcp6 from now on");
+                    self.netlink = None;
+                    self.method = Method::Proc;
+                }
+            }
+        }
+        let socks = procnet::dump()?;
+        Ok(Census::take_since(
+            &socks, filter, ports_seen, before, detail, tick,
+        ))
     }
 
     /// The sockets a census needs: every listener, and every other socket on

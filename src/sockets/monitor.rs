@@ -18,17 +18,17 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use rustc_hash::FxHashMap;
-
 use super::arrivals::{ArrivalLog, Arrivals};
-use super::{Census, ConnKey, Method, PortFilter, Source, counters};
+use super::{Census, Method, PortFilter, Source, counters};
 
 pub const IDLE_EVERY: Duration = Duration::from_millis(200);
 pub const FAST_EVERY: Duration = Duration::from_millis(100);
 /// While idle, a census that the namespace's accept counter says would find
 /// nothing new is skipped, but one is taken at least this often (for the
 /// open connections, their ages, and listeners that appeared).
-pub const IDLE_CENSUS_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
+pub const IDLE_CENSUS_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+/// The resolution of first sightings (connection ages).
+pub const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
@@ -41,7 +41,7 @@ pub struct MonitorConfig {
 pub struct OpenConn {
     pub local: std::net::SocketAddr,
     pub peer: std::net::SocketAddr,
-    /// The first census that saw it open (the monitor's start for
+    /// The first census that saw it open, to 0.1 s (the monitor's start for
     /// connections that were already open then: ages are lower bounds).
     pub first_seen: Instant,
 }
@@ -230,8 +230,8 @@ struct Sampler {
     ports_seen: BTreeSet<u16>,
     log: ArrivalLog,
     prev: Option<Census>,
-    /// When each open connection was first seen.
-    first_seen: FxHashMap<ConnKey, Instant>,
+    /// The clock of the census's first sightings: ticks of [`TICK`] since.
+    epoch: Instant,
     seq: u64,
     failing: bool,
 }
@@ -254,7 +254,7 @@ impl Sampler {
             ports_seen: BTreeSet::new(),
             log: ArrivalLog::new(now),
             prev: None,
-            first_seen: FxHashMap::default(),
+            epoch: now,
             seq: 0,
             failing: false,
         }
@@ -309,7 +309,17 @@ impl Sampler {
         }
         // Anything new arrived after the last check that found nothing.
         let span = at.saturating_duration_since(self.last_check);
-        let census = match self.source.census(&self.filter, &mut self.ports_seen) {
+        let tick =
+            u32::try_from(at.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis())
+                .unwrap_or(u32::MAX);
+        let taken = self.source.census_since(
+            &self.filter,
+            &mut self.ports_seen,
+            self.prev.as_ref(),
+            fast,
+            tick,
+        );
+        let (census, new) = match taken {
             Ok(c) => {
                 self.failing = false;
                 c
@@ -323,10 +333,7 @@ impl Sampler {
                 return;
             }
         };
-        let (arrivals, peers) = match &self.prev {
-            Some(p) => census.arrivals_by_peer(p),
-            None => (0, None),
-        };
+        let (arrivals, peers) = (new.n, new.peers);
         if self.prev.is_some() {
             self.log.record_from(
                 Arrivals {
@@ -341,7 +348,7 @@ impl Sampler {
         self.last_check = at;
         self.last_census = Some(at);
         self.seq += 1;
-        let conns = self.track_open(&census, at, fast);
+        let conns = self.track_open(&census, fast);
         let sample = Sample {
             seq: self.seq,
             at: Some(at),
@@ -368,27 +375,20 @@ impl Sampler {
         self.prev = Some(census);
     }
 
-    /// Updates each open connection's first sighting (in place: a second
-    /// map of every connection would double the memory at the moment it
-    /// matters least) and, while a drain wants detail, lists them.
-    fn track_open(&mut self, census: &Census, at: Instant, detail: bool) -> Arc<Vec<OpenConn>> {
-        self.first_seen
-            .retain(|key, _| census.conns.get(key) == Some(&true));
-        for (key, open) in &census.conns {
-            if *open {
-                self.first_seen.entry(*key).or_insert(at);
-            }
-        }
+    /// While a drain wants detail, the open connections with their first
+    /// sightings (kept in the census itself: 8 bytes a connection).
+    fn track_open(&self, census: &Census, detail: bool) -> Arc<Vec<OpenConn>> {
         if !detail {
             return Arc::default();
         }
         Arc::new(
-            self.first_seen
+            census
+                .endpoints
                 .iter()
-                .map(|(&(local, peer), &first_seen)| OpenConn {
+                .map(|&(id, (local, peer))| OpenConn {
                     local,
                     peer,
-                    first_seen,
+                    first_seen: self.epoch + TICK * census.conns.get(&id).map_or(0, |c| c.since),
                 })
                 .collect(),
         )

@@ -48,14 +48,14 @@ impl Dumper {
             seq: 0,
         };
         // Fail here, not at the first sample, if the kernel refuses dumps.
-        let mut out = Vec::new();
+        let mut out: Vec<Sock> = Vec::new();
         d.listeners(&mut out)?;
         d.connections(&[80].into(), &mut out)?;
         Ok(d)
     }
 
     /// Every listening TCP socket.
-    pub fn listeners(&mut self, out: &mut Vec<Sock>) -> io::Result<()> {
+    pub fn listeners(&mut self, out: &mut impl Extend<Sock>) -> io::Result<()> {
         for family in [AF_INET, AF_INET6] {
             self.dump(family, StateFlags::LISTEN, None, out)?;
         }
@@ -63,7 +63,11 @@ impl Dumper {
     }
 
     /// Every non-listening TCP socket whose local port is in `ports`.
-    pub fn connections(&mut self, ports: &BTreeSet<u16>, out: &mut Vec<Sock>) -> io::Result<()> {
+    pub fn connections(
+        &mut self,
+        ports: &BTreeSet<u16>,
+        out: &mut impl Extend<Sock>,
+    ) -> io::Result<()> {
         if ports.is_empty() {
             return Ok(());
         }
@@ -80,7 +84,7 @@ impl Dumper {
     }
 
     /// Every non-listening TCP socket.
-    pub fn connections_on_any_port(&mut self, out: &mut Vec<Sock>) -> io::Result<()> {
+    pub fn connections_on_any_port(&mut self, out: &mut impl Extend<Sock>) -> io::Result<()> {
         for family in [AF_INET, AF_INET6] {
             self.dump(family, StateFlags::all() - StateFlags::LISTEN, None, out)?;
         }
@@ -92,7 +96,7 @@ impl Dumper {
         family: u8,
         states: StateFlags,
         bytecode: Option<&[u8]>,
-        out: &mut Vec<Sock>,
+        out: &mut impl Extend<Sock>,
     ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let req = request(family, states, self.seq, bytecode);
@@ -175,7 +179,7 @@ pub fn local_port_filter(ports: &BTreeSet<u16>) -> Vec<u8> {
 
 /// Parses one datagram of a dump into `out`. Returns true at the end of the
 /// dump. Messages of other sequence numbers (a stale dump) are skipped.
-pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut Vec<Sock>) -> io::Result<bool> {
+pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut impl Extend<Sock>) -> io::Result<bool> {
     let bad = |what: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -201,7 +205,7 @@ pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut Vec<Sock>) -> io::Re
                 SOCK_DIAG_BY_FAMILY => {
                     let h = InetResponseHeader::parse(payload).map_err(|e| bad(&e.to_string()))?;
                     let id = &h.socket_id;
-                    out.push(Sock {
+                    out.extend(std::iter::once(Sock {
                         state: h.state,
                         local: canonical(SocketAddr::new(id.source_address, id.source_port)),
                         peer: canonical(SocketAddr::new(
@@ -210,7 +214,7 @@ pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut Vec<Sock>) -> io::Re
                         )),
                         rx_queue: h.recv_queue,
                         inode: h.inode,
-                    });
+                    }));
                 }
                 _ => {}
             }
