@@ -159,6 +159,8 @@ struct Plan {
     downloads: usize,
     lead: Duration,
     lag: Duration,
+    /// Bytes of each download (at 64 KiB/s).
+    download_bytes: usize,
 }
 
 /// Runs `plan` in the rig's network and calls `delete` at the deletion.
@@ -173,6 +175,7 @@ fn traffic_and_delete(
         downloads,
         lead,
         lag,
+        download_bytes,
     } = plan;
     let nginx = SocketAddr::new(pod_ip, 80);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -197,7 +200,7 @@ fn traffic_and_delete(
                 nginx,
                 "GET",
                 "/slow/big.bin",
-                &format!("Range: bytes=0-{}\r\n", DOWNLOAD_BYTES - 1),
+                &format!("Range: bytes=0-{}\r\n", download_bytes - 1),
             )
             .await;
             dl.push(tokio::spawn(async move {
@@ -349,6 +352,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             downloads: 2,
             lead: Duration::from_secs(2),
             lag: Duration::from_secs(3),
+            download_bytes: DOWNLOAD_BYTES,
         };
         let (t, deleted, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
@@ -422,6 +426,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             downloads: 1,
             lead: Duration::from_secs(2),
             lag: Duration::from_secs(2),
+            download_bytes: DOWNLOAD_BYTES,
         };
         let (t, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
@@ -448,11 +453,13 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             name,
             &["terminationGracePeriodSeconds=8", "token.enabled=false"],
         );
+        // 1 MiB at 64 KiB/s: 16 s, far past the 3 s budget.
         let plan = Plan {
             rate: 0.0,
             downloads: 1,
             lead: Duration::from_secs(2),
             lag: Duration::ZERO,
+            download_bytes: 1 << 20,
         };
         let (t, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
@@ -493,6 +500,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             downloads: 0,
             lead: Duration::from_secs(3),
             lag: Duration::ZERO,
+            download_bytes: 0,
         };
         let (_, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;

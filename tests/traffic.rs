@@ -192,7 +192,9 @@ async fn probes_from_an_ignored_peer_do_not_delay_the_quit() {
 /// The sidecar started a second before the hook, a burst of connections
 /// (8 keep-alive clients, 4 downloads) right before it, then one new
 /// connection every 2 s until 3 s after it: a burst is no rate, and nothing
-/// may be refused.
+/// may be refused. (The keep-alive clients stop at the hook: their later
+/// requests would race NGINX's closing of idle keep-alive connections at
+/// SIGQUIT, which no connection count can foresee.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_history_with_a_burst_refuses_nothing() {
     if in_own_netns("a_short_history_with_a_burst_refuses_nothing") {
@@ -203,6 +205,7 @@ async fn a_short_history_with_a_burst_refuses_nothing() {
         warmup: Duration::from_secs(1),
         lag: Duration::from_secs(3),
         keepalive: 8,
+        keepalive_until_hook: true,
         downloads: 4,
         ..Default::default()
     })

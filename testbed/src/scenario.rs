@@ -61,6 +61,9 @@ pub struct Scenario {
     pub lag: Duration,
     pub downloads: usize,
     pub keepalive: usize,
+    /// The keep-alive clients stop at the hook instead of the lag's end
+    /// (clients that opened connections in a burst just before it).
+    pub keepalive_until_hook: bool,
     /// Probe-like connections from 127.0.0.2 (the "node") all along.
     pub node_probes: bool,
     /// The kubelet's readiness probe of NGINX: a connection a second from
@@ -83,6 +86,7 @@ impl Default for Scenario {
             lag: Duration::ZERO,
             downloads: 2,
             keepalive: 4,
+            keepalive_until_hook: false,
             node_probes: false,
             kubelet_probes: false,
             kubelet_probes_sidecar: false,
@@ -131,8 +135,13 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     let addr = nginx.addr();
     let max = (s.rate * (s.warmup + s.lag).as_secs_f64()).ceil() as u64 + 1;
     let load = tokio::spawn(load::open_loop(addr, s.rate, None, lag_end, max));
+    let ka_until = if s.keepalive_until_hook {
+        hook_at
+    } else {
+        lag_end
+    };
     let keepalive: Vec<_> = (0..s.keepalive)
-        .map(|_| tokio::spawn(load::keepalive(addr, Duration::from_millis(100), lag_end)))
+        .map(|_| tokio::spawn(load::keepalive(addr, Duration::from_millis(100), ka_until)))
         .collect();
     let probes = if s.node_probes {
         let node: IpAddr = "127.0.0.2".parse().unwrap();
