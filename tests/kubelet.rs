@@ -312,7 +312,6 @@ fn run_case(rig: &Rig, name: &str, pod: Value, plan: Plan) -> (Traffic, Instant,
         report,
         kubelet: rig.kubelet_log(&static_name),
     };
-    rig.sh(&["delete", &format!("{name}.json")]);
     (t, deleted, seen)
 }
 

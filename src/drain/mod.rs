@@ -57,20 +57,6 @@ pub struct Config {
     pub worker_shutdown_timeout: Option<Duration>,
 }
 
-impl Config {
-    /// NGINX's worker_shutdown_timeout: as given, else as read from the
-    /// master's configuration.
-    pub fn shutdown_timeout(
-        &self,
-        master: &crate::nginx::Master,
-    ) -> crate::nginx::config::ShutdownTimeout {
-        match self.worker_shutdown_timeout {
-            Some(d) => crate::nginx::config::ShutdownTimeout::Set(d),
-            None => crate::nginx::config::shutdown_timeout(master),
-        }
-    }
-}
-
 /// Called with every final report before any hook sees it: the wiring
 /// connects the metrics and the report file here, so that the drain knows
 /// nothing of either.
@@ -346,7 +332,8 @@ impl Owner {
         let limit = budget::max_worker_shutdown_timeout(timeout, max_delay);
         let f = |d: Duration| humantime::format_duration(d).to_string();
         let rule = budget::worker_shutdown_rule(timeout, max_delay);
-        match self.config.shutdown_timeout(master) {
+        let told = self.config.worker_shutdown_timeout;
+        match ShutdownTimeout::given_or(told, || crate::nginx::config::shutdown_timeout(master)) {
             ShutdownTimeout::Set(d) if d <= limit => tracing::info!(
                 worker_shutdown_timeout = %f(d),
                 "nginx closes connections that never end by themselves (WebSockets, streams) inside the budget ({rule})"

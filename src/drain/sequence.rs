@@ -152,10 +152,8 @@ impl<T: Target> Drain<T> {
             });
         }
         let remaining = workers.iter().map(|w| (w.pid, w.clone())).collect();
-        let shutdown_timeout = match req.worker_shutdown_timeout {
-            Some(d) => ShutdownTimeout::Set(d),
-            None => target.shutdown_timeout(),
-        };
+        let shutdown_timeout =
+            ShutdownTimeout::given_or(req.worker_shutdown_timeout, || target.shutdown_timeout());
         let rec = Record::new(
             req,
             master.id.pid,

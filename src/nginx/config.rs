@@ -31,6 +31,11 @@ pub enum ShutdownTimeout {
 }
 
 impl ShutdownTimeout {
+    /// As the operator gave it (`--worker-shutdown-timeout`), else `read`.
+    pub fn given_or(given: Option<Duration>, read: impl FnOnce() -> ShutdownTimeout) -> Self {
+        given.map_or_else(read, ShutdownTimeout::Set)
+    }
+
     pub fn duration(&self) -> Option<Duration> {
         match self {
             ShutdownTimeout::Set(d) => Some(*d),

@@ -106,13 +106,15 @@ impl Source {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
     ) -> io::Result<Census> {
-        let socks = self.dump_for(filter, ports_seen)?;
-        Ok(Census::take(&socks, filter, ports_seen))
+        self.census_since(filter, ports_seen, None, false, 0)
+            .map(|(c, _)| c)
     }
 
     /// [`Source::census`], with the connections new since `before` (see
-    /// [`Census::take_since`]). By netlink the connections stream into the
-    /// census as they are parsed: a dump is never held whole.
+    /// [`Census::take_since`]). Every listener, then every other socket on a
+    /// counted port: by netlink the port filter runs in the kernel and the
+    /// connections stream into the census as they are parsed (a dump is
+    /// never held whole).
     pub fn census_since(
         &mut self,
         filter: &PortFilter,
@@ -147,39 +149,6 @@ impl Source {
         Ok(Census::take_since(
             &socks, filter, ports_seen, before, detail, tick,
         ))
-    }
-
-    /// The sockets a census needs: every listener, and every other socket on
-    /// a counted port. By netlink the port filter runs in the kernel.
-    pub fn dump_for(
-        &mut self,
-        filter: &PortFilter,
-        ports_seen: &BTreeSet<u16>,
-    ) -> io::Result<Vec<Sock>> {
-        if let Some(d) = &mut self.netlink {
-            let mut socks = Vec::new();
-            let result = d.listeners(&mut socks).and_then(|()| {
-                let mut ports: BTreeSet<u16> = ports_seen.clone();
-                ports.extend(filter.only.iter().copied());
-                ports.extend(
-                    socks
-                        .iter()
-                        .filter(|s| s.state == state::LISTEN)
-                        .map(|s| s.local.port())
-                        .filter(|p| filter.port_counts(*p)),
-                );
-                d.connections(&ports, &mut socks)
-            });
-            match result {
-                Ok(()) => return Ok(socks),
-                Err(e) => {
-                    tracing::warn!(error = %e, "NETLINK_SOCK_DIAG dump failed: counting connections from /proc/net/tcp and /proc/net/tcp6 from now on");
-                    self.netlink = None;
-                    self.method = Method::Proc;
-                }
-            }
-        }
-        procnet::dump()
     }
 
     /// Every TCP socket of this network namespace, IPv4 and IPv6.

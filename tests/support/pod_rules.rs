@@ -130,6 +130,28 @@ fn port_resolves(c: &Value, port: &Value) -> Option<u16> {
         .and_then(|n| u16::try_from(n).ok())
 }
 
+/// A hook or probe `v` of container `c` (named `what`): exactly one handler,
+/// and an httpGet port that resolves on that container.
+fn check_handler(bad: &mut Vec<String>, c: &Value, what: &str, v: &Value, kinds: &[&'static str]) {
+    if v.is_null() {
+        return;
+    }
+    let n = name(c);
+    let found = handlers(v, kinds);
+    if found.len() != 1 {
+        bad.push(format!(
+            "container {n}: {what} has {} handlers {found:?}; exactly one is allowed: the API server rejects the pod (set the others to null in the values)",
+            found.len()
+        ));
+    }
+    if !v["httpGet"].is_null() && port_resolves(c, &v["httpGet"]["port"]).is_none() {
+        bad.push(format!(
+            "container {n}: {what}.httpGet.port {} is neither a number nor a port declared on this container",
+            v["httpGet"]["port"]
+        ));
+    }
+}
+
 /// Checks one workload (or pod). `config` is the controller's NGINX
 /// configuration (ConfigMap data) when there is one, for the worker
 /// shutdown timeout.
@@ -152,42 +174,11 @@ pub fn check(obj: &Value, config: Option<&Value>) -> Vec<String> {
     {
         let n = name(c);
         for hook in ["preStop", "postStart"] {
-            let h = &c["lifecycle"][hook];
-            if h.is_null() {
-                continue;
-            }
-            let found = handlers(h, &HOOK_HANDLERS);
-            if found.len() != 1 {
-                bad.push(format!(
-                    "container {n}: lifecycle.{hook} has {} handlers {found:?}; the API server accepts exactly one (set the others to null in the values)",
-                    found.len()
-                ));
-            }
-            if !h["httpGet"].is_null() && port_resolves(c, &h["httpGet"]["port"]).is_none() {
-                bad.push(format!(
-                    "container {n}: lifecycle.{hook}.httpGet.port {} is neither a number nor a port declared on this container",
-                    h["httpGet"]["port"]
-                ));
-            }
+            let what = format!("lifecycle.{hook}");
+            check_handler(&mut bad, c, &what, &c["lifecycle"][hook], &HOOK_HANDLERS);
         }
         for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-            let p = &c[probe];
-            if p.is_null() {
-                continue;
-            }
-            let found = handlers(p, &PROBE_HANDLERS);
-            if found.len() != 1 {
-                bad.push(format!(
-                    "container {n}: {probe} has {} handlers {found:?}; exactly one is allowed",
-                    found.len()
-                ));
-            }
-            if !p["httpGet"].is_null() && port_resolves(c, &p["httpGet"]["port"]).is_none() {
-                bad.push(format!(
-                    "container {n}: {probe}.httpGet.port {} is neither a number nor a port declared on this container",
-                    p["httpGet"]["port"]
-                ));
-            }
+            check_handler(&mut bad, c, probe, &c[probe], &PROBE_HANDLERS);
         }
         if !init && !c["restartPolicy"].is_null() {
             bad.push(format!(
