@@ -13,8 +13,9 @@ use std::time::Duration;
 use nginx_drain::sockets::{Census, Method, PortFilter, Source, state};
 use testbed::Nginx;
 use testbed::NginxOptions;
+use testbed::load::{self, Style};
+use testbed::netns;
 use testbed::scenario::{Run, Scenario};
-use testbed::{load, netns};
 use tokio::time::Instant;
 
 mod support;
@@ -216,6 +217,98 @@ async fn a_short_history_with_a_burst_refuses_nothing() {
         !reason.contains("p90"),
         "too little evidence for a percentile: {reason}"
     );
+}
+
+/// Clients that close first (HTTP/1.0; HTTP/1.1 with `Connection: close`
+/// closed right after the answer; one keep-alive request, then close) leave
+/// NGINX's socket gone within a millisecond and their TIME_WAIT on their
+/// own side: no census sees them. 50 new connections a second going on 3 s
+/// after the hook, over IPv4 and IPv6: every one is counted (the report's
+/// count against the clients' own), none is refused, and SIGQUIT comes
+/// within the quiet period of the last one.
+async fn close_first_case(style: Style, ipv6: bool) {
+    let r = run_scenario(Scenario {
+        rate: 50.0,
+        warmup: Duration::from_secs(2),
+        lag: Duration::from_secs(3),
+        keepalive: 0,
+        style,
+        ipv6,
+        // The scenario's own check that NGINX serves during the wait is not
+        // the traffic under test.
+        check_from: Some("127.0.0.9".parse().unwrap()),
+        args: vec!["--ignore-peer".into(), "127.0.0.9".into()],
+        ..Default::default()
+    })
+    .await;
+    assert_clean(&r, 2);
+    let t = &r.report["traffic"];
+    let clients_after_hook = r
+        .load
+        .events
+        .iter()
+        .filter(|(at, _)| *at >= r.hook_at)
+        .count() as i64;
+    let counted = t["arrivals_during_wait"].as_i64().unwrap();
+    // A connection opened within a few milliseconds of the hook may fall on
+    // either side of it.
+    assert!(
+        (counted - clients_after_hook).abs() <= 2,
+        "{style:?} ipv6={ipv6}: the clients opened {clients_after_hook} connections after the hook, the report counted {counted}: {t:#}"
+    );
+    let last = r
+        .load
+        .last_sent
+        .unwrap()
+        .saturating_duration_since(r.hook_at);
+    let waited = Duration::from_millis(t["wait_before_sigquit_ms"].as_u64().unwrap());
+    let quiet = Duration::from_millis(t["quiet_period_ms"].as_u64().unwrap());
+    // Generous: the quiet period after the last arrival, plus a second of
+    // slack for a loaded machine (the census-only count waited 7-8 s more).
+    assert!(
+        waited <= last + quiet + Duration::from_secs(1),
+        "{style:?} ipv6={ipv6}: SIGQUIT {waited:?} after the hook, the last arrival at {last:?}, quiet period {quiet:?}: {t:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_that_close_first_are_all_counted_over_ipv4() {
+    if in_own_netns("http10_clients_that_close_first_are_all_counted_over_ipv4") {
+        return;
+    }
+    close_first_case(Style::Http10, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_that_close_first_are_all_counted_over_ipv6() {
+    if in_own_netns("http10_clients_that_close_first_are_all_counted_over_ipv6") {
+        return;
+    }
+    close_first_case(Style::Http10, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_clients_that_close_first_are_all_counted_over_ipv4() {
+    if in_own_netns("connection_close_clients_that_close_first_are_all_counted_over_ipv4") {
+        return;
+    }
+    close_first_case(Style::Http11Close, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_clients_that_close_first_are_all_counted_over_ipv6() {
+    if in_own_netns("connection_close_clients_that_close_first_are_all_counted_over_ipv6") {
+        return;
+    }
+    close_first_case(Style::Http11Close, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_keepalive_clients_are_all_counted() {
+    if in_own_netns("one_request_keepalive_clients_are_all_counted") {
+        return;
+    }
+    close_first_case(Style::KeepAliveOnce, false).await;
 }
 
 /// The kubelet probes NGINX from an address of its own (the CNI bridge's in

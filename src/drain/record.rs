@@ -14,7 +14,7 @@ use crate::report::{
     Clock, ConnectionsReport, Durations, Outcome, Progress, QuitReason, Report, SamplePoint,
     Series, TrafficReport, ms, rate2,
 };
-use crate::sockets::monitor::{FAST_EVERY, OpenConn, View};
+use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenConn, View};
 
 /// How many recent censuses' connection lists are kept.
 pub const RECENT_CENSUSES: usize = 8;
@@ -56,6 +56,9 @@ pub struct Record {
     pub kubelet_peers: Vec<String>,
     pub rate_before: f64,
     pub arrivals_during_wait: u64,
+    /// The same, unrounded, and the log's last arrival it includes.
+    during_wait: f64,
+    counted_until: Instant,
     pub last_arrival: Option<Instant>,
     pub quiet_ms: u64,
     pub quiet_reason: String,
@@ -81,6 +84,7 @@ impl Record {
         workers_at_start: Vec<Worker>,
         first: &View,
     ) -> Record {
+        let req_hook = req.clock.mono;
         Record {
             rate_before: first.log.rate_before(req.clock.mono),
             req,
@@ -99,6 +103,8 @@ impl Record {
                 .map(ToString::to_string)
                 .collect(),
             arrivals_during_wait: 0,
+            during_wait: 0.0,
+            counted_until: req_hook,
             last_arrival: first.log.last_arrival(),
             quiet_ms: 0,
             quiet_reason: String::new(),
@@ -113,13 +119,26 @@ impl Record {
                 .into_iter()
                 .collect(),
             last_closed: None,
-            series: Series::new(SERIES_CAP, ms(FAST_EVERY)),
+            series: Series::new(SERIES_CAP, ms(FAST_CENSUS_EVERY)),
             last_seq: first.sample.seq,
         }
     }
 
     /// Takes in a census sample (once per sample).
     pub fn observe(&mut self, view: &View) {
+        // Arrivals come from the log: censuses and destroy events both
+        // record there, a census sample holds only its own.
+        if self.sigquit.is_none() {
+            let last = view.log.last_arrival();
+            if let Some(last) = last.filter(|t| *t > self.counted_until) {
+                self.during_wait += view.log.count_after_share(self.counted_until);
+                self.arrivals_during_wait = self.during_wait.round() as u64;
+                self.counted_until = last;
+            }
+        }
+        if let Some(t) = view.log.last_arrival() {
+            self.last_arrival = Some(t);
+        }
         let s = &view.sample;
         let Some(at) = s.at else { return };
         if s.seq == self.last_seq || at < self.req.clock.mono {
@@ -134,22 +153,8 @@ impl Record {
             self.recent.pop_front();
         }
         self.recent.push_back((at, s.conns.clone()));
-        if self.sigquit.is_none() {
-            // A sample's arrivals happened over its span; count only the
-            // share after the hook (the first sample straddles it).
-            let hook = self.req.clock.mono;
-            let start = at.checked_sub(s.span).unwrap_or(at);
-            let share = if start >= hook || s.span.is_zero() {
-                1.0
-            } else {
-                at.saturating_duration_since(hook).as_secs_f64() / s.span.as_secs_f64()
-            };
-            self.arrivals_during_wait += (f64::from(s.arrivals) * share).round() as u64;
-        } else if self.last_closed.is_none() && s.open_total() == 0 {
+        if self.sigquit.is_some() && self.last_closed.is_none() && s.open_total() == 0 {
             self.last_closed = Some(at);
-        }
-        if let Some(t) = view.log.last_arrival() {
-            self.last_arrival = Some(t);
         }
         self.series.push(SamplePoint {
             t_ms: self.req.clock.millis_since_start(at),

@@ -247,10 +247,20 @@ impl<T: Target> Drain<T> {
             let now = Instant::now();
             let (at, reason) = self.sigquit_due(&view, now);
             self.publish(Phase::AwaitQuiet, Some(at));
-            if now >= at {
+            // The last look before a quiet SIGQUIT: anything accepted that
+            // this view does not account for may be an arrival. Look again
+            // (a census now) rather than quit on a stale view.
+            let stale = now >= at
+                && reason == QuitReason::Quiet
+                && self.census_alive
+                && self.monitor.accepted_since(&view);
+            if stale {
+                self.monitor.look_now();
+            } else if now >= at {
                 self.quiet_reached(reason, now);
                 return Step::Next(Phase::Quit);
             }
+            let wake = if stale { self.latest.0 } else { at };
             tokio::select! {
                 biased;
                 _ = self.target.exited() => return Step::Exited,
@@ -258,7 +268,7 @@ impl<T: Target> Drain<T> {
                     // The monitor is gone: decide on the deadlines alone.
                     self.census_alive = changed.is_ok();
                 }
-                _ = sleep_until(at) => {}
+                _ = sleep_until(wake) => {}
                 Some(Ok(pid)) = self.exits.join_next() => {
                     self.remaining.remove(&pid);
                 }

@@ -105,6 +105,25 @@ impl ArrivalLog {
             .sum()
     }
 
+    /// Arrivals recorded after `t`; a record whose span straddles `t`
+    /// counts for the share of its span after `t` (arrivals are spread
+    /// evenly over a record's span).
+    pub fn count_after_share(&self, t: Instant) -> f64 {
+        self.entries
+            .iter()
+            .filter(|e| e.at > t)
+            .map(|e| {
+                let start = e.at.checked_sub(e.span).unwrap_or(e.at);
+                let share = if start >= t || e.span.is_zero() {
+                    1.0
+                } else {
+                    e.at.saturating_duration_since(t).as_secs_f64() / e.span.as_secs_f64()
+                };
+                f64::from(e.n) * share
+            })
+            .sum()
+    }
+
     /// Arrivals per second over the history before `t`.
     pub fn rate_before(&self, t: Instant) -> f64 {
         let span = t.saturating_duration_since(self.since).min(HISTORY);

@@ -67,6 +67,12 @@ pub struct Census {
     /// The open connections' endpoints, when the census was taken with
     /// detail (during a drain); empty otherwise.
     pub endpoints: Vec<(ConnId, ConnKey)>,
+    /// Listening ports that do not count (`--port` names others, or the
+    /// sidecar's own): their connections' ends still account for accepts.
+    pub other_listeners: BTreeSet<u16>,
+    /// Whether a connection first seen in TIME_WAIT is an arrival. Not
+    /// when the destroy events are watched: they reported it already.
+    pub time_wait_arrives: bool,
 }
 
 /// What the census knows of one connection (8 bytes).
@@ -74,6 +80,9 @@ pub struct Census {
 pub struct ConnState {
     /// NGINX has not closed its side.
     pub open: bool,
+    /// Some census saw the full socket (any state but TIME_WAIT): the
+    /// connection was counted then, so its destroy event is not an arrival.
+    pub alive: bool,
     /// The census tick (the caller's clock) at which it was first seen
     /// open, carried over from census to census.
     pub since: u32,
@@ -107,12 +116,26 @@ impl Census {
         detail: bool,
         tick: u32,
     ) -> (Census, NewConns) {
+        Census::take_with(socks, filter, ports_seen, before, (detail, tick), true)
+    }
+
+    /// [`Census::take_since`], saying whether a connection first seen in
+    /// TIME_WAIT is an arrival (see [`CensusBuilder::time_wait_arrives`]).
+    pub fn take_with(
+        socks: &[Sock],
+        filter: &PortFilter,
+        ports_seen: &mut BTreeSet<u16>,
+        before: Option<&Census>,
+        (detail, tick): (bool, u32),
+        time_wait_arrives: bool,
+    ) -> (Census, NewConns) {
         let listeners: Vec<Sock> = socks
             .iter()
             .filter(|s| s.state == state::LISTEN)
             .copied()
             .collect();
-        let mut b = CensusBuilder::new(&listeners, filter, ports_seen, before, detail, tick);
+        let mut b = CensusBuilder::new(&listeners, filter, ports_seen, before, detail, tick)
+            .time_wait_arrives(time_wait_arrives);
         b.extend(socks.iter().filter(|s| s.state != state::LISTEN).copied());
         b.finish()
     }
@@ -134,6 +157,12 @@ impl Census {
 
     pub fn open_total(&self) -> u32 {
         self.open.values().sum()
+    }
+
+    /// Whether this census (or one before it) saw `id`'s full socket: its
+    /// arrival was counted by a census, not left to its destroy event.
+    pub fn saw_alive(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.alive)
     }
 }
 
@@ -168,6 +197,7 @@ impl<'a> CensusBuilder<'a> {
                 before.map_or(0, |b| b.conns.len()),
                 Default::default(),
             ),
+            time_wait_arrives: true,
             ..Census::default()
         };
         for s in listeners.iter().filter(|s| s.state == state::LISTEN) {
@@ -175,6 +205,8 @@ impl<'a> CensusBuilder<'a> {
             if filter.port_counts(port) {
                 *c.listening.entry(port).or_default() += s.rx_queue;
                 ports_seen.insert(port);
+            } else {
+                c.other_listeners.insert(port);
             }
         }
         ports_seen.extend(filter.only.iter().copied());
@@ -187,6 +219,13 @@ impl<'a> CensusBuilder<'a> {
             tick,
             new: Vec::new(),
         }
+    }
+
+    /// With the destroy events watched, a connection first seen in
+    /// TIME_WAIT is not an arrival: its destroy event reported it.
+    pub fn time_wait_arrives(mut self, yes: bool) -> Self {
+        self.c.time_wait_arrives = yes;
+        self
     }
 
     /// The ports whose connections count (listening now, or before).
@@ -221,16 +260,18 @@ impl<'a> CensusBuilder<'a> {
             Some(b) if b.open => b.since,
             _ => self.tick,
         };
+        let full = s.state != state::TIME_WAIT;
         c.conns.insert(
             id,
             ConnState {
                 open: open || listed.is_some_and(|l| l.open),
+                alive: full || listed.is_some_and(|l| l.alive) || before.is_some_and(|b| b.alive),
                 since,
             },
         );
         if self.before.is_some() {
             let is_new = match before {
-                None => true,
+                None => full || c.time_wait_arrives,
                 Some(b) => open && !b.open,
             };
             if is_new {

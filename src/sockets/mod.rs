@@ -106,7 +106,7 @@ impl Source {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
     ) -> io::Result<Census> {
-        self.census_since(filter, ports_seen, None, false, 0)
+        self.census_since(filter, ports_seen, None, false, 0, true)
             .map(|(c, _)| c)
     }
 
@@ -114,7 +114,8 @@ impl Source {
     /// [`Census::take_since`]). Every listener, then every other socket on a
     /// counted port: by netlink the port filter runs in the kernel and the
     /// connections stream into the census as they are parsed (a dump is
-    /// never held whole).
+    /// never held whole). `time_wait_arrives`: see
+    /// [`CensusBuilder::time_wait_arrives`].
     pub fn census_since(
         &mut self,
         filter: &PortFilter,
@@ -122,12 +123,14 @@ impl Source {
         before: Option<&Census>,
         detail: bool,
         tick: u32,
+        time_wait_arrives: bool,
     ) -> io::Result<(Census, NewConns)> {
         if let Some(d) = &mut self.netlink {
             let mut listeners = Vec::new();
             let result = d.listeners(&mut listeners).and_then(|()| {
                 let mut seen = ports_seen.clone();
-                let mut b = CensusBuilder::new(&listeners, filter, &mut seen, before, detail, tick);
+                let mut b = CensusBuilder::new(&listeners, filter, &mut seen, before, detail, tick)
+                    .time_wait_arrives(time_wait_arrives);
                 let ports = b.ports().clone();
                 d.connections(&ports, &mut b)?;
                 let done = b.finish();
@@ -146,8 +149,13 @@ impl Source {
             }
         }
         let socks = procnet::dump()?;
-        Ok(Census::take_since(
-            &socks, filter, ports_seen, before, detail, tick,
+        Ok(Census::take_with(
+            &socks,
+            filter,
+            ports_seen,
+            before,
+            (detail, tick),
+            time_wait_arrives,
         ))
     }
 

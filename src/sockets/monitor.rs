@@ -1,12 +1,20 @@
-//! A task that takes a census at a steady cadence and publishes what it saw:
+//! A task that watches the pod's connections and publishes what it saw:
 //! open connections per port, new arrivals, and the recent arrival log.
 //!
-//! It samples every 200 ms while idle (to learn the arrival rate before a
-//! hook comes) and every 100 ms while a drain wants detail. Not faster: for
-//! each dump the kernel walks its whole established-socket hash table, which
-//! all network namespaces share (262 144 buckets on a typical node), so a
-//! census has a fixed cost of about half a millisecond even in an idle pod;
-//! at 100 ms that is about 1 % of a core while a drain runs.
+//! Three sources, from cheap to dear:
+//! - the namespace's accept counter (`/proc/net/snmp`), read every 200 ms
+//!   while idle and every 20 ms while a drain runs: whether anything new
+//!   was accepted, at the same cost for 10 or 100 000 open connections;
+//! - the kernel's TCP destroy events, read as they come: every connection
+//!   that ended, with its endpoints, so that one that opened and closed
+//!   between two censuses (a client that closes first leaves nothing
+//!   behind) is still counted;
+//! - the census, which walks every socket on NGINX's ports: taken only when
+//!   the counter shows accepts that the destroy events do not account for
+//!   (a connection that stays open), at least every 30 s while idle and
+//!   every 100 ms while a drain runs, and always spaced by its own cost
+//!   (50 times its duration while idle, 20 times while draining: 2 % and
+//!   5 % of a core at most, however many connections are open).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -15,18 +23,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::{mpsc, watch};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use super::arrivals::{ArrivalLog, Arrivals};
-use super::{Census, Method, PortFilter, Source, counters};
+use super::arrivals::{ArrivalLog, Arrivals, FEW_PEERS, FewPeers};
+use super::census::conn_id;
+use super::netlink::DestroyWatch;
+use super::{Census, Method, PortFilter, Sock, Source, counters};
 
+/// How often the accept counter is read while idle.
 pub const IDLE_EVERY: Duration = Duration::from_millis(200);
-pub const FAST_EVERY: Duration = Duration::from_millis(100);
-/// While idle, a census that the namespace's accept counter says would find
-/// nothing new is skipped, but one is taken at least this often (for the
-/// open connections, their ages, and listeners that appeared).
+/// How often the accept counter is read while a drain runs: the delay
+/// before an arrival that stays open is noticed.
+pub const FAST_EVERY: Duration = Duration::from_millis(20);
+/// While a drain runs, a census at least this often (open connections for
+/// `/status` and the report), cost permitting.
+pub const FAST_CENSUS_EVERY: Duration = Duration::from_millis(100);
+/// While idle, a census at least this often (the open connections, their
+/// ages, listeners that appeared), even when nothing was accepted.
 pub const IDLE_CENSUS_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+/// Censuses are at least this many times their own duration apart while
+/// idle (at most 2 % of a core)...
+const IDLE_COST_FACTOR: u32 = 50;
+/// ...and while a drain runs (at most 5 %).
+const FAST_COST_FACTOR: u32 = 20;
 /// The resolution of first sightings (connection ages).
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -68,9 +89,10 @@ impl Sample {
     }
 }
 
-/// What the monitor publishes after every sample.
+/// What the monitor publishes after every look that found something.
 #[derive(Debug, Clone)]
 pub struct View {
+    /// The latest census.
     pub sample: Sample,
     pub log: Arc<ArrivalLog>,
     /// Where the census comes from now (`netlink` or `proc`).
@@ -82,9 +104,32 @@ pub struct View {
     /// Peers learned to be the kubelet (its probes and hooks), whose
     /// connections no longer count.
     pub kubelet_peers: Vec<IpAddr>,
+    /// Accepts in the namespace (less the sidecar's own) that neither a
+    /// census nor a destroy event has accounted for yet: possibly arrivals.
+    pub unattributed: u64,
+    /// The accept counter (less the sidecar's own) as of the last look that
+    /// accounted for every accept; `None` without the counter.
+    pub accepted: Option<u64>,
+    /// Whether the kernel's destroy events are watched.
+    pub destroy_events: bool,
 }
 
 impl View {
+    /// A view with nothing seen yet.
+    pub fn empty(since: Instant, method: Method, ports: BTreeSet<u16>) -> View {
+        View {
+            sample: Sample::default(),
+            log: Arc::new(ArrivalLog::new(since)),
+            method,
+            ports,
+            error: None,
+            kubelet_peers: Vec::new(),
+            unattributed: 0,
+            accepted: None,
+            destroy_events: false,
+        }
+    }
+
     /// Where the census comes from, as `/status` and the report name it:
     /// `netlink`, `proc` (the fallback), or `unavailable` while no census
     /// can be taken. The one place this label is decided.
@@ -103,43 +148,56 @@ impl View {
     }
 }
 
+/// What the monitor task and its handles share.
+#[derive(Default)]
+struct Shared {
+    /// Connections the sidecar itself accepted: they move the namespace's
+    /// accept counter without being NGINX's.
+    own_accepts: AtomicU64,
+    /// Asks for a look (and a census) now.
+    poke: Notify,
+}
+
+impl Shared {
+    /// The namespace's accepts, less the sidecar's own.
+    fn accepted(&self) -> Option<u64> {
+        counters::passive_opens()
+            .ok()
+            .map(|n| n.wrapping_sub(self.own_accepts.load(Ordering::Relaxed)))
+    }
+}
+
 #[derive(Clone)]
 pub struct Monitor {
     view: watch::Receiver<View>,
     fast: Arc<watch::Sender<bool>>,
     learn: mpsc::UnboundedSender<IpAddr>,
-    /// Connections the sidecar itself accepted: they move the namespace's
-    /// accept counter without being NGINX's.
-    own_accepts: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl Monitor {
     /// Starts sampling. Must be called inside a tokio runtime.
     pub fn spawn(config: MonitorConfig) -> Monitor {
-        let now = Instant::now();
-        let (view_tx, view) = watch::channel(View {
-            sample: Sample::default(),
-            log: Arc::new(ArrivalLog::new(now)),
-            method: config.method,
-            ports: config.filter.only.clone(),
-            error: None,
-            kubelet_peers: Vec::new(),
-        });
+        let (view_tx, view) = watch::channel(View::empty(
+            Instant::now(),
+            config.method,
+            config.filter.only.clone(),
+        ));
         let (fast, fast_rx) = watch::channel(false);
         let (learn, learn_rx) = mpsc::unbounded_channel();
-        let own_accepts = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(config, view_tx, fast_rx, learn_rx, own_accepts.clone()));
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(run(config, view_tx, fast_rx, learn_rx, shared.clone()));
         Monitor {
             view,
             fast: Arc::new(fast),
             learn,
-            own_accepts,
+            shared,
         }
     }
 
     /// The sidecar accepted a connection of its own (the HTTP server).
     pub fn note_own_accept(&self) {
-        self.own_accepts.fetch_add(1, Ordering::Relaxed);
+        self.shared.own_accepts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `ip` is the kubelet's (its probes and hooks come from it): its
@@ -162,7 +220,7 @@ impl Monitor {
                 view,
                 fast: Arc::new(fast),
                 learn,
-                own_accepts: Arc::default(),
+                shared: Arc::default(),
             },
             view_tx,
         )
@@ -172,10 +230,30 @@ impl Monitor {
         self.view.clone()
     }
 
-    /// Samples every 100 ms while `on`, every 200 ms otherwise.
+    /// Looks every 20 ms while `on`, every 200 ms otherwise.
     pub fn set_fast(&self, on: bool) {
         self.fast
             .send_if_modified(|f| std::mem::replace(f, on) != on);
+    }
+
+    /// Whether `view` may be stale: something was accepted that it does
+    /// not account for (read from the counter now, O(1)). A drain about to
+    /// send SIGQUIT asks this last, and on `true` calls [`Monitor::look_now`]
+    /// and waits for the next view.
+    pub fn accepted_since(&self, view: &View) -> bool {
+        if view.unattributed > 0 {
+            return true;
+        }
+        match (view.accepted, self.shared.accepted()) {
+            (Some(seen), Some(now)) => now != seen,
+            // No counter: the census alone judges.
+            _ => false,
+        }
+    }
+
+    /// Asks for a look and a census now (the drain's last look).
+    pub fn look_now(&self) {
+        self.shared.poke.notify_one();
     }
 }
 
@@ -184,49 +262,109 @@ async fn run(
     view: watch::Sender<View>,
     mut fast: watch::Receiver<bool>,
     mut learn: mpsc::UnboundedReceiver<IpAddr>,
-    own_accepts: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 ) {
-    let mut state = Sampler::new(config, view, own_accepts);
+    let mut state = Sampler::new(config, view, shared.clone());
+    let mut next = Instant::now();
     loop {
         let every = if *fast.borrow_and_update() {
             FAST_EVERY
         } else {
             IDLE_EVERY
         };
+        let mut look = Look::Regular;
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep_until(next) => {}
             Some(ip) = learn.recv() => {
                 state.ignore_kubelet(ip);
+                continue;
+            }
+            () = shared.poke.notified() => look = Look::Attribute,
+            ready = readable(&state.destroyed) => {
+                if let Ok(mut guard) = ready {
+                    // Cleared before reading: an event that lands after the
+                    // read sets it again (no wakeup is lost).
+                    guard.clear_ready();
+                }
+                state.read_destroyed();
                 continue;
             }
             changed = fast.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                // Going fast: sample now (a drain just started). Going slow:
+                // Going fast: look now (a drain just started). Going slow:
                 // nothing to see now; do not compete with the hook's answer.
                 if !*fast.borrow() {
                     continue;
                 }
+                look = Look::Census;
             }
         }
         let fast_now = *fast.borrow();
-        state.sample(fast_now);
+        state.tick(fast_now, look);
+        next = Instant::now() + every;
     }
 }
 
-/// The monitor task's state: the census source, what it learned, and the
-/// arrival log it publishes.
+/// Why the monitor looks now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Its own cadence.
+    Regular,
+    /// The drain's last look: a census if any accept is unaccounted for.
+    Attribute,
+    /// A drain started: a census now, for the open connections at the hook.
+    Census,
+}
+
+/// Resolves when the destroy events have something to read (never when
+/// they are not watched).
+async fn readable(
+    fd: &Option<AsyncFd<DestroyWatch>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, DestroyWatch>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The monitor task's state: the census source, the destroy events, what
+/// it learned, and the arrival log it publishes.
+///
+/// How arrivals are counted, exactly and without walking every socket:
+/// a connection NGINX accepted is either seen by a census while its socket
+/// exists (counted then), or ends before any census saw it, and then its
+/// destroy event reports it (counted then). The namespace's accept counter
+/// says, at O(1) cost, whether anything was accepted that neither has
+/// accounted for yet ("unattributed"): only then is a census worth its cost.
 struct Sampler {
     source: Source,
     filter: PortFilter,
     view: watch::Sender<View>,
-    own_accepts: Arc<AtomicU64>,
-    /// Accepts in the namespace, less the sidecar's own, at the last check.
-    last_accepted: Option<u64>,
-    /// When the counter last said "nothing new", or a census ran.
-    last_check: Instant,
+    shared: Arc<Shared>,
+    /// The kernel's destroy events, when it gives them (not with `--census
+    /// proc`); without them, connections that open and close between two
+    /// censuses with the client closing first go unseen.
+    destroyed: Option<AsyncFd<DestroyWatch>>,
+    /// The kernel dropped destroy events since the last census.
+    lost_events: bool,
+    /// Accepts (less the sidecar's own) read just before the last census.
+    accepted_at_census: Option<u64>,
+    /// Accepted connections since then that ended before any census saw
+    /// them (their destroy events), on any port: they account for accepts.
+    ended_unseen: u64,
+    /// Arrivals from destroy events not recorded yet, by peer.
+    short: Vec<IpAddr>,
+    /// Accepts not accounted for at the last tick.
+    unattributed: u64,
+    /// The last tick at which every accept was accounted for.
+    last_clear: Instant,
+    last_tick: Instant,
     last_census: Option<Instant>,
+    /// What the last census cost (wall time): censuses are spaced so that
+    /// they stay a small share of a core however many connections are open.
+    census_cost: Duration,
     ports_seen: BTreeSet<u16>,
     log: ArrivalLog,
     prev: Option<Census>,
@@ -237,20 +375,41 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn new(
-        config: MonitorConfig,
-        view: watch::Sender<View>,
-        own_accepts: Arc<AtomicU64>,
-    ) -> Sampler {
+    fn new(config: MonitorConfig, view: watch::Sender<View>, shared: Arc<Shared>) -> Sampler {
         let now = Instant::now();
+        let source = Source::new(config.method);
+        let destroyed = if source.method == Method::Netlink {
+            let watch = DestroyWatch::new().and_then(|w| {
+                // SAFETY: the watch owns its netlink socket for its whole
+                // life, and `as_raw_fd` always returns that socket.
+                unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)
+            });
+            match watch {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the kernel's TCP destroy events (NETLINK_SOCK_DIAG groups): connections that open and close between two censuses, the client closing first, go uncounted; the quiet period may be judged on too few arrivals");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Sampler {
-            source: Source::new(config.method),
+            source,
             filter: config.filter,
             view,
-            own_accepts,
-            last_accepted: None,
-            last_check: now,
+            shared,
+            destroyed,
+            lost_events: false,
+            accepted_at_census: None,
+            ended_unseen: 0,
+            short: Vec::new(),
+            unattributed: 0,
+            last_clear: now,
+            last_tick: now,
             last_census: None,
+            census_cost: Duration::ZERO,
             ports_seen: BTreeSet::new(),
             log: ArrivalLog::new(now),
             prev: None,
@@ -280,44 +439,121 @@ impl Sampler {
         });
     }
 
+    /// Reads the destroy events queued now. A server-side connection (on a
+    /// port NGINX listens or listened on) that no census saw alive accounts
+    /// for one accept; from a client peer, it is an arrival.
+    fn read_destroyed(&mut self) {
+        let Some(fd) = &mut self.destroyed else {
+            return;
+        };
+        let mut ended: Vec<Sock> = Vec::new();
+        match fd.get_mut().read(&mut ended) {
+            Ok(r) => self.lost_events |= r.overrun,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the kernel's TCP destroy events failed: counting from censuses alone from now on");
+                self.destroyed = None;
+                return;
+            }
+        }
+        // Before the first census there is nothing to compare with.
+        let Some(prev) = &self.prev else {
+            return;
+        };
+        for s in ended {
+            let port = s.local.port();
+            if self.filter.exclude.contains(&port) {
+                continue;
+            }
+            let counted = self.ports_seen.contains(&port);
+            // A connection that no census saw (for other listeners, the
+            // census keeps none: each of their ends accounts for an accept).
+            if counted && prev.saw_alive(conn_id(s.local, s.peer)) {
+                continue;
+            }
+            if !counted && !prev.other_listeners.contains(&port) {
+                continue; // the client end of a connection, or an upstream
+            }
+            self.ended_unseen += 1;
+            if counted && self.filter.peer_counts(&s.peer) {
+                self.short.push(s.peer.ip());
+            }
+        }
+    }
+
     /// The namespace's accepts, less the sidecar's own.
     fn accepted(&self) -> Option<u64> {
-        counters::passive_opens()
-            .ok()
-            .map(|n| n.wrapping_sub(self.own_accepts.load(Ordering::Relaxed)))
+        self.shared.accepted()
     }
 
-    /// Idle and nothing accepted since the last look: a census would find
-    /// no arrival. Skip it (its cost grows with the open connections),
-    /// unless the last one is getting old.
-    fn can_skip(&self, fast: bool, accepted: Option<u64>, at: Instant) -> bool {
-        !fast
-            && accepted.is_some()
-            && accepted == self.last_accepted
-            && self
-                .last_census
-                .is_some_and(|t| at.saturating_duration_since(t) < IDLE_CENSUS_AT_LEAST_EVERY)
+    /// Whether a census is due now.
+    fn census_due(&self, fast: bool, look: Look, at: Instant) -> bool {
+        let Some(last) = self.last_census else {
+            return true;
+        };
+        let asked = match look {
+            Look::Regular => false,
+            Look::Attribute => self.unattributed > 0,
+            Look::Census => true,
+        };
+        if asked || self.accepted_at_census.is_none() {
+            return true;
+        }
+        let since = at.saturating_duration_since(last);
+        let (periodic, cost_share) = if fast {
+            (FAST_CENSUS_EVERY, FAST_COST_FACTOR)
+        } else {
+            (IDLE_CENSUS_AT_LEAST_EVERY, IDLE_COST_FACTOR)
+        };
+        let min_gap = self.census_cost * cost_share;
+        since >= periodic.max(min_gap) || (self.unattributed > 0 && since >= min_gap)
     }
 
-    /// One look: a census unless it can be skipped, then the view.
-    fn sample(&mut self, fast: bool) {
+    /// One look: the accept counter and the destroy events; a census when
+    /// something is unattributed (spaced by its cost) or one is due; then
+    /// the view.
+    fn tick(&mut self, fast: bool, look: Look) {
+        self.read_destroyed();
         let at = Instant::now();
         let accepted = self.accepted();
-        if self.can_skip(fast, accepted, at) {
-            self.last_check = at;
-            return;
+        self.unattributed = match (accepted, self.accepted_at_census) {
+            (Some(a), Some(k)) => a.saturating_sub(k).saturating_sub(self.ended_unseen),
+            _ => 1,
+        };
+        if self.census_due(fast, look, at) {
+            self.census(fast, at, accepted);
+        } else {
+            let short = std::mem::take(&mut self.short);
+            if !short.is_empty() {
+                let span = at.saturating_duration_since(self.last_tick);
+                self.record(
+                    at,
+                    span,
+                    short.len() as u32,
+                    few_peers(&short, Some(Box::default())),
+                );
+                self.publish(None, accepted);
+            } else if self.unattributed == 0 {
+                self.publish(None, accepted);
+            }
         }
-        // Anything new arrived after the last check that found nothing.
-        let span = at.saturating_duration_since(self.last_check);
+        if self.unattributed == 0 {
+            self.last_clear = at;
+        }
+        self.last_tick = at;
+    }
+
+    fn census(&mut self, fast: bool, at: Instant, accepted: Option<u64>) {
         let tick =
             u32::try_from(at.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis())
                 .unwrap_or(u32::MAX);
+        let watched = self.destroyed.is_some();
         let taken = self.source.census_since(
             &self.filter,
             &mut self.ports_seen,
             self.prev.as_ref(),
             fast,
             tick,
+            !watched,
         );
         let (census, new) = match taken {
             Ok(c) => {
@@ -333,46 +569,68 @@ impl Sampler {
                 return;
             }
         };
-        let (arrivals, peers) = (new.n, new.peers);
-        if self.prev.is_some() {
-            self.log.record_from(
-                Arrivals {
-                    at,
-                    span,
-                    n: arrivals,
-                },
-                peers,
-            );
+        self.census_cost = Instant::now().saturating_duration_since(at);
+        let short = std::mem::take(&mut self.short);
+        let mut arrivals = new.n.saturating_add(short.len() as u32);
+        if self.lost_events && watched {
+            // Events were dropped: every accept not otherwise accounted
+            // for counts (more waiting, never a refusal).
+            arrivals = arrivals.max(u32::try_from(self.unattributed).unwrap_or(u32::MAX));
         }
-        self.last_accepted = accepted;
-        self.last_check = at;
+        self.lost_events = false;
+        // Anything new arrived after the last tick that had nothing
+        // unaccounted for.
+        let span = at.saturating_duration_since(self.last_clear);
+        let first = self.prev.is_none();
+        if !first {
+            self.record(at, span, arrivals, few_peers(&short, new.peers));
+        }
+        self.accepted_at_census = accepted;
+        self.ended_unseen = 0;
+        self.unattributed = 0;
         self.last_census = Some(at);
         self.seq += 1;
         let conns = self.track_open(&census, fast);
         let sample = Sample {
             seq: self.seq,
             at: Some(at),
-            span: if self.prev.is_some() {
-                span
-            } else {
-                Duration::ZERO
-            },
-            arrivals,
+            span: if first { Duration::ZERO } else { span },
+            arrivals: if first { 0 } else { arrivals },
             open: census.open.clone(),
             listening: census.listening.clone(),
             conns,
         };
+        self.prev = Some(census);
+        self.publish(Some(sample), accepted);
+    }
+
+    fn record(&mut self, at: Instant, span: Duration, n: u32, peers: FewPeers) {
+        self.log.record_from(Arrivals { at, span, n }, peers);
+    }
+
+    /// Publishes the log (and a new census sample, if any). `accepted` is
+    /// the counter value up to which every accept is accounted for, when
+    /// nothing is unattributed.
+    fn publish(&mut self, sample: Option<Sample>, accepted: Option<u64>) {
         let log_now = Arc::new(self.log.clone());
         let method = self.source.method;
         let ports = self.ports_seen.clone();
+        let unattributed = self.unattributed;
+        let watched = self.destroyed.is_some();
         self.view.send_modify(|v| {
-            v.sample = sample;
+            if let Some(sample) = sample {
+                v.sample = sample;
+                v.error = None;
+            }
             v.log = log_now;
             v.method = method;
             v.ports = ports;
-            v.error = None;
+            v.unattributed = unattributed;
+            v.destroy_events = watched;
+            if unattributed == 0 {
+                v.accepted = accepted;
+            }
         });
-        self.prev = Some(census);
     }
 
     /// While a drain wants detail, the open connections with their first
@@ -393,4 +651,20 @@ impl Sampler {
                 .collect(),
         )
     }
+}
+
+/// The peers of a record's arrivals, when few: the destroy events' and the
+/// census's together.
+fn few_peers(short: &[IpAddr], census: FewPeers) -> FewPeers {
+    let mut peers: Vec<(IpAddr, u32)> = Vec::from(census?);
+    for ip in short {
+        if let Some((_, n)) = peers.iter_mut().find(|(p, _)| p == ip) {
+            *n += 1;
+        } else if peers.len() < FEW_PEERS {
+            peers.push((*ip, 1));
+        } else {
+            return None;
+        }
+    }
+    Some(peers.into_boxed_slice())
 }

@@ -117,6 +117,96 @@ impl Dumper {
     }
 }
 
+/// The kernel's multicast groups of destroyed TCP sockets
+/// (include/uapi/linux/sock_diag.h: `SKNLGRP_INET_TCP_DESTROY` = 1,
+/// `SKNLGRP_INET6_TCP_DESTROY` = 3), as a bind mask (group n is bit n-1).
+const SKNLGRP_INET_TCP_DESTROY: u32 = 1;
+const SKNLGRP_INET6_TCP_DESTROY: u32 = 3;
+const DESTROY_GROUPS: u32 =
+    (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1));
+/// The receive buffer asked for: a few thousand events between two reads
+/// (the kernel caps it at `net.core.rmem_max` for unprivileged sockets).
+const DESTROY_RCVBUF: usize = 4 << 20;
+
+/// Every TCP socket the kernel destroys in this network namespace, as it
+/// happens: a connection that NGINX accepted and that ended between two
+/// censuses (whichever side closed first) is reported here with its
+/// endpoints. No privilege is needed to join these groups, and reading them
+/// costs per connection ended, not per connection open.
+pub struct DestroyWatch {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+/// What one read of the destroy events found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DestroyRead {
+    /// Events parsed.
+    pub events: usize,
+    /// The kernel dropped events (the receive buffer overflowed): some
+    /// connections that ended went unseen.
+    pub overrun: bool,
+}
+
+impl DestroyWatch {
+    pub fn new() -> io::Result<DestroyWatch> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind(&NlAddr::new(0, DESTROY_GROUPS))?;
+        socket.set_non_blocking(true)?;
+        // Best effort: the default buffer holds a few hundred events.
+        let _ = socket.set_rx_buf_sz(DESTROY_RCVBUF);
+        Ok(DestroyWatch {
+            socket,
+            buf: Vec::with_capacity(1 << 16),
+        })
+    }
+
+    /// Reads every event queued now (never blocks) into `out`.
+    pub fn read(&mut self, out: &mut impl Extend<Sock>) -> io::Result<DestroyRead> {
+        let mut r = DestroyRead::default();
+        loop {
+            self.buf.clear();
+            match self.socket.recv(&mut self.buf, 0) {
+                Ok(0) => return Ok(r),
+                Ok(n) => {
+                    let mut counted = Counted { out, n: 0 };
+                    parse_datagram(&self.buf[..n.min(self.buf.len())], 0, &mut counted)?;
+                    r.events += counted.n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(r),
+                Err(e) if e.raw_os_error() == Some(libc_enobufs()) => r.overrun = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for DestroyWatch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+fn libc_enobufs() -> i32 {
+    nix::errno::Errno::ENOBUFS as i32
+}
+
+/// Counts what passes through to `out`.
+struct Counted<'a, E> {
+    out: &'a mut E,
+    n: usize,
+}
+
+impl<E: Extend<Sock>> Extend<Sock> for Counted<'_, E> {
+    fn extend<I: IntoIterator<Item = Sock>>(&mut self, iter: I) {
+        for s in iter {
+            self.n += 1;
+            self.out.extend(std::iter::once(s));
+        }
+    }
+}
+
 /// A dump request, with an optional bytecode filter attached as the
 /// INET_DIAG_REQ_BYTECODE attribute.
 fn request(family: u8, states: StateFlags, seq: u32, bytecode: Option<&[u8]>) -> Vec<u8> {
@@ -252,5 +342,43 @@ mod tests {
             "length beyond the datagram"
         );
         assert!(out.is_empty());
+    }
+
+    /// A connection whose client closes first leaves no socket behind on
+    /// the server's side within a millisecond; its destroy event names it.
+    #[test]
+    fn destroy_events_name_connections_the_client_closed() {
+        use std::io::{Read, Write};
+        let mut watch = DestroyWatch::new().expect("joining the destroy groups needs no privilege");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut client_ports = Vec::new();
+        for _ in 0..3 {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client_ports.push(c.local_addr().unwrap().port());
+            let (mut s, _) = l.accept().unwrap();
+            c.write_all(b"x").unwrap();
+            drop(c); // the client closes first
+            let mut buf = [0u8; 8];
+            while s.read(&mut buf).unwrap_or(0) > 0 {}
+        }
+        let mut ended = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            watch.read(&mut ended).unwrap();
+            let seen = client_ports
+                .iter()
+                .filter(|p| {
+                    ended
+                        .iter()
+                        .any(|s: &Sock| s.local.port() == port && s.peer.port() == **p)
+                })
+                .count();
+            if seen == client_ports.len() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("not every server-side end was reported: {ended:?}");
     }
 }

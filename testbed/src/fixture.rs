@@ -31,6 +31,8 @@ pub struct NginxOptions {
     pub h2c: bool,
     /// Further loopback ports to listen on (see [`Workdir::extra_ports`]).
     pub extra_ports: usize,
+    /// Also listen on `[::1]`, same port ([`Nginx::addr_v6`]).
+    pub ipv6: bool,
     /// `worker_connections` (and a file limit to match).
     pub worker_connections: usize,
     pub binary: Option<PathBuf>,
@@ -46,6 +48,7 @@ impl Default for NginxOptions {
             extra_server: String::new(),
             h2c: false,
             extra_ports: 0,
+            ipv6: false,
             worker_connections: 4096,
             binary: None,
         }
@@ -181,6 +184,10 @@ impl Nginx {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.work.port))
+    }
+    /// `[::1]`, same port (with [`NginxOptions::ipv6`]).
+    pub fn addr_v6(&self) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.work.port))
     }
     pub fn pid(&self) -> i32 {
         self.pid
@@ -349,6 +356,10 @@ http {{
             .chain(
                 work.h2c_port
                     .map(|p| format!("\n        listen 127.0.0.1:{p} reuseport http2;")),
+            )
+            .chain(
+                o.ipv6
+                    .then(|| format!("\n        listen [::1]:{} reuseport;", work.port)),
             )
             .collect::<String>(),
     )

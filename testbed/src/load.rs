@@ -73,6 +73,25 @@ impl LoadStats {
     }
 }
 
+/// How a client of [`open_loop`] ends its one request's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Style {
+    /// `Connection: close`, reading until NGINX closes: NGINX closes first
+    /// and keeps the TIME_WAIT, which a census sees for a minute.
+    #[default]
+    ServerCloses,
+    /// `GET / HTTP/1.0`, reading the answer, then closing: whichever side
+    /// closes first (the client, mostly: NGINX's socket is gone within a
+    /// millisecond, TIME_WAIT stays with the client).
+    Http10,
+    /// HTTP/1.1 with `Connection: close`, closed as soon as the answer is
+    /// read, before NGINX's own close arrives when it wins the race.
+    Http11Close,
+    /// HTTP/1.1 keep-alive, one request, then the client closes: always
+    /// first (NGINX would keep the connection).
+    KeepAliveOnce,
+}
+
 /// Opens `rate` new connections per second, one `GET /` each
 /// (`Connection: close`), from `from`, until `until` or `max` connections;
 /// then waits for the answers.
@@ -82,6 +101,18 @@ pub async fn open_loop(
     from: Option<IpAddr>,
     until: Instant,
     max: u64,
+) -> LoadStats {
+    open_loop_with(addr, rate, from, until, max, Style::ServerCloses).await
+}
+
+/// [`open_loop`], with clients that end their connections as `style` says.
+pub async fn open_loop_with(
+    addr: SocketAddr,
+    rate: f64,
+    from: Option<IpAddr>,
+    until: Instant,
+    max: u64,
+    style: Style,
 ) -> LoadStats {
     let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut tick = tokio::time::interval(every);
@@ -98,14 +129,18 @@ pub async fn open_loop(
         stats.last_sent = Some(started);
         tasks.spawn(async move {
             let r = tokio::time::timeout(REQUEST_LIMIT, async {
-                client::start_from(from, addr, "GET", "/", "")
-                    .await?
-                    .finish()
-                    .await
+                match style {
+                    Style::ServerCloses => client::start_from(from, addr, "GET", "/", "")
+                        .await?
+                        .finish()
+                        .await
+                        .map(|f| f.status),
+                    _ => close_first(from, addr, style).await,
+                }
             })
             .await
             .unwrap_or_else(|_| Err(Failure::Other("request timed out".into())));
-            (started, r.map(|f| f.status))
+            (started, r)
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -115,6 +150,25 @@ pub async fn open_loop(
         stats.count(r);
     }
     stats
+}
+
+/// One request whose client closes as soon as the answer is read.
+async fn close_first(from: Option<IpAddr>, addr: SocketAddr, style: Style) -> Result<u16, Failure> {
+    let mut stream = client::connect(from, addr).await?;
+    let req = match style {
+        Style::Http10 => format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+        Style::Http11Close => {
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        }
+        _ => format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    };
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|_| Failure::Reset)?;
+    let (status, _) = read_answer(&mut stream).await?;
+    drop(stream);
+    Ok(status)
 }
 
 /// One keep-alive client: a request every `every` on one connection,
@@ -175,6 +229,12 @@ async fn one_request(
         .write_all(req.as_bytes())
         .await
         .map_err(|_| Failure::Reset)?;
+    read_answer(stream).await
+}
+
+/// Reads one answer (head and Content-Length body); returns the status and
+/// whether the server will close the connection.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> Result<(u16, bool), Failure> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {

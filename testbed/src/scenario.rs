@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::client::{self, Fetched};
-use super::load::{self, LoadStats};
+use super::load::{self, LoadStats, Style};
 use super::{Kubelet, Nginx, NginxOptions, Sidecar, Termination};
 
 const HANG: Duration = Duration::from_secs(60);
@@ -75,6 +75,10 @@ pub struct Scenario {
     /// Where the check "does NGINX still serve during the wait?" comes
     /// from (it is one more arrival unless that address is ignored).
     pub check_from: Option<IpAddr>,
+    /// How the rate's clients end their connections.
+    pub style: Style,
+    /// The rate's clients connect over IPv6 (`[::1]`).
+    pub ipv6: bool,
     pub args: Vec<String>,
 }
 
@@ -91,12 +95,16 @@ impl Default for Scenario {
             kubelet_probes: false,
             kubelet_probes_sidecar: false,
             check_from: None,
+            style: Style::ServerCloses,
+            ipv6: false,
             args: Vec::new(),
         }
     }
 }
 
 pub struct Run {
+    /// When the hook was sent.
+    pub hook_at: Instant,
     pub report: Value,
     pub load: LoadStats,
     pub keepalive: LoadStats,
@@ -120,6 +128,7 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     const BLOB: usize = 1 << 20;
     let nginx = Nginx::start(NginxOptions {
         blob_bytes: BLOB,
+        ipv6: s.ipv6,
         ..Default::default()
     })
     .expect("nginx");
@@ -134,7 +143,10 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     let lag_end = hook_at + s.lag;
     let addr = nginx.addr();
     let max = (s.rate * (s.warmup + s.lag).as_secs_f64()).ceil() as u64 + 1;
-    let load = tokio::spawn(load::open_loop(addr, s.rate, None, lag_end, max));
+    let load_addr = if s.ipv6 { nginx.addr_v6() } else { addr };
+    let load = tokio::spawn(load::open_loop_with(
+        load_addr, s.rate, None, lag_end, max, s.style,
+    ));
     let ka_until = if s.keepalive_until_hook {
         hook_at
     } else {
@@ -245,6 +257,7 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     }
     let report = json(term.hook.as_ref().expect("hook answered"));
     Run {
+        hook_at,
         report,
         load,
         keepalive: ka,

@@ -210,10 +210,7 @@ impl Census {
                 conns: two_conns(Duration::from_secs(30)),
             },
             log: Arc::new(log.clone()),
-            method: Method::Netlink,
-            ports: [80].into(),
-            error: None,
-            kubelet_peers: Vec::new(),
+            ..View::empty(now, Method::Netlink, [80].into())
         };
         let (monitor, tx) = Monitor::manual(view);
         (monitor, Census { tx, log, seq: 1 })
