@@ -10,6 +10,11 @@
 //! (`/proc/net/snmp`) says when a census can find nothing new, and an idle
 //! census runs at least every 30 s.
 //!
+//! Then a drain with those N connections open: 100 new connections/s for
+//! 2 s before the hook and 3 s after it (a load balancer's lag), the hook,
+//! NGINX's graceful exit: the sidecar's CPU over the hook's duration, and
+//! the requests that failed.
+//!
 //! Run: `cargo bench --bench idle_cost [-- N...]` (default 0 1000 10000).
 //! One process may hold at most 20 000 files here and one source address has
 //! about 28 000 ephemeral ports, so the clients are spread over helper
@@ -24,10 +29,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testbed::scenario::cpu_time;
-use testbed::{Nginx, NginxOptions, Sidecar, netns};
+use testbed::{Kubelet, Nginx, NginxOptions, Sidecar, load, netns};
 
-/// Longer than the idle census's 30 s period, so that one falls in.
-const IDLE: Duration = Duration::from_secs(35);
+/// Longer than the idle census's period (30 s, or 500 times its cost: 50 s
+/// at 100k connections), so that one falls in.
+const IDLE: Duration = Duration::from_secs(60);
 /// Connections per helper process (and per NGINX worker).
 const PER_PROCESS: usize = 12_500;
 
@@ -105,6 +111,48 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A drain under 100 new connections/s that go on 3 s after the hook:
+/// the sidecar's CPU over the hook (% of a core), the hook's duration, and
+/// the failed requests.
+async fn drain(nginx: &Nginx, sidecar: &Sidecar) -> (f64, f64, u64, String) {
+    let start = tokio::time::Instant::now();
+    let hook_at = start + Duration::from_secs(2);
+    let load = tokio::spawn(load::open_loop(
+        nginx.addr(),
+        100.0,
+        None,
+        hook_at + Duration::from_secs(3),
+        600,
+    ));
+    tokio::time::sleep_until(hook_at).await;
+    let cpu0 = cpu_time(sidecar.pid());
+    let term = Kubelet::new(sidecar.addr, Duration::from_secs(60))
+        .terminate(nginx)
+        .await;
+    let cpu = cpu_time(sidecar.pid()).saturating_sub(cpu0);
+    let stats = load.await.expect("load");
+    let took = term.hook_took.as_secs_f64();
+    let message = term
+        .hook
+        .as_ref()
+        .ok()
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h.body).ok())
+        .map(|r| {
+            format!(
+                "{} [quiet: {}]",
+                r["message"].as_str().unwrap_or("?"),
+                r["traffic"]["quiet_period_reason"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_else(|| "no report".into());
+    (
+        cpu.as_secs_f64() / took.max(1e-3) * 100.0,
+        took,
+        stats.failed(),
+        message,
+    )
+}
+
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.first().is_some_and(|a| a == "--hold") {
@@ -128,9 +176,10 @@ fn main() {
 
     println!("sidecar {} idle for {} s", bin.display(), IDLE.as_secs());
     println!(
-        "{:>12} {:>16} {:>10}",
-        "connections", "CPU % of a core", "RSS MiB"
+        "{:>12} {:>16} {:>10} {:>18} {:>10} {:>8}",
+        "connections", "CPU % of a core", "RSS MiB", "drain CPU % core", "drain s", "failed"
     );
+    let rt = testbed::runtime().expect("tokio runtime");
     for n in counts {
         let nginx = Nginx::start(NginxOptions {
             workers: n.div_ceil(PER_PROCESS).max(2),
@@ -146,12 +195,18 @@ fn main() {
         let cpu0 = cpu_time(sidecar.pid());
         std::thread::sleep(IDLE);
         let cpu = cpu_time(sidecar.pid()).saturating_sub(cpu0);
+        let rss = rss_kib(sidecar.pid());
+        let (drain_cpu, drain_s, failed, message) = rt.block_on(drain(&nginx, &sidecar));
         println!(
-            "{:>12} {:>16.2} {:>10.1}",
+            "{:>12} {:>16.2} {:>10.1} {:>18.2} {:>10.2} {:>8}",
             n,
             cpu.as_secs_f64() / IDLE.as_secs_f64() * 100.0,
-            rss_kib(sidecar.pid()) as f64 / 1024.0
+            rss as f64 / 1024.0,
+            drain_cpu,
+            drain_s,
+            failed
         );
+        println!("{:>12} {message}", "");
         for mut c in held {
             drop(c.stdin.take());
             let _ = c.wait();

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use testbed::load::Style;
 use testbed::netns;
 use testbed::strategies::{self, Outcome, Strategy, Traffic};
 
@@ -55,6 +56,7 @@ fn main() {
         downloads: 4,
         keepalive: 4,
         grace: Duration::from_secs(30),
+        style: Style::ServerCloses,
     };
     let cells: Vec<(String, Traffic, Vec<Strategy>)> = if quick {
         vec![(
@@ -81,6 +83,19 @@ fn main() {
                 all.to_vec(),
             ));
         }
+        c.push((
+            // One request per connection, then the client closes (NGINX
+            // would keep it alive): NGINX's socket is gone at once and no
+            // TIME_WAIT stays on its side, so only the destroy events see
+            // these connections.
+            "100/s, clients close first, lag 3 s".into(),
+            Traffic {
+                lag: Duration::from_secs(3),
+                style: Style::KeepAliveOnce,
+                ..base
+            },
+            all.to_vec(),
+        ));
         c.push((
             "1 per 2 s, lag 3 s".into(),
             // New connections only: the low rate is the point of this cell.

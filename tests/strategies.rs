@@ -37,6 +37,7 @@ async fn the_harness_tells_a_sigterm_from_a_drain() {
         downloads: 2,
         keepalive: 2,
         grace: Duration::from_secs(10),
+        style: Default::default(),
     };
     let mut rows = Vec::new();
     for s in [

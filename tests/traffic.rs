@@ -103,6 +103,7 @@ async fn lag_case(name: &str, lag_s: u64) {
     let t = &r.report["traffic"];
     assert_eq!(t["sigquit_reason"], "quiet", "{t:#}");
     assert_eq!(t["census"], "netlink");
+    assert_eq!(t["arrivals_seen"], "every_connection");
     assert!(
         t["arrivals_per_second_before_hook"].as_f64().unwrap() > 20.0,
         "{t:#}"
@@ -379,6 +380,10 @@ async fn proc_fallback_drains_as_well() {
     .await;
     assert_clean(&r, 2);
     assert_eq!(r.report["traffic"]["census"], "proc");
+    assert_eq!(
+        r.report["traffic"]["arrivals_seen"], "census_only",
+        "no destroy events without netlink"
+    );
     assert!(
         r.report["traffic"]["wait_before_sigquit_ms"]
             .as_u64()

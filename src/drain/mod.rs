@@ -112,6 +112,7 @@ impl Handle {
         let view = view.borrow();
         snap.traffic = Some(TrafficStatus {
             census: view.census_label(),
+            arrivals_seen: view.arrivals_label(),
             ports: view.ports.iter().copied().collect(),
             listening: view.sample.listening.clone(),
             open: view.sample.open.clone(),

@@ -21,15 +21,22 @@
 //!
 //! **Skeptical with little evidence.** A rate is established by arrivals
 //! spread over time, not by many connections at once: a burst (clients
-//! reconnecting, a page's parallel requests) within one census sample is one
+//! reconnecting, a page's parallel requests) within one look is one
 //! *event*. With fewer than eight gaps between events (a short history, or
-//! one dominated by a burst), the typical gap is the time observed up to the
-//! last arrival divided by the events, not by the connections (the silence
+//! one dominated by a burst), the typical gap is the *longest* gap between
+//! events, the observed silence before the first one included (the silence
 //! after the last arrival is what is being judged, so it must not inflate
-//! the estimate). A sidecar that saw 12 connections in one burst 0.8 s after
-//! it started waits 3 x 0.8 s = 2.4 s after it, not 3 x 67 ms; each later
-//! arrival is more evidence. With no arrival at all in the last minute there
-//! is nothing to wait for and `--min-delay` applies.
+//! the estimate): with few gaps, the time-weighted p90 is the longest one
+//! anyway, and a mean would let a burst or a stray request pull it down. A
+//! sidecar that saw 12 connections in one burst 0.8 s after it started waits
+//! 3 x 0.8 s = 2.4 s after it, not 3 x 67 ms; one that then sees a
+//! connection 2 s later waits 6 s after that one. With no arrival at all in
+//! the last minute there is nothing to wait for and `--min-delay` applies.
+//!
+//! **One episode at a time.** A silence longer than `--max-delay` in the
+//! minute of history (a pod idle for 40 s, then busy) would have ended any
+//! wait by itself: the percentile is taken over the arrivals after it, so
+//! that the old silence does not dominate it.
 //!
 //! Pure functions over instants and counts: tested without NGINX.
 
@@ -71,29 +78,36 @@ pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration
         };
     }
     let events = log.events();
-    let (gap, how) = if events.saturating_sub(1) >= MIN_GAPS_FOR_PERCENTILE {
-        let gaps = log.gaps();
+    // A silence longer than --max-delay would have ended any wait: the
+    // traffic before it is another episode, and one such silence must not
+    // dominate the time-weighted percentile of the current one.
+    let episode = log.episode(max);
+    let (gap, how) = if episode.events().saturating_sub(1) >= MIN_GAPS_FOR_PERCENTILE {
+        let gaps = episode.gaps();
         (
             time_weighted_percentile(&gaps, GAP_PERCENTILE),
             format!("p90 of {} gaps by time", gaps.len()),
         )
     } else {
-        // Few events: the mean gap between them up to the last arrival. The
-        // silence since then is what is being judged, so it must not
-        // inflate the estimate.
+        // Few events: the longest gap between them, counting the observed
+        // silence before the first. The silence since the last arrival is
+        // what is being judged, so it must not inflate the estimate.
         let span = log
             .last_arrival()
             .map_or(observed, |last| last.saturating_duration_since(log.since))
             .min(HISTORY);
         let how = if total > events as u64 {
             format!(
-                "{events} samples with arrivals ({total} connections) in {:.1} s: too little evidence for a rate, a burst counts once",
+                "longest of {events} gaps between {events} looks with arrivals ({total} connections) in {:.1} s: too little evidence for a rate, a burst counts once",
                 span.as_secs_f64()
             )
         } else {
-            format!("{total} arrivals in {:.1} s", span.as_secs_f64())
+            format!(
+                "longest gap, {total} arrivals in {:.1} s",
+                span.as_secs_f64()
+            )
         };
-        (span.div_f64(events.max(1) as f64), how)
+        (log.longest_gap_between_events(), how)
     };
     let raw = gap * GAP_MULTIPLIER;
     let period = raw.clamp(min, max);
@@ -205,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn few_arrivals_use_the_mean_gap() {
+    fn few_arrivals_use_the_longest_gap() {
         let t0 = Instant::now();
         let mut log = ArrivalLog::new(t0);
         for s in [1, 3] {
@@ -216,11 +230,11 @@ mod tests {
             });
         }
         // Judged at 4 s and at 10 s: the silence since the last arrival
-        // does not change the estimate (3 s up to the last of 2 arrivals).
+        // does not change the estimate (gaps of 1 s and 2 s before it).
         for now in [4, 10] {
             let q = quiet_period(&log, t0 + Duration::from_secs(now), MIN, MAX);
-            assert_eq!(q.typical_gap, Some(Duration::from_millis(1500)));
-            assert_eq!(q.period, Duration::from_millis(4500));
+            assert_eq!(q.typical_gap, Some(Duration::from_secs(2)));
+            assert_eq!(q.period, Duration::from_secs(6));
         }
     }
 
@@ -247,7 +261,15 @@ mod tests {
             n: 1,
         });
         let q = quiet_period(&log, t0 + Duration::from_secs(3), MIN, MAX);
-        assert_eq!(q.period, Duration::from_millis(4_200), "{}", q.reason);
+        assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
+        // A stray request between them does not pull the estimate down.
+        log.record(Arrivals {
+            at: t0 + Duration::from_millis(3_000),
+            span: 200 * MS,
+            n: 1,
+        });
+        let q = quiet_period(&log, t0 + Duration::from_millis(3_100), MIN, MAX);
+        assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
     }
 
     #[test]
@@ -294,6 +316,34 @@ mod tests {
         }
         let q = quiet_period(&log, t0 + Duration::from_secs(60), MIN, MAX);
         assert!(q.period >= Duration::from_secs(10), "{}", q.reason);
+    }
+
+    #[test]
+    fn a_silence_longer_than_max_delay_starts_a_new_episode() {
+        // 10 arrivals, 40 s of silence, then 100/s for 5 s (a pod idle,
+        // then busy): the old silence is another episode.
+        let t0 = Instant::now();
+        let mut log = ArrivalLog::new(t0);
+        log.record(Arrivals {
+            at: t0 + Duration::from_secs(1),
+            span: 100 * MS,
+            n: 10,
+        });
+        let busy = t0 + Duration::from_secs(41);
+        let mut t = busy;
+        while t < busy + Duration::from_secs(5) {
+            t += 20 * MS;
+            log.record(Arrivals {
+                at: t,
+                span: 20 * MS,
+                n: 2,
+            });
+        }
+        let q = quiet_period(&log, t, MIN, MAX);
+        assert_eq!(q.typical_gap, Some(10 * MS), "{}", q.reason);
+        assert_eq!(q.period, MIN, "{}", q.reason);
+        // The same history without the long silence keeps every gap.
+        assert_eq!(log.episode(Duration::from_secs(60)).total(), log.total());
     }
 
     #[test]

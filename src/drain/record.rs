@@ -52,6 +52,7 @@ pub struct Record {
     pub exited: Option<Instant>,
     // Traffic.
     pub census: &'static str,
+    pub arrivals_seen: &'static str,
     pub ports: Vec<u16>,
     pub kubelet_peers: Vec<String>,
     pub rate_before: f64,
@@ -96,6 +97,7 @@ impl Record {
             sigterm: None,
             exited: None,
             census: first.census_label(),
+            arrivals_seen: first.arrivals_label(),
             ports: first.ports.iter().copied().collect(),
             kubelet_peers: first
                 .kubelet_peers
@@ -146,6 +148,7 @@ impl Record {
         }
         self.last_seq = s.seq;
         self.census = view.census_label();
+        self.arrivals_seen = view.arrivals_label();
         self.ports = view.ports.iter().copied().collect();
         self.kubelet_peers = view.kubelet_peers.iter().map(ToString::to_string).collect();
         self.open_now = s.open.clone();
@@ -216,6 +219,7 @@ impl Record {
         let stamp = |t: Option<Instant>| t.map(|t| clock.stamp(t));
         let traffic = self.quit_reason.map(|reason| TrafficReport {
             census: self.census,
+            arrivals_seen: self.arrivals_seen,
             ports: self.ports.clone(),
             kubelet_peers: self.kubelet_peers.clone(),
             arrivals_per_second_before_hook: rate2(self.rate_before),

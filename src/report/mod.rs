@@ -195,6 +195,10 @@ pub struct Durations {
 pub struct TrafficReport {
     /// `netlink` or `proc` (the fallback), or `unavailable`.
     pub census: &'static str,
+    /// `every_connection` (censuses and the kernel's destroy events), or
+    /// `census_only` (connections that clients closed first between two
+    /// censuses were not seen).
+    pub arrivals_seen: &'static str,
     /// The ports counted as NGINX's.
     pub ports: Vec<u16>,
     /// Addresses learned to be the kubelet's, not counted as clients.
@@ -331,6 +335,8 @@ pub struct Snapshot {
 pub struct TrafficStatus {
     /// `netlink`, `proc` (the fallback) or `unavailable`.
     pub census: &'static str,
+    /// `every_connection` or `census_only` (see [`TrafficReport`]).
+    pub arrivals_seen: &'static str,
     pub ports: Vec<u16>,
     /// Listening ports with their accept-queue length.
     pub listening: BTreeMap<u16, u32>,

@@ -161,6 +161,52 @@ impl ArrivalLog {
         gaps
     }
 
+    /// The log from the last silence longer than `longer_than` on: the
+    /// current episode of traffic (the whole log when there was none). Its
+    /// `since` is the silence's end.
+    pub fn episode(&self, longer_than: Duration) -> ArrivalLog {
+        let start = self
+            .entries
+            .iter()
+            .zip(self.entries.iter().skip(1))
+            .enumerate()
+            .filter(|(_, (a, b))| {
+                let b_start = b.at.checked_sub(b.span).unwrap_or(b.at);
+                b_start.saturating_duration_since(a.at) > longer_than
+            })
+            .map(|(i, _)| i + 1)
+            .next_back();
+        match start {
+            None => self.clone(),
+            Some(i) => {
+                let first = &self.entries[i];
+                ArrivalLog {
+                    since: first.at.checked_sub(first.span).unwrap_or(first.at),
+                    entries: self.entries.range(i..).copied().collect(),
+                    peers: self.peers.range(i..).cloned().collect(),
+                }
+            }
+        }
+    }
+
+    /// The longest gap between two looks that saw arrivals, counting the
+    /// observed silence before the first (from `since`, at most the
+    /// history's minute before the last).
+    pub fn longest_gap_between_events(&self) -> Duration {
+        let Some(last) = self.entries.back() else {
+            return Duration::ZERO;
+        };
+        let mut prev = self
+            .since
+            .max(last.at.checked_sub(HISTORY).unwrap_or(self.since));
+        let mut longest = Duration::ZERO;
+        for e in &self.entries {
+            longest = longest.max(e.at.saturating_duration_since(prev));
+            prev = e.at;
+        }
+        longest
+    }
+
     /// Samples that saw arrivals: the evidence of a rate. A burst of many
     /// connections within one sample is one event.
     pub fn events(&self) -> usize {

@@ -114,7 +114,7 @@ pub struct Run {
     /// NGINX gone minus the later of lag end and the last download.
     pub overhead: Duration,
     pub sidecar_log: String,
-    /// 150 ms after the hook: `/readyz`'s status, `/status`, and the status of
+    /// 40 ms after the hook (before the 100 ms `--min-delay`): `/readyz`'s status, `/status`, and the status of
     /// a request to NGINX.
     pub readyz_during_wait: Option<u16>,
     pub status_during_wait: Option<Value>,
@@ -214,7 +214,7 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     // While the drain waits for traffic to stop: what /readyz and /status say,
     // and whether NGINX still serves.
     let observe = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
         let ready = client::get(sidecar.addr, "/readyz", HANG)
             .await
             .ok()

@@ -64,6 +64,8 @@ pub struct Traffic {
     /// Keep-alive clients, a request every 100 ms each, until the lag ends.
     pub keepalive: usize,
     pub grace: Duration,
+    /// How the rate's clients end their connections.
+    pub style: load::Style,
 }
 
 /// Time series, 100 ms per bucket, from the start of the run.
@@ -150,7 +152,9 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
     let lag_end = deletion + t.lag;
     let secs = |i: Instant| i.saturating_duration_since(t0).as_secs_f64();
     let max = (t.rate * (t.warmup + t.lag).as_secs_f64()).ceil() as u64 + 1;
-    let load = tokio::spawn(load::open_loop(addr, t.rate, None, lag_end, max));
+    let load = tokio::spawn(load::open_loop_with(
+        addr, t.rate, None, lag_end, max, t.style,
+    ));
     let keepalive: Vec<_> = (0..t.keepalive)
         .map(|_| tokio::spawn(load::keepalive(addr, Duration::from_millis(100), lag_end)))
         .collect();
