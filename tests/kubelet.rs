@@ -375,6 +375,9 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             json!([KUBELET_IP.to_string()]),
             "{r:#}"
         );
+        // The kernel's destroy events reach a sidecar with every capability
+        // dropped, in the pod's network namespace.
+        assert_eq!(r["traffic"]["arrivals_seen"], "every_connection", "{r:#}");
         // The timeline, from the kubelet's log and the report.
         let k = &seen.kubelet;
         let hook_run = line(k, "Running preStop hook", "nginx").expect("hook run");
