@@ -4,7 +4,7 @@
 //!
 //! In a network namespace of its own: a real NGINX, N idle keep-alive
 //! client connections on loopback (both ends in the namespace, so the pod
-//! has about 2N sockets), the sidecar idle for 35 s: its CPU (share of one
+//! has about 2N sockets), the sidecar idle for 65 s: its CPU (share of one
 //! core, from /proc/PID/stat) and RSS. Before, every idle census walked every
 //! socket on NGINX's ports every 200 ms; now the namespace's accept counter
 //! (`/proc/net/snmp`) says when a census can find nothing new, and an idle
@@ -31,9 +31,9 @@ use std::time::Duration;
 use testbed::scenario::cpu_time;
 use testbed::{Kubelet, Nginx, NginxOptions, Sidecar, load, netns};
 
-/// Longer than the idle census's period (30 s, or 500 times its cost: 50 s
-/// at 100k connections), so that one falls in.
-const IDLE: Duration = Duration::from_secs(60);
+/// Longer than the idle census's period (30 s, or 500 times its cost, at
+/// most 60 s), so that one falls in.
+const IDLE: Duration = Duration::from_secs(65);
 /// Connections per helper process (and per NGINX worker).
 const PER_PROCESS: usize = 12_500;
 

@@ -272,45 +272,45 @@ async fn close_first_case(style: Style, ipv6: bool) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http10_clients_that_close_first_are_all_counted_over_ipv4() {
-    if in_own_netns("http10_clients_that_close_first_are_all_counted_over_ipv4") {
-        return;
-    }
-    close_first_case(Style::Http10, false).await;
+/// One test per client behaviour and address family, each in a network
+/// namespace of its own.
+macro_rules! close_first_test {
+    ($name:ident, $style:expr, $ipv6:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if in_own_netns(stringify!($name)) {
+                return;
+            }
+            close_first_case($style, $ipv6).await;
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http10_clients_that_close_first_are_all_counted_over_ipv6() {
-    if in_own_netns("http10_clients_that_close_first_are_all_counted_over_ipv6") {
-        return;
-    }
-    close_first_case(Style::Http10, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_close_clients_that_close_first_are_all_counted_over_ipv4() {
-    if in_own_netns("connection_close_clients_that_close_first_are_all_counted_over_ipv4") {
-        return;
-    }
-    close_first_case(Style::Http11Close, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_close_clients_that_close_first_are_all_counted_over_ipv6() {
-    if in_own_netns("connection_close_clients_that_close_first_are_all_counted_over_ipv6") {
-        return;
-    }
-    close_first_case(Style::Http11Close, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_request_keepalive_clients_are_all_counted() {
-    if in_own_netns("one_request_keepalive_clients_are_all_counted") {
-        return;
-    }
-    close_first_case(Style::KeepAliveOnce, false).await;
-}
+close_first_test!(
+    http10_clients_that_close_first_are_all_counted_over_ipv4,
+    Style::Http10,
+    false
+);
+close_first_test!(
+    http10_clients_that_close_first_are_all_counted_over_ipv6,
+    Style::Http10,
+    true
+);
+close_first_test!(
+    connection_close_clients_that_close_first_are_all_counted_over_ipv4,
+    Style::Http11Close,
+    false
+);
+close_first_test!(
+    connection_close_clients_that_close_first_are_all_counted_over_ipv6,
+    Style::Http11Close,
+    true
+);
+close_first_test!(
+    one_request_keepalive_clients_are_all_counted,
+    Style::KeepAliveOnce,
+    false
+);
 
 /// The kubelet probes NGINX from an address of its own (the CNI bridge's in
 /// a pod), which nobody configured. Learned from its probes of the sidecar,

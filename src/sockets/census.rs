@@ -12,6 +12,7 @@ use ipnet::IpNet;
 // map holds one entry per socket the kernel already has, so colliding keys
 // cost an attacker one connection each: SipHash is not worth its price here.
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 
 use super::arrivals::{FEW_PEERS, FewPeers};
 use super::{Sock, state};
@@ -73,6 +74,10 @@ pub struct Census {
     /// Whether a connection first seen in TIME_WAIT is an arrival. Not
     /// when the destroy events are watched: they reported it already.
     pub time_wait_arrives: bool,
+    /// This census's generation: the map is updated in place from census
+    /// to census (one map, not two, with 100k connections), and entries
+    /// whose generation is older were not listed this time.
+    generation: u8,
 }
 
 /// What the census knows of one connection (8 bytes).
@@ -83,10 +88,18 @@ pub struct ConnState {
     /// Some census saw the full socket (any state but TIME_WAIT): the
     /// connection was counted then, so its destroy event is not an arrival.
     pub alive: bool,
+    /// The census generation that last listed it.
+    generation: u8,
+    /// Its state before the census that is listing it now (for a socket
+    /// that a dump lists twice): bit 0 known, bit 1 open.
+    was: u8,
     /// The census tick (the caller's clock) at which it was first seen
     /// open, carried over from census to census.
     pub since: u32,
 }
+
+const WAS_KNOWN: u8 = 1;
+const WAS_OPEN: u8 = 2;
 
 /// The connections new since an earlier census.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,8 +147,15 @@ impl Census {
             .filter(|s| s.state == state::LISTEN)
             .copied()
             .collect();
-        let mut b = CensusBuilder::new(&listeners, filter, ports_seen, before, detail, tick)
-            .time_wait_arrives(time_wait_arrives);
+        let mut b = CensusBuilder::new(
+            &listeners,
+            filter,
+            ports_seen,
+            before.cloned(),
+            detail,
+            tick,
+        )
+        .time_wait_arrives(time_wait_arrives);
         b.extend(socks.iter().filter(|s| s.state != state::LISTEN).copied());
         b.finish()
     }
@@ -168,12 +188,13 @@ impl Census {
 
 /// A census built while a dump streams in: the listeners first, then each
 /// connection as it is parsed, so that a dump of 100k sockets is never held
-/// whole in memory.
+/// whole in memory. It updates the previous census in place.
 pub struct CensusBuilder<'a> {
     c: Census,
     filter: &'a PortFilter,
     ports: &'a BTreeSet<u16>,
-    before: Option<&'a Census>,
+    /// There was a previous census to compare with.
+    had_before: bool,
     detail: bool,
     /// The caller's clock, for connections first seen now.
     tick: u32,
@@ -182,24 +203,25 @@ pub struct CensusBuilder<'a> {
 }
 
 impl<'a> CensusBuilder<'a> {
-    /// Starts from the dump's listeners; `ports_seen` (the ports known to
-    /// be NGINX's so far) is extended with today's.
+    /// Starts from the dump's listeners and the previous census (updated
+    /// in place); `ports_seen` (the ports known to be NGINX's so far) is
+    /// extended with today's.
     pub fn new(
         listeners: &[Sock],
         filter: &'a PortFilter,
         ports_seen: &'a mut BTreeSet<u16>,
-        before: Option<&'a Census>,
+        before: Option<Census>,
         detail: bool,
         tick: u32,
     ) -> CensusBuilder<'a> {
-        let mut c = Census {
-            conns: FxHashMap::with_capacity_and_hasher(
-                before.map_or(0, |b| b.conns.len()),
-                Default::default(),
-            ),
-            time_wait_arrives: true,
-            ..Census::default()
-        };
+        let had_before = before.is_some();
+        let mut c = before.unwrap_or_default();
+        c.generation = c.generation.wrapping_add(1);
+        c.listening.clear();
+        c.open.clear();
+        c.endpoints.clear();
+        c.other_listeners.clear();
+        c.time_wait_arrives = true;
         for s in listeners.iter().filter(|s| s.state == state::LISTEN) {
             let port = s.local.port();
             if filter.port_counts(port) {
@@ -214,7 +236,7 @@ impl<'a> CensusBuilder<'a> {
             c,
             filter,
             ports: ports_seen,
-            before,
+            had_before,
             detail,
             tick,
             new: Vec::new(),
@@ -241,38 +263,60 @@ impl<'a> CensusBuilder<'a> {
         {
             return;
         }
-        let c = &mut self.c;
+        let generation = self.c.generation;
+        let id = conn_id(s.local, s.peer);
+        let open = s.is_open();
+        let full = s.state != state::TIME_WAIT;
+        let tick = self.tick;
         // A pair of endpoints counts once, even if a dump lists it twice (or
         // lists a closing socket beside a new one that reuses them): open
-        // wins.
-        let id = conn_id(s.local, s.peer);
-        let listed = c.conns.get(&id).copied();
-        let open = s.is_open();
-        if open && listed.is_none_or(|l| !l.open) {
-            *c.open.entry(port).or_default() += 1;
+        // wins. `was` is its state before this census.
+        let (was, newly_open) = match self.c.conns.entry(id) {
+            Entry::Occupied(mut e) => {
+                let st = e.get_mut();
+                if st.generation == generation {
+                    // Listed twice in this dump.
+                    let newly_open = open && !st.open;
+                    st.open |= open;
+                    st.alive |= full;
+                    (st.was, newly_open)
+                } else {
+                    let was = WAS_KNOWN | if st.open { WAS_OPEN } else { 0 };
+                    // Open since an earlier census that saw it open; else
+                    // since now.
+                    let since = if st.open { st.since } else { tick };
+                    *st = ConnState {
+                        open,
+                        alive: full || st.alive,
+                        generation,
+                        was,
+                        since,
+                    };
+                    (was, open)
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(ConnState {
+                    open,
+                    alive: full,
+                    generation,
+                    was: 0,
+                    since: tick,
+                });
+                (0, open)
+            }
+        };
+        if newly_open {
+            *self.c.open.entry(port).or_default() += 1;
             if self.detail {
-                c.endpoints.push((id, (s.local, s.peer)));
+                self.c.endpoints.push((id, (s.local, s.peer)));
             }
         }
-        let before = self.before.and_then(|b| b.conns.get(&id).copied());
-        // Open since an earlier census that saw it open; else since now.
-        let since = match before {
-            Some(b) if b.open => b.since,
-            _ => self.tick,
-        };
-        let full = s.state != state::TIME_WAIT;
-        c.conns.insert(
-            id,
-            ConnState {
-                open: open || listed.is_some_and(|l| l.open),
-                alive: full || listed.is_some_and(|l| l.alive) || before.is_some_and(|b| b.alive),
-                since,
-            },
-        );
-        if self.before.is_some() {
-            let is_new = match before {
-                None => full || c.time_wait_arrives,
-                Some(b) => open && !b.open,
+        if self.had_before {
+            let is_new = if was & WAS_KNOWN == 0 {
+                full || self.c.time_wait_arrives
+            } else {
+                open && was & WAS_OPEN == 0
             };
             if is_new {
                 self.new.push((id, s.peer.ip()));
@@ -280,7 +324,17 @@ impl<'a> CensusBuilder<'a> {
         }
     }
 
+    /// The census as far as it got, when a dump fails half-way: a good
+    /// `before` for the next attempt (what it listed is current, what it
+    /// did not is from the census before).
+    pub fn abandon(self) -> Census {
+        self.c
+    }
+
     pub fn finish(mut self) -> (Census, NewConns) {
+        let generation = self.c.generation;
+        // Connections no longer listed are gone.
+        self.c.conns.retain(|_, st| st.generation == generation);
         self.new.sort_unstable_by_key(|(id, _)| *id);
         self.new.dedup_by_key(|(id, _)| *id);
         let mut peers: Vec<(IpAddr, u32)> = Vec::new();
@@ -423,6 +477,82 @@ mod tests {
             Some(&1),
             "port 80 still counted after its listener closed"
         );
+    }
+
+    /// With the destroy events watched, a TIME_WAIT first seen by a census
+    /// is not an arrival (its destroy event was); a connection a census saw
+    /// alive stays known as seen after it closes, so that its destroy event
+    /// is not counted again.
+    #[test]
+    fn with_destroy_events_time_wait_is_not_an_arrival_and_alive_is_remembered() {
+        let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
+        let mut seen = BTreeSet::new();
+        let take = |socks: &[Sock], before: Option<&Census>, seen: &mut BTreeSet<u16>| {
+            Census::take_with(socks, &filter(), seen, before, (false, 0), false)
+        };
+        let (a, _) = take(&[l], None, &mut seen);
+        let est = sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:1");
+        let tw = sock(state::TIME_WAIT, "1.1.1.1:80", "2.2.2.2:2");
+        let (b, new) = take(&[l, est, tw], Some(&a), &mut seen);
+        assert_eq!(new.n, 1, "the open one only");
+        let id = |s: &Sock| conn_id(s.local, s.peer);
+        assert!(b.saw_alive(id(&est)));
+        assert!(!b.saw_alive(id(&tw)), "its destroy event counts it");
+        let est_closed = sock(state::TIME_WAIT, "1.1.1.1:80", "2.2.2.2:1");
+        let (c, new) = take(&[l, est_closed, tw], Some(&b), &mut seen);
+        assert_eq!(new.n, 0);
+        assert!(c.saw_alive(id(&est)), "seen alive before, in TIME_WAIT now");
+        // The same census without destroy events counts the TIME_WAIT.
+        let (_, new) = Census::take_with(
+            &[l, est, tw],
+            &filter(),
+            &mut seen,
+            Some(&a),
+            (false, 0),
+            true,
+        );
+        assert_eq!(new.n, 2);
+    }
+
+    /// The map is updated in place: what a dump no longer lists is gone,
+    /// first sightings carry over, and an abandoned dump leaves a usable
+    /// `before`.
+    #[test]
+    fn updated_in_place_from_census_to_census() {
+        let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
+        let c1 = sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:1");
+        let c2 = sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:2");
+        let c3 = sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:3");
+        let f = filter();
+        // Builds a census; `complete: false` abandons it after the sockets.
+        let build = |socks: &[Sock], before: Option<Census>, tick, complete: bool| {
+            let mut seen = BTreeSet::new();
+            let mut b = CensusBuilder::new(&[l], &f, &mut seen, before, true, tick);
+            b.extend(socks.iter().copied());
+            if complete {
+                let (c, new) = b.finish();
+                (c, new.n)
+            } else {
+                (b.abandon(), 0)
+            }
+        };
+        let (a, _) = build(&[c1, c2], None, 1, true);
+        let (b, new) = build(&[c2, c3], Some(a), 5, true);
+        assert_eq!(new, 1);
+        assert_eq!(b.conns.len(), 2, "c1 is gone");
+        assert_eq!(
+            b.conns[&conn_id(c2.local, c2.peer)].since,
+            1,
+            "carried over"
+        );
+        assert_eq!(b.conns[&conn_id(c3.local, c3.peer)].since, 5);
+        assert_eq!(b.open.get(&80), Some(&2));
+        // A dump that fails after listing c3 only, then a full one.
+        let (half, _) = build(&[c3], Some(b), 6, false);
+        let (c, new) = build(&[c2, c3], Some(half), 7, true);
+        assert_eq!(new, 0, "nothing new after all");
+        assert_eq!(c.conns.len(), 2);
+        assert_eq!(c.endpoints.len(), 2);
     }
 
     #[test]

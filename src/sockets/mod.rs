@@ -120,43 +120,55 @@ impl Source {
         &mut self,
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
-        before: Option<&Census>,
+        before: Option<Census>,
         detail: bool,
         tick: u32,
         time_wait_arrives: bool,
     ) -> io::Result<(Census, NewConns)> {
+        let mut before = before;
         if let Some(d) = &mut self.netlink {
             let mut listeners = Vec::new();
-            let result = d.listeners(&mut listeners).and_then(|()| {
-                let mut seen = ports_seen.clone();
-                let mut b = CensusBuilder::new(&listeners, filter, &mut seen, before, detail, tick)
+            let failed = match d.listeners(&mut listeners) {
+                Err(e) => e,
+                Ok(()) => {
+                    let mut seen = ports_seen.clone();
+                    let mut b = CensusBuilder::new(
+                        &listeners,
+                        filter,
+                        &mut seen,
+                        before.take(),
+                        detail,
+                        tick,
+                    )
                     .time_wait_arrives(time_wait_arrives);
-                let ports = b.ports().clone();
-                d.connections(&ports, &mut b)?;
-                let done = b.finish();
-                Ok((done, seen))
-            });
-            match result {
-                Ok((done, seen)) => {
-                    *ports_seen = seen;
-                    return Ok(done);
+                    let ports = b.ports().clone();
+                    match d.connections(&ports, &mut b) {
+                        Ok(()) => {
+                            let done = b.finish();
+                            *ports_seen = seen;
+                            return Ok(done);
+                        }
+                        Err(e) => {
+                            before = Some(b.abandon());
+                            e
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "NETLINK_SOCK_DIAG dump failed: counting connections from /proc/net/tcp and /proc/net/tcp6 from now on");
-                    self.netlink = None;
-                    self.method = Method::Proc;
-                }
-            }
+            };
+            tracing::warn!(error = %failed, "NETLINK_SOCK_DIAG dump failed: counting connections from /proc/net/tcp and /proc/net/tcp6 from now on");
+            self.netlink = None;
+            self.method = Method::Proc;
         }
         let socks = procnet::dump()?;
-        Ok(Census::take_with(
-            &socks,
-            filter,
-            ports_seen,
-            before,
-            (detail, tick),
-            time_wait_arrives,
-        ))
+        let listeners: Vec<Sock> = socks
+            .iter()
+            .filter(|s| s.state == state::LISTEN)
+            .copied()
+            .collect();
+        let mut b = CensusBuilder::new(&listeners, filter, ports_seen, before, detail, tick)
+            .time_wait_arrives(time_wait_arrives);
+        b.extend(socks.iter().filter(|s| s.state != state::LISTEN).copied());
+        Ok(b.finish())
     }
 
     /// Every TCP socket of this network namespace, IPv4 and IPv6.

@@ -13,8 +13,8 @@
 //!   the counter shows accepts that the destroy events do not account for
 //!   (a connection that stays open), at least every 30 s while idle and
 //!   every 100 ms while a drain runs, and always spaced by its own cost
-//!   (50 times its duration while idle, 40 times while draining: 2 % and
-//!   2.5 % of a core at most, however many connections are open; the idle
+//!   (50 times its duration while idle, 60 times while draining: 2 % and
+//!   1.7 % of a core at most, however many connections are open; the idle
 //!   periodic one 500 times: 0.2 %).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,10 +48,11 @@ pub const IDLE_CENSUS_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 /// idle (at most 2 % of a core)...
 const IDLE_COST_FACTOR: u32 = 50;
 /// ...the idle periodic census, when nothing asks for one (at most 0.2 %:
-/// with 100k connections, every 50 s rather than 30)...
+/// with 100k connections, every 50 s rather than 30, never beyond 60 s)...
 const IDLE_PERIODIC_COST_FACTOR: u32 = 500;
-/// ...and while a drain runs (at most 2.5 %).
-const FAST_COST_FACTOR: u32 = 40;
+const IDLE_CENSUS_STRETCHED_AT_MOST: Duration = Duration::from_secs(60);
+/// ...and while a drain runs (at most 1.7 %).
+const FAST_COST_FACTOR: u32 = 60;
 /// The resolution of first sightings (connection ages).
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -409,6 +410,9 @@ impl Sampler {
                 }
             }
         } else {
+            tracing::warn!(
+                "counting connections from /proc/net/tcp{{,6}} without the kernel's destroy events: connections that open and close between two censuses, the client closing first, go uncounted"
+            );
             None
         };
         Sampler {
@@ -516,7 +520,8 @@ impl Sampler {
             (FAST_CENSUS_EVERY, FAST_COST_FACTOR)
         } else {
             (
-                IDLE_CENSUS_AT_LEAST_EVERY.max(self.census_cost * IDLE_PERIODIC_COST_FACTOR),
+                (self.census_cost * IDLE_PERIODIC_COST_FACTOR)
+                    .clamp(IDLE_CENSUS_AT_LEAST_EVERY, IDLE_CENSUS_STRETCHED_AT_MOST),
                 IDLE_COST_FACTOR,
             )
         };
@@ -574,10 +579,12 @@ impl Sampler {
             u32::try_from(at.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis())
                 .unwrap_or(u32::MAX);
         let watched = self.destroyed.is_some();
+        let first = self.prev.is_none();
+        // The previous census is updated in place (one map, not two).
         let taken = self.source.census_since(
             &self.filter,
             &mut self.ports_seen,
-            self.prev.as_ref(),
+            self.prev.take(),
             fast,
             tick,
             !watched,
@@ -609,7 +616,6 @@ impl Sampler {
         // Anything new arrived after the last tick that had nothing
         // unaccounted for.
         let span = at.saturating_duration_since(self.last_clear);
-        let first = self.prev.is_none();
         if !first {
             self.record(at, span, arrivals, few_peers(&short, new.peers));
         }
