@@ -312,6 +312,43 @@ close_first_test!(
     false
 );
 
+/// NGINX's listeners closing (a quit, a restart) end sockets too; their
+/// destroy events have no peer and are not arrivals. Two restarts of a
+/// 2-worker NGINX (4 listeners closed), then a hook: nothing to wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_closing_are_not_arrivals() {
+    if in_own_netns("listeners_closing_are_not_arrivals") {
+        return;
+    }
+    let mut nginx = Nginx::start(NginxOptions::default()).unwrap();
+    // The fixture's own checks that NGINX accepts connections come from
+    // 127.0.0.1: real arrivals, not the subject here.
+    let sidecar =
+        testbed::Sidecar::for_nginx(bin(), &nginx, &["--ignore-peer", "127.0.0.1/32"]).unwrap();
+    testbed::scenario::wait_ready(sidecar.addr).await;
+    for _ in 0..2 {
+        nginx.signal(nix::sys::signal::Signal::SIGQUIT).unwrap();
+        nginx
+            .wait_exit(Duration::from_secs(10))
+            .expect("nginx quit");
+        nginx = nginx.restart().unwrap();
+        testbed::scenario::wait_ready(sidecar.addr).await;
+    }
+    let hook = testbed::client::get(sidecar.addr, "/prestop", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&hook.body).unwrap();
+    let t = &r["traffic"];
+    assert_eq!(r["outcome"], "drained", "{r:#}");
+    assert!(
+        t["quiet_period_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no client connection"),
+        "closed listeners counted as arrivals: {t:#}"
+    );
+}
+
 /// The kubelet probes NGINX from an address of its own (the CNI bridge's in
 /// a pod), which nobody configured. Learned from its probes of the sidecar,
 /// or from the hook alone, it never delays the quit.

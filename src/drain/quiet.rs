@@ -16,7 +16,7 @@
 //! For Poisson arrivals at rate λ the time-weighted 90th percentile gap is
 //! 3.9/λ, so the quiet period is 11.7/λ: the chance that traffic was still
 //! flowing and merely paused that long is e^-11.7, about 1 in 100 000. At
-//! 100 connections/s that is 117 ms (raised to the 250 ms floor); for evenly
+//! 100 connections/s that is 117 ms (above the 100 ms floor); for evenly
 //! spaced arrivals it is three gaps.
 //!
 //! **Skeptical with little evidence.** A rate is established by arrivals

@@ -485,7 +485,9 @@ impl Sampler {
         };
         for s in ended {
             let port = s.local.port();
-            if self.filter.exclude.contains(&port) {
+            // A listener closing (NGINX quitting, restarting or reloading)
+            // has no peer: it is not a connection.
+            if s.peer.port() == 0 || self.filter.exclude.contains(&port) {
                 continue;
             }
             let counted = self.ports_seen.contains(&port);
