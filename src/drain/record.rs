@@ -56,8 +56,9 @@ pub struct Record {
     pub ports: Vec<u16>,
     pub kubelet_peers: Vec<String>,
     pub rate_before: f64,
-    pub arrivals_during_wait: u64,
-    /// The same, unrounded, and the log's last arrival it includes.
+    /// New client connections between the hook and SIGQUIT (a record that
+    /// straddles the hook counts for its share), and the log's last
+    /// arrival they include.
     during_wait: f64,
     counted_until: Instant,
     pub last_arrival: Option<Instant>,
@@ -104,7 +105,6 @@ impl Record {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            arrivals_during_wait: 0,
             during_wait: 0.0,
             counted_until: req_hook,
             last_arrival: first.log.last_arrival(),
@@ -134,7 +134,6 @@ impl Record {
             let last = view.log.last_arrival();
             if let Some(last) = last.filter(|t| *t > self.counted_until) {
                 self.during_wait += view.log.count_after_share(self.counted_until);
-                self.arrivals_during_wait = self.during_wait.round() as u64;
                 self.counted_until = last;
             }
         }
@@ -177,6 +176,11 @@ impl Record {
             .cloned()
     }
 
+    /// New client connections between the hook and SIGQUIT.
+    pub fn arrivals_during_wait(&self) -> u64 {
+        self.during_wait.round() as u64
+    }
+
     /// Milliseconds from the hook to `t`.
     pub fn since_hook(&self, t: Instant) -> u64 {
         self.req.clock.millis_since_start(t)
@@ -200,7 +204,7 @@ impl Record {
             sigquit_at: self.sigquit.map(|t| self.req.clock.stamp(t)),
             workers_remaining: remaining,
             open_connections: self.open_now.clone(),
-            arrivals_during_wait: self.arrivals_during_wait,
+            arrivals_during_wait: self.arrivals_during_wait(),
             cut_connections: None,
             quiet_period_ms: (phase == "await_quiet").then_some(self.quiet_ms),
             sigquit_due_in_ms: due.map(|d| ms(d.saturating_duration_since(now))),
@@ -223,7 +227,7 @@ impl Record {
             ports: self.ports.clone(),
             kubelet_peers: self.kubelet_peers.clone(),
             arrivals_per_second_before_hook: rate2(self.rate_before),
-            arrivals_during_wait: self.arrivals_during_wait,
+            arrivals_during_wait: self.arrivals_during_wait(),
             last_arrival_at: stamp(self.last_arrival),
             quiet_period_ms: self.quiet_ms,
             quiet_period_reason: self.quiet_reason.clone(),

@@ -284,14 +284,14 @@ impl<T: Target> Drain<T> {
         match reason {
             QuitReason::Quiet => tracing::info!(
                 waited_ms = waited,
-                arrivals_during_wait = self.rec.arrivals_during_wait,
+                arrivals_during_wait = self.rec.arrivals_during_wait(),
                 quiet_period_ms = self.rec.quiet_ms,
                 why = %self.rec.quiet_reason,
                 "new connections have stopped: no arrival for the quiet period"
             ),
             _ => tracing::warn!(
                 waited_ms = waited,
-                arrivals_during_wait = self.rec.arrivals_during_wait,
+                arrivals_during_wait = self.rec.arrivals_during_wait(),
                 reason = ?reason,
                 "new connections were still arriving, but the wait must end here (--max-delay or the budget): connections arriving after SIGQUIT are refused"
             ),
@@ -300,7 +300,7 @@ impl<T: Target> Drain<T> {
 
     fn log_waiting(&mut self, at: Instant) {
         tracing::info!(
-            arrivals_during_wait = self.rec.arrivals_during_wait,
+            arrivals_during_wait = self.rec.arrivals_during_wait(),
             open = ?self.rec.open_now,
             quiet_period_ms = self.rec.quiet_ms,
             sigquit_in_ms = ms(at.saturating_duration_since(Instant::now())),
@@ -527,7 +527,7 @@ impl<T: Target> Drain<T> {
                 .sigquit
                 .map_or(0, |q| ms(exited.saturating_duration_since(q))),
             sigterm_sent: self.rec.sigterm.is_some(),
-            arrivals_during_wait: self.rec.arrivals_during_wait,
+            arrivals_during_wait: self.rec.arrivals_during_wait(),
             open_at_exit: connections.open_at_exit,
             cut,
             shutdown_timeout: self.shutdown_timeout.clone(),

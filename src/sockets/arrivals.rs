@@ -26,6 +26,22 @@ pub type FewPeers = Option<Box<[(IpAddr, u32)]>>;
 /// At most this many distinct peers are kept per sample.
 pub const FEW_PEERS: usize = 8;
 
+/// `peers` with more arrivals from `ips`, one each; `None` (many) once more
+/// than [`FEW_PEERS`] distinct peers are seen, or if it already was.
+pub fn add_peers<'a>(peers: FewPeers, ips: impl IntoIterator<Item = &'a IpAddr>) -> FewPeers {
+    let mut peers: Vec<(IpAddr, u32)> = Vec::from(peers?);
+    for ip in ips {
+        if let Some((_, n)) = peers.iter_mut().find(|(p, _)| p == ip) {
+            *n += 1;
+        } else if peers.len() < FEW_PEERS {
+            peers.push((*ip, 1));
+        } else {
+            return None;
+        }
+    }
+    Some(peers.into_boxed_slice())
+}
+
 /// Recent arrivals, sample by sample (only samples that saw some).
 #[derive(Debug, Clone)]
 pub struct ArrivalLog {
@@ -143,29 +159,14 @@ impl ArrivalLog {
     /// Gaps between consecutive arrivals, placing a sample's `n` arrivals
     /// evenly over its span (the census only says how many, not when).
     pub fn gaps(&self) -> Vec<Duration> {
-        let mut times: Vec<Instant> = Vec::new();
-        for e in &self.entries {
-            let start = e.at.checked_sub(e.span).unwrap_or(e.at);
-            for k in 0..e.n {
-                let frac = (f64::from(k) + 0.5) / f64::from(e.n);
-                times.push(start + e.span.mul_f64(frac));
-            }
-        }
-        let mut gaps: Vec<Duration> = times
-            .windows(2)
-            .map(|w| w[1].saturating_duration_since(w[0]))
-            .collect();
-        if gaps.len() > MAX_GAPS {
-            gaps.drain(..gaps.len() - MAX_GAPS);
-        }
-        gaps
+        gaps_of(self.entries.iter())
     }
 
     /// The log from the last silence longer than `longer_than` on: the
-    /// current episode of traffic (the whole log when there was none). Its
-    /// `since` is the silence's end.
-    pub fn episode(&self, longer_than: Duration) -> ArrivalLog {
-        let start = self
+    /// current episode of traffic (the whole log when there was none). A
+    /// view of the log, not a copy: it is asked on every look of a drain.
+    pub fn episode(&self, longer_than: Duration) -> Episode<'_> {
+        let from = self
             .entries
             .iter()
             .zip(self.entries.iter().skip(1))
@@ -175,18 +176,9 @@ impl ArrivalLog {
                 b_start.saturating_duration_since(a.at) > longer_than
             })
             .map(|(i, _)| i + 1)
-            .next_back();
-        match start {
-            None => self.clone(),
-            Some(i) => {
-                let first = &self.entries[i];
-                ArrivalLog {
-                    since: first.at.checked_sub(first.span).unwrap_or(first.at),
-                    entries: self.entries.range(i..).copied().collect(),
-                    peers: self.peers.range(i..).cloned().collect(),
-                }
-            }
-        }
+            .next_back()
+            .unwrap_or(0);
+        Episode { log: self, from }
     }
 
     /// The longest gap between two looks that saw arrivals, counting the
@@ -216,6 +208,53 @@ impl ArrivalLog {
     pub fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.n)).sum()
     }
+}
+
+/// The current episode of a log (see [`ArrivalLog::episode`]).
+pub struct Episode<'a> {
+    log: &'a ArrivalLog,
+    from: usize,
+}
+
+impl Episode<'_> {
+    fn entries(&self) -> impl Iterator<Item = &Arrivals> {
+        self.log.entries.range(self.from..)
+    }
+
+    pub fn gaps(&self) -> Vec<Duration> {
+        gaps_of(self.entries())
+    }
+
+    /// Looks that saw arrivals in this episode.
+    pub fn events(&self) -> usize {
+        self.log.entries.len() - self.from
+    }
+
+    pub fn total(&self) -> u64 {
+        self.entries().map(|e| u64::from(e.n)).sum()
+    }
+}
+
+/// Gaps between consecutive arrivals, placing a record's `n` arrivals
+/// evenly over its span (a look only says how many, not when); the most
+/// recent [`MAX_GAPS`].
+fn gaps_of<'a>(entries: impl Iterator<Item = &'a Arrivals>) -> Vec<Duration> {
+    let mut times: Vec<Instant> = Vec::new();
+    for e in entries {
+        let start = e.at.checked_sub(e.span).unwrap_or(e.at);
+        for k in 0..e.n {
+            let frac = (f64::from(k) + 0.5) / f64::from(e.n);
+            times.push(start + e.span.mul_f64(frac));
+        }
+    }
+    let mut gaps: Vec<Duration> = times
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .collect();
+    if gaps.len() > MAX_GAPS {
+        gaps.drain(..gaps.len() - MAX_GAPS);
+    }
+    gaps
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
 
-use super::arrivals::{FEW_PEERS, FewPeers};
+use super::arrivals::{FewPeers, add_peers};
 use super::{Sock, state};
 
 /// Which local ports count as NGINX's, and which peers are not clients.
@@ -129,16 +129,24 @@ impl Census {
         detail: bool,
         tick: u32,
     ) -> (Census, NewConns) {
-        Census::take_with(socks, filter, ports_seen, before, (detail, tick), true)
+        Census::take_with(
+            socks,
+            filter,
+            ports_seen,
+            before.cloned(),
+            (detail, tick),
+            true,
+        )
     }
 
-    /// [`Census::take_since`], saying whether a connection first seen in
-    /// TIME_WAIT is an arrival (see [`CensusBuilder::time_wait_arrives`]).
+    /// [`Census::take_since`], updating `before` in place, and saying
+    /// whether a connection first seen in TIME_WAIT is an arrival (see
+    /// [`CensusBuilder::time_wait_arrives`]).
     pub fn take_with(
         socks: &[Sock],
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
-        before: Option<&Census>,
+        before: Option<Census>,
         (detail, tick): (bool, u32),
         time_wait_arrives: bool,
     ) -> (Census, NewConns) {
@@ -147,15 +155,8 @@ impl Census {
             .filter(|s| s.state == state::LISTEN)
             .copied()
             .collect();
-        let mut b = CensusBuilder::new(
-            &listeners,
-            filter,
-            ports_seen,
-            before.cloned(),
-            detail,
-            tick,
-        )
-        .time_wait_arrives(time_wait_arrives);
+        let mut b = CensusBuilder::new(&listeners, filter, ports_seen, before, detail, tick)
+            .time_wait_arrives(time_wait_arrives);
         b.extend(socks.iter().filter(|s| s.state != state::LISTEN).copied());
         b.finish()
     }
@@ -337,21 +338,9 @@ impl<'a> CensusBuilder<'a> {
         self.c.conns.retain(|_, st| st.generation == generation);
         self.new.sort_unstable_by_key(|(id, _)| *id);
         self.new.dedup_by_key(|(id, _)| *id);
-        let mut peers: Vec<(IpAddr, u32)> = Vec::new();
-        let mut many = false;
-        for (_, ip) in &self.new {
-            if let Some((_, n)) = peers.iter_mut().find(|(p, _)| p == ip) {
-                *n += 1;
-            } else if peers.len() < FEW_PEERS {
-                peers.push((*ip, 1));
-            } else {
-                many = true;
-                break;
-            }
-        }
         let arrivals = NewConns {
             n: u32::try_from(self.new.len()).unwrap_or(u32::MAX),
-            peers: (!many).then(|| peers.into_boxed_slice()),
+            peers: add_peers(Some(Box::default()), self.new.iter().map(|(_, ip)| ip)),
         };
         (self.c, arrivals)
     }
@@ -488,7 +477,7 @@ mod tests {
         let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
         let mut seen = BTreeSet::new();
         let take = |socks: &[Sock], before: Option<&Census>, seen: &mut BTreeSet<u16>| {
-            Census::take_with(socks, &filter(), seen, before, (false, 0), false)
+            Census::take_with(socks, &filter(), seen, before.cloned(), (false, 0), false)
         };
         let (a, _) = take(&[l], None, &mut seen);
         let est = sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:1");
@@ -507,7 +496,7 @@ mod tests {
             &[l, est, tw],
             &filter(),
             &mut seen,
-            Some(&a),
+            Some(a.clone()),
             (false, 0),
             true,
         );

@@ -160,15 +160,14 @@ impl Source {
             self.method = Method::Proc;
         }
         let socks = procnet::dump()?;
-        let listeners: Vec<Sock> = socks
-            .iter()
-            .filter(|s| s.state == state::LISTEN)
-            .copied()
-            .collect();
-        let mut b = CensusBuilder::new(&listeners, filter, ports_seen, before, detail, tick)
-            .time_wait_arrives(time_wait_arrives);
-        b.extend(socks.iter().filter(|s| s.state != state::LISTEN).copied());
-        Ok(b.finish())
+        Ok(Census::take_with(
+            &socks,
+            filter,
+            ports_seen,
+            before,
+            (detail, tick),
+            time_wait_arrives,
+        ))
     }
 
     /// Every TCP socket of this network namespace, IPv4 and IPv6.

@@ -28,7 +28,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use super::arrivals::{ArrivalLog, Arrivals, FEW_PEERS, FewPeers};
+use super::arrivals::{ArrivalLog, Arrivals, FewPeers, add_peers};
 use super::census::conn_id;
 use super::netlink::DestroyWatch;
 use super::{Census, Method, PortFilter, Sock, Source, counters};
@@ -364,6 +364,8 @@ struct Sampler {
     destroyed: Option<AsyncFd<DestroyWatch>>,
     /// The kernel dropped destroy events since the last census.
     lost_events: bool,
+    /// The destroy events of one read (a buffer kept between reads).
+    ended: Vec<Sock>,
     /// Accepts (less the sidecar's own) read just before the last census.
     accepted_at_census: Option<u64>,
     /// Accepted connections since then that ended before any census saw
@@ -375,6 +377,11 @@ struct Sampler {
     unattributed: u64,
     /// Arrivals recorded since the last census (its sample's count).
     since_census: u32,
+    /// What the view was last given: unattributed accepts and the counter,
+    /// and the log (cloned again only when it changed).
+    published: (u64, Option<u64>),
+    published_log: Arc<ArrivalLog>,
+    log_changed: bool,
     /// The last tick at which every accept was accounted for.
     last_clear: Instant,
     last_tick: Instant,
@@ -422,11 +429,15 @@ impl Sampler {
             shared,
             destroyed,
             lost_events: false,
+            ended: Vec::new(),
             accepted_at_census: None,
             ended_unseen: 0,
             short: Vec::new(),
             unattributed: 0,
             since_census: 0,
+            published: (0, None),
+            published_log: Arc::new(ArrivalLog::new(now)),
+            log_changed: false,
             last_clear: now,
             last_tick: now,
             last_census: None,
@@ -456,7 +467,9 @@ impl Sampler {
             arrivals_taken_back = taken,
             "connections from the kubelet's address (its probes and hooks come from there) no longer count as client arrivals"
         );
-        let log_now = Arc::new(self.log.clone());
+        self.published_log = Arc::new(self.log.clone());
+        self.log_changed = false;
+        let log_now = self.published_log.clone();
         self.view.send_modify(|v| {
             v.log = log_now;
             v.kubelet_peers.push(ip);
@@ -470,15 +483,22 @@ impl Sampler {
         let Some(fd) = &mut self.destroyed else {
             return;
         };
-        let mut ended: Vec<Sock> = Vec::new();
+        let mut ended = std::mem::take(&mut self.ended);
+        ended.clear();
         match fd.get_mut().read(&mut ended) {
-            Ok(r) => self.lost_events |= r.overrun,
+            Ok(overrun) => self.lost_events |= overrun,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the kernel's TCP destroy events failed: counting from censuses alone from now on");
                 self.destroyed = None;
                 return;
             }
         }
+        self.count_ended(&ended);
+        self.ended = ended;
+    }
+
+    /// Accounts for the connections that ended (see [`Sampler::read_destroyed`]).
+    fn count_ended(&mut self, ended: &[Sock]) {
         // Before the first census there is nothing to compare with.
         let Some(prev) = &self.prev else {
             return;
@@ -505,11 +525,6 @@ impl Sampler {
                 self.short.push(s.peer.ip());
             }
         }
-    }
-
-    /// The namespace's accepts, less the sidecar's own.
-    fn accepted(&self) -> Option<u64> {
-        self.shared.accepted()
     }
 
     /// Whether a census is due now.
@@ -548,7 +563,7 @@ impl Sampler {
     fn tick(&mut self, fast: bool, look: Look) {
         self.read_destroyed();
         let at = Instant::now();
-        let accepted = self.accepted();
+        let accepted = self.shared.accepted();
         self.unattributed = match (accepted, self.accepted_at_census) {
             (Some(a), Some(k)) => a.saturating_sub(k).saturating_sub(self.ended_unseen),
             _ => 1,
@@ -563,10 +578,15 @@ impl Sampler {
                     at,
                     span,
                     short.len() as u32,
-                    few_peers(&short, Some(Box::default())),
+                    add_peers(Some(Box::default()), &short),
                 );
-                self.publish(None, accepted);
-            } else if self.unattributed == 0 {
+            }
+            // Nothing new for the view: no wakeup for its readers (the
+            // drain asking for a look always gets an answer).
+            let news = !short.is_empty()
+                || look == Look::Attribute
+                || (self.unattributed, accepted) != self.published;
+            if news {
                 self.publish(None, accepted);
             }
         }
@@ -619,7 +639,7 @@ impl Sampler {
         // unaccounted for.
         let span = at.saturating_duration_since(self.last_clear);
         if !first {
-            self.record(at, span, arrivals, few_peers(&short, new.peers));
+            self.record(at, span, arrivals, add_peers(new.peers, &short));
         }
         let since_last = at.saturating_duration_since(self.last_census.unwrap_or(at));
         self.accepted_at_census = accepted;
@@ -647,6 +667,7 @@ impl Sampler {
             tracing::trace!(n, ?peers, span_ms = span.as_millis() as u64, "arrivals");
         }
         self.since_census = self.since_census.saturating_add(n);
+        self.log_changed |= n > 0;
         self.log.record_from(Arrivals { at, span, n }, peers);
     }
 
@@ -654,7 +675,12 @@ impl Sampler {
     /// the counter value up to which every accept is accounted for, when
     /// nothing is unattributed.
     fn publish(&mut self, sample: Option<Sample>, accepted: Option<u64>) {
-        let log_now = Arc::new(self.log.clone());
+        self.published = (self.unattributed, accepted);
+        if self.log_changed {
+            self.published_log = Arc::new(self.log.clone());
+            self.log_changed = false;
+        }
+        let log_now = self.published_log.clone();
         let method = self.source.method;
         let ports = self.ports_seen.clone();
         let unattributed = self.unattributed;
@@ -693,20 +719,4 @@ impl Sampler {
                 .collect(),
         )
     }
-}
-
-/// The peers of a record's arrivals, when few: the destroy events' and the
-/// census's together.
-fn few_peers(short: &[IpAddr], census: FewPeers) -> FewPeers {
-    let mut peers: Vec<(IpAddr, u32)> = Vec::from(census?);
-    for ip in short {
-        if let Some((_, n)) = peers.iter_mut().find(|(p, _)| p == ip) {
-            *n += 1;
-        } else if peers.len() < FEW_PEERS {
-            peers.push((*ip, 1));
-        } else {
-            return None;
-        }
-    }
-    Some(peers.into_boxed_slice())
 }

@@ -138,16 +138,6 @@ pub struct DestroyWatch {
     buf: Vec<u8>,
 }
 
-/// What one read of the destroy events found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DestroyRead {
-    /// Events parsed.
-    pub events: usize,
-    /// The kernel dropped events (the receive buffer overflowed): some
-    /// connections that ended went unseen.
-    pub overrun: bool,
-}
-
 impl DestroyWatch {
     pub fn new() -> io::Result<DestroyWatch> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
@@ -161,20 +151,22 @@ impl DestroyWatch {
         })
     }
 
-    /// Reads every event queued now (never blocks) into `out`.
-    pub fn read(&mut self, out: &mut impl Extend<Sock>) -> io::Result<DestroyRead> {
-        let mut r = DestroyRead::default();
+    /// Reads every event queued now (never blocks) into `out`. Returns
+    /// whether the kernel dropped events since the last read (its receive
+    /// buffer overflowed): some connections that ended went unseen.
+    pub fn read(&mut self, out: &mut impl Extend<Sock>) -> io::Result<bool> {
+        let mut overrun = false;
         loop {
             self.buf.clear();
             match self.socket.recv(&mut self.buf, 0) {
-                Ok(0) => return Ok(r),
+                Ok(0) => return Ok(overrun),
                 Ok(n) => {
-                    let mut counted = Counted { out, n: 0 };
-                    parse_datagram(&self.buf[..n.min(self.buf.len())], 0, &mut counted)?;
-                    r.events += counted.n;
+                    parse_datagram(&self.buf[..n.min(self.buf.len())], 0, out)?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(r),
-                Err(e) if e.raw_os_error() == Some(libc_enobufs()) => r.overrun = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(overrun),
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
+                    overrun = true
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -185,25 +177,6 @@ impl DestroyWatch {
 impl std::os::fd::AsRawFd for DestroyWatch {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.socket.as_raw_fd()
-    }
-}
-
-fn libc_enobufs() -> i32 {
-    nix::errno::Errno::ENOBUFS as i32
-}
-
-/// Counts what passes through to `out`.
-struct Counted<'a, E> {
-    out: &'a mut E,
-    n: usize,
-}
-
-impl<E: Extend<Sock>> Extend<Sock> for Counted<'_, E> {
-    fn extend<I: IntoIterator<Item = Sock>>(&mut self, iter: I) {
-        for s in iter {
-            self.n += 1;
-            self.out.extend(std::iter::once(s));
-        }
     }
 }
 
