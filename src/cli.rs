@@ -97,10 +97,12 @@ pub struct ServeArgs {
     /// Learn the kubelet's address from the requests it makes to the
     /// sidecar (probes with User-Agent `kube-probe/`, hooks with
     /// `kube-lifecycle/`; other callers teach nothing) and stop counting its
-    /// connections to NGINX (its probes) as client arrivals. Which address
-    /// the kubelet uses depends on the CNI (often the bridge's, not the
-    /// node's), so it is learned, not configured. Turn off where client
-    /// traffic shares that source address (SNAT to the node's bridge).
+    /// probes of NGINX as client arrivals: from that address, up to 3
+    /// connections at once and 2 a second are taken to be probes, and any
+    /// more are clients (node-local or masqueraded Service traffic shares
+    /// the address). Which address the kubelet uses depends on the CNI
+    /// (often the bridge's, not the node's), so it is learned, not
+    /// configured. `false`: every connection from it counts.
     #[arg(long, env = "NGINX_DRAIN_IGNORE_KUBELET", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub ignore_kubelet: bool,
 

@@ -277,7 +277,7 @@ pub async fn serve(
 const KUBELET_AGENTS: [&[u8]; 2] = [b"kube-probe/", b"kube-lifecycle/"];
 
 /// The kubelet's probes and hooks (by their User-Agent) reveal its address:
-/// connections from there to NGINX are probes, not clients. Only from peers
+/// its probes of NGINX are not clients (see `sockets::probes`). Only from peers
 /// `--allow-cidr` admits. A hook without the kubelet's User-Agent (a person
 /// with curl, a script) teaches nothing: its address may be a client's.
 fn learn_kubelet(ctx: &Ctx<'_>) {

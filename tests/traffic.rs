@@ -382,10 +382,62 @@ async fn kubelet_case(probes_sidecar: bool) {
         "probes delayed SIGQUIT by {waited} ms: {t:#}"
     );
     assert!(
-        r.sidecar_log.contains("no longer count as client arrivals"),
+        r.sidecar_log.contains("learned the kubelet's address"),
         "{}",
         r.sidecar_log
     );
+}
+
+/// Clients that reach NGINX from the kubelet's own address, as kube-proxy
+/// makes them when it masquerades node-local Service traffic (or all of it,
+/// `masqueradeAll`): learning that address from the kubelet's probes must not
+/// make the sidecar blind to them. Probes every second go on beside them.
+async fn masqueraded_case(rate: f64) {
+    let r = run_scenario(Scenario {
+        rate,
+        lag: Duration::from_secs(5),
+        kubelet_probes: true,
+        kubelet_probes_sidecar: true,
+        clients_from: Some(testbed::client::KUBELET_ADDR),
+        ..Default::default()
+    })
+    .await;
+    assert_clean(&r, 2);
+    let t = &r.report["traffic"];
+    assert_eq!(
+        t["kubelet_peers"],
+        serde_json::json!(["127.0.0.3"]),
+        "{t:#}"
+    );
+    assert_eq!(t["sigquit_reason"], "quiet", "{t:#}");
+    let waited = t["wait_before_sigquit_ms"].as_u64().unwrap();
+    assert!(
+        waited >= 5_000,
+        "SIGQUIT before the clients on the kubelet's address stopped: {waited} ms: {t:#}"
+    );
+    // They were counted as clients (all but the probe budget's 2 a second).
+    let counted = t["arrivals_during_wait"].as_f64().unwrap();
+    assert!(
+        counted >= 5.0 * (rate - 3.0) * 0.8,
+        "{counted} of ~{} arrivals counted: {t:#}",
+        5.0 * rate
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_masqueraded_to_the_kubelets_address_at_20_per_second_are_counted() {
+    if in_own_netns("clients_masqueraded_to_the_kubelets_address_at_20_per_second_are_counted") {
+        return;
+    }
+    masqueraded_case(20.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_masqueraded_to_the_kubelets_address_at_100_per_second_are_counted() {
+    if in_own_netns("clients_masqueraded_to_the_kubelets_address_at_100_per_second_are_counted") {
+        return;
+    }
+    masqueraded_case(100.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

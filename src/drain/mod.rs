@@ -102,7 +102,7 @@ impl Handle {
     /// A request came from the kubelet (its probe or hook): its address
     /// is not a client's.
     pub fn kubelet_seen(&self, ip: std::net::IpAddr) {
-        self.monitor.ignore_kubelet(ip);
+        self.monitor.learn_kubelet(ip);
     }
 
     /// The state as `/status` shows it, with the latest census.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::probes::ProbeBudget;
+
 /// How far back arrivals are kept.
 pub const HISTORY: Duration = Duration::from_secs(60);
 /// At most this many gaps are reconstructed (the most recent).
@@ -22,6 +24,26 @@ pub struct Arrivals {
 /// A sample's arrivals by peer address, when they came from few peers
 /// (`None`: from many, where one peer's share does not matter).
 pub type FewPeers = Option<Box<[(IpAddr, u32)]>>;
+
+/// Of the arrivals in `list` from `ip`, those `budget` takes to be the
+/// kubelet's probes: removed from `list`, and returned.
+pub fn take_probes(
+    list: &mut Box<[(IpAddr, u32)]>,
+    ip: IpAddr,
+    at: Instant,
+    span: Duration,
+    budget: &mut ProbeBudget,
+) -> u32 {
+    let Some(i) = list.iter().position(|(p, _)| *p == ip) else {
+        return 0;
+    };
+    let probes = budget.take(at, span, list[i].1);
+    list[i].1 -= probes;
+    if list[i].1 == 0 {
+        *list = list.iter().filter(|(p, _)| *p != ip).copied().collect();
+    }
+    probes
+}
 
 /// At most this many distinct peers are kept per sample.
 pub const FEW_PEERS: usize = 8;
@@ -81,19 +103,17 @@ impl ArrivalLog {
         }
     }
 
-    /// Takes back the arrivals from `ip` that samples of few peers
-    /// recorded: it turned out not to be a client (the kubelet). Returns how
-    /// many were taken back.
-    pub fn forget_peer(&mut self, ip: IpAddr) -> u64 {
+    /// Takes back the arrivals from `ip` (the kubelet's address, learned
+    /// late) that `budget` says were its probes, replaying the samples of
+    /// few peers in order; samples of many peers cannot tell and keep
+    /// theirs. Returns how many were taken back.
+    pub fn forgive_probes(&mut self, ip: IpAddr, budget: &mut ProbeBudget) -> u64 {
         let mut taken = 0u64;
         for (e, peers) in self.entries.iter_mut().zip(self.peers.iter_mut()) {
             if let Some(list) = peers {
-                let from_ip: u32 = list.iter().filter(|(p, _)| *p == ip).map(|(_, n)| n).sum();
-                if from_ip > 0 {
-                    e.n -= from_ip.min(e.n);
-                    taken += u64::from(from_ip);
-                    *list = list.iter().filter(|(p, _)| *p != ip).copied().collect();
-                }
+                let probes = take_probes(list, ip, e.at, e.span, budget);
+                e.n -= probes.min(e.n);
+                taken += u64::from(probes);
             }
         }
         let mut i = 0;
@@ -262,13 +282,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_peer_learned_late_is_taken_back_where_samples_can_tell() {
+    fn a_kubelet_learned_late_has_its_probes_taken_back_not_its_clients() {
         let t0 = Instant::now();
         let kubelet: IpAddr = "10.213.1.1".parse().unwrap();
         let client: IpAddr = "10.2.0.9".parse().unwrap();
         let mut log = ArrivalLog::new(t0);
         let s = Duration::from_millis(200);
-        // A probe alone, a probe with a client, and a sample of many peers.
+        // A probe alone, a probe with a client, a sample of many peers, and
+        // 40 connections in one look from the kubelet's address (clients
+        // the node masqueraded).
         log.record_from(
             Arrivals {
                 at: t0 + s,
@@ -293,10 +315,20 @@ mod tests {
             },
             None,
         );
-        assert_eq!(log.total(), 54);
-        assert_eq!(log.forget_peer(kubelet), 2);
-        assert_eq!(log.total(), 52);
-        assert_eq!(log.gaps().len(), 51, "the probe-only sample is gone");
-        assert_eq!(log.forget_peer(kubelet), 0, "idempotent");
+        log.record_from(
+            Arrivals {
+                at: t0 + 4 * s,
+                span: s,
+                n: 40,
+            },
+            Some([(kubelet, 40)].into()),
+        );
+        assert_eq!(log.total(), 94);
+        let mut budget = ProbeBudget::default();
+        // Both probes, and of the 40 only what the budget holds then
+        // (3 at once, refilled at 2/s: 1 left + 0.8 s x 2/s = 2.2 -> 2).
+        assert_eq!(log.forgive_probes(kubelet, &mut budget), 4);
+        assert_eq!(log.total(), 90);
+        assert_eq!(log.events(), 3, "the probe-only sample is gone");
     }
 }

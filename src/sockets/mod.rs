@@ -11,6 +11,7 @@ pub mod census;
 pub mod counters;
 pub mod monitor;
 pub mod netlink;
+pub mod probes;
 pub mod procnet;
 
 use std::collections::BTreeSet;

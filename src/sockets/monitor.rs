@@ -23,14 +23,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use super::arrivals::{ArrivalLog, Arrivals, FewPeers, add_peers};
+use super::arrivals::{ArrivalLog, Arrivals, FewPeers, add_peers, take_probes};
 use super::census::conn_id;
 use super::netlink::DestroyWatch;
+use super::probes::{self, ProbeBudget};
 use super::{Census, Method, PortFilter, Sock, Source, counters};
 
 /// How often the accept counter is read while idle.
@@ -107,7 +107,7 @@ pub struct View {
     /// Set when no census can be taken at all.
     pub error: Option<String>,
     /// Peers learned to be the kubelet (its probes and hooks), whose
-    /// connections no longer count.
+    /// probes do not count (see [`super::probes`]).
     pub kubelet_peers: Vec<IpAddr>,
     /// Accepts in the namespace (less the sidecar's own) that neither a
     /// census nor a destroy event has accounted for yet: possibly arrivals.
@@ -216,9 +216,9 @@ impl Monitor {
     }
 
     /// `ip` is the kubelet's (its probes and hooks come from it): its
-    /// connections stop counting, and the arrivals already logged from it
-    /// are taken back where the census can tell them apart.
-    pub fn ignore_kubelet(&self, ip: IpAddr) {
+    /// probes stop counting (see [`super::probes`]), including those
+    /// already logged where the census can tell them apart.
+    pub fn learn_kubelet(&self, ip: IpAddr) {
         let _ = self
             .learn
             .send(super::canonical(std::net::SocketAddr::new(ip, 0)).ip());
@@ -291,7 +291,7 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             Some(ip) = learn.recv() => {
-                state.ignore_kubelet(ip);
+                state.learn_kubelet(ip);
                 continue;
             }
             () = shared.poke.notified() => look = Look::Attribute,
@@ -371,6 +371,8 @@ struct Sampler {
     /// Accepted connections since then that ended before any census saw
     /// them (their destroy events), on any port: they account for accepts.
     ended_unseen: u64,
+    /// The kubelet's addresses, each with its probe budget.
+    kubelet: Vec<(IpAddr, ProbeBudget)>,
     /// Arrivals from destroy events not recorded yet, by peer.
     short: Vec<IpAddr>,
     /// Accepts not accounted for at the last tick.
@@ -433,6 +435,7 @@ impl Sampler {
             accepted_at_census: None,
             ended_unseen: 0,
             short: Vec::new(),
+            kubelet: Vec::new(),
             unattributed: 0,
             since_census: 0,
             published: (0, None),
@@ -451,21 +454,25 @@ impl Sampler {
         }
     }
 
-    /// Connections from `ip` (the kubelet's) stop counting, and its logged
-    /// arrivals are taken back.
-    fn ignore_kubelet(&mut self, ip: IpAddr) {
-        if !self.filter.peer_counts(&std::net::SocketAddr::new(ip, 0)) {
+    /// `ip` is the kubelet's: from now on, its connections beyond the probe
+    /// budget count (clients the node masqueraded) and those within it do
+    /// not (its probes); the arrivals logged from it before are judged the
+    /// same way, where a sample of few peers can tell.
+    fn learn_kubelet(&mut self, ip: IpAddr) {
+        if !self.filter.peer_counts(&std::net::SocketAddr::new(ip, 0))
+            || self.kubelet.iter().any(|(k, _)| *k == ip)
+        {
             return;
         }
-        self.filter.ignore_peers.push(IpNet::from(ip));
-        // Its ended connections not recorded yet, and those recorded.
-        let pending = self.short.len();
-        self.short.retain(|p| *p != ip);
-        let taken = self.log.forget_peer(ip) + (pending - self.short.len()) as u64;
+        let mut budget = ProbeBudget::default();
+        let taken = self.log.forgive_probes(ip, &mut budget);
+        self.kubelet.push((ip, budget));
         tracing::info!(
             peer = %ip,
-            arrivals_taken_back = taken,
-            "connections from the kubelet's address (its probes and hooks come from there) no longer count as client arrivals"
+            probes_taken_back = taken,
+            "learned the kubelet's address (its probes and hooks come from there): up to {} connections at once and {} a second from it are taken to be its probes; more are clients (the node masquerades Service traffic to this address)",
+            probes::BURST,
+            probes::PER_SECOND,
         );
         self.published_log = Arc::new(self.log.clone());
         self.log_changed = false;
@@ -662,7 +669,15 @@ impl Sampler {
         self.publish(Some(sample), accepted);
     }
 
-    fn record(&mut self, at: Instant, span: Duration, n: u32, peers: FewPeers) {
+    fn record(&mut self, at: Instant, span: Duration, mut n: u32, mut peers: FewPeers) {
+        // The kubelet's probes are not arrivals; what else comes from its
+        // address is (see `probes`). A sample of many peers cannot tell:
+        // all of it counts.
+        if let Some(list) = &mut peers {
+            for (ip, budget) in &mut self.kubelet {
+                n -= take_probes(list, *ip, at, span, budget).min(n);
+            }
+        }
         if n > 0 {
             tracing::trace!(n, ?peers, span_ms = span.as_millis() as u64, "arrivals");
         }

@@ -72,6 +72,10 @@ pub struct Scenario {
     /// The kubelet also probes the sidecar (`kube-probe/` User-Agent, every
     /// second), from which the sidecar learns its address before the hook.
     pub kubelet_probes_sidecar: bool,
+    /// Where the clients' new connections come from (default: loopback's
+    /// 127.0.0.1). [`client::KUBELET_ADDR`]: clients the node masquerades
+    /// to the kubelet's address, as kube-proxy does.
+    pub clients_from: Option<IpAddr>,
     /// Where the check "does NGINX still serve during the wait?" comes
     /// from (it is one more arrival unless that address is ignored).
     pub check_from: Option<IpAddr>,
@@ -94,6 +98,7 @@ impl Default for Scenario {
             node_probes: false,
             kubelet_probes: false,
             kubelet_probes_sidecar: false,
+            clients_from: None,
             check_from: None,
             style: Style::ServerCloses,
             ipv6: false,
@@ -145,7 +150,12 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     let max = (s.rate * (s.warmup + s.lag).as_secs_f64()).ceil() as u64 + 1;
     let load_addr = if s.ipv6 { nginx.addr_v6() } else { addr };
     let load = tokio::spawn(load::open_loop_with(
-        load_addr, s.rate, None, lag_end, max, s.style,
+        load_addr,
+        s.rate,
+        s.clients_from,
+        lag_end,
+        max,
+        s.style,
     ));
     let ka_until = if s.keepalive_until_hook {
         hook_at
