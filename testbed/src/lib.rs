@@ -6,6 +6,7 @@
 pub mod client;
 pub mod fixture;
 pub mod h2;
+pub mod kube;
 pub mod kubelet;
 pub mod load;
 pub mod netns;

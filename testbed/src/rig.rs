@@ -1,5 +1,6 @@
-//! The real kubelet of `../shared/kubelet-rig` (kubelet 1.32, containerd,
-//! runc, static pods in network and mount namespaces of their own), driven
+//! The real kubelet of `../shared/kubelet-rig` (the kubelet, crictl and
+//! containerd 2.x that `scripts/kube` builds from upstream Go modules,
+//! Debian's runc, static pods in network and mount namespaces of their own), driven
 //! from the tests: up, a pod from a manifest, traffic from inside the rig's
 //! network, deletion, and what the kubelet, the runtime and the containers
 //! said. `down` runs when the [`Rig`] is dropped, whatever happened.
@@ -23,15 +24,18 @@ pub struct Rig {
     pub dir: PathBuf,
     /// `$RIG`: binaries, images, state and logs.
     pub home: PathBuf,
+    /// The kubelet, crictl and containerd `scripts/kube` built.
+    pub kube_bin: PathBuf,
 }
 
 impl Rig {
     /// Builds the images (the project's binary at `binary`) and starts the
     /// rig. Panics with what failed.
-    pub fn up(dir: &Path, home: &Path, project: &Path, binary: &Path) -> Rig {
+    pub fn up(dir: &Path, home: &Path, project: &Path, binary: &Path, kube_bin: &Path) -> Rig {
         let rig = Rig {
             dir: dir.to_path_buf(),
             home: home.to_path_buf(),
+            kube_bin: kube_bin.to_path_buf(),
         };
         // A rig left over from an interrupted run holds the kubelet's cgroups.
         let _ = rig.script("rig.sh", &["down"]);
@@ -49,11 +53,18 @@ impl Rig {
     }
 
     fn script(&self, name: &str, args: &[&str]) -> Output {
-        Command::new(self.dir.join(name))
+        self.command(name)
             .args(args)
-            .env("RIG", &self.home)
             .output()
             .unwrap_or_else(|e| panic!("run {name}: {e}"))
+    }
+
+    /// A rig script with the rig's `$RIG` and the suite's binaries.
+    pub fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.dir.join(name));
+        cmd.env("RIG", &self.home);
+        crate::kube::use_bins(&mut cmd, &self.kube_bin);
+        cmd
     }
 
     /// `rig.sh ARGS`, which must succeed; its stdout.
