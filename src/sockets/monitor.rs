@@ -171,6 +171,9 @@ struct Shared {
     own_accepts: AtomicU64,
     /// Asks for a look (and a census) now.
     poke: Notify,
+    /// When the drain began and the accept counter then, for the first
+    /// census after it.
+    hook: std::sync::Mutex<Option<(Instant, Option<u64>)>>,
 }
 
 impl Shared {
@@ -247,6 +250,12 @@ impl Monitor {
 
     /// Looks every 20 ms while `on`, every 200 ms otherwise.
     pub fn set_fast(&self, on: bool) {
+        if on && !*self.fast.borrow() {
+            let mark = (Instant::now(), self.shared.accepted());
+            if let Ok(mut h) = self.shared.hook.lock() {
+                *h = Some(mark);
+            }
+        }
         self.fast
             .send_if_modified(|f| std::mem::replace(f, on) != on);
     }
@@ -320,6 +329,13 @@ async fn run(
         state.tick(fast_now, look);
         next = Instant::now() + every;
     }
+}
+
+/// This thread's CPU time (the census runs on the sampling task's thread).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Why the monitor looks now.
@@ -609,6 +625,20 @@ impl Sampler {
                 .unwrap_or(u32::MAX);
         let watched = self.destroyed.is_some();
         let first = self.prev.is_none();
+        // The first census after the hook: if nothing was accepted since
+        // the hook, every connection it sees for the first time was
+        // accepted before it, and is stamped so.
+        let tick = match self.shared.hook.lock().map(|mut h| h.take()) {
+            Ok(Some((hook, at_hook))) if at_hook.is_some() && at_hook == accepted => {
+                let hook_tick = u32::try_from(
+                    hook.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis(),
+                )
+                .unwrap_or(u32::MAX);
+                tick.min(hook_tick.saturating_sub(1))
+            }
+            _ => tick,
+        };
+        let cpu_before = thread_cpu();
         // The previous census is updated in place (one map, not two).
         let taken = self.source.census_since(
             &self.filter,
@@ -632,7 +662,10 @@ impl Sampler {
                 return;
             }
         };
-        self.census_cost = Instant::now().saturating_duration_since(at);
+        // What it cost the CPU, not the wall clock: on a busy machine the
+        // wall time includes every other process's turns, and censuses
+        // spaced by that would see new connections late.
+        self.census_cost = thread_cpu().saturating_sub(cpu_before);
         tracing::trace!(conns = census.conns.len(), open = ?census.open, new = new.n, cost_us = self.census_cost.as_micros() as u64, "census");
         let short = std::mem::take(&mut self.short);
         let mut arrivals = new.n.saturating_add(short.len() as u32);

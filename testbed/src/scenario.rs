@@ -110,6 +110,9 @@ impl Default for Scenario {
 pub struct Run {
     /// When the hook was sent.
     pub hook_at: Instant,
+    /// One instant and the wall-clock time at that instant, to place the
+    /// clients' instants against the report's timestamps.
+    pub anchor: (Instant, std::time::SystemTime),
     pub report: Value,
     pub load: LoadStats,
     pub keepalive: LoadStats,
@@ -128,6 +131,17 @@ pub struct Run {
     pub sidecar_cpu_share: f64,
 }
 
+impl Run {
+    /// Whether a client instant came at or after a report's timestamp
+    /// (`hook_received_at`, ...), both placed on the wall clock.
+    pub fn at_or_after(&self, at: Instant, stamp: &str) -> bool {
+        let wall = self.anchor.1 + at.saturating_duration_since(self.anchor.0)
+            - self.anchor.0.saturating_duration_since(at);
+        let stamp = humantime::parse_rfc3339(stamp).expect("an RFC 3339 timestamp");
+        wall >= stamp
+    }
+}
+
 /// Runs the scenario against a fresh NGINX and a fresh sidecar (`bin`).
 pub async fn run(bin: &Path, s: Scenario) -> Run {
     const BLOB: usize = 1 << 20;
@@ -144,6 +158,7 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     wait_ready(sidecar.addr).await;
 
     let t0 = Instant::now();
+    let anchor = (t0, std::time::SystemTime::now());
     let hook_at = t0 + s.warmup;
     let lag_end = hook_at + s.lag;
     let addr = nginx.addr();
@@ -268,6 +283,7 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     let report = json(term.hook.as_ref().expect("hook answered"));
     Run {
         hook_at,
+        anchor,
         report,
         load,
         keepalive: ka,
