@@ -33,6 +33,18 @@
 //! connection 2 s later waits 6 s after that one. With no arrival at all in
 //! the last minute there is nothing to wait for and `--min-delay` applies.
 //!
+//! **A falling rate.** The percentile of the minute's gaps describes the
+//! minute; the traffic being judged is the latest. During a rollout each
+//! old pod's share of a Service falls while kube-proxy still routes to it
+//! (new endpoints join before the old one leaves), and a quiet period
+//! learned at the earlier rate is then too short: measured on a real
+//! cluster, 5 connections refused when one pod's arrivals thinned from ~33
+//! to ~20 a second and a chance silence of 180 ms came before kube-proxy's
+//! rule change. So the typical gap is the larger of the episode's p90 and
+//! the p90 of the last [`RECENT_GAPS`] gaps: a rate that fell shows within
+//! a few arrivals. At a steady rate the two agree (at 100/s both stay under
+//! the `--min-delay` floor).
+//!
 //! **One episode at a time.** A silence longer than `--max-delay` in the
 //! minute of history (a pod idle for 40 s, then busy) would have ended any
 //! wait by itself: the percentile is taken over the arrivals after it, so
@@ -51,9 +63,12 @@ pub use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY};
 pub const GAP_MULTIPLIER: u32 = 3;
 /// The typical gap is this percentile of recent gaps.
 pub const GAP_PERCENTILE: f64 = 0.9;
-/// Below this many gaps between events (census samples that saw arrivals)
-/// the percentile is noise: use the mean gap between events instead.
+/// Below this many gaps between events (looks that saw arrivals) the
+/// percentile is noise: use the longest gap between events instead.
 pub const MIN_GAPS_FOR_PERCENTILE: usize = 8;
+/// The latest gaps, whose p90 the typical gap is never below (see "A falling
+/// rate").
+pub const RECENT_GAPS: usize = 16;
 
 /// The quiet period chosen, and why, in words for the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,10 +99,24 @@ pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration
     let episode = log.episode(max);
     let (gap, how) = if episode.events().saturating_sub(1) >= MIN_GAPS_FOR_PERCENTILE {
         let gaps = episode.gaps();
-        (
-            time_weighted_percentile(&gaps, GAP_PERCENTILE),
-            format!("p90 of {} gaps by time", gaps.len()),
-        )
+        let all = time_weighted_percentile(&gaps, GAP_PERCENTILE);
+        let recent = time_weighted_percentile(
+            &gaps[gaps.len().saturating_sub(RECENT_GAPS)..],
+            GAP_PERCENTILE,
+        );
+        if recent > all {
+            (
+                recent,
+                format!(
+                    "p90 of the last {} gaps by time; of all {}: {:.0} ms",
+                    RECENT_GAPS.min(gaps.len()),
+                    gaps.len(),
+                    all.as_secs_f64() * 1e3
+                ),
+            )
+        } else {
+            (all, format!("p90 of {} gaps by time", gaps.len()))
+        }
     } else {
         // Few events: the longest gap between them, counting the observed
         // silence before the first. The silence since the last arrival is
@@ -270,6 +299,29 @@ mod tests {
         });
         let q = quiet_period(&log, t0 + Duration::from_millis(3_100), MIN, MAX);
         assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
+    }
+
+    #[test]
+    fn a_rate_that_fell_lengthens_the_quiet_period() {
+        // 30/s for 20 s (33 ms apart), then the pod's share falls to 12/s
+        // (83 ms apart) as a rollout adds endpoints: 16 arrivals later, the
+        // quiet period follows the new rate, not the minute's.
+        let t0 = Instant::now();
+        let mut log = steady(t0, 20, 33 * MS, 1);
+        let steady_q = quiet_period(&log, t0 + Duration::from_secs(20), MIN, MAX);
+        assert_eq!(steady_q.typical_gap, Some(33 * MS), "{}", steady_q.reason);
+        let mut t = t0 + Duration::from_secs(20);
+        for _ in 0..16 {
+            t += 83 * MS;
+            log.record(Arrivals {
+                at: t,
+                span: 20 * MS,
+                n: 1,
+            });
+        }
+        let q = quiet_period(&log, t, MIN, MAX);
+        assert_eq!(q.typical_gap, Some(83 * MS), "{}", q.reason);
+        assert!(q.reason.contains("last 16 gaps"), "{}", q.reason);
     }
 
     #[test]

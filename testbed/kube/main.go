@@ -56,9 +56,48 @@ var components = map[string]func() int{
 		return 0
 	},
 	"etcd": func() int {
-		etcdmain.Main(os.Args)
+		etcdmain.Main(singleMemberDefaults(os.Args))
 		return 0
 	},
+}
+
+// singleMemberDefaults completes etcd's flags for one member on loopback, as a bare `etcd` would
+// run: since 3.6 it refuses --listen-client-urls without --advertise-client-urls (and the same for
+// peers), so each missing advertise flag takes its listen flag's value, and the initial cluster is
+// this one member.
+func singleMemberDefaults(args []string) []string {
+	out := append([]string(nil), args...)
+	value := func(name string) (string, bool) {
+		for i, a := range out {
+			if v, ok := strings.CutPrefix(a, name+"="); ok {
+				return v, true
+			}
+			if a == name && i+1 < len(out) {
+				return out[i+1], true
+			}
+		}
+		return "", false
+	}
+	for _, f := range [][2]string{
+		{"--listen-client-urls", "--advertise-client-urls"},
+		{"--listen-peer-urls", "--initial-advertise-peer-urls"},
+	} {
+		if v, ok := value(f[0]); ok {
+			if _, set := value(f[1]); !set {
+				out = append(out, f[1]+"="+v)
+			}
+		}
+	}
+	if peers, ok := value("--initial-advertise-peer-urls"); ok {
+		if _, set := value("--initial-cluster"); !set {
+			name, named := value("--name")
+			if !named {
+				name = "default"
+			}
+			out = append(out, "--initial-cluster="+name+"="+peers)
+		}
+	}
+	return out
 }
 
 func names() string {

@@ -4,6 +4,7 @@
 //! Everything talks to 127.0.0.1 only, and every loop is bounded.
 
 pub mod client;
+pub mod cluster;
 pub mod fixture;
 pub mod h2;
 pub mod kube;

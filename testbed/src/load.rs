@@ -3,6 +3,8 @@
 //! loop is bounded in count and in time.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +25,10 @@ pub struct LoadStats {
     pub reset: u64,
     pub short: u64,
     pub other: u64,
+    /// Keep-alive requests sent again on a new connection because the server
+    /// had closed the idle one they were written to (what HTTP clients do
+    /// for idempotent requests, RFC 9112 section 9.3.1): not failures.
+    pub retried: u64,
     /// The first few failures, for messages.
     pub examples: Vec<String>,
     /// When the last request was sent.
@@ -62,6 +68,7 @@ impl LoadStats {
         self.reset += o.reset;
         self.short += o.short;
         self.other += o.other;
+        self.retried += o.retried;
         self.examples.extend(
             o.examples
                 .iter()
@@ -70,6 +77,37 @@ impl LoadStats {
         );
         self.last_sent = self.last_sent.max(o.last_sent);
         self.events.extend_from_slice(&o.events);
+    }
+}
+
+/// When a load generator stops: at an instant, or once a flag is set (by
+/// whoever knows when the action under test is over), and at the latest at
+/// the flag's bound.
+#[derive(Debug, Clone)]
+pub enum Until {
+    At(Instant),
+    Flag(Arc<AtomicBool>, Instant),
+}
+
+impl Until {
+    pub fn reached(&self) -> bool {
+        match self {
+            Until::At(t) => Instant::now() >= *t,
+            Until::Flag(f, bound) => f.load(Ordering::Relaxed) || Instant::now() >= *bound,
+        }
+    }
+
+    /// How long it may still run at most.
+    fn remaining(&self) -> Duration {
+        match self {
+            Until::At(t) | Until::Flag(_, t) => t.saturating_duration_since(Instant::now()),
+        }
+    }
+}
+
+impl From<Instant> for Until {
+    fn from(t: Instant) -> Until {
+        Until::At(t)
     }
 }
 
@@ -99,7 +137,7 @@ pub async fn open_loop(
     addr: SocketAddr,
     rate: f64,
     from: Option<IpAddr>,
-    until: Instant,
+    until: impl Into<Until>,
     max: u64,
 ) -> LoadStats {
     open_loop_with(addr, rate, from, until, max, Style::ServerCloses).await
@@ -110,10 +148,11 @@ pub async fn open_loop_with(
     addr: SocketAddr,
     rate: f64,
     from: Option<IpAddr>,
-    until: Instant,
+    until: impl Into<Until>,
     max: u64,
     style: Style,
 ) -> LoadStats {
+    let until = until.into();
     let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -121,7 +160,7 @@ pub async fn open_loop_with(
     let mut stats = LoadStats::default();
     while stats.sent < max {
         tick.tick().await;
-        if Instant::now() >= until {
+        if until.reached() {
             break;
         }
         stats.sent += 1;
@@ -174,47 +213,109 @@ async fn close_first(from: Option<IpAddr>, addr: SocketAddr, style: Style) -> Re
 /// One keep-alive client: a request every `every` on one connection,
 /// reconnecting when the server closes it, until `until`.
 pub async fn keepalive(addr: SocketAddr, every: Duration, until: Instant) -> LoadStats {
+    keepalive_client(addr, None, every, until, false).await
+}
+
+/// [`keepalive`] from `from`; with `retry`, a request written to a reused
+/// connection that the server closed meanwhile (no byte of an answer came)
+/// is sent once more on a new connection, as HTTP clients do for
+/// idempotent requests (counted in `retried`, not as a failure). A
+/// connection that closes during a drain is NGINX's graceful shutdown
+/// closing an idle keep-alive; only a retry that fails too is a failure.
+pub async fn keepalive_client(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    every: Duration,
+    until: impl Into<Until>,
+    retry: bool,
+) -> LoadStats {
+    let until = until.into();
     let mut stats = LoadStats::default();
     let mut conn: Option<tokio::net::TcpStream> = None;
-    let max = (until
-        .saturating_duration_since(Instant::now())
-        .as_secs_f64()
-        / every.as_secs_f64()) as u64
-        + 1;
-    while Instant::now() < until && stats.sent < max {
-        if conn.is_none() {
-            match client::connect(None, addr).await {
-                Ok(s) => conn = Some(s),
-                Err(e) => {
-                    stats.sent += 1;
-                    stats.count(Err(e));
-                    tokio::time::sleep(every).await;
-                    continue;
-                }
-            }
-        }
-        let stream = conn.as_mut().expect("connected");
+    let max = (until.remaining().as_secs_f64() / every.as_secs_f64()) as u64 + 1;
+    while !until.reached() && stats.sent < max {
         stats.sent += 1;
         stats.last_sent = Some(Instant::now());
-        match tokio::time::timeout(REQUEST_LIMIT, one_request(stream, addr)).await {
-            Ok(Ok((status, close))) => {
-                stats.count(Ok(status));
-                if close {
+        let mut attempts = if retry { 2 } else { 1 };
+        loop {
+            attempts -= 1;
+            let reused = conn.is_some();
+            if conn.is_none() {
+                match client::connect(from, addr).await {
+                    Ok(s) => conn = Some(s),
+                    Err(e) => {
+                        stats.count(Err(e));
+                        break;
+                    }
+                }
+            }
+            let stream = conn.as_mut().expect("connected");
+            match tokio::time::timeout(REQUEST_LIMIT, one_request(stream, addr)).await {
+                Ok(Ok((status, close))) => {
+                    stats.count(Ok(status));
+                    if close {
+                        conn = None;
+                    }
+                }
+                Ok(Err(Failure::Reset)) if reused && attempts > 0 => {
+                    stats.retried += 1;
+                    conn = None;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    stats.count(Err(e));
+                    conn = None;
+                }
+                Err(_) => {
+                    stats.count(Err(Failure::Other("keep-alive request timed out".into())));
                     conn = None;
                 }
             }
-            Ok(Err(e)) => {
-                stats.count(Err(e));
-                conn = None;
-            }
-            Err(_) => {
-                stats.count(Err(Failure::Other("keep-alive request timed out".into())));
-                conn = None;
-            }
+            break;
         }
         tokio::time::sleep(every).await;
     }
     stats
+}
+
+/// Downloads started one every `every` until `until`: `GET path` with
+/// `Range: bytes=0-(bytes-1)`, each read to its end; the bytes each
+/// received, or why it failed.
+pub async fn downloads(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    path: &str,
+    bytes: usize,
+    every: Duration,
+    until: impl Into<Until>,
+) -> Vec<Result<usize, String>> {
+    let until = until.into();
+    let max = (until.remaining().as_secs_f64() / every.as_secs_f64()) as usize + 1;
+    let mut tasks = Vec::new();
+    while !until.reached() && tasks.len() < max {
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let range = format!("Range: bytes=0-{}\r\n", bytes - 1);
+            let fetched = tokio::time::timeout(REQUEST_LIMIT * 3, async {
+                client::start_from(from, addr, "GET", &path, &range)
+                    .await?
+                    .finish()
+                    .await
+            })
+            .await;
+            match fetched {
+                Ok(Ok(f)) => Ok(f.body.len()),
+                Ok(Err(e)) => Err(format!("{e:?}")),
+                Err(_) => Err("timed out".into()),
+            }
+        }));
+        tokio::time::sleep(every).await;
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    out
 }
 
 /// One request on an open connection; returns the status and whether the

@@ -1,0 +1,558 @@
+//! The chart on a real cluster: `../shared/cluster-rig` (etcd, API server,
+//! controller manager, scheduler, a kubelet on containerd, kube-proxy in
+//! iptables mode) on the Kubernetes 1.37 binaries `scripts/kube` builds from
+//! upstream Go modules. `helm install` of the chart (3 replicas, the PDB, a
+//! ClusterIP Service) into a namespace that enforces the `restricted` Pod
+//! Security profile; clients in the rig's network at 100 new connections/s
+//! through the ClusterIP, keep-alive clients and downloads in flight, all
+//! masqueraded by kube-proxy to the bridge's address, the same address the
+//! kubelet's probes and hooks come from; then a rollout, evictions through
+//! the Eviction API (the PDB respected) and a scale-down, each asserted from
+//! the clients and from every old pod's final status: its report and the
+//! containers' exit codes, read from an API watch.
+//!
+//! Needs root, helm (NGINX_DRAIN_HELM), the project's static binary
+//! (`dist/nginx-drain`), the Kubernetes binaries (`scripts/kube`;
+//! NGINX_DRAIN_KUBE_BIN) and the rig (NGINX_DRAIN_CLUSTER_RIG, default
+//! `../shared/cluster-rig`). Without them it says loudly that it skipped;
+//! under CI it fails instead.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use testbed::cluster::{self, BRIDGE_IP, Cluster, Event, ExtraImage};
+use testbed::load::{self, LoadStats, Until};
+use testbed::netns;
+
+const NS: &str = "edge";
+const RELEASE: &str = "web";
+const DEPLOYMENT: &str = "web-nginx-drain";
+/// Each download: 192 KiB of `/slow/` at 64 KiB/s, 3 s.
+const DOWNLOAD_BYTES: usize = 192 << 10;
+/// Catches hangs only.
+const HANG: Duration = Duration::from_secs(240);
+
+const NONROOT_CONTAINERFILE: &str = "FROM localhost/rig-nginx:1.22.1\n\
+COPY nginx.conf /etc/nginx/nginx.conf\n\
+USER 101:101\n";
+
+fn skip_or_fail(why: &str) -> Option<Cluster> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the real-cluster cases must run under CI: {why}"
+    );
+    eprintln!("SKIPPED: the real-cluster cases did NOT run: {why}");
+    None
+}
+
+fn cluster() -> Option<Cluster> {
+    let dir = std::env::var_os("NGINX_DRAIN_CLUSTER_RIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("..").join("shared").join("cluster-rig"));
+    if !dir.join("rig.sh").is_file() {
+        return skip_or_fail(&format!(
+            "no rig at {} (set NGINX_DRAIN_CLUSTER_RIG)",
+            dir.display()
+        ));
+    }
+    if !nix::unistd::getuid().is_root() {
+        return skip_or_fail("it needs root (namespaces, containerd, iptables)");
+    }
+    let project = std::env::current_dir().unwrap();
+    let binary = project.join("dist/nginx-drain");
+    if !binary.is_file() {
+        return skip_or_fail("no dist/nginx-drain: run scripts/image first (scripts/test does)");
+    }
+    let kube_bin = match testbed::kube::bin_dir(&project) {
+        Ok(dir) => dir,
+        Err(why) => return skip_or_fail(&why),
+    };
+    if std::env::var_os("NGINX_DRAIN_HELM").is_none() {
+        return skip_or_fail("no helm: NGINX_DRAIN_HELM (scripts/test sets it)");
+    }
+    // Not under the project: containerd's overlay snapshots need a plain
+    // file system.
+    let home = std::env::temp_dir().join("nginx-drain-cluster-rig");
+    std::fs::create_dir_all(&home).unwrap();
+    let conf = include_bytes!("../testbed/files/nginx-nonroot.conf");
+    Some(Cluster::up(
+        &dir,
+        &home,
+        &project,
+        &binary,
+        &kube_bin,
+        &[ExtraImage {
+            tag: "localhost/rig-nginx:1.22.1-nonroot",
+            containerfile: NONROOT_CONTAINERFILE,
+            files: &[("nginx.conf", conf)],
+        }],
+    ))
+}
+
+/// The chart's values for the rig: its images, NGINX as UID 101 on 8080
+/// (the `restricted` profile admits no root and no added capability but
+/// NET_BIND_SERVICE), the sidecar as the same UID.
+fn chart_values() -> Vec<String> {
+    let version = env!("CARGO_PKG_VERSION");
+    [
+        "replicaCount=3",
+        "podDisruptionBudget.enabled=true",
+        "nginx.image.repository=localhost/rig-nginx",
+        "nginx.image.tag=1.22.1-nonroot",
+        "nginx.image.pullPolicy=Never",
+        "nginx.containerPort=8080",
+        "nginx.securityContext.runAsNonRoot=true",
+        "nginx.securityContext.runAsUser=101",
+        "nginx.securityContext.runAsGroup=101",
+        "nginx.securityContext.capabilities.add=null",
+        "drain.image.repository=localhost/nginx-drain",
+        &format!("drain.image.tag={version}"),
+        "drain.image.pullPolicy=Never",
+        "drain.runAsUser=101",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn install(c: &Cluster) -> IpAddr {
+    let helm = std::env::var("NGINX_DRAIN_HELM").unwrap();
+    c.kubectl_ok(&["create", "namespace", NS]);
+    c.kubectl_ok(&[
+        "label",
+        "namespace",
+        NS,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    ]);
+    let mut args = vec![
+        helm.clone(),
+        "install".into(),
+        RELEASE.into(),
+        "charts/nginx-drain".into(),
+        "--namespace".into(),
+        NS.into(),
+    ];
+    for v in chart_values() {
+        args.push("--set".into());
+        args.push(v);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    println!("{}", c.sh(&args));
+    rollout_status(c);
+    let svc = c.kubectl_json(&["-n", NS, "get", "service", DEPLOYMENT]);
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("the Service's ClusterIP")
+}
+
+fn rollout_status(c: &Cluster) {
+    let out = c.kubectl(&[
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        &format!("deployment/{DEPLOYMENT}"),
+        "--timeout=180s",
+    ]);
+    assert!(
+        out.status.success(),
+        "the rollout did not finish: {}{}\nevents:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&c.kubectl(&["-n", NS, "get", "events"]).stdout)
+    );
+}
+
+fn pod_names(c: &Cluster) -> BTreeSet<String> {
+    c.kubectl_json(&[
+        "-n",
+        NS,
+        "get",
+        "pods",
+        "-l",
+        &format!("app.kubernetes.io/instance={RELEASE}"),
+    ])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What the clients saw during one phase.
+#[derive(Debug, Default)]
+struct Clients {
+    load: LoadStats,
+    keepalive: LoadStats,
+    downloads: Vec<Result<usize, String>>,
+}
+
+/// Clients in the rig's network through the ClusterIP until `stop`: 100
+/// new connections/s, 4 keep-alive clients, a download started every
+/// second.
+fn clients(c: &Cluster, svc: IpAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Clients> {
+    let ns = c.netns();
+    std::thread::spawn(move || {
+        netns::run_in(&ns, move || async move {
+            let target = SocketAddr::new(svc, 80);
+            let until = Until::Flag(stop, tokio::time::Instant::now() + HANG);
+            let load = tokio::spawn(load::open_loop(
+                target,
+                100.0,
+                None,
+                until.clone(),
+                100 * HANG.as_secs(),
+            ));
+            let keepalive: Vec<_> = (0..4)
+                .map(|_| {
+                    tokio::spawn(load::keepalive_client(
+                        target,
+                        None,
+                        Duration::from_millis(250),
+                        until.clone(),
+                        true,
+                    ))
+                })
+                .collect();
+            let downloads = tokio::spawn(load::downloads(
+                target,
+                None,
+                "/slow/big.bin",
+                DOWNLOAD_BYTES,
+                Duration::from_secs(1),
+                until,
+            ));
+            let mut out = Clients {
+                load: load.await.unwrap(),
+                ..Default::default()
+            };
+            for k in keepalive {
+                out.keepalive.merge(&k.await.unwrap());
+            }
+            out.downloads = downloads.await.unwrap();
+            out
+        })
+    })
+}
+
+/// How one old pod ended, from the API watch, the report and the DNAT poll.
+#[derive(Debug)]
+struct PodEnd {
+    name: String,
+    ip: Option<IpAddr>,
+    report: Value,
+    nginx_exit: Option<i64>,
+    sidecar_exit: Option<i64>,
+    deleted_at: Option<SystemTime>,
+    not_ready_at: Option<SystemTime>,
+    dnat_gone_at: Option<SystemTime>,
+}
+
+fn secs(t: Option<SystemTime>, from: SystemTime) -> String {
+    t.and_then(|t| t.duration_since(from).ok())
+        .map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64()))
+}
+
+fn stamp_secs(stamp: &Value, from: SystemTime) -> String {
+    secs(
+        stamp
+            .as_str()
+            .and_then(|s| humantime::parse_rfc3339(s).ok()),
+        from,
+    )
+}
+
+/// Whether an EndpointSlice event shows `ip` as not ready.
+fn not_ready(e: &Event, ip: IpAddr) -> bool {
+    e.object["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|ep| {
+            ep["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a.as_str() == Some(&ip.to_string()))
+                && ep["conditions"]["ready"] == false
+        })
+}
+
+/// Runs `action` with the clients going from 3 s before to 3 s after it,
+/// waits until `gone` pods have left the API, and returns what the clients
+/// saw and how each pod that left ended.
+fn phase(
+    c: &Cluster,
+    svc: IpAddr,
+    name: &str,
+    gone: usize,
+    action: impl FnOnce() -> String,
+) -> (Clients, Vec<PodEnd>) {
+    let t0 = SystemTime::now();
+    let started = Instant::now();
+    let pods = c.watch(&["pods", "-n", NS]);
+    let slices = c.watch(&["endpointslices", "-n", NS]);
+    let dnat = c.dnat_poller(Duration::from_millis(50));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = clients(c, svc, stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    let said = action();
+    // Until the old pods have left the API (their containers exited).
+    let deadline = Instant::now() + HANG;
+    let deleted = loop {
+        let deleted: Vec<String> = pods
+            .events()
+            .iter()
+            .filter(|e| e.kind == "DELETED")
+            .filter_map(|e| e.object["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        if deleted.len() >= gone {
+            break deleted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {} of {gone} pods left the API: {deleted:?}",
+            deleted.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let seen = traffic.join().expect("the clients' thread");
+    let pod_events = pods.stop();
+    let slice_events = slices.stop();
+    let last = cluster::last_seen(&pod_events);
+    let ends: Vec<PodEnd> = deleted
+        .iter()
+        .map(|p| {
+            let (_, obj) = &last[p];
+            let ip: Option<IpAddr> = obj["status"]["podIP"].as_str().and_then(|s| s.parse().ok());
+            let message = cluster::container_status(obj, "nginx-drain")
+                .and_then(|s| s["state"]["terminated"]["message"].as_str())
+                .unwrap_or_default();
+            let exit = |c: &str| {
+                cluster::container_status(obj, c)
+                    .and_then(|s| s["state"]["terminated"]["exitCode"].as_i64())
+            };
+            PodEnd {
+                name: p.clone(),
+                ip,
+                report: serde_json::from_str(message).unwrap_or(Value::Null),
+                nginx_exit: exit("nginx"),
+                sidecar_exit: exit("nginx-drain"),
+                deleted_at: cluster::first_when(&pod_events, p, |e| {
+                    !e.object["metadata"]["deletionTimestamp"].is_null()
+                }),
+                not_ready_at: ip
+                    .and_then(|ip| slice_events.iter().find(|e| not_ready(e, ip)).map(|e| e.at)),
+                dnat_gone_at: ip.and_then(|ip| dnat.gone_at(ip)),
+            }
+        })
+        .collect();
+    drop(dnat);
+    println!(
+        "{name}: {said}; {:.1} s; clients: {} new connections ({} failed: {:?}), {} keep-alive requests ({} failed, {} retried on a closed idle connection), {} downloads ({} complete)",
+        started.elapsed().as_secs_f64(),
+        seen.load.sent,
+        seen.load.failed(),
+        seen.load.examples,
+        seen.keepalive.sent,
+        seen.keepalive.failed(),
+        seen.keepalive.retried,
+        seen.downloads.len(),
+        seen.downloads
+            .iter()
+            .filter(|d| **d == Ok(DOWNLOAD_BYTES))
+            .count(),
+    );
+    for e in &ends {
+        let r = &e.report;
+        println!(
+            "  {} ({}): deleted {} s, endpoint not ready {} s, DNAT rule gone {} s, hook {} s, SIGQUIT {} s, NGINX exit {} s (s after the phase began); outcome {}, waited {} ms ({} arrivals, {}; quiet period {} ms: {}), nginx exit code {:?}, sidecar {:?}",
+            e.name,
+            e.ip.map_or("?".into(), |i| i.to_string()),
+            secs(e.deleted_at, t0),
+            secs(e.not_ready_at, t0),
+            secs(e.dnat_gone_at, t0),
+            stamp_secs(&r["hook_received_at"], t0),
+            stamp_secs(&r["sigquit_at"], t0),
+            stamp_secs(&r["exited_at"], t0),
+            r["outcome"],
+            r["traffic"]["wait_before_sigquit_ms"],
+            r["traffic"]["arrivals_during_wait"],
+            r["traffic"]["sigquit_reason"],
+            r["traffic"]["quiet_period_ms"],
+            r["traffic"]["quiet_period_reason"],
+            e.nginx_exit,
+            e.sidecar_exit,
+        );
+    }
+    (seen, ends)
+}
+
+/// What every phase must give the user.
+fn assert_clean(name: &str, seen: &Clients, ends: &[PodEnd]) {
+    let reports: Vec<String> = ends.iter().map(|e| e.report.to_string()).collect();
+    assert_eq!(
+        seen.load.failed(),
+        0,
+        "{name}: new connections failed: {} of {} ({:?}); reports: {reports:#?}",
+        seen.load.failed(),
+        seen.load.sent,
+        seen.load.examples
+    );
+    assert!(seen.load.ok > 300, "{name}: {} ok", seen.load.ok);
+    assert_eq!(
+        seen.keepalive.failed(),
+        0,
+        "{name}: keep-alive requests failed: {:?}",
+        seen.keepalive.examples
+    );
+    assert!(!seen.downloads.is_empty());
+    for d in &seen.downloads {
+        assert_eq!(
+            *d,
+            Ok(DOWNLOAD_BYTES),
+            "{name}: every download byte; reports: {reports:#?}"
+        );
+    }
+    for e in ends {
+        let outcome = e.report["outcome"].as_str().unwrap_or("no report");
+        assert!(
+            outcome == "drained" || outcome == "streams_closed",
+            "{name}: {} ended {outcome}: {:#}",
+            e.name,
+            e.report
+        );
+        assert_eq!(
+            e.nginx_exit,
+            Some(0),
+            "{name}: {}: NGINX exit (no SIGKILL)",
+            e.name
+        );
+        assert_eq!(
+            e.sidecar_exit,
+            Some(0),
+            "{name}: {}: the sidecar's exit",
+            e.name
+        );
+        // Masqueraded by kube-proxy, the clients share the kubelet's
+        // address: learned, and the clients still counted.
+        assert_eq!(
+            e.report["traffic"]["kubelet_peers"],
+            json!([BRIDGE_IP.to_string()]),
+            "{name}: {}: {:#}",
+            e.name,
+            e.report["traffic"]
+        );
+    }
+}
+
+/// POSTs an Eviction for `pod`; Ok on 201, Err(what the API said) else.
+fn evict(c: &Cluster, pod: &str) -> Result<(), String> {
+    let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                      "metadata": {"name": pod, "namespace": NS}});
+    let out = c.kubectl_stdin(
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/pods/{pod}/eviction"),
+            "-f",
+            "-",
+        ],
+        body.to_string().as_bytes(),
+    );
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
+    let Some(c) = cluster() else { return };
+    let started = Instant::now();
+    let svc = install(&c);
+    println!(
+        "installed in a restricted namespace: 3 pods Ready, ClusterIP {svc} ({:.1} s after start)",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 1. A rolling update.
+    let (seen, ends) = phase(&c, svc, "rollout restart", 3, || {
+        c.kubectl_ok(&[
+            "-n",
+            NS,
+            "rollout",
+            "restart",
+            &format!("deployment/{DEPLOYMENT}"),
+        ]);
+        rollout_status(&c);
+        "kubectl rollout restart, rollout finished".into()
+    });
+    assert_clean("rollout", &seen, &ends);
+    assert_eq!(ends.len(), 3);
+
+    // 2. Evictions through the Eviction API, as `kubectl drain` and cluster
+    //    autoscalers make them: every pod, the PDB (minAvailable 1)
+    //    refusing what would leave too few.
+    let (seen, ends) = phase(&c, svc, "evictions", 3, || {
+        let mut refused = 0;
+        let mut refusal = String::new();
+        for pod in pod_names(&c) {
+            let deadline = Instant::now() + HANG;
+            loop {
+                match evict(&c, &pod) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        assert!(
+                            e.contains("disruption budget") || e.contains("TooManyRequests"),
+                            "evicting {pod}: {e}"
+                        );
+                        assert!(Instant::now() < deadline, "evicting {pod}: {e}");
+                        refused += 1;
+                        refusal = e;
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+        }
+        rollout_status(&c);
+        format!(
+            "3 pods evicted, {refused} evictions refused by the PDB{}",
+            if refused > 0 {
+                format!(" (\"{}\")", refusal.lines().last().unwrap_or_default())
+            } else {
+                String::new()
+            }
+        )
+    });
+    assert_clean("evictions", &seen, &ends);
+
+    // 3. A scale-down.
+    let (seen, ends) = phase(&c, svc, "scale 3 -> 1", 2, || {
+        c.kubectl_ok(&[
+            "-n",
+            NS,
+            "scale",
+            &format!("deployment/{DEPLOYMENT}"),
+            "--replicas=1",
+        ]);
+        "kubectl scale --replicas=1".into()
+    });
+    assert_clean("scale-down", &seen, &ends);
+
+    println!(
+        "real-cluster cases: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
