@@ -206,7 +206,7 @@ impl Cluster {
         let thread = std::thread::spawn(move || {
             let mut before: BTreeSet<IpAddr> = BTreeSet::new();
             // Bounded: at most an hour of polls.
-            for _ in 0..(3600_000 / every.as_millis().max(1)) {
+            for _ in 0..(3_600_000 / every.as_millis().max(1)) {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
