@@ -7,61 +7,15 @@
 //! helm these tests are skipped, loudly, and under CI that is a failure.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 mod support;
 use support::pod_rules;
-
-const CHART: &str = "charts/nginx-drain";
-
-fn helm() -> Option<String> {
-    match std::env::var("NGINX_DRAIN_HELM") {
-        Ok(h) if !h.is_empty() => Some(h),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "NGINX_DRAIN_HELM is not set under CI: scripts/test installs helm and sets it"
-            );
-            eprintln!("SKIPPED: chart tests need helm; run scripts/test (it installs helm)");
-            None
-        }
-    }
-}
-
-fn render(helm: &str, sets: &[&str]) -> Output {
-    let mut cmd = Command::new(helm);
-    cmd.args(["template", "web", CHART, "--namespace", "edge"]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    cmd.output().expect("run helm")
-}
-
-fn rendered(helm: &str, sets: &[&str]) -> String {
-    let out = render(helm, sets);
-    assert!(
-        out.status.success(),
-        "helm template {sets:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The rendered objects as JSON, via PyYAML.
-fn objects(yaml: &str) -> Vec<Value> {
-    let mut py = Command::new("python3")
-        .args(["-c", "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with PyYAML");
-    py.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    let out = py.wait_with_output().unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use support::renders::{
+    CHART, CHART_MATRIX, helm, objects, overlay_renders, render, rendered, upstream_charts,
+};
 
 fn validate(yaml: &str, version: Option<&str>) {
     validate_workload(yaml, version, "deployment");
@@ -120,28 +74,7 @@ fn lint_strict() {
 #[test]
 fn every_value_set_renders_valid_objects_wired_for_the_drain() {
     let Some(helm) = helm() else { return };
-    let matrix: [(&str, &[&str]); 6] = [
-        ("defaults", &[]),
-        ("regular sidecar", &["sidecar.native=false"]),
-        ("no token", &["token.enabled=false"]),
-        (
-            "network policy",
-            &[
-                "networkPolicy.enabled=true",
-                "networkPolicy.hookFromCIDRs={10.0.0.0/16}",
-            ],
-        ),
-        ("service monitor", &["serviceMonitor.enabled=true"]),
-        (
-            "pdb, longer grace",
-            &[
-                "podDisruptionBudget.enabled=true",
-                "terminationGracePeriodSeconds=60",
-                "drain.maxDelay=40s",
-            ],
-        ),
-    ];
-    for (name, sets) in matrix {
+    for (name, sets) in CHART_MATRIX {
         let yaml = rendered(&helm, sets);
         validate(&yaml, Some("1.29.0"));
         validate(&yaml, None);
@@ -322,65 +255,6 @@ fn checkov_finds_nothing_unexplained() {
     );
 }
 
-/// Where the unmodified upstream charts are: NGINX_DRAIN_UPSTREAM_CHARTS,
-/// else `../shared/upstream-charts` beside this checkout.
-fn upstream_charts() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("NGINX_DRAIN_UPSTREAM_CHARTS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new("..")
-                .join("shared")
-                .join("upstream-charts")
-        });
-    if dir.join("ingress-nginx").is_dir() && dir.join("nginx-ingress").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the upstream charts are not at {}: under CI the overlays must be rendered against them; set NGINX_DRAIN_UPSTREAM_CHARTS",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: the overlays were NOT rendered against the upstream charts: none at {}; set NGINX_DRAIN_UPSTREAM_CHARTS to the folder holding ingress-nginx/ and nginx-ingress/",
-        dir.display()
-    );
-    None
-}
-
-/// A copy of NGINX Inc's chart whose schema loads its Kubernetes
-/// definitions from the local file instead of a URL (offline), so that
-/// `helm template` still checks the values against the schema.
-fn nginx_inc_chart(upstream: &std::path::Path, into: &std::path::Path) -> std::path::PathBuf {
-    let chart = into.join("nginx-ingress");
-    let ok = Command::new("cp")
-        .arg("-r")
-        .arg(upstream.join("nginx-ingress"))
-        .arg(&chart)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let defs = std::fs::canonicalize(upstream.join("nginx-ingress-schema-definitions-1.36.0.json"))
-        .expect("the local schema definitions beside the charts");
-    let schema = chart.join("values.schema.json");
-    let _ = Command::new("chmod")
-        .arg("-R")
-        .arg("u+w")
-        .arg(&chart)
-        .status();
-    let text = std::fs::read_to_string(&schema).unwrap();
-    let url = "https://raw.githubusercontent.com/nginxinc/kubernetes-json-schema/master/v1.36.1/_definitions.json";
-    assert!(
-        text.contains(url),
-        "the schema's $refs moved: update this test"
-    );
-    std::fs::write(
-        &schema,
-        text.replace(url, &format!("file://{}", defs.display())),
-    )
-    .unwrap();
-    chart
-}
-
 /// The ConfigMap the controller reads its NGINX configuration from (named
 /// in its `--configmap` or `-nginx-configmaps` argument).
 fn controller_config<'a>(objs: &'a [Value], workload: &Value) -> Option<&'a Value> {
@@ -411,80 +285,40 @@ fn overlays_render_on_the_upstream_charts_and_pass_the_api_servers_rules() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let inc = nginx_inc_chart(&upstream, tmp.path());
-    let ingress_nginx = upstream.join("ingress-nginx");
-    let charts: [(&str, &std::path::Path, &str, &[&str]); 2] = [
-        (
-            "ingress-nginx 4.15.1",
-            &ingress_nginx,
-            "ingress-nginx-values.yaml",
-            &["Deployment", "DaemonSet"],
-        ),
-        (
-            "nginx-ingress 2.7.0",
-            &inc,
-            "nginx-inc-values.yaml",
-            &["deployment", "daemonset", "statefulset"],
-        ),
-    ];
     let mut rendered_cases = 0;
-    for (chart_name, chart, overlay, kinds) in charts {
-        let overlay = format!("{CHART}/examples/{overlay}");
-        for kind_value in kinds {
-            for token in [Some("Bearer s3cr3t-token"), None] {
-                let mut cmd = Command::new(&helm);
-                cmd.args(["template", "edge"])
-                    .arg(chart)
-                    .args(["--namespace", "edge", "-f", &overlay])
-                    .args(["--set", &format!("controller.kind={kind_value}")]);
-                if let Some(t) = token {
-                    cmd.args([
-                        "--set-string",
-                        &format!("controller.lifecycle.preStop.httpGet.httpHeaders[0].value={t}"),
-                    ]);
-                }
-                let out = cmd.output().expect("run helm");
-                let case = format!("{chart_name} kind={kind_value} token={}", token.is_some());
-                assert!(
-                    out.status.success(),
-                    "{case}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let yaml = String::from_utf8(out.stdout).unwrap();
-                let workload_kind = kind_value.to_lowercase();
-                validate_workload(&yaml, Some("1.29.0"), &workload_kind);
-                validate_workload(&yaml, None, &workload_kind);
-                let objs = objects(&yaml);
-                let workloads: Vec<&Value> = objs
-                    .iter()
-                    .filter(|o| pod_rules::pod_spec(o).is_some() && o["kind"] != "Job")
-                    .collect();
-                // (ingress-nginx also renders its admission webhook's Jobs.)
-                assert_eq!(workloads.len(), 1, "{case}: one controller workload");
-                let workload = workloads[0];
-                assert_eq!(
-                    workload["kind"].as_str().unwrap().to_lowercase(),
-                    workload_kind,
-                    "{case}"
-                );
-                let config = controller_config(&objs, workload);
-                assert!(config.is_some(), "{case}: the controller's ConfigMap");
-                let broken = pod_rules::check(workload, config);
-                if token.is_some() {
-                    assert!(broken.is_empty(), "{case}: {broken:#?}");
-                } else {
-                    // The placeholder header is what a user who skipped the
-                    // --set-string gets: the checker names it, and nothing else.
-                    assert_eq!(broken.len(), 1, "{case}: {broken:#?}");
-                    assert!(
-                        broken[0].contains("Authorization header"),
-                        "{case}: {broken:#?}"
-                    );
-                }
-                println!("{case}: rendered, validated (1.29 and newest), rules pass");
-                rendered_cases += 1;
-            }
+    for r in overlay_renders(&helm, &upstream, tmp.path()) {
+        let (case, yaml, workload_kind) = (&r.case, &r.yaml, &r.workload_kind);
+        validate_workload(yaml, Some("1.29.0"), workload_kind);
+        validate_workload(yaml, None, workload_kind);
+        let objs = objects(yaml);
+        let workloads: Vec<&Value> = objs
+            .iter()
+            .filter(|o| pod_rules::pod_spec(o).is_some() && o["kind"] != "Job")
+            .collect();
+        // (ingress-nginx also renders its admission webhook's Jobs.)
+        assert_eq!(workloads.len(), 1, "{case}: one controller workload");
+        let workload = workloads[0];
+        assert_eq!(
+            &workload["kind"].as_str().unwrap().to_lowercase(),
+            workload_kind,
+            "{case}"
+        );
+        let config = controller_config(&objs, workload);
+        assert!(config.is_some(), "{case}: the controller's ConfigMap");
+        let broken = pod_rules::check(workload, config);
+        if r.token {
+            assert!(broken.is_empty(), "{case}: {broken:#?}");
+        } else {
+            // The placeholder header is what a user who skipped the
+            // --set-string gets: the checker names it, and nothing else.
+            assert_eq!(broken.len(), 1, "{case}: {broken:#?}");
+            assert!(
+                broken[0].contains("Authorization header"),
+                "{case}: {broken:#?}"
+            );
         }
+        println!("{case}: rendered, validated (1.29 and newest), rules pass");
+        rendered_cases += 1;
     }
     assert_eq!(rendered_cases, 10);
 }

@@ -29,6 +29,9 @@ use testbed::cluster::{self, BRIDGE_IP, Cluster, Event, ExtraImage};
 use testbed::load::{self, LoadStats, Until};
 use testbed::netns;
 
+mod support;
+use support::renders::{self, CHART_MATRIX, objects, overlay_renders, rendered};
+
 const NS: &str = "edge";
 const RELEASE: &str = "web";
 const DEPLOYMENT: &str = "web-nginx-drain";
@@ -94,9 +97,9 @@ fn cluster() -> Option<Cluster> {
     ))
 }
 
-/// The chart's values for the rig: its images, NGINX as UID 101 on 8080
-/// (the `restricted` profile admits no root and no added capability but
-/// NET_BIND_SERVICE), the sidecar as the same UID.
+/// The chart's values for the rig: its images (NGINX as UID 101 on 8080,
+/// like the chart's default nginx-unprivileged), 3 replicas and the PDB;
+/// the chart's defaults pass `restricted` as they are.
 fn chart_values() -> Vec<String> {
     let version = env!("CARGO_PKG_VERSION");
     [
@@ -105,15 +108,9 @@ fn chart_values() -> Vec<String> {
         "nginx.image.repository=localhost/rig-nginx",
         "nginx.image.tag=1.22.1-nonroot",
         "nginx.image.pullPolicy=Never",
-        "nginx.containerPort=8080",
-        "nginx.securityContext.runAsNonRoot=true",
-        "nginx.securityContext.runAsUser=101",
-        "nginx.securityContext.runAsGroup=101",
-        "nginx.securityContext.capabilities.add=null",
         "drain.image.repository=localhost/nginx-drain",
         &format!("drain.image.tag={version}"),
         "drain.image.pullPolicy=Never",
-        "drain.runAsUser=101",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -145,11 +142,43 @@ fn install(c: &Cluster) -> IpAddr {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     println!("{}", c.sh(&args));
     rollout_status(c);
+    wait_for_routes(c);
     let svc = c.kubectl_json(&["-n", NS, "get", "service", DEPLOYMENT]);
     svc["spec"]["clusterIP"]
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("the Service's ClusterIP")
+}
+
+/// Waits until kube-proxy routes the Service to every running pod: until
+/// then a new Service has no rule but kube-proxy's REJECT for Services
+/// without endpoints, and clients are refused by the node, not by a pod.
+fn wait_for_routes(c: &Cluster) {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let pods: BTreeSet<IpAddr> = c.kubectl_json(&[
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/instance={RELEASE}"),
+        ])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["status"]["podIP"].as_str()?.parse().ok())
+            .collect();
+        let routed = cluster::dnat_targets(&c.sh(&["iptables-save", "-t", "nat"]));
+        if !pods.is_empty() && pods.is_subset(&routed) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kube-proxy does not route to the pods {pods:?}: {routed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn rollout_status(c: &Cluster) {
@@ -359,7 +388,8 @@ fn phase(
         .collect();
     drop(dnat);
     println!(
-        "{name}: {said}; {:.1} s; clients: {} new connections ({} failed: {:?}), {} keep-alive requests ({} failed, {} retried on a closed idle connection), {} downloads ({} complete)",
+        "{name} (began {}): {said}; {:.1} s; clients: {} new connections ({} failed: {:?}), {} keep-alive requests ({} failed, {} retried on a closed idle connection), {} downloads ({} complete)",
+        humantime::format_rfc3339_millis(t0),
         started.elapsed().as_secs_f64(),
         seen.load.sent,
         seen.load.failed(),
@@ -373,6 +403,23 @@ fn phase(
             .filter(|d| **d == Ok(DOWNLOAD_BYTES))
             .count(),
     );
+    let failed_at: Vec<String> = seen
+        .load
+        .events
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(at, _)| {
+            format!(
+                "{:.2}",
+                at.into_std()
+                    .saturating_duration_since(started)
+                    .as_secs_f64()
+            )
+        })
+        .collect();
+    if !failed_at.is_empty() {
+        println!("  failed connections started at (s after the phase began): {failed_at:?}");
+    }
     for e in &ends {
         let r = &e.report;
         println!(
@@ -456,6 +503,128 @@ fn assert_clean(name: &str, seen: &Clients, ends: &[PodEnd]) {
     }
 }
 
+/// Kinds no API server serves without a CRD that is not installed here.
+const NOT_SERVED: [&str; 1] = ["ServiceMonitor"];
+
+/// Every render the chart tests check (the chart's value sets, each overlay
+/// on its upstream chart), created with `kubectl create --dry-run=server`,
+/// each in a namespace of its own that enforces and warns `restricted`:
+/// accepted, and no Pod Security warning for a workload's template. Each
+/// pod template is also created as a Pod (`--dry-run=server`), where the
+/// profile is enforced, not only warned.
+fn server_side_dry_run(c: &Cluster) {
+    let helm = renders::helm().expect("helm (checked at start)");
+    let mut all: Vec<(String, String)> = CHART_MATRIX
+        .iter()
+        .map(|(name, sets)| (format!("chart, {name}"), rendered(&helm, sets)))
+        .collect();
+    let scratch = tempfile::tempdir().unwrap();
+    if let Some(upstream) = renders::upstream_charts() {
+        all.extend(
+            overlay_renders(&helm, &upstream, scratch.path())
+                .into_iter()
+                .map(|r| (r.case, r.yaml)),
+        );
+    }
+    let mut pods = 0;
+    for (n, (case, yaml)) in all.iter().enumerate() {
+        let ns = format!("dry-run-{n}");
+        c.kubectl_ok(&["create", "namespace", &ns]);
+        c.kubectl_ok(&[
+            "label",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+            "pod-security.kubernetes.io/warn=restricted",
+            "pod-security.kubernetes.io/warn-version=latest",
+        ]);
+        let objs: Vec<Value> = objects(yaml)
+            .into_iter()
+            .filter(|o| !NOT_SERVED.contains(&o["kind"].as_str().unwrap_or_default()))
+            .map(|mut o| {
+                if o["metadata"]["namespace"] == renders::NAMESPACE {
+                    o["metadata"]["namespace"] = json!(ns);
+                }
+                o
+            })
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objs});
+        let out = c.kubectl_stdin(
+            &["create", "--dry-run=server", "-f", "-"],
+            list.to_string().as_bytes(),
+        );
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{case}: the API server refused: {said}"
+        );
+        assert!(
+            !said.contains("PodSecurity"),
+            "{case}: not restricted: {said}"
+        );
+        for (i, o) in objs.iter().enumerate() {
+            let template = &o["spec"]["template"];
+            let spec = if o["kind"] == "CronJob" {
+                &o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            } else {
+                &template["spec"]
+            };
+            if !spec.is_object() {
+                continue;
+            }
+            // Its ServiceAccount exists only in the (dry-run) list: the pod's
+            // admission would look it up. It has no bearing on Pod Security.
+            let mut spec = spec.clone();
+            if let Some(spec) = spec.as_object_mut() {
+                spec.remove("serviceAccountName");
+                spec.remove("serviceAccount");
+            }
+            // A StatefulSet's claims become volumes of its pods.
+            for claim in o["spec"]["volumeClaimTemplates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let volume = json!({"name": claim["metadata"]["name"], "emptyDir": {}});
+                match spec["volumes"].as_array_mut() {
+                    Some(v) => v.push(volume),
+                    None => spec["volumes"] = json!([volume]),
+                }
+            }
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("dry-run-{i}"), "namespace": ns,
+                             "labels": template["metadata"]["labels"]},
+                "spec": spec});
+            let out = c.kubectl_stdin(
+                &["create", "--dry-run=server", "-f", "-"],
+                pod.to_string().as_bytes(),
+            );
+            assert!(
+                out.status.success(),
+                "{case}: {} {}'s pod refused in a restricted namespace: {}",
+                o["kind"],
+                o["metadata"]["name"],
+                String::from_utf8_lossy(&out.stderr)
+            );
+            pods += 1;
+        }
+        println!(
+            "{case}: {} objects accepted by the API server (dry run), pods restricted",
+            objs.len()
+        );
+    }
+    println!(
+        "server-side dry run: {} renders, {pods} pod templates accepted in restricted namespaces ({} not served here: no CRD)",
+        all.len(),
+        NOT_SERVED.join(", ")
+    );
+}
+
 /// POSTs an Eviction for `pod`; Ok on 201, Err(what the API said) else.
 fn evict(c: &Cluster, pod: &str) -> Result<(), String> {
     let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
@@ -481,6 +650,8 @@ fn evict(c: &Cluster, pod: &str) -> Result<(), String> {
 fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     let Some(c) = cluster() else { return };
     let started = Instant::now();
+    // 0. Every render the tests make, accepted by the API server.
+    server_side_dry_run(&c);
     let svc = install(&c);
     println!(
         "installed in a restricted namespace: 3 pods Ready, ClusterIP {svc} ({:.1} s after start)",

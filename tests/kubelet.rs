@@ -80,9 +80,17 @@ fn pod_manifest(name: &str, sets: &[&str]) -> (Value, Option<String>) {
         "default",
     ]);
     for s in [
+        // The rig's NGINX is like the official image: root master, port 80
+        // (the chart README's values for it).
         "nginx.image.repository=localhost/rig-nginx",
         "nginx.image.tag=1.22.1",
         "nginx.image.pullPolicy=Never",
+        "nginx.containerPort=80",
+        "nginx.securityContext.runAsNonRoot=false",
+        "nginx.securityContext.runAsUser=0",
+        "nginx.securityContext.runAsGroup=0",
+        "nginx.securityContext.capabilities.add={CHOWN,SETUID,SETGID,NET_BIND_SERVICE}",
+        "drain.runAsUser=0",
         "drain.image.repository=localhost/nginx-drain",
         &format!("drain.image.tag={version}"),
         "drain.image.pullPolicy=Never",

@@ -518,6 +518,20 @@ impl Sampler {
         }
         self.count_ended(&ended);
         self.ended = ended;
+        // Recorded now, each at the moment the kernel reported it (a short
+        // connection ends within milliseconds of its arrival), not spread
+        // evenly over the next look's span: the quiet rule judges silences
+        // by the gaps between arrivals, and evening them out would hide
+        // their spread and make its quiet period too short.
+        if !self.short.is_empty() {
+            let short = std::mem::take(&mut self.short);
+            self.record(
+                Instant::now(),
+                Duration::ZERO,
+                u32::try_from(short.len()).unwrap_or(u32::MAX),
+                add_peers(Some(Box::default()), &short),
+            );
+        }
     }
 
     /// Accounts for the connections that ended (see [`Sampler::read_destroyed`]).

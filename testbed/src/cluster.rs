@@ -210,6 +210,10 @@ impl Cluster {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
+                // Stamped when the read begins: the table is read a few
+                // milliseconds later, so a change is placed no later than
+                // it happened by more than one poll.
+                let at = SystemTime::now();
                 let out = Command::new("nsenter")
                     .args([
                         "-t",
@@ -222,7 +226,6 @@ impl Cluster {
                         "nat",
                     ])
                     .output();
-                let at = SystemTime::now();
                 if let Ok(out) = out {
                     let now = dnat_targets(&String::from_utf8_lossy(&out.stdout));
                     let mut s = sink.lock().expect("changes");

@@ -10,6 +10,7 @@ use testbed::client::Fetched;
 use testbed::{Nginx, Sidecar};
 
 pub mod pod_rules;
+pub mod renders;
 
 /// The `nginx-drain` binary cargo built for these tests.
 pub fn bin() -> &'static Path {

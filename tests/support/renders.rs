@@ -1,0 +1,208 @@
+//! Every render the tests make of the chart and of the overlays on the
+//! upstream charts, in one place: the chart's checks (`tests/chart.rs`) and
+//! the real API server's dry run (`tests/cluster.rs`) see the same objects.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub const CHART: &str = "charts/nginx-drain";
+/// The namespace every render is made for.
+pub const NAMESPACE: &str = "edge";
+
+/// `helm` (NGINX_DRAIN_HELM); None, loudly, outside CI; a failure under CI.
+pub fn helm() -> Option<String> {
+    match std::env::var("NGINX_DRAIN_HELM") {
+        Ok(h) if !h.is_empty() => Some(h),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "NGINX_DRAIN_HELM is not set under CI: scripts/test installs helm and sets it"
+            );
+            eprintln!("SKIPPED: chart tests need helm; run scripts/test (it installs helm)");
+            None
+        }
+    }
+}
+
+/// The chart's value sets that the tests render, each by name.
+pub const CHART_MATRIX: [(&str, &[&str]); 6] = [
+    ("defaults", &[]),
+    ("regular sidecar", &["sidecar.native=false"]),
+    ("no token", &["token.enabled=false"]),
+    (
+        "network policy",
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.hookFromCIDRs={10.0.0.0/16}",
+        ],
+    ),
+    ("service monitor", &["serviceMonitor.enabled=true"]),
+    (
+        "pdb, longer grace",
+        &[
+            "podDisruptionBudget.enabled=true",
+            "terminationGracePeriodSeconds=60",
+            "drain.maxDelay=40s",
+        ],
+    ),
+];
+
+/// `helm template web CHART --namespace edge --set ...`.
+pub fn render(helm: &str, sets: &[&str]) -> Output {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "web", CHART, "--namespace", NAMESPACE]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().expect("run helm")
+}
+
+/// [`render`], which must succeed; the YAML.
+pub fn rendered(helm: &str, sets: &[&str]) -> String {
+    let out = render(helm, sets);
+    assert!(
+        out.status.success(),
+        "helm template {sets:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The rendered objects as JSON, via PyYAML.
+pub fn objects(yaml: &str) -> Vec<Value> {
+    let mut py = Command::new("python3")
+        .args(["-c", "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML");
+    py.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Where the unmodified upstream charts are: NGINX_DRAIN_UPSTREAM_CHARTS,
+/// else `../shared/upstream-charts` beside this checkout. None, loudly,
+/// outside CI; a failure under CI.
+pub fn upstream_charts() -> Option<PathBuf> {
+    let dir = std::env::var_os("NGINX_DRAIN_UPSTREAM_CHARTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("..").join("shared").join("upstream-charts"));
+    if dir.join("ingress-nginx").is_dir() && dir.join("nginx-ingress").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the upstream charts are not at {}: under CI the overlays must be rendered against them; set NGINX_DRAIN_UPSTREAM_CHARTS",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: the overlays were NOT rendered against the upstream charts: none at {}; set NGINX_DRAIN_UPSTREAM_CHARTS to the folder holding ingress-nginx/ and nginx-ingress/",
+        dir.display()
+    );
+    None
+}
+
+/// A copy of NGINX Inc's chart whose schema loads its Kubernetes
+/// definitions from the local file instead of a URL (offline), so that
+/// `helm template` still checks the values against the schema.
+pub fn nginx_inc_chart(upstream: &Path, into: &Path) -> PathBuf {
+    let chart = into.join("nginx-ingress");
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(upstream.join("nginx-ingress"))
+        .arg(&chart)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let defs = std::fs::canonicalize(upstream.join("nginx-ingress-schema-definitions-1.36.0.json"))
+        .expect("the local schema definitions beside the charts");
+    let schema = chart.join("values.schema.json");
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("u+w")
+        .arg(&chart)
+        .status();
+    let text = std::fs::read_to_string(&schema).unwrap();
+    let url = "https://raw.githubusercontent.com/nginxinc/kubernetes-json-schema/master/v1.36.1/_definitions.json";
+    assert!(
+        text.contains(url),
+        "the schema's $refs moved: update this test"
+    );
+    std::fs::write(
+        &schema,
+        text.replace(url, &format!("file://{}", defs.display())),
+    )
+    .unwrap();
+    chart
+}
+
+/// One overlay rendered on an upstream chart.
+pub struct OverlayRender {
+    /// `ingress-nginx 4.15.1 kind=DaemonSet token=true`.
+    pub case: String,
+    /// The controller's workload kind, lower-case.
+    pub workload_kind: String,
+    /// Whether the hook's Authorization header was set (`--set-string`).
+    pub token: bool,
+    pub yaml: String,
+}
+
+/// Each overlay in `charts/nginx-drain/examples/` on its upstream chart,
+/// for every controller kind, with and without the token set: 10 renders.
+/// `scratch` holds the offline copy of NGINX Inc's chart.
+pub fn overlay_renders(helm: &str, upstream: &Path, scratch: &Path) -> Vec<OverlayRender> {
+    let inc = nginx_inc_chart(upstream, scratch);
+    let ingress_nginx = upstream.join("ingress-nginx");
+    let charts: [(&str, &Path, &str, &[&str]); 2] = [
+        (
+            "ingress-nginx 4.15.1",
+            &ingress_nginx,
+            "ingress-nginx-values.yaml",
+            &["Deployment", "DaemonSet"],
+        ),
+        (
+            "nginx-ingress 2.7.0",
+            &inc,
+            "nginx-inc-values.yaml",
+            &["deployment", "daemonset", "statefulset"],
+        ),
+    ];
+    let mut renders = Vec::new();
+    for (chart_name, chart, overlay, kinds) in charts {
+        let overlay = format!("{CHART}/examples/{overlay}");
+        for kind_value in kinds {
+            for token in [Some("Bearer s3cr3t-token"), None] {
+                let mut cmd = Command::new(helm);
+                cmd.args(["template", "edge"])
+                    .arg(chart)
+                    .args(["--namespace", NAMESPACE, "-f", &overlay])
+                    .args(["--set", &format!("controller.kind={kind_value}")]);
+                if let Some(t) = token {
+                    cmd.args([
+                        "--set-string",
+                        &format!("controller.lifecycle.preStop.httpGet.httpHeaders[0].value={t}"),
+                    ]);
+                }
+                let out = cmd.output().expect("run helm");
+                let case = format!("{chart_name} kind={kind_value} token={}", token.is_some());
+                assert!(
+                    out.status.success(),
+                    "{case}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                renders.push(OverlayRender {
+                    case,
+                    workload_kind: kind_value.to_lowercase(),
+                    token: token.is_some(),
+                    yaml: String::from_utf8(out.stdout).unwrap(),
+                });
+            }
+        }
+    }
+    renders
+}
