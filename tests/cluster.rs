@@ -17,17 +17,12 @@
 //! `../shared/cluster-rig`). Without them it says loudly that it skipped;
 //! under CI it fails instead.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testbed::cluster::{self, BRIDGE_IP, Cluster, Event, ExtraImage};
-use testbed::load::{self, LoadStats, Until};
-use testbed::netns;
+use testbed::cluster::{BRIDGE_IP, Cluster};
+use testbed::rollout::{self, HANG, Phase, Target};
 
 mod support;
 use support::renders::{self, CHART_MATRIX, objects, overlay_renders, rendered};
@@ -37,12 +32,6 @@ const RELEASE: &str = "web";
 const DEPLOYMENT: &str = "web-nginx-drain";
 /// Each download: 192 KiB of `/slow/` at 64 KiB/s, 3 s.
 const DOWNLOAD_BYTES: usize = 192 << 10;
-/// Catches hangs only.
-const HANG: Duration = Duration::from_secs(240);
-
-const NONROOT_CONTAINERFILE: &str = "FROM localhost/rig-nginx:1.22.1\n\
-COPY nginx.conf /etc/nginx/nginx.conf\n\
-USER 101:101\n";
 
 fn skip_or_fail(why: &str) -> Option<Cluster> {
     assert!(
@@ -82,18 +71,13 @@ fn cluster() -> Option<Cluster> {
     // file system.
     let home = std::env::temp_dir().join("nginx-drain-cluster-rig");
     std::fs::create_dir_all(&home).unwrap();
-    let conf = include_bytes!("../testbed/files/nginx-nonroot.conf");
     Some(Cluster::up(
         &dir,
         &home,
         &project,
         &binary,
         &kube_bin,
-        &[ExtraImage {
-            tag: "localhost/rig-nginx:1.22.1-nonroot",
-            containerfile: NONROOT_CONTAINERFILE,
-            files: &[("nginx.conf", conf)],
-        }],
+        &[testbed::cluster::nonroot_nginx()],
     ))
 }
 
@@ -117,7 +101,7 @@ fn chart_values() -> Vec<String> {
     .collect()
 }
 
-fn install(c: &Cluster) -> IpAddr {
+fn install(c: &Cluster) -> Target {
     let helm = std::env::var("NGINX_DRAIN_HELM").unwrap();
     c.kubectl_ok(&["create", "namespace", NS]);
     c.kubectl_ok(&[
@@ -141,313 +125,28 @@ fn install(c: &Cluster) -> IpAddr {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     println!("{}", c.sh(&args));
-    rollout_status(c);
-    wait_for_routes(c);
     let svc = c.kubectl_json(&["-n", NS, "get", "service", DEPLOYMENT]);
-    svc["spec"]["clusterIP"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("the Service's ClusterIP")
-}
-
-/// Waits until kube-proxy routes the Service to every running pod: until
-/// then a new Service has no rule but kube-proxy's REJECT for Services
-/// without endpoints, and clients are refused by the node, not by a pod.
-fn wait_for_routes(c: &Cluster) {
-    let deadline = Instant::now() + HANG;
-    loop {
-        let pods: BTreeSet<IpAddr> = c.kubectl_json(&[
-            "-n",
-            NS,
-            "get",
-            "pods",
-            "-l",
-            &format!("app.kubernetes.io/instance={RELEASE}"),
-        ])["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|p| p["status"]["podIP"].as_str()?.parse().ok())
-            .collect();
-        let routed = cluster::dnat_targets(&c.sh(&["iptables-save", "-t", "nat"]));
-        if !pods.is_empty() && pods.is_subset(&routed) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kube-proxy does not route to the pods {pods:?}: {routed:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn rollout_status(c: &Cluster) {
-    let out = c.kubectl(&[
-        "-n",
-        NS,
-        "rollout",
-        "status",
-        &format!("deployment/{DEPLOYMENT}"),
-        "--timeout=180s",
-    ]);
-    assert!(
-        out.status.success(),
-        "the rollout did not finish: {}{}\nevents:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&c.kubectl(&["-n", NS, "get", "events"]).stdout)
-    );
-}
-
-fn pod_names(c: &Cluster) -> BTreeSet<String> {
-    c.kubectl_json(&[
-        "-n",
-        NS,
-        "get",
-        "pods",
-        "-l",
-        &format!("app.kubernetes.io/instance={RELEASE}"),
-    ])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// What the clients saw during one phase.
-#[derive(Debug, Default)]
-struct Clients {
-    load: LoadStats,
-    keepalive: LoadStats,
-    downloads: Vec<Result<usize, String>>,
-}
-
-/// Clients in the rig's network through the ClusterIP until `stop`: 100
-/// new connections/s, 4 keep-alive clients, a download started every
-/// second.
-fn clients(c: &Cluster, svc: IpAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Clients> {
-    let ns = c.netns();
-    std::thread::spawn(move || {
-        netns::run_in(&ns, move || async move {
-            let target = SocketAddr::new(svc, 80);
-            let until = Until::Flag(stop, tokio::time::Instant::now() + HANG);
-            let load = tokio::spawn(load::open_loop(
-                target,
-                100.0,
-                None,
-                until.clone(),
-                100 * HANG.as_secs(),
-            ));
-            let keepalive: Vec<_> = (0..4)
-                .map(|_| {
-                    tokio::spawn(load::keepalive_client(
-                        target,
-                        None,
-                        Duration::from_millis(250),
-                        until.clone(),
-                        true,
-                    ))
-                })
-                .collect();
-            let downloads = tokio::spawn(load::downloads(
-                target,
-                None,
-                "/slow/big.bin",
-                DOWNLOAD_BYTES,
-                Duration::from_secs(1),
-                until,
-            ));
-            let mut out = Clients {
-                load: load.await.unwrap(),
-                ..Default::default()
-            };
-            for k in keepalive {
-                out.keepalive.merge(&k.await.unwrap());
-            }
-            out.downloads = downloads.await.unwrap();
-            out
-        })
-    })
-}
-
-/// How one old pod ended, from the API watch, the report and the DNAT poll.
-#[derive(Debug)]
-struct PodEnd {
-    name: String,
-    ip: Option<IpAddr>,
-    report: Value,
-    nginx_exit: Option<i64>,
-    sidecar_exit: Option<i64>,
-    deleted_at: Option<SystemTime>,
-    not_ready_at: Option<SystemTime>,
-    dnat_gone_at: Option<SystemTime>,
-}
-
-fn secs(t: Option<SystemTime>, from: SystemTime) -> String {
-    t.and_then(|t| t.duration_since(from).ok())
-        .map_or("?".into(), |d| format!("{:.2}", d.as_secs_f64()))
-}
-
-fn stamp_secs(stamp: &Value, from: SystemTime) -> String {
-    secs(
-        stamp
+    let t = Target {
+        namespace: NS.into(),
+        deployment: DEPLOYMENT.into(),
+        selector: format!("app.kubernetes.io/instance={RELEASE}"),
+        nginx: "nginx".into(),
+        service_ip: svc["spec"]["clusterIP"]
             .as_str()
-            .and_then(|s| humantime::parse_rfc3339(s).ok()),
-        from,
-    )
-}
-
-/// Whether an EndpointSlice event shows `ip` as not ready.
-fn not_ready(e: &Event, ip: IpAddr) -> bool {
-    e.object["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|ep| {
-            ep["addresses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a.as_str() == Some(&ip.to_string()))
-                && ep["conditions"]["ready"] == false
-        })
-}
-
-/// Runs `action` with the clients going from 3 s before to 3 s after it,
-/// waits until `gone` pods have left the API, and returns what the clients
-/// saw and how each pod that left ended.
-fn phase(
-    c: &Cluster,
-    svc: IpAddr,
-    name: &str,
-    gone: usize,
-    action: impl FnOnce() -> String,
-) -> (Clients, Vec<PodEnd>) {
-    let t0 = SystemTime::now();
-    let started = Instant::now();
-    let pods = c.watch(&["pods", "-n", NS]);
-    let slices = c.watch(&["endpointslices", "-n", NS]);
-    let dnat = c.dnat_poller(Duration::from_millis(50));
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = clients(c, svc, stop.clone());
-    std::thread::sleep(Duration::from_secs(3));
-    let said = action();
-    // Until the old pods have left the API (their containers exited).
-    let deadline = Instant::now() + HANG;
-    let deleted = loop {
-        let deleted: Vec<String> = pods
-            .events()
-            .iter()
-            .filter(|e| e.kind == "DELETED")
-            .filter_map(|e| e.object["metadata"]["name"].as_str().map(String::from))
-            .collect();
-        if deleted.len() >= gone {
-            break deleted;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {} of {gone} pods left the API: {deleted:?}",
-            deleted.len()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+            .and_then(|s| s.parse().ok())
+            .expect("the Service's ClusterIP"),
+        rate: 100.0,
+        download_bytes: DOWNLOAD_BYTES,
     };
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    let seen = traffic.join().expect("the clients' thread");
-    let pod_events = pods.stop();
-    let slice_events = slices.stop();
-    let last = cluster::last_seen(&pod_events);
-    let ends: Vec<PodEnd> = deleted
-        .iter()
-        .map(|p| {
-            let (_, obj) = &last[p];
-            let ip: Option<IpAddr> = obj["status"]["podIP"].as_str().and_then(|s| s.parse().ok());
-            let message = cluster::container_status(obj, "nginx-drain")
-                .and_then(|s| s["state"]["terminated"]["message"].as_str())
-                .unwrap_or_default();
-            let exit = |c: &str| {
-                cluster::container_status(obj, c)
-                    .and_then(|s| s["state"]["terminated"]["exitCode"].as_i64())
-            };
-            PodEnd {
-                name: p.clone(),
-                ip,
-                report: serde_json::from_str(message).unwrap_or(Value::Null),
-                nginx_exit: exit("nginx"),
-                sidecar_exit: exit("nginx-drain"),
-                deleted_at: cluster::first_when(&pod_events, p, |e| {
-                    !e.object["metadata"]["deletionTimestamp"].is_null()
-                }),
-                not_ready_at: ip
-                    .and_then(|ip| slice_events.iter().find(|e| not_ready(e, ip)).map(|e| e.at)),
-                dnat_gone_at: ip.and_then(|ip| dnat.gone_at(ip)),
-            }
-        })
-        .collect();
-    drop(dnat);
-    println!(
-        "{name} (began {}): {said}; {:.1} s; clients: {} new connections ({} failed: {:?}), {} keep-alive requests ({} failed, {} retried on a closed idle connection), {} downloads ({} complete)",
-        humantime::format_rfc3339_millis(t0),
-        started.elapsed().as_secs_f64(),
-        seen.load.sent,
-        seen.load.failed(),
-        seen.load.examples,
-        seen.keepalive.sent,
-        seen.keepalive.failed(),
-        seen.keepalive.retried,
-        seen.downloads.len(),
-        seen.downloads
-            .iter()
-            .filter(|d| **d == Ok(DOWNLOAD_BYTES))
-            .count(),
-    );
-    let failed_at: Vec<String> = seen
-        .load
-        .events
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(at, _)| {
-            format!(
-                "{:.2}",
-                at.into_std()
-                    .saturating_duration_since(started)
-                    .as_secs_f64()
-            )
-        })
-        .collect();
-    if !failed_at.is_empty() {
-        println!("  failed connections started at (s after the phase began): {failed_at:?}");
-    }
-    for e in &ends {
-        let r = &e.report;
-        println!(
-            "  {} ({}): deleted {} s, endpoint not ready {} s, DNAT rule gone {} s, hook {} s, SIGQUIT {} s, NGINX exit {} s (s after the phase began); outcome {}, waited {} ms ({} arrivals, {}; quiet period {} ms: {}), nginx exit code {:?}, sidecar {:?}",
-            e.name,
-            e.ip.map_or("?".into(), |i| i.to_string()),
-            secs(e.deleted_at, t0),
-            secs(e.not_ready_at, t0),
-            secs(e.dnat_gone_at, t0),
-            stamp_secs(&r["hook_received_at"], t0),
-            stamp_secs(&r["sigquit_at"], t0),
-            stamp_secs(&r["exited_at"], t0),
-            r["outcome"],
-            r["traffic"]["wait_before_sigquit_ms"],
-            r["traffic"]["arrivals_during_wait"],
-            r["traffic"]["sigquit_reason"],
-            r["traffic"]["quiet_period_ms"],
-            r["traffic"]["quiet_period_reason"],
-            e.nginx_exit,
-            e.sidecar_exit,
-        );
-    }
-    (seen, ends)
+    rollout::rollout_status(c, &t);
+    rollout::wait_for_routes(c, &t);
+    t
 }
 
 /// What every phase must give the user.
-fn assert_clean(name: &str, seen: &Clients, ends: &[PodEnd]) {
-    let reports: Vec<String> = ends.iter().map(|e| e.report.to_string()).collect();
+fn assert_clean(name: &str, p: &Phase) {
+    let seen = &p.clients;
+    let reports: Vec<String> = p.pods.iter().map(|e| e.report.to_string()).collect();
     assert_eq!(
         seen.load.failed(),
         0,
@@ -471,7 +170,7 @@ fn assert_clean(name: &str, seen: &Clients, ends: &[PodEnd]) {
             "{name}: every download byte; reports: {reports:#?}"
         );
     }
-    for e in ends {
+    for e in &p.pods {
         let outcome = e.report["outcome"].as_str().unwrap_or("no report");
         assert!(
             outcome == "drained" || outcome == "streams_closed",
@@ -652,14 +351,15 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     let started = Instant::now();
     // 0. Every render the tests make, accepted by the API server.
     server_side_dry_run(&c);
-    let svc = install(&c);
+    let t = install(&c);
     println!(
-        "installed in a restricted namespace: 3 pods Ready, ClusterIP {svc} ({:.1} s after start)",
+        "installed in a restricted namespace: 3 pods Ready and routed, ClusterIP {} ({:.1} s after start)",
+        t.service_ip,
         started.elapsed().as_secs_f64()
     );
 
     // 1. A rolling update.
-    let (seen, ends) = phase(&c, svc, "rollout restart", 3, || {
+    let p = rollout::run(&c, &t, 3, || {
         c.kubectl_ok(&[
             "-n",
             NS,
@@ -667,19 +367,20 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
             "restart",
             &format!("deployment/{DEPLOYMENT}"),
         ]);
-        rollout_status(&c);
+        rollout::rollout_status(&c, &t);
         "kubectl rollout restart, rollout finished".into()
     });
-    assert_clean("rollout", &seen, &ends);
-    assert_eq!(ends.len(), 3);
+    rollout::print("rollout restart", &p, DOWNLOAD_BYTES);
+    assert_clean("rollout", &p);
+    assert_eq!(p.pods.len(), 3);
 
     // 2. Evictions through the Eviction API, as `kubectl drain` and cluster
     //    autoscalers make them: every pod, the PDB (minAvailable 1)
     //    refusing what would leave too few.
-    let (seen, ends) = phase(&c, svc, "evictions", 3, || {
+    let p = rollout::run(&c, &t, 3, || {
         let mut refused = 0;
         let mut refusal = String::new();
-        for pod in pod_names(&c) {
+        for pod in rollout::pod_names(&c, &t) {
             let deadline = Instant::now() + HANG;
             loop {
                 match evict(&c, &pod) {
@@ -697,7 +398,7 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
                 }
             }
         }
-        rollout_status(&c);
+        rollout::rollout_status(&c, &t);
         format!(
             "3 pods evicted, {refused} evictions refused by the PDB{}",
             if refused > 0 {
@@ -707,10 +408,11 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
             }
         )
     });
-    assert_clean("evictions", &seen, &ends);
+    rollout::print("evictions", &p, DOWNLOAD_BYTES);
+    assert_clean("evictions", &p);
 
     // 3. A scale-down.
-    let (seen, ends) = phase(&c, svc, "scale 3 -> 1", 2, || {
+    let p = rollout::run(&c, &t, 2, || {
         c.kubectl_ok(&[
             "-n",
             NS,
@@ -720,7 +422,8 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
         ]);
         "kubectl scale --replicas=1".into()
     });
-    assert_clean("scale-down", &seen, &ends);
+    rollout::print("scale 3 -> 1", &p, DOWNLOAD_BYTES);
+    assert_clean("scale-down", &p);
 
     println!(
         "real-cluster cases: {:.1} s",

@@ -29,6 +29,36 @@ pub const NODE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 214, 0, 1));
 /// does every masqueraded Service connection.
 pub const BRIDGE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 214, 1, 1));
 
+/// NGINX as UID 101 on port 8080 (`localhost/rig-nginx:1.22.1-nonroot`),
+/// as the chart's default nginx-unprivileged runs: the `restricted` Pod
+/// Security profile admits it.
+pub fn nonroot_nginx() -> ExtraImage<'static> {
+    ExtraImage {
+        tag: "localhost/rig-nginx:1.22.1-nonroot",
+        containerfile: "FROM localhost/rig-nginx:1.22.1\n\
+                        COPY nginx.conf /etc/nginx/nginx.conf\n\
+                        USER 101:101\n",
+        files: &[("nginx.conf", include_bytes!("../files/nginx-nonroot.conf"))],
+    }
+}
+
+/// [`nonroot_nginx`] with a shell, `pgrep` and `sleep` (Debian's static
+/// busybox, which the caller passes), for preStop hooks that script NGINX's
+/// quit (`localhost/rig-nginx:1.22.1-nonroot-sh`).
+pub fn nonroot_nginx_with_shell(busybox: &'static [u8]) -> ExtraImage<'static> {
+    let files: &'static [(&'static str, &'static [u8])] =
+        Box::leak(Box::new([("busybox", busybox)]));
+    ExtraImage {
+        tag: "localhost/rig-nginx:1.22.1-nonroot-sh",
+        containerfile: "FROM localhost/rig-nginx:1.22.1-nonroot\n\
+                        USER 0:0\n\
+                        COPY --chmod=755 busybox /bin/busybox\n\
+                        RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+                        USER 101:101\n",
+        files,
+    }
+}
+
 /// An image the tests add to the rig's own (pause, nginx, nginx-drain).
 pub struct ExtraImage<'a> {
     /// `localhost/NAME:TAG`.

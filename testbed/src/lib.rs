@@ -12,6 +12,7 @@ pub mod kubelet;
 pub mod load;
 pub mod netns;
 pub mod rig;
+pub mod rollout;
 pub mod scenario;
 pub mod sidecar;
 pub mod strategies;
