@@ -38,7 +38,7 @@ fn skip_or_fail(why: &str) -> Option<Cluster> {
         std::env::var_os("CI").is_none(),
         "the real-cluster cases must run under CI: {why}"
     );
-    eprintln!("SKIPPED: the real-cluster cases did NOT run: {why}");
+    support::skipped(&format!("the real-cluster cases: {why}"));
     None
 }
 

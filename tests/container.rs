@@ -14,6 +14,8 @@ use testbed::client;
 use testbed::scenario::wait_ready;
 use testbed::{Nginx, NginxOptions, free_port};
 
+mod support;
+
 const HANG: Duration = Duration::from_secs(30);
 
 fn image() -> Option<String> {
@@ -24,8 +26,8 @@ fn image() -> Option<String> {
                 std::env::var_os("CI").is_none(),
                 "NGINX_DRAIN_TEST_IMAGE is not set under CI: scripts/test builds the image and sets it"
             );
-            eprintln!(
-                "SKIPPED: container tests need the image; run scripts/test (it builds it with buildah)"
+            support::skipped(
+                "container tests need the image; run scripts/test (it builds it with buildah)",
             );
             None
         }

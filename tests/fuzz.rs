@@ -17,6 +17,15 @@ use nginx_drain::sockets::netlink::parse_datagram;
 use nginx_drain::sockets::procnet::parse_line;
 use proptest::prelude::*;
 
+/// `n` characters (one of `lens`), mostly hex digits, sometimes any other
+/// character but a separator (multibyte ones included).
+fn address_chars(lens: Vec<usize>) -> impl Strategy<Value = String> {
+    prop::sample::select(lens).prop_flat_map(|n| {
+        prop::collection::vec(prop_oneof![8 => "[0-9A-F]", 1 => "[^:\\s]"], n)
+            .prop_map(|chars| chars.concat())
+    })
+}
+
 proptest! {
     #[test]
     fn stat_never_panics(s in ".{0,300}") {
@@ -42,12 +51,16 @@ proptest! {
         prop_assert!(!title.contains('\0'));
     }
 
+    /// Half the cases are what NGINX writes (a pid and a newline, around
+    /// the edges of i32), half anything: every case is judged.
     #[test]
-    fn pid_file(s in ".{0,64}") {
-        if let Ok(pid) = parse_pid_file(&s) {
-            prop_assert!(pid > 0);
-            prop_assert_eq!(s.trim().parse::<i32>().ok(), Some(pid));
-        }
+    fn pid_file(s in prop_oneof![
+        any::<i32>().prop_map(|p| format!("{p}\n")),
+        (any::<i64>(), "[ \t\n]{0,3}").prop_map(|(p, ws)| format!("{ws}{p}{ws}")),
+        ".{0,64}",
+    ]) {
+        let expected = s.trim().parse::<i32>().ok().filter(|p| *p > 0);
+        prop_assert_eq!(parse_pid_file(&s).ok(), expected, "{:?}", s);
     }
 
     #[test]
@@ -58,6 +71,25 @@ proptest! {
     #[test]
     fn proc_net_tcp_never_panics(s in ".{0,200}") {
         let _ = parse_line(&s);
+    }
+
+    /// Lines shaped like the kernel's, whose addresses are 8 or 32
+    /// characters of hex digits and sometimes multibyte characters or other
+    /// text: a line parses exactly when both addresses are 8 or 32 hex
+    /// digits (and never panics on a character that a byte offset cuts).
+    #[test]
+    fn proc_net_tcp_addresses_of_any_characters(
+        local in address_chars(vec![8, 32, 7, 31]),
+        peer in address_chars(vec![8, 32]),
+        port in any::<u16>(),
+    ) {
+        let line = format!("   0: {local}:{port:04X} {peer}:0050 01 00000000:00000000 00:00000000 00000000     0        0 7 1");
+        let well_formed = |a: &str| (a.len() == 8 || a.len() == 32) && a.bytes().all(|b| b.is_ascii_hexdigit());
+        let parsed = parse_line(&line);
+        prop_assert_eq!(parsed.is_ok(), well_formed(&local) && well_formed(&peer), "{}", line);
+        if let Ok(sock) = parsed {
+            prop_assert_eq!(sock.local.port(), port);
+        }
     }
 
     #[test]
@@ -107,11 +139,46 @@ proptest! {
         }
     }
 
+    /// Headers that mostly start with a scheme (any case, sometimes
+    /// another one): every case is judged against the rule.
     #[test]
-    fn authorization_headers(raw in prop::collection::vec(any::<u8>(), 0..256)) {
-        if let Some(t) = bearer(&raw) {
-            prop_assert!(raw.len() >= 7 && raw[..7].eq_ignore_ascii_case(b"bearer "));
-            prop_assert!(t.len() <= raw.len() - 7);
+    fn authorization_headers(
+        scheme in prop::sample::select(vec!["Bearer ", "bearer ", "BEARER ", "BeArEr ", "Basic ", "Bearer", ""]),
+        rest in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let raw = [scheme.as_bytes(), &rest].concat();
+        let is_bearer = raw.len() >= 7 && raw[..7].eq_ignore_ascii_case(b"bearer ");
+        match bearer(&raw) {
+            Some(t) => {
+                prop_assert!(is_bearer);
+                prop_assert_eq!(t, raw[7..].trim_ascii());
+            }
+            None => prop_assert!(!is_bearer),
+        }
+    }
+
+    /// Netlink error messages with any code, ACKs and extreme codes among
+    /// them: 0 is no error, a negative errno is that errno, anything else is
+    /// InvalidData; never a panic or an overflow.
+    #[test]
+    fn netlink_error_codes(code in prop_oneof![Just(0), Just(i32::MIN), Just(i32::MAX), Just(-1), any::<i32>()], seq in any::<u32>()) {
+        let mut payload = code.to_ne_bytes().to_vec();
+        payload.extend_from_slice(&[0u8; 16]);
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        msg.extend_from_slice(&2u16.to_ne_bytes());
+        msg.extend_from_slice(&[0, 0]);
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&payload);
+        let mut out = Vec::new();
+        match parse_datagram(&msg, seq, &mut out) {
+            Ok(done) => {
+                prop_assert_eq!(code, 0);
+                prop_assert!(!done, "an ACK is not the dump's end");
+            }
+            Err(e) if code < 0 && code != i32::MIN => prop_assert_eq!(e.raw_os_error(), Some(-code)),
+            Err(e) => prop_assert_eq!(e.kind(), std::io::ErrorKind::InvalidData),
         }
     }
 

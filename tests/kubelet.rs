@@ -24,6 +24,8 @@ use testbed::load::{self, LoadStats};
 use testbed::netns;
 use testbed::rig::{self, CLIENT_IP, KUBELET_IP, Rig};
 
+mod support;
+
 const HANG: Duration = Duration::from_secs(60);
 /// `/slow/` serves 64 KiB/s: 256 KiB take 4 s.
 const DOWNLOAD_BYTES: usize = 256 << 10;
@@ -33,7 +35,7 @@ fn skip_or_fail(why: &str) -> Option<Rig> {
         std::env::var_os("CI").is_none(),
         "the real-kubelet cases must run under CI: {why}"
     );
-    eprintln!("SKIPPED: the real-kubelet cases did NOT run: {why}");
+    support::skipped(&format!("the real-kubelet cases: {why}"));
     None
 }
 

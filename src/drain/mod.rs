@@ -362,7 +362,7 @@ impl Owner {
             return;
         }
         let clock = Clock::now();
-        let id = drain_id(clock.wall);
+        let id = drain_id(clock.wall, std::process::id());
         tracing::info!(%peer, drain_id = %id, "preStop hook received");
         self.refresh();
         let master = match &self.master {
@@ -430,7 +430,7 @@ impl Owner {
                 tracing::error!("{msg}");
                 let clock = Clock::now();
                 let r = Arc::new(immediate_report(
-                    drain_id(clock.wall),
+                    drain_id(clock.wall, std::process::id()),
                     clock,
                     String::new(),
                     &NotFound::Unusable(msg),
@@ -499,11 +499,30 @@ fn immediate_report(
     }
 }
 
-/// A short id shared by a drain's log lines and its report.
-fn drain_id(wall: SystemTime) -> String {
-    let nanos = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!(
-        "{:08x}",
-        (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32
-    )
+/// A short id shared by a drain's log lines and its report: the hook's
+/// time and the sidecar's pid, both folded into the 32 bits shown (sidecars
+/// in a fleet often share a pid, so the time varies the id; the pid tells
+/// apart drains that began in the same nanosecond).
+fn drain_id(wall: SystemTime, pid: u32) -> String {
+    let nanos = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()) as u64;
+    let time = (nanos as u32) ^ ((nanos >> 32) as u32);
+    // An odd multiplier maps distinct pids to distinct words.
+    format!("{:08x}", time ^ pid.wrapping_mul(0x9E37_79B9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_id_holds_both_the_time_and_the_pid() {
+        let t = UNIX_EPOCH + Duration::from_nanos(1_764_600_000_123_456_789);
+        assert_ne!(drain_id(t, 7), drain_id(t, 8), "the pid reaches the id");
+        assert_ne!(
+            drain_id(t, 7),
+            drain_id(t + Duration::from_nanos(1), 7),
+            "so does the time"
+        );
+        assert_eq!(drain_id(t, 7).len(), 8);
+    }
 }

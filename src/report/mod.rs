@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use crate::nginx::{Master, Worker};
 
-/// How a drain ended. Only `drained` and `not_running` are successes.
+/// How a drain ended. `drained`, `streams_closed` and `not_running` are
+/// successes ([`Outcome::is_success`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// NGINX quit gracefully: every worker finished and the master exited,
@@ -112,9 +113,20 @@ impl Clock {
             wall: SystemTime::now(),
         }
     }
+    /// The wall-clock time of `at`, before the anchor as well as after it
+    /// (an arrival seen before the hook is printed at its own time, not the
+    /// hook's).
+    pub fn wall_of(&self, at: Instant) -> SystemTime {
+        if at >= self.mono {
+            self.wall + at.duration_since(self.mono)
+        } else {
+            self.wall
+                .checked_sub(self.mono.duration_since(at))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+    }
     pub fn stamp(&self, at: Instant) -> String {
-        let wall = self.wall + at.saturating_duration_since(self.mono);
-        humantime::format_rfc3339_millis(wall).to_string()
+        humantime::format_rfc3339_millis(self.wall_of(at)).to_string()
     }
     pub fn millis_since_start(&self, at: Instant) -> u64 {
         ms(at.saturating_duration_since(self.mono))
@@ -364,5 +376,25 @@ impl Snapshot {
     }
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn instants_before_the_anchor_are_stamped_at_their_own_time() {
+        let clock = Clock::now();
+        let before = clock.mono.checked_sub(Duration::from_millis(1500)).unwrap();
+        let after = clock.mono + Duration::from_millis(250);
+        let wall = |at| clock.wall_of(at).duration_since(clock.wall);
+        assert_eq!(wall(after).unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            clock.wall.duration_since(clock.wall_of(before)).unwrap(),
+            Duration::from_millis(1500),
+            "1.5 s before the hook, not the hook's time"
+        );
+        assert_ne!(clock.stamp(before), clock.stamp(clock.mono));
     }
 }

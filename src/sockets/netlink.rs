@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
+    ErrorBuffer, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
     NetlinkMessage, Parseable,
 };
 use netlink_packet_sock_diag::SockDiagMessage;
@@ -259,12 +259,11 @@ pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut impl Extend<Sock>) -
             let payload = &bytes[16..len];
             match msg.message_type() {
                 NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR => {
-                    let code = payload
-                        .get(..4)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return Err(io::Error::from_raw_os_error(-code));
-                }
+                NLMSG_ERROR => match nlmsg_error(payload)? {
+                    // An acknowledgement: no error, and nothing to read.
+                    None => {}
+                    Some(e) => return Err(e),
+                },
                 SOCK_DIAG_BY_FAMILY => {
                     let h = InetResponseHeader::parse(payload).map_err(|e| bad(&e.to_string()))?;
                     let id = &h.socket_id;
@@ -289,6 +288,27 @@ pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut impl Extend<Sock>) -
     Ok(false)
 }
 
+/// An `NLMSG_ERROR` payload (`struct nlmsgerr`: an `int error`, then the
+/// request's header), decoded per netlink(7): 0 is an acknowledgement
+/// (`None`), a negative errno is that error; anything else (a positive
+/// code, or `i32::MIN`, which has no errno) is a malformed message, an
+/// error too, never a panic.
+fn nlmsg_error(payload: &[u8]) -> io::Result<Option<io::Error>> {
+    let buf = ErrorBuffer::new_checked(payload).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("netlink error message: {e}"),
+        )
+    })?;
+    Ok(buf.code().map(|code| match code.get().checked_neg() {
+        Some(errno) if errno > 0 => io::Error::from_raw_os_error(errno),
+        _ => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("netlink error message with an invalid code {code}"),
+        ),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +322,49 @@ mod tests {
         assert_eq!(two.len(), 20);
         assert_eq!(two[8], INET_DIAG_BC_JMP);
         assert_eq!(u16::from_ne_bytes([two[10], two[11]]), 12);
+    }
+
+    /// One netlink message: a 16-byte header (length, type, flags,
+    /// sequence, port) and `payload`.
+    fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = 16 + payload.len() as u32;
+        let mut m = Vec::new();
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    /// `struct nlmsgerr`: the code, then the request's 16-byte header.
+    fn nlmsgerr(code: i32) -> Vec<u8> {
+        let mut p = code.to_ne_bytes().to_vec();
+        p.extend_from_slice(&[0u8; 16]);
+        p
+    }
+
+    #[test]
+    fn error_messages_decode_per_the_kernels_abi() {
+        let mut out = Vec::new();
+        // An ACK (code 0) is no error: the dump goes on to its DONE.
+        let mut ack_then_done = message(NLMSG_ERROR, 7, &nlmsgerr(0));
+        ack_then_done.extend(message(NLMSG_DONE, 7, &[0u8; 4]));
+        assert!(parse_datagram(&ack_then_done, 7, &mut out).unwrap());
+        // A negative errno is that error.
+        let e = parse_datagram(&message(NLMSG_ERROR, 7, &nlmsgerr(-1)), 7, &mut out).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(1), "EPERM");
+        // Codes with no errno are malformed, not a panic or an overflow.
+        for code in [i32::MIN, 5, i32::MAX] {
+            let e =
+                parse_datagram(&message(NLMSG_ERROR, 7, &nlmsgerr(code)), 7, &mut out).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{code}");
+            assert!(e.to_string().contains("invalid code"), "{code}: {e}");
+        }
+        // A truncated error message is an error.
+        assert!(parse_datagram(&message(NLMSG_ERROR, 7, &[1, 2]), 7, &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub fn parse_line(line: &str) -> Result<Sock, BadLine> {
 fn parse_addr(s: &str) -> Result<SocketAddr, BadLine> {
     let (ip, port) = s.split_once(':').ok_or("address without port")?;
     let port = u16::from_str_radix(port, 16).map_err(|_| "bad port")?;
+    // Hex digits only, so that the byte offsets below fall on characters
+    // (a multibyte character would make a slice panic).
+    if !ip.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(BadLine("address is not hex digits"));
+    }
     let ip = match ip.len() {
         8 => {
             let v = u32::from_str_radix(ip, 16).map_err(|_| "bad IPv4")?;
@@ -130,6 +135,10 @@ mod tests {
             "0: zz:1 00:0 0A 0:0 0 0 0 0 1",
             "0: 0100007F:1F90 00000000:0000 0A",
             "0: 0100007F:1F90 00000000:0000 0A 00000000 00 0 0 0 1",
+            // 32 bytes with a multibyte character across a word boundary
+            // (the word slices would cut it).
+            "0: 00000000000000000000000é0000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1 1",
+            "0: 000000\u{1F600}0000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1 1",
         ] {
             assert!(parse_line(bad).is_err(), "{bad:?}");
         }

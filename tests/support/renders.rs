@@ -21,7 +21,7 @@ pub fn helm() -> Option<String> {
                 std::env::var_os("CI").is_none(),
                 "NGINX_DRAIN_HELM is not set under CI: scripts/test installs helm and sets it"
             );
-            eprintln!("SKIPPED: chart tests need helm; run scripts/test (it installs helm)");
+            super::skipped("chart tests need helm; run scripts/test (it installs helm)");
             None
         }
     }
@@ -100,10 +100,10 @@ pub fn upstream_charts() -> Option<PathBuf> {
         "the upstream charts are not at {}: under CI the overlays must be rendered against them; set NGINX_DRAIN_UPSTREAM_CHARTS",
         dir.display()
     );
-    eprintln!(
-        "SKIPPED: the overlays were NOT rendered against the upstream charts: none at {}; set NGINX_DRAIN_UPSTREAM_CHARTS to the folder holding ingress-nginx/ and nginx-ingress/",
+    super::skipped(&format!(
+        "the overlays were not rendered against the upstream charts: none at {}; set NGINX_DRAIN_UPSTREAM_CHARTS to the folder holding ingress-nginx/ and nginx-ingress/",
         dir.display()
-    );
+    ));
     None
 }
 
