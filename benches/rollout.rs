@@ -9,7 +9,9 @@
 //!   (SIGQUIT) at once;
 //! - `sleep 5`: Kubernetes' own `preStop: sleep: {seconds: 5}`, then SIGQUIT;
 //! - `quit + pgrep`: `nginx -s quit; while pgrep -x nginx; do sleep 1; done`
-//!   as an exec hook (the seed's strategy);
+//!   as an exec hook (the seed's strategy; Debian's static busybox has no
+//!   `pgrep`, so the loop tests what `pgrep -x nginx` tests, a process
+//!   whose name is `nginx`, with `grep -x nginx /proc/*/comm`);
 //! - `nginx-drain`: this project's chart with its defaults.
 //!
 //! Per run: failed requests (new and keep-alive), cut downloads, the
@@ -17,7 +19,8 @@
 //! rule gone (polled every 50 ms), deletion -> SIGQUIT, SIGQUIT -> NGINX's
 //! exit. Prints a Markdown table (docs/BENCHMARKS.md).
 //!
-//! Run as root: `cargo bench --bench rollout -- [--runs N]` (default 3),
+//! Run as root: `cargo bench --bench rollout -- [--runs N] [--only none|sleep|pgrep|drain]`
+//! (default 3 runs of every strategy),
 //! after `scripts/image` and `scripts/kube`; needs helm
 //! (`NGINX_DRAIN_HELM`, scripts/test installs it) and Debian's
 //! `busybox-static` (installed when missing).
@@ -144,7 +147,7 @@ fn deploy(c: &Cluster, s: Strategy, ns: &str, helm: &str) -> Target {
                 _ => (
                     format!("{base}-sh"),
                     json!({"preStop": {"exec": {"command": ["/bin/sh", "-c",
-                        "/usr/sbin/nginx -s quit; while pgrep -x nginx >/dev/null; do sleep 1; done"]}}}),
+                        "/usr/sbin/nginx -s quit; while grep -qsx nginx /proc/[0-9]*/comm; do sleep 1; done"]}}}),
                 ),
             };
             let out = c.kubectl_stdin(
@@ -272,12 +275,20 @@ fn main() {
             cluster::nonroot_nginx_with_shell(busybox),
         ],
     );
-    let all = [
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let all: Vec<Strategy> = [
         Strategy::NoPreStop,
         Strategy::Sleep5,
         Strategy::QuitPgrep,
         Strategy::NginxDrain,
-    ];
+    ]
+    .into_iter()
+    .filter(|s| only.as_deref().is_none_or(|o| o == s.slug()))
+    .collect();
     let mut table: Vec<(Strategy, Vec<Row>)> = Vec::new();
     for s in all {
         let mut rows = Vec::new();

@@ -15,6 +15,12 @@ pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 /// `terminationMessagePath`), renaming over it is impossible; then it is
 /// rewritten in place. Reports over 4 KiB (the kubelet's limit for a
 /// termination message) lose their timeline first.
+///
+/// No fsync: the rename is what keeps readers from half a report, and the
+/// reader is the kubelet on the same node, through the page cache; a
+/// report that must outlive the node is in the logs and the metrics. This
+/// runs on the sidecar's one runtime thread, which a disk flush would stall
+/// (HTTP, the census) for as long as the disk takes.
 pub fn write(path: &Path, report: &Report) -> std::io::Result<()> {
     let mut body = serde_json::to_vec(report).map_err(std::io::Error::other)?;
     if body.len() > TERMINATION_MESSAGE_LIMIT
@@ -40,7 +46,6 @@ pub fn write(path: &Path, report: &Report) -> std::io::Result<()> {
     let staged = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&body)?;
-        f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     match staged {
@@ -52,8 +57,7 @@ pub fn write(path: &Path, report: &Report) -> std::io::Result<()> {
                 .create(true)
                 .truncate(true)
                 .open(path)?;
-            f.write_all(&body)?;
-            f.sync_all()
+            f.write_all(&body)
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod monitor;
 pub mod netlink;
 pub mod probes;
 pub mod procnet;
+pub(crate) mod sampler;
 
 use std::collections::BTreeSet;
 use std::io;

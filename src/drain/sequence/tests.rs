@@ -315,6 +315,62 @@ async fn nginx_keeps_serving_while_connections_arrive_and_quits_a_quiet_period_a
     assert_eq!(fake.signals(), [Sig::Quit]);
 }
 
+/// The last look before a quiet SIGQUIT: the views say nothing arrived,
+/// but the accept counter moved (a client connected between two looks).
+/// The drain asks for a look and waits; only the view that accounts for the
+/// accept, with its arrival, ends the wait, a quiet period later.
+#[tokio::test(start_paused = true)]
+async fn an_accept_no_view_accounts_for_holds_the_quiet_sigquit() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let counter = Arc::new(AtomicU64::new(1000));
+    let (_, census) = Census::new(Duration::from_secs(60), 1);
+    let reader = counter.clone();
+    let view = census.tx.borrow().clone();
+    let (monitor, tx) = Monitor::manual_counting(
+        View {
+            accepted: Some(1000),
+            ..view
+        },
+        Box::new(move || Some(reader.load(Ordering::Relaxed))),
+    );
+    let mut log = census.log.clone();
+    tokio::spawn(async move {
+        // 200 ms after the hook a client connects; no view shows it...
+        sleep(200 * MS).await;
+        counter.store(1001, Ordering::Relaxed);
+        // ...until the census that the last look asked for, at 500 ms.
+        sleep(300 * MS).await;
+        log.record(Arrivals {
+            at: Instant::now(),
+            span: MS,
+            n: 1,
+        });
+        let log = Arc::new(log);
+        tx.send_modify(|v| {
+            v.log = log;
+            v.accepted = Some(1001);
+        });
+    });
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(40 * MS), Answer::Ignore));
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    let waited = r.durations.hook_to_sigquit_ms.unwrap();
+    // Without the last look: SIGQUIT at the 300 ms quiet period.
+    assert!(
+        waited >= 500 + 300,
+        "SIGQUIT {waited} ms after the hook, before the unaccounted accept was seen"
+    );
+    let t = r.traffic.expect("traffic");
+    assert_eq!(t.arrivals_during_wait, 1);
+    // Then a quiet period after that arrival: the 550 ms silence before it
+    // is among the last 16 gaps, so the quiet period grew to 3 x 550 ms.
+    assert_eq!(t.quiet_period_ms, 1648, "{}", t.quiet_period_reason);
+    assert!(
+        waited <= 500 + 1648 + 20,
+        "SIGQUIT {waited} ms after the hook: {t:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_quit_that_does_not_finish_is_forced_at_the_escalation_point_once() {
     let fake = Arc::new(Fake::new(Answer::Ignore, Answer::ExitAfter(100 * MS)));

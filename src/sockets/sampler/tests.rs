@@ -1,0 +1,315 @@
+//! The sampler's decisions under tokio's paused clock, against a scripted
+//! kernel: a socket table, a queue of destroy events, an accept counter and
+//! a CPU clock that each census advances. No root, no NGINX, no wall time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::*;
+use crate::sockets::monitor::{Counter, Monitor};
+use crate::sockets::state;
+
+/// What the scripted kernel holds.
+#[derive(Default)]
+struct World {
+    socks: Vec<Sock>,
+    destroyed: VecDeque<Sock>,
+    censuses: u32,
+    /// CPU time each census costs.
+    census_cpu: Duration,
+    cpu: Duration,
+}
+
+#[derive(Clone)]
+struct Script {
+    world: Arc<Mutex<World>>,
+    ready: Arc<Notify>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Script {
+    fn new() -> Script {
+        let s = Script {
+            world: Arc::default(),
+            ready: Arc::new(Notify::new()),
+            accepted: Arc::new(AtomicU64::new(1000)),
+        };
+        s.world
+            .lock()
+            .unwrap()
+            .socks
+            .push(sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0"));
+        s
+    }
+
+    fn counter(&self) -> Counter {
+        let a = self.accepted.clone();
+        Box::new(move || Some(a.load(Ordering::Relaxed)))
+    }
+
+    /// NGINX accepts a connection from `peer` that stays open.
+    fn open(&self, peer: &str) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.world
+            .lock()
+            .unwrap()
+            .socks
+            .push(sock(state::ESTABLISHED, "10.0.0.5:80", peer));
+    }
+
+    /// A connection from `peer` ends: gone from the table, and its destroy
+    /// event queued. `accepted`: it was accepted since the last look and no
+    /// census saw it (a short connection).
+    fn end(&self, peer: &str, accepted: bool) {
+        if accepted {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        let s = sock(state::CLOSE, "10.0.0.5:80", peer);
+        let mut w = self.world.lock().unwrap();
+        w.socks.retain(|x| x.peer != s.peer);
+        w.destroyed.push_back(s);
+        drop(w);
+        self.ready.notify_one();
+    }
+
+    fn censuses(&self) -> u32 {
+        self.world.lock().unwrap().censuses
+    }
+}
+
+impl Sources for Script {
+    fn method(&self) -> Method {
+        Method::Netlink
+    }
+
+    fn watches_destroyed(&self) -> bool {
+        true
+    }
+
+    async fn destroyed_ready(&self) {
+        loop {
+            if !self.world.lock().unwrap().destroyed.is_empty() {
+                return;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    fn read_destroyed(&mut self, out: &mut Vec<Sock>) -> io::Result<bool> {
+        out.extend(self.world.lock().unwrap().destroyed.drain(..));
+        Ok(false)
+    }
+
+    fn stop_destroyed(&mut self) {}
+
+    fn census(
+        &mut self,
+        filter: &PortFilter,
+        ports_seen: &mut BTreeSet<u16>,
+        before: Option<Census>,
+        detail: bool,
+        tick: u32,
+        time_wait_arrives: bool,
+    ) -> io::Result<(Census, NewConns)> {
+        let mut guard = self.world.lock().unwrap();
+        let w = &mut *guard;
+        w.censuses += 1;
+        w.cpu += w.census_cpu;
+        Ok(Census::take_with(
+            &w.socks,
+            filter,
+            ports_seen,
+            before,
+            (detail, tick),
+            time_wait_arrives,
+        ))
+    }
+
+    fn cpu_time(&self) -> Duration {
+        self.world.lock().unwrap().cpu
+    }
+}
+
+fn sock(st: u8, local: &str, peer: &str) -> Sock {
+    Sock {
+        state: st,
+        local: local.parse().unwrap(),
+        peer: peer.parse().unwrap(),
+        rx_queue: 0,
+        inode: 1,
+    }
+}
+
+fn spawn(script: &Script) -> Monitor {
+    let config = MonitorConfig {
+        method: Method::Netlink,
+        filter: PortFilter::default(),
+    };
+    Monitor::spawn_with(config, script.clone(), script.counter())
+}
+
+/// Lets the monitor run for `d` of paused time.
+async fn run_for(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+const LOOK: Duration = Duration::from_millis(250);
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_stays_open_is_found_by_a_census_and_counted_once() {
+    let k = Script::new();
+    let m = spawn(&k);
+    run_for(LOOK).await;
+    let before = k.censuses();
+    k.open("10.1.0.7:40000");
+    run_for(LOOK).await;
+    let v = m.view().borrow().clone();
+    assert!(
+        k.censuses() > before,
+        "an accept nobody accounted for asks for a census"
+    );
+    assert_eq!(v.log.total(), 1);
+    assert_eq!(v.sample.open.get(&80), Some(&1));
+    assert_eq!(v.unattributed, 0);
+    // Its end is no second arrival: a census saw it alive.
+    k.end("10.1.0.7:40000", false);
+    run_for(LOOK).await;
+    assert_eq!(m.view().borrow().log.total(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_ended_before_any_census_counts_by_its_destroy_event() {
+    let k = Script::new();
+    let m = spawn(&k);
+    run_for(LOOK).await;
+    let before = k.censuses();
+    k.end("10.1.0.8:40001", true);
+    run_for(LOOK).await;
+    let v = m.view().borrow().clone();
+    assert_eq!(v.log.total(), 1, "counted once, from its destroy event");
+    assert_eq!(v.unattributed, 0, "the event accounts for the accept");
+    assert_eq!(k.censuses(), before, "so no census was needed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_events_are_stamped_when_read_not_spread_over_a_look() {
+    let k = Script::new();
+    let m = spawn(&k);
+    run_for(LOOK).await;
+    for i in 0..3u16 {
+        k.end(&format!("10.1.0.9:{}", 41000 + i), true);
+        run_for(Duration::from_millis(300)).await;
+    }
+    let gaps = m.view().borrow().log.gaps();
+    assert_eq!(
+        gaps,
+        vec![Duration::from_millis(300); 2],
+        "the gaps between the events, as they came"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_look_before_sigquit_sees_an_accept_no_view_has_yet() {
+    let k = Script::new();
+    let m = spawn(&k);
+    m.set_fast(true);
+    run_for(LOOK).await;
+    let view = m.view().borrow().clone();
+    assert!(!m.accepted_since(&view), "nothing new");
+    // A client connects between two looks: the drain's last look reads the
+    // counter and must not take the silence for quiet.
+    k.open("10.1.0.10:42000");
+    assert!(m.accepted_since(&view), "the counter moved: look again");
+    let mut rx = m.view();
+    rx.borrow_and_update();
+    m.look_now();
+    let view = tokio::time::timeout(LOOK, async {
+        loop {
+            rx.changed().await.unwrap();
+            let v = rx.borrow_and_update().clone();
+            if v.log.total() == 1 {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("the look found the arrival");
+    assert_eq!(view.unattributed, 0);
+    assert!(!m.accepted_since(&view), "the new view accounts for it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn censuses_are_spaced_by_their_own_cpu_cost() {
+    let k = Script::new();
+    // A costly census (a pod with very many connections): 10 ms of CPU.
+    k.world.lock().unwrap().census_cpu = Duration::from_millis(10);
+    let _m = spawn(&k);
+    run_for(LOOK).await;
+    let before = k.censuses();
+    // A new connection that stays open every 50 ms for 5 s: each asks for a
+    // census, and at 50 times 10 ms apart at most 11 may run.
+    for i in 0..100u16 {
+        k.open(&format!("10.1.1.1:{}", 43000 + i));
+        run_for(Duration::from_millis(50)).await;
+    }
+    let taken = k.censuses() - before;
+    assert!((5..=11).contains(&taken), "{taken} censuses in 5 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kubelets_probes_are_budgeted_and_its_clients_counted() {
+    let k = Script::new();
+    let m = spawn(&k);
+    run_for(LOOK).await;
+    m.learn_kubelet("10.2.0.1".parse().unwrap());
+    run_for(LOOK).await;
+    // 20 connections a second from the kubelet's address for 5 s: its
+    // probes (2 a second, 3 at once) are not arrivals, the rest are.
+    for i in 0..100u16 {
+        k.end(&format!("10.2.0.1:{}", 44000 + i), true);
+        run_for(Duration::from_millis(50)).await;
+    }
+    let v = m.view().borrow().clone();
+    let total = v.log.total();
+    assert!((84..=90).contains(&total), "{total} of 100 counted");
+    assert_eq!(
+        v.kubelet_peers,
+        vec!["10.2.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    // After a quiet while, a probe a second, alone: none counted.
+    run_for(Duration::from_secs(2)).await;
+    let before = m.view().borrow().log.total();
+    for i in 0..5u16 {
+        k.end(&format!("10.2.0.1:{}", 45000 + i), true);
+        run_for(Duration::from_secs(1)).await;
+    }
+    assert_eq!(m.view().borrow().log.total(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_census_after_the_hook_stamps_what_it_first_sees_as_before_the_hook() {
+    let k = Script::new();
+    let m = spawn(&k);
+    run_for(LOOK).await;
+    // A connection accepted just before the hook, not yet seen by a census
+    // (no look ran in between).
+    k.open("10.1.2.3:46000");
+    let hook = Instant::now();
+    m.set_fast(true);
+    run_for(LOOK).await;
+    let v = m.view().borrow().clone();
+    let conn = v
+        .sample
+        .conns
+        .iter()
+        .find(|c| c.peer == "10.1.2.3:46000".parse::<SocketAddr>().unwrap())
+        .expect("the census at the hook lists it");
+    assert!(
+        conn.first_seen < hook,
+        "no accept since the hook: it was open before it"
+    );
+}
