@@ -99,11 +99,15 @@ fn cells() -> Vec<Cell> {
 
 fn main() {
     let args = netns::enter(false);
-    let runs: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
-    let only = args
+    let only_at = args.iter().position(|a| a == "--only");
+    let only = only_at.and_then(|i| args.get(i + 1).cloned());
+    // The run count is a bare number, not the cell name after --only ("300").
+    let runs: usize = args
         .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1).cloned());
+        .enumerate()
+        .filter(|(i, _)| only_at.is_none_or(|o| *i != o + 1))
+        .find_map(|(_, a)| a.parse().ok())
+        .unwrap_or(3);
     let sidecar_flags: Vec<String> = args
         .iter()
         .filter_map(|a| a.strip_prefix("--sidecar=").map(String::from))

@@ -154,7 +154,8 @@ pub struct LogArgs {
     #[arg(long, env = "NGINX_DRAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Log level or filter (`info`, `debug`, `nginx_drain=debug,warn`).
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a
+    /// filter (`nginx_drain=debug,warn`); anything else is refused.
     #[arg(long, env = "NGINX_DRAIN_LOG_LEVEL", default_value = "info", value_parser = parse_log_level, value_name = "FILTER")]
     pub log_level: String,
 }
@@ -228,10 +229,30 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR such as 10.0.0.0/8"))
 }
 
+/// A level name (`error`, `warn` or `warning`, `info`, `debug`, `trace`,
+/// `off`) or a filter of `target=level` directives and level names. A bare
+/// word that is no level is refused: tracing would read it as a target and
+/// turn every line off, errors included.
 fn parse_log_level(s: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::try_new(s)
-        .map(|_| s.to_string())
-        .map_err(|e| format!("{e}: use error, warn, info, debug or trace"))
+    const HOW: &str =
+        "use error, warn, info, debug, trace or off, or a filter such as nginx_drain=debug,warn";
+    let mut directives = Vec::new();
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lower = d.to_ascii_lowercase();
+        directives.push(match lower.as_str() {
+            "warning" => "warn".to_string(),
+            "off" | "error" | "warn" | "info" | "debug" | "trace" => lower,
+            _ if d.contains('=') => d.to_string(),
+            _ => return Err(format!("{d:?} is not a log level: {HOW}")),
+        });
+    }
+    if directives.is_empty() {
+        return Err(format!("no log level given: {HOW}"));
+    }
+    let filter = directives.join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .map(|_| filter)
+        .map_err(|e| format!("{e}: {HOW}"))
 }
 
 #[cfg(test)]
@@ -250,6 +271,22 @@ mod tests {
                 .unwrap_err()
                 .contains("shorter")
         );
+    }
+
+    #[test]
+    fn log_levels_are_level_names_or_filters_and_nothing_else() {
+        assert_eq!(parse_log_level("info").unwrap(), "info");
+        assert_eq!(parse_log_level("WARNING").unwrap(), "warn");
+        assert_eq!(
+            parse_log_level("nginx_drain=debug, warn").unwrap(),
+            "nginx_drain=debug,warn"
+        );
+        // Read as a target, these would turn every line off.
+        for bad in ["verbose", "warnings", "loud", ""] {
+            let e = parse_log_level(bad).unwrap_err();
+            assert!(e.contains("use error, warn, info"), "{bad}: {e}");
+        }
+        assert!(parse_log_level("nginx_drain=debg").is_err());
     }
 
     #[test]

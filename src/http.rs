@@ -282,7 +282,7 @@ const KUBELET_AGENTS: [&[u8]; 2] = [b"kube-probe/", b"kube-lifecycle/"];
 /// with curl, a script) teaches nothing: its address may be a client's.
 fn learn_kubelet(ctx: &Ctx<'_>) {
     if ctx.opts.learn_kubelet && peer_allowed(&ctx.opts.allow, ctx.conn.peer.ip()) {
-        ctx.handle.kubelet_seen(ctx.conn.peer.ip());
+        ctx.handle.learn_kubelet(ctx.conn.peer.ip());
     }
 }
 

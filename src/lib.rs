@@ -20,6 +20,23 @@
 //! emulator) live in the `testbed` crate of this workspace: the product
 //! binary cannot link them.
 
+/// Writes an enum's snake_case name (its JSON word) for logs and text.
+macro_rules! words {
+    ($t:ty { $($v:ident => $w:literal),* $(,)? }) => {
+        impl $t {
+            /// The word the JSON and the logs use.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $w),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 pub mod auth;
 pub mod cli;
 pub mod drain;

@@ -101,7 +101,7 @@ impl Handle {
 
     /// A request came from the kubelet (its probe or hook): its address
     /// is not a client's.
-    pub fn kubelet_seen(&self, ip: std::net::IpAddr) {
+    pub fn learn_kubelet(&self, ip: std::net::IpAddr) {
         self.monitor.learn_kubelet(ip);
     }
 
@@ -274,7 +274,7 @@ impl Owner {
                     pid = master.id.pid,
                     title = %master.title,
                     workers = workers.len(),
-                    signal_method = handle.signal_method(),
+                    signal_method = %handle.signal_method(),
                     "found nginx master"
                 );
                 self.check_shutdown_timeout(&master);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use crate::nginx::Worker;
 use crate::report::{
-    Clock, ConnectionsReport, Durations, Outcome, Progress, QuitReason, Report, SamplePoint,
-    Series, TrafficReport, ms, rate2,
+    ArrivalsSeen, CensusSource, Clock, ConnectionsReport, DrainPhase, Durations, Outcome, Progress,
+    QuitReason, Report, SamplePoint, Series, SignalMethod, TrafficReport, ms, rate2,
 };
 use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenConn, View};
 
@@ -44,15 +44,15 @@ pub struct Request {
 pub struct Record {
     pub req: Request,
     pub workers_at_start: Vec<Worker>,
-    pub signal_method: &'static str,
+    pub signal_method: SignalMethod,
     pub master_pid: i32,
     pub master_title: String,
     pub sigquit: Option<Instant>,
     pub sigterm: Option<Instant>,
     pub exited: Option<Instant>,
     // Traffic.
-    pub census: &'static str,
-    pub arrivals_seen: &'static str,
+    pub census: CensusSource,
+    pub arrivals_seen: ArrivalsSeen,
     pub ports: Vec<u16>,
     pub kubelet_peers: Vec<String>,
     pub rate_before: f64,
@@ -82,7 +82,7 @@ impl Record {
         req: Request,
         master_pid: i32,
         master_title: String,
-        signal_method: &'static str,
+        signal_method: SignalMethod,
         workers_at_start: Vec<Worker>,
         first: &View,
     ) -> Record {
@@ -189,7 +189,7 @@ impl Record {
     /// The drain's progress as `/status` shows it.
     pub fn progress(
         &self,
-        phase: &'static str,
+        phase: DrainPhase,
         left: Duration,
         remaining: Vec<Worker>,
         due: Option<Instant>,
@@ -206,7 +206,7 @@ impl Record {
             open_connections: self.open_now.clone(),
             arrivals_during_wait: self.arrivals_during_wait(),
             cut_connections: None,
-            quiet_period_ms: (phase == "await_quiet").then_some(self.quiet_ms),
+            quiet_period_ms: (phase == DrainPhase::AwaitQuiet).then_some(self.quiet_ms),
             sigquit_due_in_ms: due.map(|d| ms(d.saturating_duration_since(now))),
         }
     }

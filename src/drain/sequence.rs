@@ -38,7 +38,9 @@ use super::record::{Record, Request};
 use super::target::{Child, Target};
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Sig, SignalError, Worker, is_quitting};
-use crate::report::{CUT_PEERS_LISTED, ConnectionsReport, CutConn, Outcome, Report, Snapshot, ms};
+use crate::report::{
+    CUT_PEERS_LISTED, ConnectionsReport, CutConn, DrainPhase, Outcome, Report, Snapshot, ms,
+};
 use crate::sockets::monitor::{Monitor, OpenConn, View};
 
 /// How often a progress line is logged.
@@ -54,12 +56,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn name(self) -> &'static str {
+    /// The phase as `/status` names it.
+    pub fn reported(self) -> DrainPhase {
         match self {
-            Phase::AwaitQuiet => "await_quiet",
-            Phase::Quit => "quit",
-            Phase::AwaitExit => "await_exit",
-            Phase::Forcing => "forcing",
+            Phase::AwaitQuiet => DrainPhase::AwaitQuiet,
+            Phase::Quit => DrainPhase::Quit,
+            Phase::AwaitExit => DrainPhase::AwaitExit,
+            Phase::Forcing => DrainPhase::Forcing,
         }
     }
 }
@@ -206,7 +209,7 @@ impl<T: Target> Drain<T> {
     fn publish(&self, phase: Phase, due: Option<Instant>) {
         let now = Instant::now();
         let progress = self.rec.progress(
-            phase.name(),
+            phase.reported(),
             self.budget.left(now),
             self.remaining.values().cloned().collect(),
             due,
@@ -316,7 +319,7 @@ impl<T: Target> Drain<T> {
                 self.rec.sigquit = Some(Instant::now());
                 tracing::info!(
                     pid = self.pid(),
-                    method = self.rec.signal_method,
+                    method = %self.rec.signal_method,
                     open = ?self.rec.open_at_sigquit,
                     "SIGQUIT sent: nginx stops accepting and finishes in-flight requests"
                 );
@@ -428,9 +431,13 @@ impl<T: Target> Drain<T> {
     /// The drain is over: `/status` shows it as done, with what NGINX cut.
     fn publish_done(&self, cut: Option<u32>) {
         let now = Instant::now();
-        let mut progress = self
-            .rec
-            .progress("done", self.budget.left(now), Vec::new(), None, now);
+        let mut progress = self.rec.progress(
+            DrainPhase::Done,
+            self.budget.left(now),
+            Vec::new(),
+            None,
+            now,
+        );
         progress.cut_connections = cut;
         if cut.is_some() {
             // NGINX has exited: it holds no connection any more.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::nginx::config::{ShutdownTimeout, shutdown_timeout};
 use crate::nginx::process::ChildWatch;
-use crate::nginx::{Master, MasterHandle, Sig, SignalError, Worker, workers};
+use crate::nginx::{Master, MasterHandle, Sig, SignalError, SignalMethod, Worker, workers};
 
 /// A boxed future borrowed from its owner.
 pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -38,7 +38,7 @@ pub struct Child {
 pub trait Target: Send + Sync + 'static {
     fn master(&self) -> &Master;
     /// How signals are delivered (`pidfd` or `kill`), for the report.
-    fn signal_method(&self) -> &'static str;
+    fn signal_method(&self) -> SignalMethod;
     /// Sends `sig` to the master.
     fn signal(&self, sig: Sig) -> Result<(), SignalError>;
     /// Resolves when the master has exited.
@@ -62,7 +62,7 @@ impl Target for MasterHandle {
     fn master(&self) -> &Master {
         MasterHandle::master(self)
     }
-    fn signal_method(&self) -> &'static str {
+    fn signal_method(&self) -> SignalMethod {
         MasterHandle::signal_method(self)
     }
     fn signal(&self, sig: Sig) -> Result<(), SignalError> {

@@ -22,11 +22,23 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+use serde::Serialize;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::procfs::parse_status_uid;
 use super::{Master, NotFound, ProcId, identify, read_proc};
+
+/// How signals reach the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalMethod {
+    /// Through a pidfd: never to a recycled pid.
+    Pidfd,
+    /// `kill(2)` after an identity check, on kernels without pidfds.
+    Kill,
+}
+words!(SignalMethod { Pidfd => "pidfd", Kill => "kill" });
 
 /// How often the fallback (no pidfd) checks `/proc` for the exit.
 const FALLBACK_EXIT_CHECK: Duration = Duration::from_millis(10);
@@ -167,8 +179,12 @@ impl MasterHandle {
 
     /// How signals reach the master, as the report and logs name it:
     /// `pidfd`, or `kill` on kernels without pidfds.
-    pub fn signal_method(&self) -> &'static str {
-        if self.uses_pidfd() { "pidfd" } else { "kill" }
+    pub fn signal_method(&self) -> SignalMethod {
+        if self.uses_pidfd() {
+            SignalMethod::Pidfd
+        } else {
+            SignalMethod::Kill
+        }
     }
 
     /// Checks that the pid still names the master we identified.

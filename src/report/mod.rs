@@ -97,6 +97,26 @@ pub enum QuitReason {
     AlreadyQuitting,
 }
 
+pub use crate::nginx::SignalMethod;
+pub use crate::sockets::{ArrivalsSeen, CensusSource};
+
+/// What a drain is doing, as `/status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainPhase {
+    /// NGINX serves while new connections still arrive.
+    AwaitQuiet,
+    /// SIGQUIT is being sent.
+    Quit,
+    /// Waiting for NGINX to exit.
+    AwaitExit,
+    /// SIGTERM was sent: the budget is nearly spent.
+    Forcing,
+    /// Over; the counts are final.
+    Done,
+}
+words!(DrainPhase { AwaitQuiet => "await_quiet", Quit => "quit", AwaitExit => "await_exit", Forcing => "forcing", Done => "done" });
+
 /// Maps monotonic instants to wall-clock time, anchored once at the hook's
 /// arrival. All decisions use the monotonic clock; a wall-clock jump during a
 /// drain only shifts the printed timestamps, never a deadline.
@@ -205,12 +225,8 @@ pub struct Durations {
 /// What the census saw around the drain.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrafficReport {
-    /// `netlink` or `proc` (the fallback), or `unavailable`.
-    pub census: &'static str,
-    /// `every_connection` (censuses and the kernel's destroy events), or
-    /// `census_only` (connections that clients closed first between two
-    /// censuses were not seen).
-    pub arrivals_seen: &'static str,
+    pub census: CensusSource,
+    pub arrivals_seen: ArrivalsSeen,
     /// The ports counted as NGINX's.
     pub ports: Vec<u16>,
     /// Addresses learned to be the kubelet's, not counted as clients.
@@ -260,8 +276,7 @@ pub struct Report {
     pub workers_at_start: Vec<Worker>,
     /// Workers still alive when the drain ended (empty when drained).
     pub workers_left: Vec<Worker>,
-    /// `pidfd` or `kill` (the fallback on kernels without pidfds).
-    pub signal_method: Option<&'static str>,
+    pub signal_method: Option<SignalMethod>,
     pub hook_received_at: String,
     pub hook_peer: String,
     pub sigquit_at: Option<String>,
@@ -287,7 +302,7 @@ impl Report {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Progress {
     pub drain_id: String,
-    pub phase: &'static str,
+    pub phase: DrainPhase,
     pub hook_received_at: String,
     pub elapsed_ms: u64,
     pub budget_left_ms: u64,
@@ -345,10 +360,8 @@ pub struct Snapshot {
 /// The connection census as `/status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrafficStatus {
-    /// `netlink`, `proc` (the fallback) or `unavailable`.
-    pub census: &'static str,
-    /// `every_connection` or `census_only` (see [`TrafficReport`]).
-    pub arrivals_seen: &'static str,
+    pub census: CensusSource,
+    pub arrivals_seen: ArrivalsSeen,
     pub ports: Vec<u16>,
     /// Listening ports with their accept-queue length.
     pub listening: BTreeMap<u16, u32>,

@@ -70,15 +70,25 @@ pub struct ArrivalLog {
     /// When observation began: silence since then is observed silence.
     pub since: Instant,
     entries: VecDeque<Arrivals>,
-    /// Per entry, who arrived, when few did.
-    peers: VecDeque<FewPeers>,
+    /// Per entry, how many of `peers` are its ([`MANY`]: it came from many
+    /// peers, not listed).
+    peer_counts: VecDeque<u8>,
+    /// Every entry's peers, in order, flattened: no allocation per entry,
+    /// so that the log (published, and so cloned, at every look of a
+    /// drain: thousands of entries at hundreds of connections a second)
+    /// copies as plain memory.
+    peers: VecDeque<(IpAddr, u32)>,
 }
+
+/// An entry whose arrivals came from many peers.
+const MANY: u8 = u8::MAX;
 
 impl ArrivalLog {
     pub fn new(since: Instant) -> ArrivalLog {
         ArrivalLog {
             since,
             entries: VecDeque::new(),
+            peer_counts: VecDeque::new(),
             peers: VecDeque::new(),
         }
     }
@@ -91,7 +101,13 @@ impl ArrivalLog {
     pub fn record_from(&mut self, a: Arrivals, peers: FewPeers) {
         if a.n > 0 {
             self.entries.push_back(a);
-            self.peers.push_back(peers);
+            match peers {
+                Some(list) if list.len() < usize::from(MANY) => {
+                    self.peer_counts.push_back(list.len() as u8);
+                    self.peers.extend(list.iter().copied());
+                }
+                _ => self.peer_counts.push_back(MANY),
+            }
         }
         while self
             .entries
@@ -99,46 +115,37 @@ impl ArrivalLog {
             .is_some_and(|e| a.at.saturating_duration_since(e.at) > HISTORY)
         {
             self.entries.pop_front();
-            self.peers.pop_front();
+            let c = self.peer_counts.pop_front().unwrap_or(MANY);
+            if c != MANY {
+                self.peers.drain(..usize::from(c));
+            }
         }
     }
 
     /// Takes back the arrivals from `ip` (the kubelet's address, learned
     /// late) that `budget` says were its probes, replaying the samples of
     /// few peers in order; samples of many peers cannot tell and keep
-    /// theirs. Returns how many were taken back.
+    /// theirs. Returns how many were taken back. (Rare: once per address
+    /// learned; the log is rebuilt.)
     pub fn forgive_probes(&mut self, ip: IpAddr, budget: &mut ProbeBudget) -> u64 {
+        let old = std::mem::replace(self, ArrivalLog::new(self.since));
         let mut taken = 0u64;
-        for (e, peers) in self.entries.iter_mut().zip(self.peers.iter_mut()) {
-            if let Some(list) = peers {
+        let mut listed = old.peers.into_iter();
+        for (mut e, c) in old.entries.into_iter().zip(old.peer_counts) {
+            let mut peers: FewPeers =
+                (c != MANY).then(|| listed.by_ref().take(usize::from(c)).collect());
+            if let Some(list) = &mut peers {
                 let probes = take_probes(list, ip, e.at, e.span, budget);
                 e.n -= probes.min(e.n);
                 taken += u64::from(probes);
             }
-        }
-        let mut i = 0;
-        while i < self.entries.len() {
-            if self.entries[i].n == 0 {
-                self.entries.remove(i);
-                self.peers.remove(i);
-            } else {
-                i += 1;
-            }
+            self.record_from(e, peers);
         }
         taken
     }
 
     pub fn last_arrival(&self) -> Option<Instant> {
         self.entries.back().map(|e| e.at)
-    }
-
-    /// Arrivals recorded after `t`.
-    pub fn count_after(&self, t: Instant) -> u64 {
-        self.entries
-            .iter()
-            .filter(|e| e.at > t)
-            .map(|e| u64::from(e.n))
-            .sum()
     }
 
     /// Arrivals recorded after `t`; a record whose span straddles `t`

@@ -19,6 +19,8 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
+use serde::Serialize;
+
 pub use census::{Census, CensusBuilder, ConnId, ConnKey, NewConns, PortFilter};
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
@@ -57,6 +59,32 @@ impl Sock {
         )
     }
 }
+
+/// Where the connection counts come from, as the report and `/status` say
+/// (what [`Method`] turned out to be).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CensusSource {
+    /// NETLINK_SOCK_DIAG.
+    Netlink,
+    /// /proc/net/tcp and tcp6, the fallback.
+    Proc,
+    /// No census can be taken.
+    Unavailable,
+}
+words!(CensusSource { Netlink => "netlink", Proc => "proc", Unavailable => "unavailable" });
+
+/// Which arrivals are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArrivalsSeen {
+    /// Censuses and the kernel's destroy events: every connection.
+    EveryConnection,
+    /// Censuses alone: connections that clients closed first between two
+    /// censuses are not seen.
+    CensusOnly,
+}
+words!(ArrivalsSeen { EveryConnection => "every_connection", CensusOnly => "census_only" });
 
 /// Where the census comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

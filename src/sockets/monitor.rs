@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::arrivals::ArrivalLog;
 use super::sampler::{Kernel, Look, Sampler, Sources};
+use super::{ArrivalsSeen, CensusSource};
 use super::{Method, PortFilter, counters};
 
 /// How often the accept counter is read while idle.
@@ -127,21 +128,21 @@ impl View {
     /// Where the census comes from, as `/status` and the report name it:
     /// `netlink`, `proc` (the fallback), or `unavailable` while no census
     /// can be taken. The one place this label is decided.
-    pub fn census_label(&self) -> &'static str {
+    pub fn census_label(&self) -> CensusSource {
         match (&self.error, self.method) {
-            (Some(_), _) => "unavailable",
-            (None, Method::Proc) => "proc",
-            (None, Method::Netlink | Method::Auto) => "netlink",
+            (Some(_), _) => CensusSource::Unavailable,
+            (None, Method::Proc) => CensusSource::Proc,
+            (None, Method::Netlink | Method::Auto) => CensusSource::Netlink,
         }
     }
 
     /// Which arrivals are seen, as `/status` and the report name it:
     /// `every_connection` with the destroy events, else `census_only`.
-    pub fn arrivals_label(&self) -> &'static str {
+    pub fn arrivals_label(&self) -> ArrivalsSeen {
         if self.destroy_events {
-            "every_connection"
+            ArrivalsSeen::EveryConnection
         } else {
-            "census_only"
+            ArrivalsSeen::CensusOnly
         }
     }
 

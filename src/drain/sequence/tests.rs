@@ -11,7 +11,7 @@ use crate::drain::WaitPolicy;
 use crate::drain::target::{BoxFuture, ExitWatch};
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Master, ProcId};
-use crate::report::{Clock, CutBy, QuitReason};
+use crate::report::{CensusSource, Clock, CutBy, DrainPhase, QuitReason, SignalMethod};
 use crate::sockets::Method;
 use crate::sockets::arrivals::{ArrivalLog, Arrivals};
 use crate::sockets::monitor::{OpenConn, Sample};
@@ -120,8 +120,8 @@ impl Target for Fake {
     fn master(&self) -> &Master {
         &self.master
     }
-    fn signal_method(&self) -> &'static str {
-        "pidfd"
+    fn signal_method(&self) -> SignalMethod {
+        SignalMethod::Pidfd
     }
     fn signal(&self, sig: Sig) -> Result<(), SignalError> {
         if *self.exit.borrow() {
@@ -459,7 +459,7 @@ async fn without_any_census_sigquit_waits_for_max_delay() {
     assert_eq!(r.durations.hook_to_sigquit_ms, Some(2_000));
     let t = r.traffic.unwrap();
     assert_eq!(t.sigquit_reason, QuitReason::MaxDelay);
-    assert_eq!(t.census, "unavailable");
+    assert_eq!(t.census, CensusSource::Unavailable);
 }
 
 #[tokio::test(start_paused = true)]
@@ -498,7 +498,7 @@ async fn status_shows_each_phase_as_the_drain_moves() {
         snapshot,
         monitor,
     ));
-    let mut phases: Vec<&'static str> = Vec::new();
+    let mut phases: Vec<DrainPhase> = Vec::new();
     while rx.changed().await.is_ok() {
         let phase = rx.borrow_and_update().drain.as_ref().map(|d| d.phase);
         if let Some(p) = phase
@@ -511,7 +511,14 @@ async fn status_shows_each_phase_as_the_drain_moves() {
     assert_eq!(r.outcome, Outcome::Drained);
     // `quit` lasts no time at all (SIGQUIT is one call): a watcher sees
     // the phases around it.
-    assert_eq!(phases, ["await_quiet", "await_exit", "done"]);
+    assert_eq!(
+        phases,
+        [
+            DrainPhase::AwaitQuiet,
+            DrainPhase::AwaitExit,
+            DrainPhase::Done
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -597,7 +604,7 @@ async fn status_after_the_drain_shows_it_done_with_final_counts() {
     .await;
     let snap = rx.borrow();
     let d = snap.drain.as_ref().unwrap();
-    assert_eq!(d.phase, "done");
+    assert_eq!(d.phase, DrainPhase::Done);
     assert_eq!(d.cut_connections, Some(2));
     assert!(d.open_connections.is_empty() && d.workers_remaining.is_empty());
 }
