@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nginx_drain::sockets::{Census, Method, PortFilter, Source};
+use nginx_drain::sockets::{Census, CensusMethod, PortFilter, Source};
 use testbed::{Nginx, NginxOptions, netns};
 
 fn median_ms(mut v: Vec<Duration>) -> f64 {
@@ -50,7 +50,7 @@ fn main() {
             }
         }
         // Wait until every connection is established on the server side.
-        let mut src = Source::new(Method::Netlink);
+        let mut src = Source::new(CensusMethod::Netlink);
         let port = nginx.addr().port();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -63,7 +63,7 @@ fn main() {
             assert!(Instant::now() < deadline, "connections not established");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let time = |method: Method| {
+        let time = |method: CensusMethod| {
             let mut src = Source::new(method);
             (0..30)
                 .map(|_| {
@@ -74,8 +74,8 @@ fn main() {
                 })
                 .collect::<Vec<_>>()
         };
-        let netlink = time(Method::Netlink);
-        let proc = time(Method::Proc);
+        let netlink = time(CensusMethod::Netlink);
+        let proc = time(CensusMethod::Proc);
         let ss: Vec<Duration> = (0..10)
             .map(|_| {
                 let t = Instant::now();

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::drain::budget::MIN_DRAIN_TIMEOUT;
 use crate::http::OnFailure;
-use crate::sockets::Method;
+use crate::sockets::CensusMethod;
 
 /// The default hook port. No common Kubernetes component or exporter uses
 /// 10266; 9099 (an obvious choice) is Calico's health port, which collides
@@ -108,8 +108,8 @@ pub struct ServeArgs {
 
     /// Where the connection census comes from: `auto` (netlink, falling back
     /// to /proc/net/tcp when netlink is refused), `netlink` or `proc`.
-    #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = Census::Auto)]
-    pub census: Census,
+    #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = CensusFlag::Auto)]
+    pub census: CensusFlag,
 
     /// Require `Authorization: Bearer <token>` on /prestop and /status, with
     /// the token read from this file (a mounted Secret; re-read when it
@@ -168,7 +168,7 @@ pub enum LogFormat {
 
 /// `--census`: the flag's words. The sockets module has its own type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Census {
+pub enum CensusFlag {
     /// NETLINK_SOCK_DIAG, falling back to /proc when netlink is refused.
     Auto,
     /// NETLINK_SOCK_DIAG only.
@@ -177,12 +177,12 @@ pub enum Census {
     Proc,
 }
 
-impl From<Census> for Method {
-    fn from(c: Census) -> Method {
+impl From<CensusFlag> for CensusMethod {
+    fn from(c: CensusFlag) -> CensusMethod {
         match c {
-            Census::Auto => Method::Auto,
-            Census::Netlink => Method::Netlink,
-            Census::Proc => Method::Proc,
+            CensusFlag::Auto => CensusMethod::Auto,
+            CensusFlag::Netlink => CensusMethod::Netlink,
+            CensusFlag::Proc => CensusMethod::Proc,
         }
     }
 }

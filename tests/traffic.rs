@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use nginx_drain::sockets::{Census, Method, PortFilter, Source, state};
+use nginx_drain::sockets::{Census, CensusMethod, PortFilter, Source, state};
 use testbed::Nginx;
 use testbed::NginxOptions;
 use testbed::load::{self, Style};
@@ -537,7 +537,7 @@ async fn census_matches_ss_while_load_runs() {
     let until = Instant::now() + Duration::from_secs(3);
     let load = tokio::spawn(load::open_loop(nginx.addr(), 200.0, None, until, 1000));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for method in [Method::Netlink, Method::Proc] {
+    for method in [CensusMethod::Netlink, CensusMethod::Proc] {
         let (ss_before, ss_listen) = ss_counts();
         let socks = Source::new(method).dump().unwrap();
         let (ss_after, _) = ss_counts();

@@ -61,7 +61,7 @@ impl Sock {
 }
 
 /// Where the connection counts come from, as the report and `/status` say
-/// (what [`Method`] turned out to be).
+/// (what [`CensusMethod`] turned out to be).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CensusSource {
@@ -88,7 +88,7 @@ words!(ArrivalsSeen { EveryConnection => "every_connection", CensusOnly => "cens
 
 /// Where the census comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub enum CensusMethod {
     /// NETLINK_SOCK_DIAG, falling back to /proc when netlink is refused.
     Auto,
     /// NETLINK_SOCK_DIAG only.
@@ -102,16 +102,16 @@ pub enum Method {
 /// switches to /proc for good and says so once.
 pub struct Source {
     netlink: Option<netlink::Dumper>,
-    pub method: Method,
+    pub method: CensusMethod,
 }
 
 impl Source {
-    pub fn new(method: Method) -> Source {
+    pub fn new(method: CensusMethod) -> Source {
         let netlink = match method {
-            Method::Proc => None,
-            Method::Auto | Method::Netlink => match netlink::Dumper::new() {
+            CensusMethod::Proc => None,
+            CensusMethod::Auto | CensusMethod::Netlink => match netlink::Dumper::new() {
                 Ok(d) => Some(d),
-                Err(e) if method == Method::Auto => {
+                Err(e) if method == CensusMethod::Auto => {
                     tracing::warn!(error = %e, "NETLINK_SOCK_DIAG refused: counting connections from /proc/net/tcp and /proc/net/tcp6 instead (slower)");
                     None
                 }
@@ -122,9 +122,9 @@ impl Source {
             },
         };
         let method = if netlink.is_some() {
-            Method::Netlink
+            CensusMethod::Netlink
         } else {
-            Method::Proc
+            CensusMethod::Proc
         };
         Source { netlink, method }
     }
@@ -187,7 +187,7 @@ impl Source {
             };
             tracing::warn!(error = %failed, "NETLINK_SOCK_DIAG dump failed: counting connections from /proc/net/tcp and /proc/net/tcp6 from now on");
             self.netlink = None;
-            self.method = Method::Proc;
+            self.method = CensusMethod::Proc;
         }
         let socks = procnet::dump()?;
         Ok(Census::take_with(
@@ -236,7 +236,7 @@ mod tests {
         let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_s, _) = l.accept().unwrap();
         let client_port = c.local_addr().unwrap().port();
-        for method in [Method::Netlink, Method::Proc] {
+        for method in [CensusMethod::Netlink, CensusMethod::Proc] {
             let mut src = Source::new(method);
             assert_eq!(src.method, method, "netlink works on this kernel");
             let socks = src.dump().unwrap();

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use super::arrivals::ArrivalLog;
 use super::sampler::{Kernel, Look, Sampler, Sources};
 use super::{ArrivalsSeen, CensusSource};
-use super::{Method, PortFilter, counters};
+use super::{CensusMethod, PortFilter, counters};
 
 /// How often the accept counter is read while idle.
 pub const IDLE_EVERY: Duration = Duration::from_millis(200);
@@ -48,7 +48,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
-    pub method: Method,
+    pub method: CensusMethod,
     pub filter: PortFilter,
 }
 
@@ -91,7 +91,7 @@ pub struct View {
     pub sample: Sample,
     pub log: Arc<ArrivalLog>,
     /// Where the census comes from now (`netlink` or `proc`).
-    pub method: Method,
+    pub method: CensusMethod,
     /// Ports counted so far (listening now or before).
     pub ports: BTreeSet<u16>,
     /// Set when no census can be taken at all.
@@ -111,7 +111,7 @@ pub struct View {
 
 impl View {
     /// A view with nothing seen yet.
-    pub fn empty(since: Instant, method: Method, ports: BTreeSet<u16>) -> View {
+    pub fn empty(since: Instant, method: CensusMethod, ports: BTreeSet<u16>) -> View {
         View {
             sample: Sample::default(),
             log: Arc::new(ArrivalLog::new(since)),
@@ -131,8 +131,8 @@ impl View {
     pub fn census_label(&self) -> CensusSource {
         match (&self.error, self.method) {
             (Some(_), _) => CensusSource::Unavailable,
-            (None, Method::Proc) => CensusSource::Proc,
-            (None, Method::Netlink | Method::Auto) => CensusSource::Netlink,
+            (None, CensusMethod::Proc) => CensusSource::Proc,
+            (None, CensusMethod::Netlink | CensusMethod::Auto) => CensusSource::Netlink,
         }
     }
 

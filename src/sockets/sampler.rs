@@ -27,7 +27,7 @@ use super::census::conn_id;
 use super::monitor::{FAST_CENSUS_EVERY, MonitorConfig, OpenConn, Sample, Shared, TICK, View};
 use super::netlink::DestroyWatch;
 use super::probes::{self, ProbeBudget};
-use super::{Census, Method, NewConns, PortFilter, Sock, Source};
+use super::{Census, CensusMethod, NewConns, PortFilter, Sock, Source};
 
 /// Censuses are at least this many times their own CPU cost apart while
 /// idle (at most 2 % of a core)...
@@ -46,7 +46,7 @@ const FAST_COST_FACTOR: u32 = 60;
 /// its handles read too: [`Shared`]): the TCP destroy events and the census.
 pub(crate) trait Sources {
     /// Where the census comes from now.
-    fn method(&self) -> Method;
+    fn method(&self) -> CensusMethod;
     /// Whether the destroy events are watched.
     fn watches_destroyed(&self) -> bool;
     /// Resolves when destroy events are queued; never when none are
@@ -85,7 +85,7 @@ pub(crate) struct Kernel {
 impl Kernel {
     pub(crate) fn new(config: &MonitorConfig) -> Kernel {
         let source = Source::new(config.method);
-        let destroyed = if source.method == Method::Netlink {
+        let destroyed = if source.method == CensusMethod::Netlink {
             let watch = DestroyWatch::new().and_then(|w| {
                 // SAFETY: the watch owns its netlink socket for its whole
                 // life, and `as_raw_fd` always returns that socket.
@@ -110,7 +110,7 @@ impl Kernel {
 }
 
 impl Sources for Kernel {
-    fn method(&self) -> Method {
+    fn method(&self) -> CensusMethod {
         self.source.method
     }
 

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::client::{self, Failure};
 use super::load::{self, LoadStats};
 use super::{Nginx, NginxOptions, Sidecar};
-use nginx_drain::sockets::{Method, PortFilter, Source};
+use nginx_drain::sockets::{CensusMethod, PortFilter, Source};
 
 /// A preStop strategy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -165,7 +165,7 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
         let stop = stop.clone();
         let port = addr.port();
         tokio::spawn(async move {
-            let mut src = Source::new(Method::Auto);
+            let mut src = Source::new(CensusMethod::Auto);
             let filter = PortFilter {
                 only: [port].into(),
                 ..Default::default()
@@ -215,7 +215,7 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
             }
         }
         Strategy::FixedQuiet { quiet } => {
-            let mut src = Source::new(Method::Auto);
+            let mut src = Source::new(CensusMethod::Auto);
             let filter = PortFilter {
                 only: [addr.port()].into(),
                 ..Default::default()

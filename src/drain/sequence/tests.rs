@@ -12,7 +12,7 @@ use crate::drain::target::{BoxFuture, ExitWatch};
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Master, ProcId};
 use crate::report::{CensusSource, Clock, CutBy, DrainPhase, QuitReason, SignalMethod};
-use crate::sockets::Method;
+use crate::sockets::CensusMethod;
 use crate::sockets::arrivals::{ArrivalLog, Arrivals};
 use crate::sockets::monitor::{OpenConn, Sample};
 
@@ -164,7 +164,7 @@ impl Target for Fake {
 
 /// Census views as the monitor would publish them: one sample every
 /// 100 ms, with `per_tick(t)` arrivals at time `t` since the hook.
-struct Census {
+struct FakeCensus {
     tx: watch::Sender<View>,
     log: ArrivalLog,
     seq: u64,
@@ -184,10 +184,10 @@ fn two_conns(age: Duration) -> Arc<Vec<OpenConn>> {
     )
 }
 
-impl Census {
+impl FakeCensus {
     /// A monitor whose history holds `rate_per_tick` arrivals every 100 ms
     /// for the `history` before now.
-    fn new(history: Duration, per_tick: u32) -> (Monitor, Census) {
+    fn new(history: Duration, per_tick: u32) -> (Monitor, FakeCensus) {
         let now = Instant::now();
         let mut log = ArrivalLog::new(now.checked_sub(history).unwrap_or(now));
         let mut t = log.since + TICK;
@@ -210,10 +210,10 @@ impl Census {
                 conns: two_conns(Duration::from_secs(30)),
             },
             log: Arc::new(log.clone()),
-            ..View::empty(now, Method::Netlink, [80].into())
+            ..View::empty(now, CensusMethod::Netlink, [80].into())
         };
         let (monitor, tx) = Monitor::manual(view);
-        (monitor, Census { tx, log, seq: 1 })
+        (monitor, FakeCensus { tx, log, seq: 1 })
     }
 
     /// Publishes samples every 100 ms for `how_long`, with `per_tick`
@@ -276,7 +276,7 @@ async fn drain(fake: &Arc<Fake>, monitor: Monitor, timeout: Duration) -> Report 
 }
 
 fn quiet_monitor() -> Monitor {
-    let (monitor, census) = Census::new(Duration::ZERO, 0);
+    let (monitor, census) = FakeCensus::new(Duration::ZERO, 0);
     census.run(Duration::from_secs(60), Duration::ZERO, 0);
     monitor
 }
@@ -298,7 +298,7 @@ async fn with_no_traffic_sigquit_goes_at_min_delay_and_the_exit_is_drained() {
 #[tokio::test(start_paused = true)]
 async fn nginx_keeps_serving_while_connections_arrive_and_quits_a_quiet_period_after_the_last() {
     // Ten arrivals a second for a minute before the hook and 3 s after it.
-    let (monitor, census) = Census::new(Duration::from_secs(60), 1);
+    let (monitor, census) = FakeCensus::new(Duration::from_secs(60), 1);
     census.run(Duration::from_secs(20), Duration::from_secs(3), 1);
     let fake = Arc::new(Fake::new(Answer::ExitAfter(40 * MS), Answer::Ignore));
     let r = drain(&fake, monitor, Duration::from_secs(25)).await;
@@ -323,7 +323,7 @@ async fn nginx_keeps_serving_while_connections_arrive_and_quits_a_quiet_period_a
 async fn an_accept_no_view_accounts_for_holds_the_quiet_sigquit() {
     use std::sync::atomic::{AtomicU64, Ordering};
     let counter = Arc::new(AtomicU64::new(1000));
-    let (_, census) = Census::new(Duration::from_secs(60), 1);
+    let (_, census) = FakeCensus::new(Duration::from_secs(60), 1);
     let reader = counter.clone();
     let view = census.tx.borrow().clone();
     let (monitor, tx) = Monitor::manual_counting(
@@ -407,7 +407,7 @@ async fn a_master_killed_with_its_workers_alive_is_nginx_died_not_drained() {
 
 #[tokio::test(start_paused = true)]
 async fn an_exit_before_our_sigquit_is_nginx_died_and_nothing_is_signalled() {
-    let (monitor, census) = Census::new(Duration::from_secs(60), 1);
+    let (monitor, census) = FakeCensus::new(Duration::from_secs(60), 1);
     census.run(Duration::from_secs(20), Duration::from_secs(10), 1);
     let fake = Arc::new(Fake::new(Answer::ExitAfter(MS), Answer::Ignore));
     fake.exit_later(Duration::from_secs(1), true);
@@ -441,7 +441,7 @@ async fn an_nginx_already_quitting_gets_no_second_sigquit() {
 
 #[tokio::test(start_paused = true)]
 async fn without_any_census_sigquit_waits_for_max_delay() {
-    let (monitor, census) = Census::new(Duration::ZERO, 0);
+    let (monitor, census) = FakeCensus::new(Duration::ZERO, 0);
     census.tx.send_modify(|v| {
         v.sample = Sample::default();
         v.error = Some("netlink and /proc/net/tcp both failed".into());
@@ -464,7 +464,7 @@ async fn without_any_census_sigquit_waits_for_max_delay() {
 
 #[tokio::test(start_paused = true)]
 async fn a_census_monitor_that_stops_never_holds_the_drain_past_its_deadlines() {
-    let (monitor, census) = Census::new(Duration::ZERO, 0);
+    let (monitor, census) = FakeCensus::new(Duration::ZERO, 0);
     drop(census);
     let fake = Arc::new(Fake::new(Answer::Ignore, Answer::ExitAfter(MS)));
     let r = drain(&fake, monitor, Duration::from_secs(10)).await;

@@ -82,8 +82,8 @@ impl Script {
 }
 
 impl Sources for Script {
-    fn method(&self) -> Method {
-        Method::Netlink
+    fn method(&self) -> CensusMethod {
+        CensusMethod::Netlink
     }
 
     fn watches_destroyed(&self) -> bool {
@@ -146,7 +146,7 @@ fn sock(st: u8, local: &str, peer: &str) -> Sock {
 
 fn spawn(script: &Script) -> Monitor {
     let config = MonitorConfig {
-        method: Method::Netlink,
+        method: CensusMethod::Netlink,
         filter: PortFilter::default(),
     };
     Monitor::spawn_with(config, script.clone(), script.counter())
