@@ -334,13 +334,14 @@ impl Owner {
         let f = |d: Duration| humantime::format_duration(d).to_string();
         let rule = budget::worker_shutdown_rule(timeout, max_delay);
         let told = self.config.worker_shutdown_timeout;
-        match ShutdownTimeout::given_or(told, || crate::nginx::config::shutdown_timeout(master)) {
-            ShutdownTimeout::Set(d) if d <= limit => tracing::info!(
-                worker_shutdown_timeout = %f(d),
+        let t = ShutdownTimeout::given_or(told, || crate::nginx::config::shutdown_timeout(master));
+        match &t {
+            ShutdownTimeout::Set(d) if *d <= limit => tracing::info!(
+                worker_shutdown_timeout = %t,
                 "nginx closes connections that never end by themselves (WebSockets, streams) inside the budget ({rule})"
             ),
-            ShutdownTimeout::Set(d) => tracing::warn!(
-                worker_shutdown_timeout = %f(d),
+            ShutdownTimeout::Set(_) => tracing::warn!(
+                worker_shutdown_timeout = %t,
                 "nginx's worker_shutdown_timeout is longer than the budget leaves it ({rule}): one WebSocket or stream open at the hook makes the drain forced; set it to at most {}",
                 f(limit)
             ),

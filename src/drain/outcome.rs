@@ -122,9 +122,9 @@ fn plural(n: u32) -> &'static str {
 
 fn timeout_words(t: &ShutdownTimeout) -> String {
     match t {
-        ShutdownTimeout::Set(d) => format!("it is {}", humantime::format_duration(*d)),
         ShutdownTimeout::Unset => "it is not set".into(),
         ShutdownTimeout::Unknown(why) => format!("nginx-drain could not read it: {why}"),
+        set => format!("it is {set}"),
     }
 }
 

@@ -42,42 +42,127 @@ pub struct Request {
 
 /// Accumulates what was observed; turned into the report at the end.
 pub struct Record {
-    pub req: Request,
-    pub workers_at_start: Vec<Worker>,
-    pub signal_method: SignalMethod,
-    pub master_pid: i32,
-    pub master_title: String,
-    pub sigquit: Option<Instant>,
-    pub sigterm: Option<Instant>,
-    pub exited: Option<Instant>,
+    req: Request,
+    workers_at_start: Vec<Worker>,
+    signal_method: SignalMethod,
+    master_pid: i32,
+    master_title: String,
+    sigquit: Option<Instant>,
+    sigterm: Option<Instant>,
+    exited: Option<Instant>,
     // Traffic.
-    pub census: CensusSource,
-    pub arrivals_seen: ArrivalsSeen,
-    pub ports: Vec<u16>,
-    pub kubelet_peers: Vec<String>,
-    pub rate_before: f64,
+    census: CensusSource,
+    arrivals_seen: ArrivalsSeen,
+    ports: Vec<u16>,
+    kubelet_peers: Vec<String>,
+    rate_before: f64,
     /// New client connections between the hook and SIGQUIT (a record that
     /// straddles the hook counts for its share), and the log's last
     /// arrival they include.
     during_wait: f64,
     counted_until: Instant,
-    pub last_arrival: Option<Instant>,
-    pub quiet_ms: u64,
-    pub quiet_reason: String,
-    pub quit_reason: Option<QuitReason>,
-    pub open_now: BTreeMap<u16, u32>,
-    pub open_at_sigquit: BTreeMap<u16, u32>,
-    pub open_at_hook: u32,
+    last_arrival: Option<Instant>,
+    quiet_ms: u64,
+    quiet_reason: String,
+    quit_reason: Option<QuitReason>,
+    open_now: BTreeMap<u16, u32>,
+    open_at_sigquit: BTreeMap<u16, u32>,
+    open_at_hook: u32,
     /// The open connections of the latest censuses (at most
     /// [`RECENT_CENSUSES`]), with when each was taken: the moment NGINX cut
     /// connections may lie a little before its exit.
-    pub recent: std::collections::VecDeque<(Instant, Arc<Vec<OpenConn>>)>,
-    pub last_closed: Option<Instant>,
+    recent: std::collections::VecDeque<(Instant, Arc<Vec<OpenConn>>)>,
+    last_closed: Option<Instant>,
     series: Series,
     last_seq: u64,
 }
 
 impl Record {
+    // What the drain did, as it did it.
+
+    /// NGINX was already shutting down at the hook: no wait, no SIGQUIT.
+    pub fn already_quitting(&mut self) {
+        self.quit_reason = Some(QuitReason::AlreadyQuitting);
+        self.quiet_reason = "nginx was already shutting down".into();
+    }
+
+    /// The quiet period as last judged (`None`: no census to judge by).
+    pub fn set_quiet(&mut self, period_ms: Option<u64>, reason: String) {
+        if let Some(p) = period_ms {
+            self.quiet_ms = p;
+        }
+        self.quiet_reason = reason;
+    }
+
+    /// The wait ended, for `reason`: the open connections now are those at
+    /// SIGQUIT.
+    pub fn quit_decided(&mut self, reason: QuitReason) {
+        self.quit_reason = Some(reason);
+        self.open_at_sigquit = self.open_now.clone();
+    }
+
+    pub fn sigquit_sent(&mut self, at: Instant) {
+        self.sigquit = Some(at);
+    }
+
+    pub fn sigterm_sent(&mut self, at: Instant) {
+        self.sigterm = Some(at);
+    }
+
+    /// The master exited at `at`; after a SIGQUIT, NGINX had closed every
+    /// connection by then.
+    pub fn nginx_exited(&mut self, at: Instant) {
+        self.exited = Some(at);
+        if self.last_closed.is_none() && self.sigquit.is_some() {
+            self.last_closed = Some(at);
+        }
+    }
+
+    // What was seen so far.
+
+    pub fn req(&self) -> &Request {
+        &self.req
+    }
+    pub fn sigquit(&self) -> Option<Instant> {
+        self.sigquit
+    }
+    pub fn sigterm(&self) -> Option<Instant> {
+        self.sigterm
+    }
+    pub fn exited(&self) -> Option<Instant> {
+        self.exited
+    }
+    pub fn quiet_reason(&self) -> &str {
+        &self.quiet_reason
+    }
+    pub fn quiet_ms(&self) -> u64 {
+        self.quiet_ms
+    }
+    pub fn quit_reason(&self) -> Option<QuitReason> {
+        self.quit_reason
+    }
+    pub fn open_now(&self) -> &BTreeMap<u16, u32> {
+        &self.open_now
+    }
+    pub fn open_at_sigquit(&self) -> &BTreeMap<u16, u32> {
+        &self.open_at_sigquit
+    }
+    pub fn open_at_hook(&self) -> u32 {
+        self.open_at_hook
+    }
+    pub fn last_closed(&self) -> Option<Instant> {
+        self.last_closed
+    }
+    pub fn workers_at_start(&self) -> &[Worker] {
+        &self.workers_at_start
+    }
+    pub fn signal_method(&self) -> SignalMethod {
+        self.signal_method
+    }
+    pub fn master_pid(&self) -> i32 {
+        self.master_pid
+    }
+
     pub fn new(
         req: Request,
         master_pid: i32,

@@ -186,15 +186,14 @@ impl<T: Target> Drain<T> {
     }
 
     fn pid(&self) -> i32 {
-        self.rec.master_pid
+        self.rec.master_pid()
     }
 
     /// AwaitQuiet, unless NGINX is already quitting: then there is nothing
     /// to wait for and no SIGQUIT to send.
     fn first_phase(&mut self) -> Phase {
-        if is_quitting(&self.rec.workers_at_start) {
-            self.rec.quit_reason = Some(QuitReason::AlreadyQuitting);
-            self.rec.quiet_reason = "nginx was already shutting down".into();
+        if is_quitting(self.rec.workers_at_start()) {
+            self.rec.already_quitting();
             tracing::info!(
                 pid = self.pid(),
                 "nginx is already shutting down: not waiting for traffic, not sending another SIGQUIT"
@@ -224,15 +223,17 @@ impl<T: Target> Drain<T> {
     /// When SIGQUIT is due as of the latest census, and why.
     fn sigquit_due(&mut self, view: &View, now: Instant) -> (Instant, QuitReason) {
         if view.is_blind() {
-            self.rec.quiet_reason = "no connection census available: waited --max-delay".into();
+            self.rec.set_quiet(
+                None,
+                "no connection census available: waited --max-delay".into(),
+            );
             return self.latest;
         }
-        let policy = self.rec.req.policy;
+        let policy = self.rec.req().policy;
         let q = quiet_period(&view.log, now, policy.min_delay, policy.max_delay);
-        self.rec.quiet_ms = ms(q.period);
-        self.rec.quiet_reason = q.reason;
+        self.rec.set_quiet(Some(ms(q.period)), q.reason);
         sigquit_at(
-            self.rec.req.clock.mono,
+            self.rec.req().clock.mono,
             view.log.last_arrival(),
             q.period,
             policy.min_delay,
@@ -281,15 +282,14 @@ impl<T: Target> Drain<T> {
     }
 
     fn quiet_reached(&mut self, reason: QuitReason, now: Instant) {
-        self.rec.quit_reason = Some(reason);
-        self.rec.open_at_sigquit = self.rec.open_now.clone();
+        self.rec.quit_decided(reason);
         let waited = self.rec.since_hook(now);
         match reason {
             QuitReason::Quiet => tracing::info!(
                 waited_ms = waited,
                 arrivals_during_wait = self.rec.arrivals_during_wait(),
-                quiet_period_ms = self.rec.quiet_ms,
-                why = %self.rec.quiet_reason,
+                quiet_period_ms = self.rec.quiet_ms(),
+                why = %self.rec.quiet_reason(),
                 "new connections have stopped: no arrival for the quiet period"
             ),
             _ => tracing::warn!(
@@ -304,8 +304,8 @@ impl<T: Target> Drain<T> {
     fn log_waiting(&mut self, at: Instant) {
         tracing::info!(
             arrivals_during_wait = self.rec.arrivals_during_wait(),
-            open = ?self.rec.open_now,
-            quiet_period_ms = self.rec.quiet_ms,
+            open = ?self.rec.open_now(),
+            quiet_period_ms = self.rec.quiet_ms(),
             sigquit_in_ms = ms(at.saturating_duration_since(Instant::now())),
             "nginx keeps serving while new connections arrive"
         );
@@ -316,11 +316,11 @@ impl<T: Target> Drain<T> {
         self.publish(Phase::Quit, None);
         match self.target.signal(Sig::Quit) {
             Ok(()) => {
-                self.rec.sigquit = Some(Instant::now());
+                self.rec.sigquit_sent(Instant::now());
                 tracing::info!(
                     pid = self.pid(),
-                    method = %self.rec.signal_method,
-                    open = ?self.rec.open_at_sigquit,
+                    method = %self.rec.signal_method(),
+                    open = ?self.rec.open_at_sigquit(),
                     "SIGQUIT sent: nginx stops accepting and finishes in-flight requests"
                 );
                 Step::Next(Phase::AwaitExit)
@@ -361,7 +361,7 @@ impl<T: Target> Drain<T> {
                 _ = sleep_until(self.budget.give_up_at) => {
                     let msg = format!(
                         "nginx master pid {} still running {} ms after the hook, even after SIGTERM: answering before the {} ms budget ends; the kubelet will SIGKILL it. Check for stuck workers and raise terminationGracePeriodSeconds with --drain-timeout",
-                        self.pid(), self.rec.since_hook(Instant::now()), ms(self.rec.req.timeout)
+                        self.pid(), self.rec.since_hook(Instant::now()), ms(self.rec.req().timeout)
                     );
                     tracing::error!("{msg}");
                     return Step::GiveUp(Outcome::Timeout, msg);
@@ -370,7 +370,7 @@ impl<T: Target> Drain<T> {
                     tracing::info!(
                         pid = self.pid(),
                         workers_remaining = self.remaining.len(),
-                        open = ?self.rec.open_now,
+                        open = ?self.rec.open_now(),
                         budget_left_ms = ms(self.budget.left(Instant::now())),
                         "waiting for nginx to finish in-flight requests"
                     );
@@ -381,11 +381,14 @@ impl<T: Target> Drain<T> {
 
     fn observe_after_quit(&mut self) {
         let view = self.views.borrow_and_update().clone();
-        let had_closed = self.rec.last_closed.is_some();
+        let had_closed = self.rec.last_closed().is_some();
         self.rec.observe(&view);
-        if !had_closed && let Some(t) = self.rec.last_closed {
+        if !had_closed && let Some(t) = self.rec.last_closed() {
             tracing::info!(
-                after_sigquit_ms = self.rec.sigquit.map(|q| ms(t.saturating_duration_since(q))),
+                after_sigquit_ms = self
+                    .rec
+                    .sigquit()
+                    .map(|q| ms(t.saturating_duration_since(q))),
                 "no open client connection left"
             );
         }
@@ -396,11 +399,11 @@ impl<T: Target> Drain<T> {
     fn escalate(&mut self) {
         match self.target.signal(Sig::Term) {
             Ok(()) => {
-                self.rec.sigterm = Some(Instant::now());
+                self.rec.sigterm_sent(Instant::now());
                 tracing::warn!(
                     pid = self.pid(),
                     workers_remaining = self.remaining.len(),
-                    open = ?self.rec.open_now,
+                    open = ?self.rec.open_now(),
                     budget_left_ms = ms(self.budget.left(Instant::now())),
                     "graceful quit did not finish within the budget: SIGTERM sent (fast shutdown) so that nginx is gone before the grace period ends"
                 );
@@ -452,8 +455,8 @@ impl<T: Target> Drain<T> {
     /// The connections open at the exit, those cut, and the report of them.
     fn connections_at_exit(&self, exited: Instant) -> (Cut, ConnectionsReport) {
         let moment = cut_moment(
-            self.rec.sigquit,
-            self.rec.sigterm,
+            self.rec.sigquit(),
+            self.rec.sigterm(),
             exited,
             &self.shutdown_timeout,
         );
@@ -464,7 +467,7 @@ impl<T: Target> Drain<T> {
             .census_before(moment.map_or(exited, |(_, at)| at))
             .unwrap_or((exited, Arc::default()));
         let by = moment.map(|(by, _)| by).filter(|_| !open.is_empty());
-        let hook = self.rec.req.clock.mono;
+        let hook = self.rec.req().clock.mono;
         let age = |c: &OpenConn| ms(exited.saturating_duration_since(c.first_seen));
         let mut cut: Vec<&OpenConn> = if by.is_some() {
             open.iter().collect()
@@ -484,15 +487,11 @@ impl<T: Target> Drain<T> {
             oldest_ms: cut.first().map_or(0, |c| age(c)),
         };
         let report = ConnectionsReport {
-            open_at_hook: self.rec.open_at_hook,
-            open_at_sigquit: self.rec.open_at_sigquit.values().sum(),
+            open_at_hook: self.rec.open_at_hook(),
+            open_at_sigquit: self.rec.open_at_sigquit().values().sum(),
             open_at_exit: open.len() as u32,
             last_census_before_exit_ms: Some(ms(exited.saturating_duration_since(census_at))),
-            worker_shutdown_timeout: match &self.shutdown_timeout {
-                ShutdownTimeout::Set(d) => humantime::format_duration(*d).to_string(),
-                ShutdownTimeout::Unset => "unset".into(),
-                ShutdownTimeout::Unknown(why) => format!("unknown: {why}"),
-            },
+            worker_shutdown_timeout: self.shutdown_timeout.to_string(),
             cut: summary.total,
             cut_by: by,
             cut_per_port: per_port,
@@ -517,29 +516,25 @@ impl<T: Target> Drain<T> {
     fn finish(mut self) -> Report {
         self.monitor.set_fast(false);
         let exited = Instant::now();
-        self.rec.exited = Some(exited);
-        if self.rec.last_closed.is_none() && self.rec.sigquit.is_some() {
-            // NGINX closes every connection before its master exits.
-            self.rec.last_closed = Some(exited);
-        }
+        self.rec.nginx_exited(exited);
         let left = self.still_running();
         let (cut, connections) = self.connections_at_exit(exited);
         let seen = AtExit {
             master_pid: self.pid(),
             workers_left: left.len(),
-            already_quitting: self.rec.quit_reason == Some(QuitReason::AlreadyQuitting),
-            sigquit_after_hook_ms: self.rec.sigquit.map(|q| self.rec.since_hook(q)),
+            already_quitting: self.rec.quit_reason() == Some(QuitReason::AlreadyQuitting),
+            sigquit_after_hook_ms: self.rec.sigquit().map(|q| self.rec.since_hook(q)),
             exit_after_quit_ms: self
                 .rec
-                .sigquit
+                .sigquit()
                 .map_or(0, |q| ms(exited.saturating_duration_since(q))),
-            sigterm_sent: self.rec.sigterm.is_some(),
+            sigterm_sent: self.rec.sigterm().is_some(),
             arrivals_during_wait: self.rec.arrivals_during_wait(),
             open_at_exit: connections.open_at_exit,
             cut,
             shutdown_timeout: self.shutdown_timeout.clone(),
-            drain_timeout: self.rec.req.timeout,
-            max_delay: self.rec.req.policy.max_delay,
+            drain_timeout: self.rec.req().timeout,
+            max_delay: self.rec.req().policy.max_delay,
         };
         let (outcome, msg) = classify(&seen);
         match outcome {

@@ -30,6 +30,18 @@ pub enum ShutdownTimeout {
     Unknown(String),
 }
 
+/// As the report shows it (`connections.worker_shutdown_timeout`) and the
+/// logs: `20s`, `unset`, or `unknown: why`.
+impl std::fmt::Display for ShutdownTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShutdownTimeout::Set(d) => write!(f, "{}", humantime::format_duration(*d)),
+            ShutdownTimeout::Unset => f.write_str("unset"),
+            ShutdownTimeout::Unknown(why) => write!(f, "unknown: {why}"),
+        }
+    }
+}
+
 impl ShutdownTimeout {
     /// As the operator gave it (`--worker-shutdown-timeout`), else `read`.
     pub fn given_or(given: Option<Duration>, read: impl FnOnce() -> ShutdownTimeout) -> Self {
