@@ -57,7 +57,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use crate::report::QuitReason;
-pub use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY};
+use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY};
 
 /// The quiet period is this many typical gaps.
 pub const GAP_MULTIPLIER: u32 = 3;
@@ -96,7 +96,7 @@ pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration
     // A silence longer than --max-delay would have ended any wait: the
     // traffic before it is another episode, and one such silence must not
     // dominate the time-weighted percentile of the current one.
-    let episode = log.episode(max);
+    let episode = Episode::of(log, max);
     let (gap, how) = if episode.events().saturating_sub(1) >= MIN_GAPS_FOR_PERCENTILE {
         let gaps = episode.gaps();
         let all = time_weighted_percentile(&gaps, GAP_PERCENTILE);
@@ -136,7 +136,7 @@ pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration
                 span.as_secs_f64()
             )
         };
-        (log.longest_gap_between_events(), how)
+        (longest_gap_between_events(log), how)
     };
     let raw = gap * GAP_MULTIPLIER;
     let period = raw.clamp(min, max);
@@ -156,6 +156,96 @@ pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration
             raw.as_secs_f64() * 1e3
         ),
     }
+}
+
+/// At most this many gaps are reconstructed (the most recent).
+const MAX_GAPS: usize = 1024;
+
+/// The part of a log from its last silence longer than `--max-delay` on:
+/// the current episode of traffic (the whole log when there was none). A
+/// view of the log, not a copy: it is asked on every look of a drain.
+pub struct Episode<'a> {
+    log: &'a ArrivalLog,
+    from: usize,
+}
+
+impl<'a> Episode<'a> {
+    pub fn of(log: &'a ArrivalLog, longer_than: Duration) -> Episode<'a> {
+        let from = log
+            .entries()
+            .zip(log.entries().skip(1))
+            .enumerate()
+            .filter(|(_, (a, b))| {
+                let b_start = b.at.checked_sub(b.span).unwrap_or(b.at);
+                b_start.saturating_duration_since(a.at) > longer_than
+            })
+            .map(|(i, _)| i + 1)
+            .next_back()
+            .unwrap_or(0);
+        Episode { log, from }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &'a Arrivals> {
+        self.log.entries().skip(self.from)
+    }
+
+    pub fn gaps(&self) -> Vec<Duration> {
+        gaps_of(self.entries())
+    }
+
+    /// Looks that saw arrivals in this episode.
+    pub fn events(&self) -> usize {
+        self.log.events() - self.from
+    }
+
+    pub fn total(&self) -> u64 {
+        self.entries().map(|e| u64::from(e.n)).sum()
+    }
+}
+
+/// Gaps between consecutive arrivals of the whole log.
+pub fn gaps(log: &ArrivalLog) -> Vec<Duration> {
+    gaps_of(log.entries())
+}
+
+/// Gaps between consecutive arrivals, placing a record's `n` arrivals
+/// evenly over its span (a census only says how many, not when; a destroy
+/// event's record has no span); the most recent [`MAX_GAPS`].
+fn gaps_of<'a>(entries: impl Iterator<Item = &'a Arrivals>) -> Vec<Duration> {
+    let mut times: Vec<Instant> = Vec::new();
+    for e in entries {
+        let start = e.at.checked_sub(e.span).unwrap_or(e.at);
+        for k in 0..e.n {
+            let frac = (f64::from(k) + 0.5) / f64::from(e.n);
+            times.push(start + e.span.mul_f64(frac));
+        }
+    }
+    let mut gaps: Vec<Duration> = times
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .collect();
+    if gaps.len() > MAX_GAPS {
+        gaps.drain(..gaps.len() - MAX_GAPS);
+    }
+    gaps
+}
+
+/// The longest gap between two looks that saw arrivals, counting the
+/// observed silence before the first (from the log's start, at most the
+/// history's minute before the last).
+pub fn longest_gap_between_events(log: &ArrivalLog) -> Duration {
+    let Some(last) = log.entries().next_back() else {
+        return Duration::ZERO;
+    };
+    let mut prev = log
+        .since
+        .max(last.at.checked_sub(HISTORY).unwrap_or(log.since));
+    let mut longest = Duration::ZERO;
+    for e in log.entries() {
+        longest = longest.max(e.at.saturating_duration_since(prev));
+        prev = e.at;
+    }
+    longest
 }
 
 /// The gap length `g` such that a share `p` of the time between arrivals
@@ -395,7 +485,10 @@ mod tests {
         assert_eq!(q.typical_gap, Some(10 * MS), "{}", q.reason);
         assert_eq!(q.period, MIN, "{}", q.reason);
         // The same history without the long silence keeps every gap.
-        assert_eq!(log.episode(Duration::from_secs(60)).total(), log.total());
+        assert_eq!(
+            Episode::of(&log, Duration::from_secs(60)).total(),
+            log.total()
+        );
     }
 
     #[test]

@@ -10,8 +10,6 @@ use super::probes::ProbeBudget;
 
 /// How far back arrivals are kept.
 pub const HISTORY: Duration = Duration::from_secs(60);
-/// At most this many gaps are reconstructed (the most recent).
-const MAX_GAPS: usize = 1024;
 
 /// One census sample that saw `n` new connections during `span` before `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,47 +181,10 @@ impl ArrivalLog {
         n as f64 / span.as_secs_f64()
     }
 
-    /// Gaps between consecutive arrivals, placing a sample's `n` arrivals
-    /// evenly over its span (the census only says how many, not when).
-    pub fn gaps(&self) -> Vec<Duration> {
-        gaps_of(self.entries.iter())
-    }
-
-    /// The log from the last silence longer than `longer_than` on: the
-    /// current episode of traffic (the whole log when there was none). A
-    /// view of the log, not a copy: it is asked on every look of a drain.
-    pub fn episode(&self, longer_than: Duration) -> Episode<'_> {
-        let from = self
-            .entries
-            .iter()
-            .zip(self.entries.iter().skip(1))
-            .enumerate()
-            .filter(|(_, (a, b))| {
-                let b_start = b.at.checked_sub(b.span).unwrap_or(b.at);
-                b_start.saturating_duration_since(a.at) > longer_than
-            })
-            .map(|(i, _)| i + 1)
-            .next_back()
-            .unwrap_or(0);
-        Episode { log: self, from }
-    }
-
-    /// The longest gap between two looks that saw arrivals, counting the
-    /// observed silence before the first (from `since`, at most the
-    /// history's minute before the last).
-    pub fn longest_gap_between_events(&self) -> Duration {
-        let Some(last) = self.entries.back() else {
-            return Duration::ZERO;
-        };
-        let mut prev = self
-            .since
-            .max(last.at.checked_sub(HISTORY).unwrap_or(self.since));
-        let mut longest = Duration::ZERO;
-        for e in &self.entries {
-            longest = longest.max(e.at.saturating_duration_since(prev));
-            prev = e.at;
-        }
-        longest
+    /// The records, oldest first (the quiet rule's statistics read them:
+    /// `drain::quiet`).
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Arrivals> + ExactSizeIterator {
+        self.entries.iter()
     }
 
     /// Samples that saw arrivals: the evidence of a rate. A burst of many
@@ -235,53 +196,6 @@ impl ArrivalLog {
     pub fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.n)).sum()
     }
-}
-
-/// The current episode of a log (see [`ArrivalLog::episode`]).
-pub struct Episode<'a> {
-    log: &'a ArrivalLog,
-    from: usize,
-}
-
-impl Episode<'_> {
-    fn entries(&self) -> impl Iterator<Item = &Arrivals> {
-        self.log.entries.range(self.from..)
-    }
-
-    pub fn gaps(&self) -> Vec<Duration> {
-        gaps_of(self.entries())
-    }
-
-    /// Looks that saw arrivals in this episode.
-    pub fn events(&self) -> usize {
-        self.log.entries.len() - self.from
-    }
-
-    pub fn total(&self) -> u64 {
-        self.entries().map(|e| u64::from(e.n)).sum()
-    }
-}
-
-/// Gaps between consecutive arrivals, placing a record's `n` arrivals
-/// evenly over its span (a look only says how many, not when); the most
-/// recent [`MAX_GAPS`].
-fn gaps_of<'a>(entries: impl Iterator<Item = &'a Arrivals>) -> Vec<Duration> {
-    let mut times: Vec<Instant> = Vec::new();
-    for e in entries {
-        let start = e.at.checked_sub(e.span).unwrap_or(e.at);
-        for k in 0..e.n {
-            let frac = (f64::from(k) + 0.5) / f64::from(e.n);
-            times.push(start + e.span.mul_f64(frac));
-        }
-    }
-    let mut gaps: Vec<Duration> = times
-        .windows(2)
-        .map(|w| w[1].saturating_duration_since(w[0]))
-        .collect();
-    if gaps.len() > MAX_GAPS {
-        gaps.drain(..gaps.len() - MAX_GAPS);
-    }
-    gaps
 }
 
 #[cfg(test)]
