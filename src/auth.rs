@@ -57,7 +57,7 @@ pub enum TokenError {
 
 /// Reads and validates a token file: one token, surrounding whitespace
 /// (a trailing newline) ignored.
-pub fn read_token(path: &Path) -> Result<Vec<u8>, TokenError> {
+pub(crate) fn read_token(path: &Path) -> Result<Vec<u8>, TokenError> {
     let raw = std::fs::read(path).map_err(|source| TokenError::Unreadable {
         path: path.to_path_buf(),
         source,
@@ -73,7 +73,7 @@ pub fn parse_token(raw: &[u8]) -> Option<Vec<u8>> {
     (!t.is_empty()).then(|| t.to_vec())
 }
 
-pub struct TokenFile {
+pub(crate) struct TokenFile {
     path: PathBuf,
     state: Mutex<(Version, Vec<u8>)>,
 }
@@ -88,7 +88,7 @@ impl std::fmt::Debug for TokenFile {
 
 impl TokenFile {
     /// Loads the token; an unreadable or empty file is an error (exit 2).
-    pub fn load(path: &Path) -> Result<TokenFile, TokenError> {
+    pub(crate) fn load(path: &Path) -> Result<TokenFile, TokenError> {
         let v = version(path).map_err(|source| TokenError::Unreadable {
             path: path.to_path_buf(),
             source,
@@ -100,14 +100,14 @@ impl TokenFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// True when `header` (the Authorization header's value) carries the
     /// current token. The comparison takes the same time wherever the
     /// first differing byte is.
-    pub fn accepts(&self, header: Option<&[u8]>) -> bool {
+    pub(crate) fn accepts(&self, header: Option<&[u8]>) -> bool {
         self.refresh();
         let Some(presented) = header.and_then(bearer) else {
             return false;

@@ -16,7 +16,7 @@ use crate::sockets::CensusMethod;
 /// The default hook port. No common Kubernetes component or exporter uses
 /// 10266; 9099 (an obvious choice) is Calico's health port, which collides
 /// on ingress pods that run with hostNetwork.
-pub const DEFAULT_PORT: u16 = 10266;
+pub(crate) const DEFAULT_PORT: u16 = 10266;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -44,10 +44,10 @@ use crate::drain::Handle;
 use crate::metrics::Metrics;
 
 /// A client must send its request head within this time (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long in-flight responses get to finish when the sidecar exits.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Per-connection read buffer: bounds what a request head may use.
 const MAX_BUF: usize = 16 * 1024;
@@ -57,11 +57,11 @@ const MAX_HEADERS: usize = 64;
 /// closed to make room (unless descriptors run out).
 const EVICT_MIN_AGE: Duration = Duration::from_secs(1);
 
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// What to do with the hook's connection when a drain did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
+pub(crate) enum OnFailure {
     /// Answer 500 with the report.
     Status,
     /// Reset the connection (TCP RST, no response), so that the kubelet
@@ -71,19 +71,19 @@ pub enum OnFailure {
 
 /// Access and behaviour of the HTTP surface.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Required bearer token for `/prestop` and `/status`.
-    pub token: Option<Arc<TokenFile>>,
+    pub(crate) token: Option<Arc<TokenFile>>,
     /// Required bearer token for `/metrics`.
-    pub metrics_token: Option<Arc<TokenFile>>,
+    pub(crate) metrics_token: Option<Arc<TokenFile>>,
     /// Peers allowed on `/prestop` and `/status` (empty: all).
-    pub allow: Vec<IpNet>,
-    pub on_failure: OnFailure,
+    pub(crate) allow: Vec<IpNet>,
+    pub(crate) on_failure: OnFailure,
     /// Open connections before the oldest idle one is evicted.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Learn the kubelet's address from its probes and hooks
     /// (`--ignore-kubelet`).
-    pub learn_kubelet: bool,
+    pub(crate) learn_kubelet: bool,
 }
 
 impl Default for Options {
@@ -180,18 +180,18 @@ impl Drop for Busy {
 /// socket was set to reset (SO_LINGER 0) first.
 #[derive(Debug, thiserror::Error)]
 #[error("connection reset on purpose (--on-failure reset)")]
-pub struct ResetConnection;
+pub(crate) struct ResetConnection;
 
 /// What a handler knows about its connection.
 #[derive(Clone, Copy)]
-pub struct Conn {
-    pub peer: SocketAddr,
+pub(crate) struct Conn {
+    pub(crate) peer: SocketAddr,
     fd: RawFd,
 }
 
 /// Serves until `stop` fires, then lets in-flight responses (hook answers)
 /// finish for up to [`SHUTDOWN_GRACE`].
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     handle: Handle,
     metrics: Arc<Metrics>,
@@ -296,15 +296,15 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
 }
 
 /// What every handler needs.
-pub struct Ctx<'a> {
-    pub conn: Conn,
-    pub handle: &'a Handle,
-    pub metrics: &'a Metrics,
-    pub opts: &'a Options,
+pub(crate) struct Ctx<'a> {
+    pub(crate) conn: Conn,
+    pub(crate) handle: &'a Handle,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) opts: &'a Options,
 }
 
 /// Routes one request.
-pub async fn route(
+pub(crate) async fn route(
     req: Request<Incoming>,
     ctx: Ctx<'_>,
 ) -> Result<Response<Body>, ResetConnection> {

@@ -53,13 +53,13 @@ fn pod_fields() -> String {
 }
 
 /// Puts fixed fields at the front of every JSON line.
-pub struct WithPod<F> {
+pub(crate) struct WithPod<F> {
     inner: F,
     prefix: String,
 }
 
 impl<F> WithPod<F> {
-    pub fn new(inner: F, prefix: String) -> Self {
+    pub(crate) fn new(inner: F, prefix: String) -> Self {
         WithPod { inner, prefix }
     }
 }

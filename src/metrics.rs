@@ -32,7 +32,7 @@ struct CodeLabel {
     code: String,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     drains: Family<OutcomeLabel, Counter>,
     duration: Histogram,
@@ -54,7 +54,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut r = Registry::with_prefix("nginx_drain");
         let drains = Family::<OutcomeLabel, Counter>::default();
         r.register("drains", "Drains finished, by outcome (drained, streams_closed, forced, timeout, not_running, nginx_died, error)", drains.clone());
@@ -141,7 +141,7 @@ impl Metrics {
     }
 
     /// Records a finished drain (or an immediate not_running/error answer).
-    pub fn observe_report(&self, report: &Report) {
+    pub(crate) fn observe_report(&self, report: &Report) {
         self.drains
             .get_or_create(&OutcomeLabel {
                 outcome: report.outcome.as_str().to_string(),
@@ -171,7 +171,7 @@ impl Metrics {
     }
 
     /// Records the answer to one hook request.
-    pub fn observe_hook(&self, code: &str) {
+    pub(crate) fn observe_hook(&self, code: &str) {
         self.hooks
             .get_or_create(&CodeLabel {
                 code: code.to_string(),
@@ -180,7 +180,7 @@ impl Metrics {
     }
 
     /// Renders OpenMetrics text, with the gauges taken from `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> String {
+    pub(crate) fn render(&self, snapshot: &Snapshot) -> String {
         let running = snapshot.master.is_some()
             && matches!(
                 snapshot.state,

@@ -93,16 +93,16 @@ impl Error {
     _ => "",
 })]
 pub struct ListenError {
-    pub addr: SocketAddr,
-    pub source: io::Error,
+    pub(crate) addr: SocketAddr,
+    pub(crate) source: io::Error,
 }
 
 /// Everything `serve` needs, checked: the drain's configuration, the HTTP
 /// surface's, the bound listener and where reports go.
 #[derive(Debug)]
 pub struct Prepared {
-    pub drain: drain::Config,
-    pub http: http::Options,
+    pub(crate) drain: drain::Config,
+    pub(crate) http: http::Options,
     pub listener: std::net::TcpListener,
     /// Where to write each final report (atomically), if anywhere.
     pub report_file: Option<PathBuf>,
@@ -224,7 +224,7 @@ fn fit_file_limit(wanted: usize) -> usize {
 /// Binds `addr`. The unspecified IPv6 address is bound dual-stack
 /// (IPV6_V6ONLY off, whatever the sysctl says); where the pod has no IPv6 at
 /// all, it falls back to the IPv4 wildcard instead of failing.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
     use nix::errno::Errno;
     let wildcard_v6 = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
     match bind_socket(addr, wildcard_v6) {

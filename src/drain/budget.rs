@@ -15,26 +15,26 @@ use crate::report::QuitReason;
 
 /// Time we keep between giving up and the end of the budget, to write the
 /// answer before the kubelet stops waiting.
-pub const ANSWER_MARGIN: Duration = Duration::from_millis(250);
+pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// How long NGINX's fast shutdown may take: its master re-sends SIGTERM with
 /// a doubling delay from 50 ms and SIGKILLs workers after about 1.5 s.
-pub const FAST_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(2);
+pub(crate) const FAST_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(2);
 
 /// The shortest `--drain-timeout` we accept: below this there is no room for
 /// a graceful quit *and* an escalation.
-pub const MIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const MIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// When the hook arrived; the budget counts from here.
-    pub start: Instant,
+    pub(crate) start: Instant,
     /// The end of the budget: the answer must be out before it.
-    pub end: Instant,
+    pub(crate) end: Instant,
     /// Send SIGTERM if NGINX is still running at this point.
-    pub escalate_at: Instant,
+    pub(crate) escalate_at: Instant,
     /// Answer `timeout` if NGINX is still running at this point.
-    pub give_up_at: Instant,
+    pub(crate) give_up_at: Instant,
 }
 
 impl Budget {
@@ -44,7 +44,7 @@ impl Budget {
     /// Both margins shrink with short budgets (at most a tenth and three
     /// tenths of the budget) so that a short budget still spends most of its
     /// time on the graceful quit.
-    pub fn new(start: Instant, timeout: Duration) -> Budget {
+    pub(crate) fn new(start: Instant, timeout: Duration) -> Budget {
         let answer = ANSWER_MARGIN.min(timeout / 10);
         let fast = FAST_SHUTDOWN_ALLOWANCE.min(timeout * 3 / 10);
         let end = start + timeout;
@@ -57,14 +57,14 @@ impl Budget {
         }
     }
 
-    pub fn left(&self, now: Instant) -> Duration {
+    pub(crate) fn left(&self, now: Instant) -> Duration {
         self.end.saturating_duration_since(now)
     }
 }
 
 /// After its `worker_shutdown_timeout` fires, NGINX still needs a moment to
 /// close its connections and exit.
-pub const NGINX_EXIT_ALLOWANCE: Duration = Duration::from_secs(1);
+pub(crate) const NGINX_EXIT_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// The longest `worker_shutdown_timeout` that lets NGINX close its
 /// long-lived connections itself before the escalation point, even when
@@ -72,14 +72,14 @@ pub const NGINX_EXIT_ALLOWANCE: Duration = Duration::from_secs(1);
 /// (`timeout` - 2.25 s) less the latest SIGQUIT (`--max-delay`, or earlier
 /// when the budget is short: [`latest_sigquit`]) less 1 s for NGINX's exit.
 /// With the defaults (25 s, 15 s): 6.75 s.
-pub fn max_worker_shutdown_timeout(timeout: Duration, max_delay: Duration) -> Duration {
+pub(crate) fn max_worker_shutdown_timeout(timeout: Duration, max_delay: Duration) -> Duration {
     let b = Budget::new(Instant::now(), timeout);
     let (latest, _) = latest_sigquit(&b, timeout, max_delay);
     (b.escalate_at - latest).saturating_sub(NGINX_EXIT_ALLOWANCE)
 }
 
 /// The rule behind [`max_worker_shutdown_timeout`], in words with numbers.
-pub fn worker_shutdown_rule(timeout: Duration, max_delay: Duration) -> String {
+pub(crate) fn worker_shutdown_rule(timeout: Duration, max_delay: Duration) -> String {
     let b = Budget::new(Instant::now(), timeout);
     let (latest, _) = latest_sigquit(&b, timeout, max_delay);
     let f = |d: Duration| humantime::format_duration(d).to_string();
@@ -94,7 +94,7 @@ pub fn worker_shutdown_rule(timeout: Duration, max_delay: Duration) -> String {
 /// The latest time SIGQUIT may go out: `--max-delay` after the hook, or
 /// earlier when the budget needs the time for the graceful quit itself
 /// (a quarter of the budget, at most 5 s, before the escalation point).
-pub fn latest_sigquit(
+pub(crate) fn latest_sigquit(
     budget: &Budget,
     timeout: Duration,
     max_delay: Duration,

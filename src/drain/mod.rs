@@ -16,14 +16,14 @@
 //! `ReportSink` (metrics, report file) sees every final report before any
 //! hook does; the sidecar never exits while a drain runs.
 
-pub mod budget;
-pub mod outcome;
-pub mod quiet;
-pub mod record;
-pub mod sequence;
-pub mod target;
+pub(crate) mod budget;
+pub(crate) mod outcome;
+pub(crate) mod quiet;
+pub(crate) mod record;
+pub(crate) mod sequence;
+pub(crate) mod target;
 
-pub use record::WaitPolicy;
+pub(crate) use record::WaitPolicy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,27 +40,27 @@ use crate::sockets::monitor::{Monitor, MonitorConfig};
 
 /// How often the owner looks for a master while it has none (NGINX starting,
 /// or restarted after a drain). Not on the drain path.
-pub const DISCOVERY_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const DISCOVERY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// After its own SIGTERM, the sidecar waits for the master at most the drain
 /// budget plus this margin when no hook arrives.
-pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
+pub(crate) const EXIT_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub locator: Locator,
-    pub drain_timeout: Duration,
-    pub policy: WaitPolicy,
-    pub census: MonitorConfig,
+pub(crate) struct Config {
+    pub(crate) locator: Locator,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) policy: WaitPolicy,
+    pub(crate) census: MonitorConfig,
     /// `--worker-shutdown-timeout`: NGINX's, as the operator states it;
     /// else read from NGINX's configuration.
-    pub worker_shutdown_timeout: Option<Duration>,
+    pub(crate) worker_shutdown_timeout: Option<Duration>,
 }
 
 /// Called with every final report before any hook sees it: the wiring
 /// connects the metrics and the report file here, so that the drain knows
 /// nothing of either.
-pub type ReportSink = Arc<dyn Fn(&Report) + Send + Sync>;
+pub(crate) type ReportSink = Arc<dyn Fn(&Report) + Send + Sync>;
 
 type ReportRx = watch::Receiver<Option<Arc<Report>>>;
 
@@ -73,7 +73,7 @@ enum Command {
 
 /// The handle HTTP handlers use: start or join a drain, read the state.
 #[derive(Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     commands: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Snapshot>,
     monitor: Monitor,
@@ -81,7 +81,7 @@ pub struct Handle {
 
 impl Handle {
     /// Starts a drain (or joins the one in progress) and waits for its report.
-    pub async fn prestop(&self, peer: SocketAddr) -> Option<Arc<Report>> {
+    pub(crate) async fn prestop(&self, peer: SocketAddr) -> Option<Arc<Report>> {
         let (reply, rx) = oneshot::channel();
         let peer = peer.to_string();
         self.commands
@@ -95,18 +95,18 @@ impl Handle {
 
     /// The sidecar accepted a connection of its own: not NGINX's traffic,
     /// though it moves the namespace's accept counter.
-    pub fn note_own_accept(&self) {
+    pub(crate) fn note_own_accept(&self) {
         self.monitor.note_own_accept();
     }
 
     /// A request came from the kubelet (its probe or hook): its address
     /// is not a client's.
-    pub fn learn_kubelet(&self, ip: std::net::IpAddr) {
+    pub(crate) fn learn_kubelet(&self, ip: std::net::IpAddr) {
         self.monitor.learn_kubelet(ip);
     }
 
     /// The state as `/status` shows it, with the latest census.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let mut snap = self.snapshot.borrow().clone();
         let view = self.monitor.view();
         let view = view.borrow();
@@ -125,7 +125,7 @@ impl Handle {
 
 /// Starts the owner task. It returns once `shutdown` has fired and NGINX is
 /// gone (or the exit bound has passed).
-pub fn spawn(
+pub(crate) fn spawn(
     config: Config,
     on_report: ReportSink,
     shutdown: watch::Receiver<bool>,

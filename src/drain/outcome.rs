@@ -27,12 +27,12 @@ use crate::report::{CutBy, Outcome};
 
 /// How much earlier than SIGQUIT + worker_shutdown_timeout an exit may
 /// come and still be the timer's (signal delivery, timer granularity).
-pub const TIMER_SLACK: Duration = Duration::from_millis(50);
+pub(crate) const TIMER_SLACK: Duration = Duration::from_millis(50);
 
 /// Whether NGINX cut connections, by whom, and when: at our SIGTERM, or
 /// when its worker_shutdown_timeout fired (if the exit came then). The
 /// connections cut are those open in the last census before that moment.
-pub fn cut_moment(
+pub(crate) fn cut_moment(
     sigquit: Option<Instant>,
     sigterm: Option<Instant>,
     exited: Instant,
@@ -50,40 +50,40 @@ pub fn cut_moment(
 
 /// What the drain saw by the time the master exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AtExit {
-    pub master_pid: i32,
+pub(crate) struct AtExit {
+    pub(crate) master_pid: i32,
     /// Children still alive when the master exited: it was killed, since a
     /// graceful master exits after its last child.
-    pub workers_left: usize,
+    pub(crate) workers_left: usize,
     /// NGINX was already quitting when the drain began (no SIGQUIT of ours).
-    pub already_quitting: bool,
+    pub(crate) already_quitting: bool,
     /// Milliseconds from the hook to our SIGQUIT, if one was sent.
-    pub sigquit_after_hook_ms: Option<u64>,
+    pub(crate) sigquit_after_hook_ms: Option<u64>,
     /// Milliseconds from our SIGQUIT (or the drain's start, without one) to
     /// the exit.
-    pub exit_after_quit_ms: u64,
+    pub(crate) exit_after_quit_ms: u64,
     /// We sent SIGTERM (the escalation) before the exit.
-    pub sigterm_sent: bool,
+    pub(crate) sigterm_sent: bool,
     /// New connections between the hook and SIGQUIT.
-    pub arrivals_during_wait: u64,
+    pub(crate) arrivals_during_wait: u64,
     /// Open in the last census before the exit.
-    pub open_at_exit: u32,
-    pub cut: Cut,
-    pub shutdown_timeout: ShutdownTimeout,
-    pub drain_timeout: Duration,
-    pub max_delay: Duration,
+    pub(crate) open_at_exit: u32,
+    pub(crate) cut: Cut,
+    pub(crate) shutdown_timeout: ShutdownTimeout,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_delay: Duration,
 }
 
 /// The cut connections, summed up for the message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cut {
-    pub by: Option<CutBy>,
-    pub total: u32,
+pub(crate) struct Cut {
+    pub(crate) by: Option<CutBy>,
+    pub(crate) total: u32,
     /// Of those, open since before the hook.
-    pub before_hook: u32,
+    pub(crate) before_hook: u32,
     /// Ages at the exit, in milliseconds.
-    pub youngest_ms: u64,
-    pub oldest_ms: u64,
+    pub(crate) youngest_ms: u64,
+    pub(crate) oldest_ms: u64,
 }
 
 impl Cut {
@@ -130,7 +130,7 @@ fn timeout_words(t: &ShutdownTimeout) -> String {
 
 /// The outcome and the one sentence that explains it (and, on failure,
 /// what to do).
-pub fn classify(o: &AtExit) -> (Outcome, String) {
+pub(crate) fn classify(o: &AtExit) -> (Outcome, String) {
     let pid = o.master_pid;
     let quit_ms = o.exit_after_quit_ms;
     if o.workers_left > 0 {

@@ -56,30 +56,30 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use crate::report::QuitReason;
+pub(crate) use crate::report::QuitReason;
 use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY};
 
 /// The quiet period is this many typical gaps.
-pub const GAP_MULTIPLIER: u32 = 3;
+pub(crate) const GAP_MULTIPLIER: u32 = 3;
 /// The typical gap is this percentile of recent gaps.
-pub const GAP_PERCENTILE: f64 = 0.9;
+pub(crate) const GAP_PERCENTILE: f64 = 0.9;
 /// Below this many gaps between events (looks that saw arrivals) the
 /// percentile is noise: use the longest gap between events instead.
-pub const MIN_GAPS_FOR_PERCENTILE: usize = 8;
+pub(crate) const MIN_GAPS_FOR_PERCENTILE: usize = 8;
 /// The latest gaps, whose p90 the typical gap is never below (see "A falling
 /// rate").
-pub const RECENT_GAPS: usize = 16;
+pub(crate) const RECENT_GAPS: usize = 16;
 
 /// The quiet period chosen, and why, in words for the report.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Quiet {
-    pub period: Duration,
-    pub typical_gap: Option<Duration>,
-    pub reason: String,
+pub(crate) struct Quiet {
+    pub(crate) period: Duration,
+    pub(crate) typical_gap: Option<Duration>,
+    pub(crate) reason: String,
 }
 
 /// Chooses the quiet period from the log as of `now`.
-pub fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration) -> Quiet {
+pub(crate) fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration) -> Quiet {
     let observed = now.saturating_duration_since(log.since).min(HISTORY);
     let total = log.total();
     if total == 0 {
@@ -164,13 +164,13 @@ const MAX_GAPS: usize = 1024;
 /// The part of a log from its last silence longer than `--max-delay` on:
 /// the current episode of traffic (the whole log when there was none). A
 /// view of the log, not a copy: it is asked on every look of a drain.
-pub struct Episode<'a> {
+pub(crate) struct Episode<'a> {
     log: &'a ArrivalLog,
     from: usize,
 }
 
 impl<'a> Episode<'a> {
-    pub fn of(log: &'a ArrivalLog, longer_than: Duration) -> Episode<'a> {
+    pub(crate) fn of(log: &'a ArrivalLog, longer_than: Duration) -> Episode<'a> {
         let from = log
             .entries()
             .zip(log.entries().skip(1))
@@ -189,22 +189,24 @@ impl<'a> Episode<'a> {
         self.log.entries().skip(self.from)
     }
 
-    pub fn gaps(&self) -> Vec<Duration> {
+    pub(crate) fn gaps(&self) -> Vec<Duration> {
         gaps_of(self.entries())
     }
 
     /// Looks that saw arrivals in this episode.
-    pub fn events(&self) -> usize {
+    pub(crate) fn events(&self) -> usize {
         self.log.events() - self.from
     }
 
-    pub fn total(&self) -> u64 {
+    #[cfg(test)]
+    fn total(&self) -> u64 {
         self.entries().map(|e| u64::from(e.n)).sum()
     }
 }
 
 /// Gaps between consecutive arrivals of the whole log.
-pub fn gaps(log: &ArrivalLog) -> Vec<Duration> {
+#[cfg(test)]
+pub(crate) fn gaps(log: &ArrivalLog) -> Vec<Duration> {
     gaps_of(log.entries())
 }
 
@@ -233,7 +235,7 @@ fn gaps_of<'a>(entries: impl Iterator<Item = &'a Arrivals>) -> Vec<Duration> {
 /// The longest gap between two looks that saw arrivals, counting the
 /// observed silence before the first (from the log's start, at most the
 /// history's minute before the last).
-pub fn longest_gap_between_events(log: &ArrivalLog) -> Duration {
+pub(crate) fn longest_gap_between_events(log: &ArrivalLog) -> Duration {
     let Some(last) = log.entries().next_back() else {
         return Duration::ZERO;
     };
@@ -253,7 +255,7 @@ pub fn longest_gap_between_events(log: &ArrivalLog) -> Duration {
 /// is what a silence is compared with: a burst of twenty connections every
 /// five seconds has nineteen tiny gaps per burst, yet almost all of its time
 /// is spent in the five-second ones.
-pub fn time_weighted_percentile(gaps: &[Duration], p: f64) -> Duration {
+pub(crate) fn time_weighted_percentile(gaps: &[Duration], p: f64) -> Duration {
     let mut sorted = gaps.to_vec();
     sorted.sort_unstable();
     let total: Duration = sorted.iter().sum();
@@ -271,7 +273,7 @@ pub fn time_weighted_percentile(gaps: &[Duration], p: f64) -> Duration {
 /// When to send SIGQUIT: once `quiet` has passed since the last arrival (or
 /// since the hook, whichever is later counts from `min_delay`), and no later
 /// than `latest`.
-pub fn sigquit_at(
+pub(crate) fn sigquit_at(
     hook: Instant,
     last_arrival: Option<Instant>,
     quiet: Duration,

@@ -17,31 +17,31 @@ use crate::report::{
 use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenConn, View};
 
 /// How many recent censuses' connection lists are kept.
-pub const RECENT_CENSUSES: usize = 8;
+pub(crate) const RECENT_CENSUSES: usize = 8;
 
 /// At most this many points of the timeline are kept in the report.
 const SERIES_CAP: usize = 600;
 
 /// The traffic-aware wait's settings.
 #[derive(Debug, Clone, Copy)]
-pub struct WaitPolicy {
-    pub min_delay: Duration,
-    pub max_delay: Duration,
+pub(crate) struct WaitPolicy {
+    pub(crate) min_delay: Duration,
+    pub(crate) max_delay: Duration,
 }
 
 /// What the drain needs to know about the hook that started it.
-pub struct Request {
-    pub id: String,
-    pub clock: Clock,
-    pub peer: String,
-    pub timeout: Duration,
-    pub policy: WaitPolicy,
+pub(crate) struct Request {
+    pub(crate) id: String,
+    pub(crate) clock: Clock,
+    pub(crate) peer: String,
+    pub(crate) timeout: Duration,
+    pub(crate) policy: WaitPolicy,
     /// `--worker-shutdown-timeout`, when given.
-    pub worker_shutdown_timeout: Option<Duration>,
+    pub(crate) worker_shutdown_timeout: Option<Duration>,
 }
 
 /// Accumulates what was observed; turned into the report at the end.
-pub struct Record {
+pub(crate) struct Record {
     req: Request,
     workers_at_start: Vec<Worker>,
     signal_method: SignalMethod,
@@ -81,13 +81,13 @@ impl Record {
     // What the drain did, as it did it.
 
     /// NGINX was already shutting down at the hook: no wait, no SIGQUIT.
-    pub fn already_quitting(&mut self) {
+    pub(crate) fn already_quitting(&mut self) {
         self.quit_reason = Some(QuitReason::AlreadyQuitting);
         self.quiet_reason = "nginx was already shutting down".into();
     }
 
     /// The quiet period as last judged (`None`: no census to judge by).
-    pub fn set_quiet(&mut self, period_ms: Option<u64>, reason: String) {
+    pub(crate) fn set_quiet(&mut self, period_ms: Option<u64>, reason: String) {
         if let Some(p) = period_ms {
             self.quiet_ms = p;
         }
@@ -96,22 +96,22 @@ impl Record {
 
     /// The wait ended, for `reason`: the open connections now are those at
     /// SIGQUIT.
-    pub fn quit_decided(&mut self, reason: QuitReason) {
+    pub(crate) fn quit_decided(&mut self, reason: QuitReason) {
         self.quit_reason = Some(reason);
         self.open_at_sigquit = self.open_now.clone();
     }
 
-    pub fn sigquit_sent(&mut self, at: Instant) {
+    pub(crate) fn sigquit_sent(&mut self, at: Instant) {
         self.sigquit = Some(at);
     }
 
-    pub fn sigterm_sent(&mut self, at: Instant) {
+    pub(crate) fn sigterm_sent(&mut self, at: Instant) {
         self.sigterm = Some(at);
     }
 
     /// The master exited at `at`; after a SIGQUIT, NGINX had closed every
     /// connection by then.
-    pub fn nginx_exited(&mut self, at: Instant) {
+    pub(crate) fn nginx_exited(&mut self, at: Instant) {
         self.exited = Some(at);
         if self.last_closed.is_none() && self.sigquit.is_some() {
             self.last_closed = Some(at);
@@ -120,50 +120,47 @@ impl Record {
 
     // What was seen so far.
 
-    pub fn req(&self) -> &Request {
+    pub(crate) fn req(&self) -> &Request {
         &self.req
     }
-    pub fn sigquit(&self) -> Option<Instant> {
+    pub(crate) fn sigquit(&self) -> Option<Instant> {
         self.sigquit
     }
-    pub fn sigterm(&self) -> Option<Instant> {
+    pub(crate) fn sigterm(&self) -> Option<Instant> {
         self.sigterm
     }
-    pub fn exited(&self) -> Option<Instant> {
-        self.exited
-    }
-    pub fn quiet_reason(&self) -> &str {
+    pub(crate) fn quiet_reason(&self) -> &str {
         &self.quiet_reason
     }
-    pub fn quiet_ms(&self) -> u64 {
+    pub(crate) fn quiet_ms(&self) -> u64 {
         self.quiet_ms
     }
-    pub fn quit_reason(&self) -> Option<QuitReason> {
+    pub(crate) fn quit_reason(&self) -> Option<QuitReason> {
         self.quit_reason
     }
-    pub fn open_now(&self) -> &BTreeMap<u16, u32> {
+    pub(crate) fn open_now(&self) -> &BTreeMap<u16, u32> {
         &self.open_now
     }
-    pub fn open_at_sigquit(&self) -> &BTreeMap<u16, u32> {
+    pub(crate) fn open_at_sigquit(&self) -> &BTreeMap<u16, u32> {
         &self.open_at_sigquit
     }
-    pub fn open_at_hook(&self) -> u32 {
+    pub(crate) fn open_at_hook(&self) -> u32 {
         self.open_at_hook
     }
-    pub fn last_closed(&self) -> Option<Instant> {
+    pub(crate) fn last_closed(&self) -> Option<Instant> {
         self.last_closed
     }
-    pub fn workers_at_start(&self) -> &[Worker] {
+    pub(crate) fn workers_at_start(&self) -> &[Worker] {
         &self.workers_at_start
     }
-    pub fn signal_method(&self) -> SignalMethod {
+    pub(crate) fn signal_method(&self) -> SignalMethod {
         self.signal_method
     }
-    pub fn master_pid(&self) -> i32 {
+    pub(crate) fn master_pid(&self) -> i32 {
         self.master_pid
     }
 
-    pub fn new(
+    pub(crate) fn new(
         req: Request,
         master_pid: i32,
         master_title: String,
@@ -212,7 +209,7 @@ impl Record {
     }
 
     /// Takes in a census sample (once per sample).
-    pub fn observe(&mut self, view: &View) {
+    pub(crate) fn observe(&mut self, view: &View) {
         // Arrivals come from the log: censuses and destroy events both
         // record there, a census sample holds only its own.
         if self.sigquit.is_none() {
@@ -252,7 +249,7 @@ impl Record {
 
     /// The latest census taken at or before `t` (the oldest kept when none
     /// is), with its connections.
-    pub fn census_before(&self, t: Instant) -> Option<(Instant, Arc<Vec<OpenConn>>)> {
+    pub(crate) fn census_before(&self, t: Instant) -> Option<(Instant, Arc<Vec<OpenConn>>)> {
         self.recent
             .iter()
             .rev()
@@ -262,17 +259,17 @@ impl Record {
     }
 
     /// New client connections between the hook and SIGQUIT.
-    pub fn arrivals_during_wait(&self) -> u64 {
+    pub(crate) fn arrivals_during_wait(&self) -> u64 {
         self.during_wait.round() as u64
     }
 
     /// Milliseconds from the hook to `t`.
-    pub fn since_hook(&self, t: Instant) -> u64 {
+    pub(crate) fn since_hook(&self, t: Instant) -> u64 {
         self.req.clock.millis_since_start(t)
     }
 
     /// The drain's progress as `/status` shows it.
-    pub fn progress(
+    pub(crate) fn progress(
         &self,
         phase: DrainPhase,
         left: Duration,
@@ -296,7 +293,7 @@ impl Record {
         }
     }
 
-    pub fn finish(
+    pub(crate) fn finish(
         self,
         outcome: Outcome,
         message: String,

@@ -48,7 +48,7 @@ const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The states of one drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     AwaitQuiet,
     Quit,
     AwaitExit,
@@ -57,7 +57,7 @@ pub enum Phase {
 
 impl Phase {
     /// The phase as `/status` names it.
-    pub fn reported(self) -> DrainPhase {
+    pub(crate) fn reported(self) -> DrainPhase {
         match self {
             Phase::AwaitQuiet => DrainPhase::AwaitQuiet,
             Phase::Quit => DrainPhase::Quit,
@@ -79,7 +79,7 @@ enum Step {
 
 /// Runs one drain to its end and returns the report. Never returns later
 /// than the budget allows.
-pub async fn run<T: Target>(
+pub(crate) async fn run<T: Target>(
     target: Arc<T>,
     req: Request,
     snapshot: Arc<watch::Sender<Snapshot>>,

@@ -15,10 +15,10 @@ use crate::nginx::process::ChildWatch;
 use crate::nginx::{Master, MasterHandle, Sig, SignalError, SignalMethod, Worker, workers};
 
 /// A boxed future borrowed from its owner.
-pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// One child's exit, observed without polling.
-pub trait ExitWatch: Send + Sync {
+pub(crate) trait ExitWatch: Send + Sync {
     /// True once the child has exited. Exact at the moment it is asked:
     /// this, not the order in which exit events are handled, decides
     /// whether the master left a worker behind.
@@ -29,13 +29,13 @@ pub trait ExitWatch: Send + Sync {
 
 /// A child of the master at the start of the drain.
 #[derive(Clone)]
-pub struct Child {
-    pub worker: Worker,
-    pub exit: Arc<dyn ExitWatch>,
+pub(crate) struct Child {
+    pub(crate) worker: Worker,
+    pub(crate) exit: Arc<dyn ExitWatch>,
 }
 
 /// The process a drain stops.
-pub trait Target: Send + Sync + 'static {
+pub(crate) trait Target: Send + Sync + 'static {
     fn master(&self) -> &Master;
     /// How signals are delivered (`pidfd` or `kill`), for the report.
     fn signal_method(&self) -> SignalMethod;

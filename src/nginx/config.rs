@@ -17,11 +17,11 @@ use super::Master;
 
 /// Where NGINX reads its configuration when no `-c` is given (Debian's
 /// packages, the official images, both ingress controllers).
-pub const DEFAULT_CONF: &str = "/etc/nginx/nginx.conf";
+pub(crate) const DEFAULT_CONF: &str = "/etc/nginx/nginx.conf";
 
 /// What the sidecar knows of the master's worker shutdown timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShutdownTimeout {
+pub(crate) enum ShutdownTimeout {
     /// Set to this long.
     Set(Duration),
     /// Not set: NGINX waits for every connection, however long.
@@ -44,11 +44,14 @@ impl std::fmt::Display for ShutdownTimeout {
 
 impl ShutdownTimeout {
     /// As the operator gave it (`--worker-shutdown-timeout`), else `read`.
-    pub fn given_or(given: Option<Duration>, read: impl FnOnce() -> ShutdownTimeout) -> Self {
+    pub(crate) fn given_or(
+        given: Option<Duration>,
+        read: impl FnOnce() -> ShutdownTimeout,
+    ) -> Self {
         given.map_or_else(read, ShutdownTimeout::Set)
     }
 
-    pub fn duration(&self) -> Option<Duration> {
+    pub(crate) fn duration(&self) -> Option<Duration> {
         match self {
             ShutdownTimeout::Set(d) => Some(*d),
             _ => None,
@@ -57,7 +60,7 @@ impl ShutdownTimeout {
 }
 
 /// The configuration file the master was started with, as seen from here.
-pub fn conf_path(master: &Master) -> PathBuf {
+pub(crate) fn conf_path(master: &Master) -> PathBuf {
     let args: Vec<&str> = master.title.split_ascii_whitespace().collect();
     let after = |flag: &str| {
         args.windows(2)
@@ -75,7 +78,7 @@ pub fn conf_path(master: &Master) -> PathBuf {
 }
 
 /// Reads the master's `worker_shutdown_timeout`.
-pub fn shutdown_timeout(master: &Master) -> ShutdownTimeout {
+pub(crate) fn shutdown_timeout(master: &Master) -> ShutdownTimeout {
     let path = conf_path(master);
     match std::fs::read_to_string(&path) {
         Ok(text) => match top_level(&text, "worker_shutdown_timeout") {
@@ -98,7 +101,7 @@ pub fn shutdown_timeout(master: &Master) -> ShutdownTimeout {
 /// The value of a directive at the top level of an nginx configuration
 /// (outside every block), the last one if repeated. Comments and quotes
 /// are understood; `include` is not followed.
-pub fn top_level(text: &str, name: &str) -> Option<String> {
+pub(crate) fn top_level(text: &str, name: &str) -> Option<String> {
     let mut depth = 0usize;
     let mut words: Vec<String> = Vec::new();
     let mut word = String::new();
@@ -158,7 +161,7 @@ pub fn top_level(text: &str, name: &str) -> Option<String> {
 }
 
 /// An nginx time: `30s`, `1m30s`, `500ms`, or a bare number of seconds.
-pub fn parse_time(v: &str) -> Option<Duration> {
+pub(crate) fn parse_time(v: &str) -> Option<Duration> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return v.parse().ok().map(Duration::from_secs);
     }

@@ -5,8 +5,8 @@
 //! This module knows nothing of HTTP, Kubernetes or the drain's rules. It
 //! reads `/proc` of the (shared) PID namespace and returns plain values.
 
-pub mod config;
-pub mod process;
+pub(crate) mod config;
+pub(crate) mod process;
 pub mod procfs;
 
 use std::fmt;
@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use process::{MasterHandle, Sig, SignalError, SignalMethod};
+pub(crate) use process::{MasterHandle, Sig, SignalError, SignalMethod};
 use procfs::{Stat, parse_cmdline, parse_pid_file, parse_stat};
 
 /// The title nginx gives its master process (OpenResty's is the same).
 /// Matching on the title's prefix, not on "nginx" anywhere in the name, keeps
 /// `nginx-ingress-controller`, wrapper scripts and log shippers out.
-pub const MASTER_TITLE_PREFIX: &str = "nginx: master process";
+pub(crate) const MASTER_TITLE_PREFIX: &str = "nginx: master process";
 
 /// One process, named so that a recycled pid can never be mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -56,13 +56,13 @@ impl Worker {
 /// True when the master is already quitting: it has children and every one
 /// says "is shutting down" (someone sent SIGQUIT before us). The one place
 /// this is decided.
-pub fn is_quitting(workers: &[Worker]) -> bool {
+pub(crate) fn is_quitting(workers: &[Worker]) -> bool {
     !workers.is_empty() && workers.iter().all(Worker::is_shutting_down)
 }
 
 /// How the sidecar finds the master.
 #[derive(Debug, Clone)]
-pub enum Locator {
+pub(crate) enum Locator {
     /// Read the pid from this file (nginx's `pid` directive).
     PidFile(PathBuf),
     /// Scan the shared PID namespace for exactly one master process.
@@ -71,7 +71,7 @@ pub enum Locator {
 
 /// Why no master can be used right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotFound {
+pub(crate) enum NotFound {
     /// Nothing to drain: NGINX has not started yet or has already exited.
     NotRunning(String),
     /// Something is there but it is not safe to act on it (a pid file naming
@@ -80,7 +80,7 @@ pub enum NotFound {
 }
 
 impl NotFound {
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             NotFound::NotRunning(m) | NotFound::Unusable(m) => m,
         }
@@ -95,15 +95,15 @@ impl fmt::Display for NotFound {
 
 /// What a process looks like right now, as far as identity is concerned.
 #[derive(Debug, Clone)]
-pub struct ProcInfo {
-    pub stat: Stat,
-    pub title: String,
+pub(crate) struct ProcInfo {
+    pub(crate) stat: Stat,
+    pub(crate) title: String,
 }
 
 /// Reads `/proc/PID/stat` and `/proc/PID/cmdline`. Both stay readable for
 /// non-dumpable processes of other UIDs (ingress-nginx's master), unlike
 /// `/proc/PID/fd` and `/proc/PID/environ`, which we never touch.
-pub fn read_proc(pid: i32) -> io::Result<ProcInfo> {
+pub(crate) fn read_proc(pid: i32) -> io::Result<ProcInfo> {
     let stat_text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let stat = parse_stat(&stat_text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
@@ -143,7 +143,7 @@ fn all_processes() -> io::Result<Vec<ProcInfo>> {
 }
 
 /// Checks that `pid` is, right now, a live NGINX master; returns it.
-pub fn identify(pid: i32) -> Result<Master, NotFound> {
+pub(crate) fn identify(pid: i32) -> Result<Master, NotFound> {
     let info = match read_proc(pid) {
         Ok(info) => info,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -181,7 +181,7 @@ pub fn identify(pid: i32) -> Result<Master, NotFound> {
 
 impl Locator {
     /// Says where the master is looked for, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Locator::PidFile(p) => format!("pid file {}", p.display()),
             Locator::Discover => format!(
@@ -191,7 +191,7 @@ impl Locator {
     }
 
     /// Finds the master now. Never blocks for long: a few small reads.
-    pub fn locate(&self) -> Result<Master, NotFound> {
+    pub(crate) fn locate(&self) -> Result<Master, NotFound> {
         match self {
             Locator::PidFile(path) => locate_by_pid_file(path),
             Locator::Discover => discover(),
@@ -201,7 +201,7 @@ impl Locator {
     /// Startup check: problems that will not fix themselves (a pid file that
     /// is a directory or unreadable). A missing pid file is fine: NGINX may
     /// start after the sidecar.
-    pub fn check_at_startup(&self) -> Result<(), PidFileError> {
+    pub(crate) fn check_at_startup(&self) -> Result<(), PidFileError> {
         if let Locator::PidFile(path) = self {
             match std::fs::read_to_string(path) {
                 Ok(_) => {}

@@ -32,7 +32,7 @@ use super::{Master, NotFound, ProcId, identify, read_proc};
 /// How signals reach the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SignalMethod {
+pub(crate) enum SignalMethod {
     /// Through a pidfd: never to a recycled pid.
     Pidfd,
     /// `kill(2)` after an identity check, on kernels without pidfds.
@@ -45,7 +45,7 @@ const FALLBACK_EXIT_CHECK: Duration = Duration::from_millis(10);
 
 /// The signals the drain sends, named by what they mean to nginx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sig {
+pub(crate) enum Sig {
     /// Graceful shutdown: listeners close, in-flight requests finish.
     Quit,
     /// Fast shutdown: in-flight requests are cut.
@@ -53,7 +53,7 @@ pub enum Sig {
 }
 
 impl Sig {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Sig::Quit => "SIGQUIT",
             Sig::Term => "SIGTERM",
@@ -74,7 +74,7 @@ impl Sig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignalError {
+pub(crate) enum SignalError {
     #[error("{0}")]
     Permission(String),
     #[error("nginx master pid {0} has already exited")]
@@ -116,7 +116,7 @@ static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// The one handle through which the drain signals the master and learns of
 /// its exit.
-pub struct MasterHandle {
+pub(crate) struct MasterHandle {
     master: Master,
     pidfd: Option<Pidfd>,
 }
@@ -133,7 +133,7 @@ impl std::fmt::Debug for MasterHandle {
 impl MasterHandle {
     /// Opens a handle on `master` and checks that the pid still names it.
     /// Must be called inside a tokio runtime.
-    pub fn open(master: Master) -> Result<MasterHandle, NotFound> {
+    pub(crate) fn open(master: Master) -> Result<MasterHandle, NotFound> {
         let pid = master.id.pid;
         let pidfd = match Pidfd::open(pid) {
             Ok(fd) => Some(fd),
@@ -165,21 +165,21 @@ impl MasterHandle {
         }
     }
 
-    pub fn master(&self) -> &Master {
+    pub(crate) fn master(&self) -> &Master {
         &self.master
     }
 
-    pub fn id(&self) -> ProcId {
+    pub(crate) fn id(&self) -> ProcId {
         self.master.id
     }
 
-    pub fn uses_pidfd(&self) -> bool {
+    pub(crate) fn uses_pidfd(&self) -> bool {
         self.pidfd.is_some()
     }
 
     /// How signals reach the master, as the report and logs name it:
     /// `pidfd`, or `kill` on kernels without pidfds.
-    pub fn signal_method(&self) -> SignalMethod {
+    pub(crate) fn signal_method(&self) -> SignalMethod {
         if self.uses_pidfd() {
             SignalMethod::Pidfd
         } else {
@@ -188,7 +188,7 @@ impl MasterHandle {
     }
 
     /// Checks that the pid still names the master we identified.
-    pub fn verify(&self) -> Result<(), SignalError> {
+    pub(crate) fn verify(&self) -> Result<(), SignalError> {
         let pid = self.master.id.pid;
         if self.has_exited() {
             return Err(SignalError::Exited(pid));
@@ -205,7 +205,7 @@ impl MasterHandle {
     }
 
     /// Sends `sig` to the master, after checking its identity.
-    pub fn signal(&self, sig: Sig) -> Result<(), SignalError> {
+    pub(crate) fn signal(&self, sig: Sig) -> Result<(), SignalError> {
         self.verify()?;
         let pid = self.master.id.pid;
         let result = match &self.pidfd {
@@ -228,7 +228,7 @@ impl MasterHandle {
     }
 
     /// True once the master has exited; a zombie counts as exited.
-    pub fn has_exited(&self) -> bool {
+    pub(crate) fn has_exited(&self) -> bool {
         match &self.pidfd {
             Some(fd) => fd.has_exited(),
             None => match read_proc(self.master.id.pid) {
@@ -241,7 +241,7 @@ impl MasterHandle {
     }
 
     /// Resolves when the master exits (at exit, not at reaping).
-    pub async fn exited(&self) {
+    pub(crate) async fn exited(&self) {
         match &self.pidfd {
             Some(fd) => fd.exited().await,
             None => {
@@ -254,25 +254,23 @@ impl MasterHandle {
 }
 
 /// A watch on one worker's exit, for progress reporting.
-pub struct ChildWatch {
-    pub pid: i32,
+pub(crate) struct ChildWatch {
     pidfd: Pidfd,
 }
 
 impl ChildWatch {
     /// Opens a watch on `pid` if it is still a child of `master`.
-    pub fn open(pid: i32, master: &ProcId) -> Option<ChildWatch> {
+    pub(crate) fn open(pid: i32, master: &ProcId) -> Option<ChildWatch> {
         let pidfd = Pidfd::open(pid).ok()?;
         let info = read_proc(pid).ok()?;
-        (info.stat.ppid == master.pid && !info.stat.is_zombie())
-            .then_some(ChildWatch { pid, pidfd })
+        (info.stat.ppid == master.pid && !info.stat.is_zombie()).then_some(ChildWatch { pidfd })
     }
 
-    pub fn has_exited(&self) -> bool {
+    pub(crate) fn has_exited(&self) -> bool {
         self.pidfd.has_exited()
     }
 
-    pub async fn exited_ref(&self) {
+    pub(crate) async fn exited_ref(&self) {
         self.pidfd.exited().await;
     }
 }

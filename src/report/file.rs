@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{Report, TrafficReport};
 
 /// The kubelet keeps at most this many bytes of a termination message.
-pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
+pub(crate) const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
 /// Writes `report` as compact JSON to `path`: to a temporary file in the same
 /// directory, then renamed over `path`, so that a reader never sees half a
@@ -21,7 +21,7 @@ pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 /// report that must outlive the node is in the logs and the metrics. This
 /// runs on the sidecar's one runtime thread, which a disk flush would stall
 /// (HTTP, the census) for as long as the disk takes.
-pub fn write(path: &Path, report: &Report) -> std::io::Result<()> {
+pub(crate) fn write(path: &Path, report: &Report) -> std::io::Result<()> {
     let mut body = serde_json::to_vec(report).map_err(std::io::Error::other)?;
     if body.len() > TERMINATION_MESSAGE_LIMIT
         && let Some(t) = &report.traffic

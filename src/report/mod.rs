@@ -6,10 +6,10 @@
 //! - `series`: the bounded timeline of census samples.
 //! - `file`: `--report-file`, written atomically.
 
-pub mod file;
+pub(crate) mod file;
 mod series;
 
-pub use series::Series;
+pub(crate) use series::Series;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::nginx::{Master, Worker};
 /// How a drain ended. `drained`, `streams_closed` and `not_running` are
 /// successes ([`Outcome::is_success`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// NGINX quit gracefully: every worker finished and the master exited,
     /// and no connection was cut.
     Drained,
@@ -47,14 +47,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn is_success(self) -> bool {
+    pub(crate) fn is_success(self) -> bool {
         matches!(
             self,
             Outcome::Drained | Outcome::StreamsClosed | Outcome::NotRunning
         )
     }
     /// The outcome's name in JSON, logs and metrics: written once, here.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Drained => "drained",
             Outcome::StreamsClosed => "streams_closed",
@@ -76,7 +76,7 @@ impl Serialize for Outcome {
 /// Who ended the connections that were still open when NGINX exited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CutBy {
+pub(crate) enum CutBy {
     /// NGINX itself, when its `worker_shutdown_timeout` fired after SIGQUIT.
     NginxWorkerShutdownTimeout,
     /// NGINX's fast shutdown after the sidecar's SIGTERM (the escalation).
@@ -86,7 +86,7 @@ pub enum CutBy {
 /// Why SIGQUIT went out when it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum QuitReason {
+pub(crate) enum QuitReason {
     /// No new connection for the quiet period.
     Quiet,
     /// `--max-delay` after the hook, arrivals or not.
@@ -97,13 +97,13 @@ pub enum QuitReason {
     AlreadyQuitting,
 }
 
-pub use crate::nginx::SignalMethod;
-pub use crate::sockets::{ArrivalsSeen, CensusSource};
+pub(crate) use crate::nginx::SignalMethod;
+pub(crate) use crate::sockets::{ArrivalsSeen, CensusSource};
 
 /// What a drain is doing, as `/status` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DrainPhase {
+pub(crate) enum DrainPhase {
     /// NGINX serves while new connections still arrive.
     AwaitQuiet,
     /// SIGQUIT is being sent.
@@ -121,13 +121,13 @@ words!(DrainPhase { AwaitQuiet => "await_quiet", Quit => "quit", AwaitExit => "a
 /// arrival. All decisions use the monotonic clock; a wall-clock jump during a
 /// drain only shifts the printed timestamps, never a deadline.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub mono: Instant,
-    pub wall: SystemTime,
+pub(crate) struct Clock {
+    pub(crate) mono: Instant,
+    pub(crate) wall: SystemTime,
 }
 
 impl Clock {
-    pub fn now() -> Clock {
+    pub(crate) fn now() -> Clock {
         Clock {
             mono: Instant::now(),
             wall: SystemTime::now(),
@@ -136,7 +136,7 @@ impl Clock {
     /// The wall-clock time of `at`, before the anchor as well as after it
     /// (an arrival seen before the hook is printed at its own time, not the
     /// hook's).
-    pub fn wall_of(&self, at: Instant) -> SystemTime {
+    pub(crate) fn wall_of(&self, at: Instant) -> SystemTime {
         if at >= self.mono {
             self.wall + at.duration_since(self.mono)
         } else {
@@ -145,184 +145,184 @@ impl Clock {
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         }
     }
-    pub fn stamp(&self, at: Instant) -> String {
+    pub(crate) fn stamp(&self, at: Instant) -> String {
         humantime::format_rfc3339_millis(self.wall_of(at)).to_string()
     }
-    pub fn millis_since_start(&self, at: Instant) -> u64 {
+    pub(crate) fn millis_since_start(&self, at: Instant) -> u64 {
         ms(at.saturating_duration_since(self.mono))
     }
 }
 
 /// Whole milliseconds, as every duration in the JSON is written.
-pub fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 /// A rate as the JSON and the metrics show it: two decimals.
-pub fn rate2(per_second: f64) -> f64 {
+pub(crate) fn rate2(per_second: f64) -> f64 {
     (per_second * 100.0).round() / 100.0
 }
 
 /// The client connections around the drain, and those that were cut: still
 /// open when NGINX exited, closed by it rather than finished.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConnectionsReport {
+pub(crate) struct ConnectionsReport {
     /// Open client connections in the drain's first census (at the hook).
-    pub open_at_hook: u32,
+    pub(crate) open_at_hook: u32,
     /// Open client connections when SIGQUIT was sent.
-    pub open_at_sigquit: u32,
+    pub(crate) open_at_sigquit: u32,
     /// Open in the last census before NGINX exited.
-    pub open_at_exit: u32,
+    pub(crate) open_at_exit: u32,
     /// How long before the exit that census was taken.
-    pub last_census_before_exit_ms: Option<u64>,
+    pub(crate) last_census_before_exit_ms: Option<u64>,
     /// NGINX's `worker_shutdown_timeout` as read from its configuration:
     /// a duration such as `20s`, `unset`, or why it could not be read.
-    pub worker_shutdown_timeout: String,
+    pub(crate) worker_shutdown_timeout: String,
     /// Connections cut: closed by NGINX's worker shutdown timeout or by the
     /// escalation's SIGTERM while still open.
-    pub cut: u32,
+    pub(crate) cut: u32,
     /// Who cut them, when any were.
-    pub cut_by: Option<CutBy>,
-    pub cut_per_port: BTreeMap<u16, u32>,
+    pub(crate) cut_by: Option<CutBy>,
+    pub(crate) cut_per_port: BTreeMap<u16, u32>,
     /// Of the cut, how many were open since before the hook: long-lived
     /// connections (WebSockets, streams), not requests that began during the
     /// drain.
-    pub cut_open_before_hook: u32,
+    pub(crate) cut_open_before_hook: u32,
     /// The youngest and oldest cut connection's age at the exit (since the
     /// census first saw it: a lower bound).
-    pub cut_youngest_ms: Option<u64>,
-    pub cut_oldest_ms: Option<u64>,
+    pub(crate) cut_youngest_ms: Option<u64>,
+    pub(crate) cut_oldest_ms: Option<u64>,
     /// The cut connections, oldest first, at most [`CUT_PEERS_LISTED`].
-    pub cut_peers: Vec<CutConn>,
+    pub(crate) cut_peers: Vec<CutConn>,
 }
 
 /// At most this many cut connections are listed by peer.
-pub const CUT_PEERS_LISTED: usize = 20;
+pub(crate) const CUT_PEERS_LISTED: usize = 20;
 
 /// One cut connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CutConn {
+pub(crate) struct CutConn {
     /// The client's address:port.
-    pub peer: String,
+    pub(crate) peer: String,
     /// NGINX's port it was connected to.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Its age at the exit (since the census first saw it).
-    pub age_ms: u64,
-    pub open_before_hook: bool,
+    pub(crate) age_ms: u64,
+    pub(crate) open_before_hook: bool,
 }
 
 /// Durations of the drain's phases, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Durations {
+pub(crate) struct Durations {
     /// Hook arrival to SIGQUIT.
-    pub hook_to_sigquit_ms: Option<u64>,
+    pub(crate) hook_to_sigquit_ms: Option<u64>,
     /// SIGQUIT to the master's exit.
-    pub sigquit_to_exit_ms: Option<u64>,
+    pub(crate) sigquit_to_exit_ms: Option<u64>,
     /// Hook arrival to the answer.
-    pub total_ms: u64,
+    pub(crate) total_ms: u64,
 }
 
 /// What the census saw around the drain.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TrafficReport {
-    pub census: CensusSource,
-    pub arrivals_seen: ArrivalsSeen,
+pub(crate) struct TrafficReport {
+    pub(crate) census: CensusSource,
+    pub(crate) arrivals_seen: ArrivalsSeen,
     /// The ports counted as NGINX's.
-    pub ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     /// Addresses learned to be the kubelet's, not counted as clients.
-    pub kubelet_peers: Vec<String>,
+    pub(crate) kubelet_peers: Vec<String>,
     /// New client connections per second over the minute before the hook.
-    pub arrivals_per_second_before_hook: f64,
+    pub(crate) arrivals_per_second_before_hook: f64,
     /// New client connections between the hook and SIGQUIT.
-    pub arrivals_during_wait: u64,
-    pub last_arrival_at: Option<String>,
+    pub(crate) arrivals_during_wait: u64,
+    pub(crate) last_arrival_at: Option<String>,
     /// The quiet period in force when SIGQUIT was sent, and how it was chosen.
-    pub quiet_period_ms: u64,
-    pub quiet_period_reason: String,
+    pub(crate) quiet_period_ms: u64,
+    pub(crate) quiet_period_reason: String,
     /// `quiet`, `max_delay`, `budget` or `already_quitting`.
-    pub sigquit_reason: QuitReason,
-    pub wait_before_sigquit_ms: u64,
+    pub(crate) sigquit_reason: QuitReason,
+    pub(crate) wait_before_sigquit_ms: u64,
     /// Open client connections per port when SIGQUIT was sent.
-    pub connections_at_sigquit: BTreeMap<u16, u32>,
+    pub(crate) connections_at_sigquit: BTreeMap<u16, u32>,
     /// When the census first saw no open client connection after SIGQUIT.
-    pub last_connection_closed_at: Option<String>,
-    pub last_connection_closed_after_sigquit_ms: Option<u64>,
+    pub(crate) last_connection_closed_at: Option<String>,
+    pub(crate) last_connection_closed_after_sigquit_ms: Option<u64>,
     /// The census samples from the hook on (bounded: when full, neighbours
     /// are merged and the spacing doubles).
-    pub samples_every_ms: u64,
-    pub samples: Vec<SamplePoint>,
+    pub(crate) samples_every_ms: u64,
+    pub(crate) samples: Vec<SamplePoint>,
 }
 
 /// One point of the drain's timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SamplePoint {
+pub(crate) struct SamplePoint {
     /// Milliseconds since the hook arrived.
-    pub t_ms: u64,
+    pub(crate) t_ms: u64,
     /// New client connections since the previous point.
-    pub arrivals: u32,
+    pub(crate) arrivals: u32,
     /// Open client connections at this point.
-    pub open: u32,
+    pub(crate) open: u32,
 }
 
 /// The answer to a preStop hook: what happened, when, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
-    pub drain_id: String,
-    pub outcome: Outcome,
+pub(crate) struct Report {
+    pub(crate) drain_id: String,
+    pub(crate) outcome: Outcome,
     /// One sentence for humans: what happened and, on failure, what to do.
-    pub message: String,
-    pub master_pid: Option<i32>,
-    pub master_title: Option<String>,
-    pub workers_at_start: Vec<Worker>,
+    pub(crate) message: String,
+    pub(crate) master_pid: Option<i32>,
+    pub(crate) master_title: Option<String>,
+    pub(crate) workers_at_start: Vec<Worker>,
     /// Workers still alive when the drain ended (empty when drained).
-    pub workers_left: Vec<Worker>,
-    pub signal_method: Option<SignalMethod>,
-    pub hook_received_at: String,
-    pub hook_peer: String,
-    pub sigquit_at: Option<String>,
-    pub sigterm_at: Option<String>,
-    pub exited_at: Option<String>,
-    pub answered_at: String,
-    pub durations: Durations,
-    pub drain_timeout_ms: u64,
+    pub(crate) workers_left: Vec<Worker>,
+    pub(crate) signal_method: Option<SignalMethod>,
+    pub(crate) hook_received_at: String,
+    pub(crate) hook_peer: String,
+    pub(crate) sigquit_at: Option<String>,
+    pub(crate) sigterm_at: Option<String>,
+    pub(crate) exited_at: Option<String>,
+    pub(crate) answered_at: String,
+    pub(crate) durations: Durations,
+    pub(crate) drain_timeout_ms: u64,
     /// What the connection census saw; absent when nothing was drained.
-    pub traffic: Option<TrafficReport>,
+    pub(crate) traffic: Option<TrafficReport>,
     /// The connections NGINX held at the exit, and those it cut; absent
     /// when NGINX did not exit during the drain.
-    pub connections: Option<ConnectionsReport>,
+    pub(crate) connections: Option<ConnectionsReport>,
 }
 
 impl Report {
-    pub fn http_status(&self) -> u16 {
+    pub(crate) fn http_status(&self) -> u16 {
         if self.outcome.is_success() { 200 } else { 500 }
     }
 }
 
 /// What the drain is doing right now, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Progress {
-    pub drain_id: String,
-    pub phase: DrainPhase,
-    pub hook_received_at: String,
-    pub elapsed_ms: u64,
-    pub budget_left_ms: u64,
-    pub sigquit_at: Option<String>,
-    pub workers_remaining: Vec<Worker>,
+pub(crate) struct Progress {
+    pub(crate) drain_id: String,
+    pub(crate) phase: DrainPhase,
+    pub(crate) hook_received_at: String,
+    pub(crate) elapsed_ms: u64,
+    pub(crate) budget_left_ms: u64,
+    pub(crate) sigquit_at: Option<String>,
+    pub(crate) workers_remaining: Vec<Worker>,
     /// Open client connections per port, from the latest census.
-    pub open_connections: BTreeMap<u16, u32>,
-    pub arrivals_during_wait: u64,
+    pub(crate) open_connections: BTreeMap<u16, u32>,
+    pub(crate) arrivals_during_wait: u64,
     /// Once NGINX has exited: the connections it cut.
-    pub cut_connections: Option<u32>,
+    pub(crate) cut_connections: Option<u32>,
     /// While waiting for traffic to stop: the quiet period and when SIGQUIT
     /// is due at the latest.
-    pub quiet_period_ms: Option<u64>,
-    pub sigquit_due_in_ms: Option<u64>,
+    pub(crate) quiet_period_ms: Option<u64>,
+    pub(crate) sigquit_due_in_ms: Option<u64>,
 }
 
 /// The sidecar's state as `/status` shows it and `/readyz` judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub(crate) enum State {
     /// No master found yet (or the last one exited): the next hook answers
     /// `not_running`.
     Searching,
@@ -340,41 +340,41 @@ pub enum State {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Snapshot {
-    pub state: State,
+pub(crate) struct Snapshot {
+    pub(crate) state: State,
     /// Why the sidecar is in this state, in words.
-    pub detail: String,
-    pub master: Option<Master>,
-    pub workers: Vec<Worker>,
-    pub drain: Option<Progress>,
-    pub last_report: Option<Arc<Report>>,
+    pub(crate) detail: String,
+    pub(crate) master: Option<Master>,
+    pub(crate) workers: Vec<Worker>,
+    pub(crate) drain: Option<Progress>,
+    pub(crate) last_report: Option<Arc<Report>>,
     /// The sidecar received SIGTERM/SIGINT and exits once NGINX is gone.
-    pub shutting_down: bool,
+    pub(crate) shutting_down: bool,
     /// NGINX masters that exited with no drain having run for them (the
     /// hook never reached the sidecar, or NGINX crashed), since the start.
-    pub undrained_exits: u64,
+    pub(crate) undrained_exits: u64,
     /// The latest connection census.
-    pub traffic: Option<TrafficStatus>,
+    pub(crate) traffic: Option<TrafficStatus>,
 }
 
 /// The connection census as `/status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TrafficStatus {
-    pub census: CensusSource,
-    pub arrivals_seen: ArrivalsSeen,
-    pub ports: Vec<u16>,
+pub(crate) struct TrafficStatus {
+    pub(crate) census: CensusSource,
+    pub(crate) arrivals_seen: ArrivalsSeen,
+    pub(crate) ports: Vec<u16>,
     /// Listening ports with their accept-queue length.
-    pub listening: BTreeMap<u16, u32>,
+    pub(crate) listening: BTreeMap<u16, u32>,
     /// Open client connections per port.
-    pub open: BTreeMap<u16, u32>,
-    pub arrivals_per_second_last_minute: f64,
+    pub(crate) open: BTreeMap<u16, u32>,
+    pub(crate) arrivals_per_second_last_minute: f64,
     /// Addresses learned to be the kubelet's (from its probes and hooks):
     /// their connections to NGINX never count as arrivals.
-    pub kubelet_peers: Vec<String>,
+    pub(crate) kubelet_peers: Vec<String>,
 }
 
 impl Snapshot {
-    pub fn initial(detail: String) -> Snapshot {
+    pub(crate) fn initial(detail: String) -> Snapshot {
         Snapshot {
             state: State::Searching,
             detail,
@@ -387,7 +387,7 @@ impl Snapshot {
             traffic: None,
         }
     }
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.state == State::Ready
     }
 }

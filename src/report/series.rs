@@ -6,17 +6,17 @@ use super::SamplePoint;
 
 /// A bounded timeline: at most `cap` points; when full, pairs merge.
 #[derive(Debug, Clone)]
-pub struct Series {
+pub(crate) struct Series {
     cap: usize,
     stride: u32,
     pending: u32,
     pending_arrivals: u32,
-    pub every_ms: u64,
-    pub points: Vec<SamplePoint>,
+    pub(crate) every_ms: u64,
+    pub(crate) points: Vec<SamplePoint>,
 }
 
 impl Series {
-    pub fn new(cap: usize, every_ms: u64) -> Series {
+    pub(crate) fn new(cap: usize, every_ms: u64) -> Series {
         Series {
             cap: cap.max(2),
             stride: 1,
@@ -27,7 +27,7 @@ impl Series {
         }
     }
 
-    pub fn push(&mut self, p: SamplePoint) {
+    pub(crate) fn push(&mut self, p: SamplePoint) {
         self.pending += 1;
         self.pending_arrivals += p.arrivals;
         if self.pending < self.stride {

@@ -9,23 +9,23 @@ use tokio::time::Instant;
 use super::probes::ProbeBudget;
 
 /// How far back arrivals are kept.
-pub const HISTORY: Duration = Duration::from_secs(60);
+pub(crate) const HISTORY: Duration = Duration::from_secs(60);
 
 /// One census sample that saw `n` new connections during `span` before `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Arrivals {
-    pub at: Instant,
-    pub span: Duration,
-    pub n: u32,
+pub(crate) struct Arrivals {
+    pub(crate) at: Instant,
+    pub(crate) span: Duration,
+    pub(crate) n: u32,
 }
 
 /// A sample's arrivals by peer address, when they came from few peers
 /// (`None`: from many, where one peer's share does not matter).
-pub type FewPeers = Option<Box<[(IpAddr, u32)]>>;
+pub(crate) type FewPeers = Option<Box<[(IpAddr, u32)]>>;
 
 /// Of the arrivals in `list` from `ip`, those `budget` takes to be the
 /// kubelet's probes: removed from `list`, and returned.
-pub fn take_probes(
+pub(crate) fn take_probes(
     list: &mut Box<[(IpAddr, u32)]>,
     ip: IpAddr,
     at: Instant,
@@ -44,11 +44,14 @@ pub fn take_probes(
 }
 
 /// At most this many distinct peers are kept per sample.
-pub const FEW_PEERS: usize = 8;
+pub(crate) const FEW_PEERS: usize = 8;
 
 /// `peers` with more arrivals from `ips`, one each; `None` (many) once more
 /// than [`FEW_PEERS`] distinct peers are seen, or if it already was.
-pub fn add_peers<'a>(peers: FewPeers, ips: impl IntoIterator<Item = &'a IpAddr>) -> FewPeers {
+pub(crate) fn add_peers<'a>(
+    peers: FewPeers,
+    ips: impl IntoIterator<Item = &'a IpAddr>,
+) -> FewPeers {
     let mut peers: Vec<(IpAddr, u32)> = Vec::from(peers?);
     for ip in ips {
         if let Some((_, n)) = peers.iter_mut().find(|(p, _)| p == ip) {
@@ -64,9 +67,9 @@ pub fn add_peers<'a>(peers: FewPeers, ips: impl IntoIterator<Item = &'a IpAddr>)
 
 /// Recent arrivals, sample by sample (only samples that saw some).
 #[derive(Debug, Clone)]
-pub struct ArrivalLog {
+pub(crate) struct ArrivalLog {
     /// When observation began: silence since then is observed silence.
-    pub since: Instant,
+    pub(crate) since: Instant,
     entries: VecDeque<Arrivals>,
     /// Per entry, how many of `peers` are its ([`MANY`]: it came from many
     /// peers, not listed).
@@ -82,7 +85,7 @@ pub struct ArrivalLog {
 const MANY: u8 = u8::MAX;
 
 impl ArrivalLog {
-    pub fn new(since: Instant) -> ArrivalLog {
+    pub(crate) fn new(since: Instant) -> ArrivalLog {
         ArrivalLog {
             since,
             entries: VecDeque::new(),
@@ -91,12 +94,13 @@ impl ArrivalLog {
         }
     }
 
-    pub fn record(&mut self, a: Arrivals) {
+    #[cfg(test)]
+    pub(crate) fn record(&mut self, a: Arrivals) {
         self.record_from(a, None);
     }
 
     /// Records a sample's arrivals with who they came from, when few did.
-    pub fn record_from(&mut self, a: Arrivals, peers: FewPeers) {
+    pub(crate) fn record_from(&mut self, a: Arrivals, peers: FewPeers) {
         if a.n > 0 {
             self.entries.push_back(a);
             match peers {
@@ -125,7 +129,7 @@ impl ArrivalLog {
     /// few peers in order; samples of many peers cannot tell and keep
     /// theirs. Returns how many were taken back. (Rare: once per address
     /// learned; the log is rebuilt.)
-    pub fn forgive_probes(&mut self, ip: IpAddr, budget: &mut ProbeBudget) -> u64 {
+    pub(crate) fn forgive_probes(&mut self, ip: IpAddr, budget: &mut ProbeBudget) -> u64 {
         let old = std::mem::replace(self, ArrivalLog::new(self.since));
         let mut taken = 0u64;
         let mut listed = old.peers.into_iter();
@@ -142,14 +146,14 @@ impl ArrivalLog {
         taken
     }
 
-    pub fn last_arrival(&self) -> Option<Instant> {
+    pub(crate) fn last_arrival(&self) -> Option<Instant> {
         self.entries.back().map(|e| e.at)
     }
 
     /// Arrivals recorded after `t`; a record whose span straddles `t`
     /// counts for the share of its span after `t` (arrivals are spread
     /// evenly over a record's span).
-    pub fn count_after_share(&self, t: Instant) -> f64 {
+    pub(crate) fn count_after_share(&self, t: Instant) -> f64 {
         self.entries
             .iter()
             .filter(|e| e.at > t)
@@ -166,7 +170,7 @@ impl ArrivalLog {
     }
 
     /// Arrivals per second over the history before `t`.
-    pub fn rate_before(&self, t: Instant) -> f64 {
+    pub(crate) fn rate_before(&self, t: Instant) -> f64 {
         let span = t.saturating_duration_since(self.since).min(HISTORY);
         if span.is_zero() {
             return 0.0;
@@ -183,17 +187,17 @@ impl ArrivalLog {
 
     /// The records, oldest first (the quiet rule's statistics read them:
     /// `drain::quiet`).
-    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Arrivals> + ExactSizeIterator {
+    pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = &Arrivals> + ExactSizeIterator {
         self.entries.iter()
     }
 
     /// Samples that saw arrivals: the evidence of a rate. A burst of many
     /// connections within one sample is one event.
-    pub fn events(&self) -> usize {
+    pub(crate) fn events(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.n)).sum()
     }
 }

@@ -29,23 +29,23 @@ pub struct PortFilter {
 }
 
 impl PortFilter {
-    pub fn port_counts(&self, port: u16) -> bool {
+    pub(crate) fn port_counts(&self, port: u16) -> bool {
         !self.exclude.contains(&port) && (self.only.is_empty() || self.only.contains(&port))
     }
-    pub fn peer_counts(&self, peer: &SocketAddr) -> bool {
+    pub(crate) fn peer_counts(&self, peer: &SocketAddr) -> bool {
         !self.ignore_peers.iter().any(|n| n.contains(&peer.ip()))
     }
 }
 
 /// Identifies one connection across samples: its two endpoints.
-pub type ConnKey = (SocketAddr, SocketAddr);
+pub(crate) type ConnKey = (SocketAddr, SocketAddr);
 
 /// What the census keeps of a connection: its two endpoints, hashed (8
 /// bytes, not 64: a busy pod holds 100k connections). Two connections
 /// colliding would need 2^32 of them.
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
-pub fn conn_id(local: SocketAddr, peer: SocketAddr) -> ConnId {
+pub(crate) fn conn_id(local: SocketAddr, peer: SocketAddr) -> ConnId {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
     local.hash(&mut h);
@@ -64,16 +64,16 @@ pub struct Census {
     /// Every connection on a counted port from a client peer, in any state,
     /// TIME_WAIT included (so short connections that NGINX closed between
     /// two samples are still seen), with whether it is open and since when.
-    pub conns: FxHashMap<ConnId, ConnState>,
+    pub(crate) conns: FxHashMap<ConnId, ConnState>,
     /// The open connections' endpoints, when the census was taken with
     /// detail (during a drain); empty otherwise.
-    pub endpoints: Vec<(ConnId, ConnKey)>,
+    pub(crate) endpoints: Vec<(ConnId, ConnKey)>,
     /// Listening ports that do not count (`--port` names others, or the
     /// sidecar's own): their connections' ends still account for accepts.
-    pub other_listeners: BTreeSet<u16>,
+    pub(crate) other_listeners: BTreeSet<u16>,
     /// Whether a connection first seen in TIME_WAIT is an arrival. Not
     /// when the destroy events are watched: they reported it already.
-    pub time_wait_arrives: bool,
+    pub(crate) time_wait_arrives: bool,
     /// This census's generation: the map is updated in place from census
     /// to census (one map, not two, with 100k connections), and entries
     /// whose generation is older were not listed this time.
@@ -82,12 +82,12 @@ pub struct Census {
 
 /// What the census knows of one connection (8 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     /// NGINX has not closed its side.
-    pub open: bool,
+    pub(crate) open: bool,
     /// Some census saw the full socket (any state but TIME_WAIT): the
     /// connection was counted then, so its destroy event is not an arrival.
-    pub alive: bool,
+    pub(crate) alive: bool,
     /// The census generation that last listed it.
     generation: u8,
     /// Its state before the census that is listing it now (for a socket
@@ -95,7 +95,7 @@ pub struct ConnState {
     was: u8,
     /// The census tick (the caller's clock) at which it was first seen
     /// open, carried over from census to census.
-    pub since: u32,
+    pub(crate) since: u32,
 }
 
 const WAS_KNOWN: u8 = 1;
@@ -113,6 +113,7 @@ impl Census {
     /// Builds a census. `ports_seen` is the set of ports known to be NGINX's
     /// so far (listeners close at SIGQUIT, their connections stay): it is
     /// extended with today's listeners.
+    #[cfg(any(test, feature = "testbed"))]
     pub fn take(socks: &[Sock], filter: &PortFilter, ports_seen: &mut BTreeSet<u16>) -> Census {
         Census::take_since(socks, filter, ports_seen, None, false, 0).0
     }
@@ -121,6 +122,7 @@ impl Census {
     /// without one), with who they came from; with `detail`, the open
     /// connections' endpoints too. `tick` is the caller's clock: what a
     /// connection first seen open now is stamped with.
+    #[cfg(any(test, feature = "testbed"))]
     pub fn take_since(
         socks: &[Sock],
         filter: &PortFilter,
@@ -164,6 +166,7 @@ impl Census {
     /// Connections in `self` that were not in `before`, or that were closing
     /// before and are open now (a new connection reusing the endpoints of
     /// one in TIME_WAIT).
+    #[cfg(any(test, feature = "testbed"))]
     pub fn arrivals_since(&self, before: &Census) -> u32 {
         let n = self
             .conns
@@ -176,13 +179,14 @@ impl Census {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
+    #[cfg(any(test, feature = "testbed"))]
     pub fn open_total(&self) -> u32 {
         self.open.values().sum()
     }
 
     /// Whether this census (or one before it) saw `id`'s full socket: its
     /// arrival was counted by a census, not left to its destroy event.
-    pub fn saw_alive(&self, id: ConnId) -> bool {
+    pub(crate) fn saw_alive(&self, id: ConnId) -> bool {
         self.conns.get(&id).is_some_and(|c| c.alive)
     }
 }
@@ -190,7 +194,7 @@ impl Census {
 /// A census built while a dump streams in: the listeners first, then each
 /// connection as it is parsed, so that a dump of 100k sockets is never held
 /// whole in memory. It updates the previous census in place.
-pub struct CensusBuilder<'a> {
+pub(crate) struct CensusBuilder<'a> {
     c: Census,
     filter: &'a PortFilter,
     ports: &'a BTreeSet<u16>,
@@ -207,7 +211,7 @@ impl<'a> CensusBuilder<'a> {
     /// Starts from the dump's listeners and the previous census (updated
     /// in place); `ports_seen` (the ports known to be NGINX's so far) is
     /// extended with today's.
-    pub fn new(
+    pub(crate) fn new(
         listeners: &[Sock],
         filter: &'a PortFilter,
         ports_seen: &'a mut BTreeSet<u16>,
@@ -246,13 +250,13 @@ impl<'a> CensusBuilder<'a> {
 
     /// With the destroy events watched, a connection first seen in
     /// TIME_WAIT is not an arrival: its destroy event reported it.
-    pub fn time_wait_arrives(mut self, yes: bool) -> Self {
+    pub(crate) fn time_wait_arrives(mut self, yes: bool) -> Self {
         self.c.time_wait_arrives = yes;
         self
     }
 
     /// The ports whose connections count (listening now, or before).
-    pub fn ports(&self) -> &BTreeSet<u16> {
+    pub(crate) fn ports(&self) -> &BTreeSet<u16> {
         self.ports
     }
 
@@ -328,11 +332,11 @@ impl<'a> CensusBuilder<'a> {
     /// The census as far as it got, when a dump fails half-way: a good
     /// `before` for the next attempt (what it listed is current, what it
     /// did not is from the census before).
-    pub fn abandon(self) -> Census {
+    pub(crate) fn abandon(self) -> Census {
         self.c
     }
 
-    pub fn finish(mut self) -> (Census, NewConns) {
+    pub(crate) fn finish(mut self) -> (Census, NewConns) {
         let generation = self.c.generation;
         // Connections no longer listed are gone.
         self.c.conns.retain(|_, st| st.generation == generation);

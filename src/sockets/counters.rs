@@ -7,7 +7,7 @@
 use std::io;
 
 /// `Tcp: PassiveOpens` of this network namespace.
-pub fn passive_opens() -> io::Result<u64> {
+pub(crate) fn passive_opens() -> io::Result<u64> {
     let text = std::fs::read_to_string("/proc/net/snmp")?;
     parse_passive_opens(&text).ok_or_else(|| {
         io::Error::new(
@@ -18,7 +18,7 @@ pub fn passive_opens() -> io::Result<u64> {
 }
 
 /// Finds `PassiveOpens` in the two `Tcp:` lines (names, then values).
-pub fn parse_passive_opens(text: &str) -> Option<u64> {
+pub(crate) fn parse_passive_opens(text: &str) -> Option<u64> {
     let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
     let names = tcp.next()?;
     let values = tcp.next()?;

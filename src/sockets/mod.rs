@@ -6,12 +6,12 @@
 //! processes: NGINX's /proc/PID/fd may be unreadable (non-dumpable, another
 //! UID), so ports and peers are all we use.
 
-pub mod arrivals;
+pub(crate) mod arrivals;
 pub mod census;
-pub mod counters;
-pub mod monitor;
+pub(crate) mod counters;
+pub(crate) mod monitor;
 pub mod netlink;
-pub mod probes;
+pub(crate) mod probes;
 pub mod procnet;
 pub(crate) mod sampler;
 
@@ -21,7 +21,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-pub use census::{Census, CensusBuilder, ConnId, ConnKey, NewConns, PortFilter};
+pub(crate) use census::CensusBuilder;
+pub use census::{Census, NewConns, PortFilter};
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub mod state {
@@ -52,7 +53,7 @@ pub struct Sock {
 
 impl Sock {
     /// A connection NGINX still holds open (it has not closed its side).
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         matches!(
             self.state,
             state::ESTABLISHED | state::SYN_RECV | state::NEW_SYN_RECV | state::CLOSE_WAIT
@@ -102,7 +103,7 @@ pub enum CensusMethod {
 /// switches to /proc for good and says so once.
 pub struct Source {
     netlink: Option<netlink::Dumper>,
-    pub method: CensusMethod,
+    pub(crate) method: CensusMethod,
 }
 
 impl Source {
@@ -131,6 +132,7 @@ impl Source {
 
     /// Takes one census: the listeners, then the connections on the ports
     /// that count (extending `ports_seen` with today's listeners).
+    #[cfg(any(test, feature = "testbed"))]
     pub fn census(
         &mut self,
         filter: &PortFilter,
@@ -201,6 +203,7 @@ impl Source {
     }
 
     /// Every TCP socket of this network namespace, IPv4 and IPv6.
+    #[cfg(any(test, feature = "testbed"))]
     pub fn dump(&mut self) -> io::Result<Vec<Sock>> {
         if let Some(d) = &mut self.netlink {
             let mut socks = Vec::new();
@@ -214,7 +217,7 @@ impl Source {
 
 /// `::ffff:a.b.c.d` (an IPv4 client on a dual-stack socket) as `a.b.c.d`,
 /// so that peer ranges and ports match whatever the socket family.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),

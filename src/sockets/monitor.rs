@@ -36,82 +36,80 @@ use super::{ArrivalsSeen, CensusSource};
 use super::{CensusMethod, PortFilter, counters};
 
 /// How often the accept counter is read while idle.
-pub const IDLE_EVERY: Duration = Duration::from_millis(200);
+pub(crate) const IDLE_EVERY: Duration = Duration::from_millis(200);
 /// How often the accept counter is read while a drain runs: the delay
 /// before an arrival that stays open is noticed.
-pub const FAST_EVERY: Duration = Duration::from_millis(20);
+pub(crate) const FAST_EVERY: Duration = Duration::from_millis(20);
 /// While a drain runs, a census at least this often (open connections for
 /// `/status` and the report), cost permitting.
-pub const FAST_CENSUS_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const FAST_CENSUS_EVERY: Duration = Duration::from_millis(100);
 /// The resolution of first sightings (connection ages).
-pub const TICK: Duration = Duration::from_millis(100);
+pub(crate) const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
-pub struct MonitorConfig {
-    pub method: CensusMethod,
-    pub filter: PortFilter,
+pub(crate) struct MonitorConfig {
+    pub(crate) method: CensusMethod,
+    pub(crate) filter: PortFilter,
 }
 
 /// A client connection NGINX holds open, as the census saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenConn {
-    pub local: std::net::SocketAddr,
-    pub peer: std::net::SocketAddr,
+pub(crate) struct OpenConn {
+    pub(crate) local: std::net::SocketAddr,
+    pub(crate) peer: std::net::SocketAddr,
     /// The first census that saw it open, to 0.1 s (the monitor's start for
     /// connections that were already open then: ages are lower bounds).
-    pub first_seen: Instant,
+    pub(crate) first_seen: Instant,
 }
 
 /// One census, reduced.
 #[derive(Debug, Clone, Default)]
-pub struct Sample {
-    pub seq: u64,
-    pub at: Option<Instant>,
-    /// Time since the previous sample.
-    pub span: Duration,
+pub(crate) struct Sample {
+    pub(crate) seq: u64,
+    pub(crate) at: Option<Instant>,
     /// New client connections since the previous sample.
-    pub arrivals: u32,
-    pub open: BTreeMap<u16, u32>,
-    pub listening: BTreeMap<u16, u32>,
+    pub(crate) arrivals: u32,
+    pub(crate) open: BTreeMap<u16, u32>,
+    pub(crate) listening: BTreeMap<u16, u32>,
     /// Each open client connection, while a drain wants detail (fast
     /// sampling); empty otherwise, to keep idle samples cheap.
-    pub conns: Arc<Vec<OpenConn>>,
+    pub(crate) conns: Arc<Vec<OpenConn>>,
 }
 
 impl Sample {
-    pub fn open_total(&self) -> u32 {
+    pub(crate) fn open_total(&self) -> u32 {
         self.open.values().sum()
     }
 }
 
 /// What the monitor publishes after every look that found something.
 #[derive(Debug, Clone)]
-pub struct View {
+pub(crate) struct View {
     /// The latest census.
-    pub sample: Sample,
-    pub log: Arc<ArrivalLog>,
+    pub(crate) sample: Sample,
+    pub(crate) log: Arc<ArrivalLog>,
     /// Where the census comes from now (`netlink` or `proc`).
-    pub method: CensusMethod,
+    pub(crate) method: CensusMethod,
     /// Ports counted so far (listening now or before).
-    pub ports: BTreeSet<u16>,
+    pub(crate) ports: BTreeSet<u16>,
     /// Set when no census can be taken at all.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Peers learned to be the kubelet (its probes and hooks), whose
     /// probes do not count (see [`super::probes`]).
-    pub kubelet_peers: Vec<IpAddr>,
+    pub(crate) kubelet_peers: Vec<IpAddr>,
     /// Accepts in the namespace (less the sidecar's own) that neither a
     /// census nor a destroy event has accounted for yet: possibly arrivals.
-    pub unattributed: u64,
+    pub(crate) unattributed: u64,
     /// The accept counter (less the sidecar's own) as of the last look that
     /// accounted for every accept; `None` without the counter.
-    pub accepted: Option<u64>,
+    pub(crate) accepted: Option<u64>,
     /// Whether the kernel's destroy events are watched.
-    pub destroy_events: bool,
+    pub(crate) destroy_events: bool,
 }
 
 impl View {
     /// A view with nothing seen yet.
-    pub fn empty(since: Instant, method: CensusMethod, ports: BTreeSet<u16>) -> View {
+    pub(crate) fn empty(since: Instant, method: CensusMethod, ports: BTreeSet<u16>) -> View {
         View {
             sample: Sample::default(),
             log: Arc::new(ArrivalLog::new(since)),
@@ -128,7 +126,7 @@ impl View {
     /// Where the census comes from, as `/status` and the report name it:
     /// `netlink`, `proc` (the fallback), or `unavailable` while no census
     /// can be taken. The one place this label is decided.
-    pub fn census_label(&self) -> CensusSource {
+    pub(crate) fn census_label(&self) -> CensusSource {
         match (&self.error, self.method) {
             (Some(_), _) => CensusSource::Unavailable,
             (None, CensusMethod::Proc) => CensusSource::Proc,
@@ -138,7 +136,7 @@ impl View {
 
     /// Which arrivals are seen, as `/status` and the report name it:
     /// `every_connection` with the destroy events, else `census_only`.
-    pub fn arrivals_label(&self) -> ArrivalsSeen {
+    pub(crate) fn arrivals_label(&self) -> ArrivalsSeen {
         if self.destroy_events {
             ArrivalsSeen::EveryConnection
         } else {
@@ -148,7 +146,7 @@ impl View {
 
     /// True when no census has ever been taken (and one has failed): the
     /// drain cannot judge traffic at all.
-    pub fn is_blind(&self) -> bool {
+    pub(crate) fn is_blind(&self) -> bool {
         self.error.is_some() && self.sample.at.is_none()
     }
 }
@@ -187,7 +185,7 @@ impl Shared {
 }
 
 #[derive(Clone)]
-pub struct Monitor {
+pub(crate) struct Monitor {
     view: watch::Receiver<View>,
     fast: Arc<watch::Sender<bool>>,
     learn: mpsc::UnboundedSender<IpAddr>,
@@ -196,7 +194,7 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts sampling. Must be called inside a tokio runtime.
-    pub fn spawn(config: MonitorConfig) -> Monitor {
+    pub(crate) fn spawn(config: MonitorConfig) -> Monitor {
         let kernel = Kernel::new(&config);
         let counter: Counter = Box::new(|| counters::passive_opens().ok());
         Monitor::spawn_with(config, kernel, counter)
@@ -228,14 +226,14 @@ impl Monitor {
     }
 
     /// The sidecar accepted a connection of its own (the HTTP server).
-    pub fn note_own_accept(&self) {
+    pub(crate) fn note_own_accept(&self) {
         self.shared.own_accepts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `ip` is the kubelet's (its probes and hooks come from it): its
     /// probes stop counting (see [`super::probes`]), including those
     /// already logged where the census can tell them apart.
-    pub fn learn_kubelet(&self, ip: IpAddr) {
+    pub(crate) fn learn_kubelet(&self, ip: IpAddr) {
         let _ = self
             .learn
             .send(super::canonical(std::net::SocketAddr::new(ip, 0)).ip());
@@ -268,12 +266,12 @@ impl Monitor {
         )
     }
 
-    pub fn view(&self) -> watch::Receiver<View> {
+    pub(crate) fn view(&self) -> watch::Receiver<View> {
         self.view.clone()
     }
 
     /// Looks every 20 ms while `on`, every 200 ms otherwise.
-    pub fn set_fast(&self, on: bool) {
+    pub(crate) fn set_fast(&self, on: bool) {
         if on && !*self.fast.borrow() {
             let mark = (Instant::now(), self.shared.accepted());
             if let Ok(mut h) = self.shared.hook.lock() {
@@ -288,7 +286,7 @@ impl Monitor {
     /// not account for (read from the counter now, O(1)). A drain about to
     /// send SIGQUIT asks this last, and on `true` calls [`Monitor::look_now`]
     /// and waits for the next view.
-    pub fn accepted_since(&self, view: &View) -> bool {
+    pub(crate) fn accepted_since(&self, view: &View) -> bool {
         if view.unattributed > 0 {
             return true;
         }
@@ -300,7 +298,7 @@ impl Monitor {
     }
 
     /// Asks for a look and a census now (the drain's last look).
-    pub fn look_now(&self) {
+    pub(crate) fn look_now(&self) {
         self.shared.poke.notify_one();
     }
 }

@@ -31,14 +31,14 @@ const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
 
-pub struct Dumper {
+pub(crate) struct Dumper {
     socket: Socket,
     buf: Vec<u8>,
     seq: u32,
 }
 
 impl Dumper {
-    pub fn new() -> io::Result<Dumper> {
+    pub(crate) fn new() -> io::Result<Dumper> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind_auto()?;
         socket.connect(&NlAddr::new(0, 0))?;
@@ -55,7 +55,7 @@ impl Dumper {
     }
 
     /// Every listening TCP socket.
-    pub fn listeners(&mut self, out: &mut impl Extend<Sock>) -> io::Result<()> {
+    pub(crate) fn listeners(&mut self, out: &mut impl Extend<Sock>) -> io::Result<()> {
         for family in [AF_INET, AF_INET6] {
             self.dump(family, StateFlags::LISTEN, None, out)?;
         }
@@ -63,7 +63,7 @@ impl Dumper {
     }
 
     /// Every non-listening TCP socket whose local port is in `ports`.
-    pub fn connections(
+    pub(crate) fn connections(
         &mut self,
         ports: &BTreeSet<u16>,
         out: &mut impl Extend<Sock>,
@@ -84,7 +84,11 @@ impl Dumper {
     }
 
     /// Every non-listening TCP socket.
-    pub fn connections_on_any_port(&mut self, out: &mut impl Extend<Sock>) -> io::Result<()> {
+    #[cfg(any(test, feature = "testbed"))]
+    pub(crate) fn connections_on_any_port(
+        &mut self,
+        out: &mut impl Extend<Sock>,
+    ) -> io::Result<()> {
         for family in [AF_INET, AF_INET6] {
             self.dump(family, StateFlags::all() - StateFlags::LISTEN, None, out)?;
         }
@@ -133,13 +137,13 @@ const DESTROY_RCVBUF: usize = 4 << 20;
 /// censuses (whichever side closed first) is reported here with its
 /// endpoints. No privilege is needed to join these groups, and reading them
 /// costs per connection ended, not per connection open.
-pub struct DestroyWatch {
+pub(crate) struct DestroyWatch {
     socket: Socket,
     buf: Vec<u8>,
 }
 
 impl DestroyWatch {
-    pub fn new() -> io::Result<DestroyWatch> {
+    pub(crate) fn new() -> io::Result<DestroyWatch> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind(&NlAddr::new(0, DESTROY_GROUPS))?;
         socket.set_non_blocking(true)?;
@@ -154,7 +158,7 @@ impl DestroyWatch {
     /// Reads every event queued now (never blocks) into `out`. Returns
     /// whether the kernel dropped events since the last read (its receive
     /// buffer overflowed): some connections that ended went unseen.
-    pub fn read(&mut self, out: &mut impl Extend<Sock>) -> io::Result<bool> {
+    pub(crate) fn read(&mut self, out: &mut impl Extend<Sock>) -> io::Result<bool> {
         let mut overrun = false;
         loop {
             self.buf.clear();
@@ -221,7 +225,7 @@ fn request(family: u8, states: StateFlags, seq: u32, bytecode: Option<&[u8]>) ->
 /// (each test is followed by a jump to the end, which a failed test skips).
 /// The kernel's audit requires every jump target to lie on the chain of
 /// "yes" jumps, which this layout satisfies.
-pub fn local_port_filter(ports: &BTreeSet<u16>) -> Vec<u8> {
+pub(crate) fn local_port_filter(ports: &BTreeSet<u16>) -> Vec<u8> {
     let ports: Vec<u16> = ports.iter().copied().collect();
     let mut code = Vec::with_capacity(ports.len() * 12);
     for (i, port) in ports.iter().enumerate() {

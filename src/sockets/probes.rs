@@ -30,13 +30,13 @@ use tokio::time::Instant;
 
 /// Probes a second, sustained: two probes of one second each (readiness and
 /// liveness on NGINX's port).
-pub const PER_SECOND: f64 = 2.0;
+pub(crate) const PER_SECOND: f64 = 2.0;
 /// Probes at once: startup, readiness and liveness due together.
-pub const BURST: f64 = 3.0;
+pub(crate) const BURST: f64 = 3.0;
 
 /// The probe budget of one kubelet address.
 #[derive(Debug, Clone)]
-pub struct ProbeBudget {
+pub(crate) struct ProbeBudget {
     tokens: f64,
     at: Option<Instant>,
 }
@@ -56,7 +56,7 @@ impl ProbeBudget {
     /// A look that covers a long span (a census after an idle while) may
     /// hold that span's probes, so the bucket holds up to `BURST` plus the
     /// span's refill.
-    pub fn take(&mut self, at: Instant, span: Duration, n: u32) -> u32 {
+    pub(crate) fn take(&mut self, at: Instant, span: Duration, n: u32) -> u32 {
         let elapsed = self
             .at
             .map_or(Duration::ZERO, |t| at.saturating_duration_since(t));

@@ -20,7 +20,7 @@ impl From<&'static str> for BadLine {
 /// Every TCP socket of this network namespace. The kernel prints these
 /// files a page at a time while sockets come and go, so one socket can be
 /// printed twice: each socket (endpoints and state) is kept once.
-pub fn dump() -> io::Result<Vec<Sock>> {
+pub(crate) fn dump() -> io::Result<Vec<Sock>> {
     let mut out = Vec::new();
     let mut seen = rustc_hash::FxHashSet::default();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {

@@ -37,7 +37,7 @@ const IDLE_COST_FACTOR: u32 = 50;
 const IDLE_PERIODIC_COST_FACTOR: u32 = 500;
 /// While idle, a census at least this often (the open connections, their
 /// ages, listeners that appeared), even when nothing was accepted.
-pub const IDLE_CENSUS_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_CENSUS_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 const IDLE_CENSUS_STRETCHED_AT_MOST: Duration = Duration::from_secs(60);
 /// ...and while a drain runs (at most 1.7 %).
 const FAST_COST_FACTOR: u32 = 60;
@@ -488,7 +488,6 @@ impl<S: Sources> Sampler<S> {
         if !first {
             self.record(at, span, arrivals, add_peers(new.peers, &short));
         }
-        let since_last = at.saturating_duration_since(self.last_census.unwrap_or(at));
         self.accepted_at_census = accepted;
         self.ended_unseen = 0;
         self.unattributed = 0;
@@ -499,7 +498,6 @@ impl<S: Sources> Sampler<S> {
         let sample = Sample {
             seq: self.seq,
             at: Some(at),
-            span: if first { Duration::ZERO } else { since_last },
             arrivals: if first { 0 } else { since_census },
             open: census.open.clone(),
             listening: census.listening.clone(),

@@ -203,7 +203,6 @@ impl FakeCensus {
             sample: Sample {
                 seq: 1,
                 at: Some(now),
-                span: TICK,
                 arrivals: per_tick,
                 open: [(80, 2)].into(),
                 listening: [(80, 0)].into(),
@@ -237,7 +236,6 @@ impl FakeCensus {
                     v.sample = Sample {
                         seq,
                         at: Some(at),
-                        span: TICK,
                         arrivals: n,
                         open: [(80, 2)].into(),
                         listening: [(80, 0)].into(),
