@@ -181,14 +181,7 @@ impl Metrics {
 
     /// Renders OpenMetrics text, with the gauges taken from `snapshot`.
     pub(crate) fn render(&self, snapshot: &Snapshot) -> String {
-        let running = snapshot.master.is_some()
-            && matches!(
-                snapshot.state,
-                crate::report::State::Ready
-                    | crate::report::State::Quitting
-                    | crate::report::State::Draining
-            );
-        self.master_up.set(i64::from(running));
+        self.master_up.set(i64::from(snapshot.master_running()));
         self.workers.set(snapshot.workers.len() as i64);
         // The owner counts; the counter catches up at each scrape.
         let seen = self.undrained.get();

@@ -136,6 +136,10 @@ async fn websockets_closed_by_nginxs_shutdown_timeout_are_streams_closed_and_lis
     eprintln!("report: {report}");
     assert_eq!(hook.status, 200, "{report:#}");
     assert_eq!(report["outcome"], "streams_closed", "{report:#}");
+    assert_eq!(
+        support::assert_state_truth(sidecar.addr, Some(nginx.pid())).await,
+        "drained"
+    );
     let c = &report["connections"];
     assert_eq!(c["cut"], WEBSOCKETS, "{report:#}");
     assert_eq!(c["cut_by"], "nginx_worker_shutdown_timeout");

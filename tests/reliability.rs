@@ -415,6 +415,40 @@ async fn without_permission_the_answer_names_the_fix_and_nothing_hangs() {
         "{msg}"
     );
     assert!(nginx.is_running() && nginx.sigquit_count() == 0);
+    // The drain failed and NGINX still runs: the sidecar says so, and its
+    // metric says a master is up.
+    assert_eq!(
+        support::assert_state_truth(sidecar.addr, Some(nginx.pid())).await,
+        "drain_failed"
+    );
+}
+
+/// A master that neither SIGQUIT nor SIGTERM moves (stopped here with
+/// SIGSTOP: signals wait): the drain answers `timeout` before the budget
+/// ends, and the sidecar says NGINX still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_never_exits_is_timeout_and_still_shown_running() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(&nginx, &["--drain-timeout", "3s", "--on-failure", "status"]);
+    wait_ready(sidecar.addr).await;
+    let pid = nix::unistd::Pid::from_raw(nginx.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t = Instant::now();
+    let r = raw_get(sidecar.addr, "/prestop").unwrap();
+    let took = t.elapsed();
+    let report = body_json(&r);
+    // Resumed before any assertion can fail: it then quits on the queued
+    // signals and the fixture's cleanup finds it gone.
+    let state = support::assert_state_truth(sidecar.addr, Some(nginx.pid())).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        took < Duration::from_secs(3),
+        "answered within the budget: {took:?}"
+    );
+    assert!(r.starts_with("HTTP/1.1 500"), "{r}");
+    assert_eq!(report["outcome"], "timeout", "{report:#}");
+    assert!(report["sigterm_at"].is_string(), "{report:#}");
+    assert_eq!(state, "drain_failed");
 }
 
 /// Case 9: a client that connects and never sends a request holds its

@@ -97,6 +97,10 @@ async fn downloads_in_flight_complete_and_nginx_quits_exactly_once() {
         refused_while_running,
         "the refused connection came while nginx still served downloads"
     );
+    assert_eq!(
+        support::assert_state_truth(sidecar.addr, Some(nginx.pid())).await,
+        "drained"
+    );
 
     let hook = term.hook.expect("hook answered");
     assert_eq!(hook.status, 200, "{}", hook.text());
@@ -206,6 +210,7 @@ async fn hook_answers_not_running_when_the_pid_file_is_missing() {
         msg.contains(pid_file.to_str().unwrap()) && msg.contains("does not exist"),
         "{msg}"
     );
+    support::assert_state_truth(sidecar.addr, None).await;
     assert!(took < Duration::from_secs(2), "answered in {took:?}");
 }
 
@@ -333,6 +338,11 @@ async fn a_download_that_cannot_finish_is_forced_before_the_budget_ends() {
     assert!(
         matches!(download.await.unwrap(), Err(Failure::ShortRead { .. })),
         "the forced stop cut the download, as the report says"
+    );
+    // Forced, but NGINX is gone: no master, and the sidecar says so.
+    assert_eq!(
+        support::assert_state_truth(sidecar.addr, Some(nginx.pid())).await,
+        "drained"
     );
 }
 

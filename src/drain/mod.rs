@@ -449,13 +449,26 @@ impl Owner {
             report = %serde_json::to_string(&*report).unwrap_or_default(),
             "drain finished"
         );
+        // The truth after the drain is whether the master still runs: a
+        // drain that timed out or could not signal leaves NGINX serving.
+        let running = self.master.as_ref().is_some_and(|m| !m.has_exited());
         self.snapshot.send_modify(|s| {
-            s.state = State::Drained;
-            s.detail = format!(
-                "drain {} finished: {}",
-                report.drain_id,
-                report.outcome.as_str()
-            );
+            if running {
+                s.state = State::DrainFailed;
+                s.detail = format!(
+                    "drain {} finished ({}) and the nginx master still runs",
+                    report.drain_id,
+                    report.outcome.as_str()
+                );
+            } else {
+                s.state = State::Drained;
+                s.detail = format!(
+                    "drain {} finished: {}",
+                    report.drain_id,
+                    report.outcome.as_str()
+                );
+                s.workers.clear();
+            }
             s.last_report = Some(report.clone());
         });
     }

@@ -319,7 +319,9 @@ pub(crate) struct Progress {
     pub(crate) sigquit_due_in_ms: Option<u64>,
 }
 
-/// The sidecar's state as `/status` shows it and `/readyz` judges it.
+/// The sidecar's state as `/status` shows it and `/readyz` judges it. It
+/// says whether an NGINX master runs as truly as `ps` would: only
+/// `ready`, `quitting`, `draining` and `drain_failed` have one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum State {
@@ -333,8 +335,11 @@ pub(crate) enum State {
     Quitting,
     /// A drain is in progress.
     Draining,
-    /// The drain finished; waiting for a new master.
+    /// The drain finished and the master exited; waiting for a new master.
     Drained,
+    /// The drain finished but the master still runs (the outcome says why:
+    /// `timeout`, `error`): NGINX serves on, out of the sidecar's hands.
+    DrainFailed,
     /// Something is there but cannot be used safely; see `detail`.
     Unusable,
 }
@@ -387,6 +392,15 @@ impl Snapshot {
             traffic: None,
         }
     }
+    /// Whether a master is running, in this state.
+    pub(crate) fn master_running(&self) -> bool {
+        self.master.is_some()
+            && matches!(
+                self.state,
+                State::Ready | State::Quitting | State::Draining | State::DrainFailed
+            )
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
         self.state == State::Ready
     }

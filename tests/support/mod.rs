@@ -36,6 +36,57 @@ pub fn skipped(why: &str) {
     }
 }
 
+/// What the sidecar says about NGINX's master (`/status`'s `state`, the
+/// metric `nginx_drain_nginx_master_up`, `/readyz`) checked against the
+/// process table: it says a master runs exactly when one does (a zombie
+/// has exited). Returns the state.
+pub async fn assert_state_truth(sidecar: std::net::SocketAddr, master_pid: Option<i32>) -> String {
+    use std::time::Duration;
+    let alive = master_pid.is_some_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| nginx_drain::nginx::procfs::parse_stat(&s).ok())
+            .is_some_and(|st| !st.is_zombie())
+    });
+    let limit = Duration::from_secs(10);
+    let status = json(
+        &testbed::client::get(sidecar, "/status", limit)
+            .await
+            .unwrap(),
+    );
+    let state = status["state"].as_str().unwrap_or_default().to_string();
+    let metrics = testbed::client::get(sidecar, "/metrics", limit)
+        .await
+        .unwrap()
+        .text();
+    let up = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nginx_drain_nginx_master_up "))
+        .unwrap_or_else(|| panic!("no nginx_master_up in /metrics:\n{metrics}"))
+        .trim()
+        .to_string();
+    let readyz = testbed::client::get(sidecar, "/readyz", limit)
+        .await
+        .unwrap()
+        .status;
+    let says_running = ["ready", "quitting", "draining", "drain_failed"].contains(&state.as_str());
+    assert_eq!(
+        says_running,
+        alive,
+        "/status says {state:?} but the master is {}: {status:#}",
+        if alive { "running" } else { "gone" }
+    );
+    assert_eq!(
+        up,
+        if alive { "1" } else { "0" },
+        "nginx_master_up against ps"
+    );
+    if !alive {
+        assert_eq!(readyz, 503, "not ready without a master");
+    }
+    state
+}
+
 /// The `nginx-drain` binary cargo built for these tests.
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
