@@ -40,7 +40,7 @@ pub enum Command {
 pub struct ServeArgs {
     /// Address to serve the hook and probes on. The default `[::]:10266` is
     /// dual-stack; in pods without IPv6 it falls back to 0.0.0.0:10266.
-    #[arg(long, env = "NGINX_DRAIN_LISTEN", default_value_t = SocketAddr::from(([0u16; 8], DEFAULT_PORT)))]
+    #[arg(long, env = "NGINX_DRAIN_LISTEN", default_value_t = SocketAddr::from(([0u16; 8], DEFAULT_PORT)), value_parser = parse_listen, value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
 
     /// NGINX's pid file (its `pid` directive). Without it, the master is
@@ -229,6 +229,18 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR such as 10.0.0.0/8"))
 }
 
+/// An address and a port; a bare port or address says which form is meant.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        let hint = if let Ok(port) = s.parse::<u16>() {
+            format!("[::]:{port} (every address) or 0.0.0.0:{port} (IPv4 only)")
+        } else {
+            "[::]:10266, 0.0.0.0:10266 or 127.0.0.1:10266".to_string()
+        };
+        format!("{s:?} is not an address with a port: write it as {hint}")
+    })
+}
+
 /// A level name (`error`, `warn` or `warning`, `info`, `debug`, `trace`,
 /// `off`) or a filter of `target=level` directives and level names. A bare
 /// word that is no level is refused: tracing would read it as a target and
@@ -270,6 +282,24 @@ mod tests {
             parse_drain_timeout("100ms")
                 .unwrap_err()
                 .contains("shorter")
+        );
+    }
+
+    #[test]
+    fn a_listen_address_without_its_form_says_which_form() {
+        assert_eq!(
+            parse_listen("[::]:10266").unwrap(),
+            "[::]:10266".parse().unwrap()
+        );
+        let e = parse_listen("10266").unwrap_err();
+        assert!(
+            e.contains("[::]:10266") && e.contains("0.0.0.0:10266"),
+            "{e}"
+        );
+        assert!(
+            parse_listen("localhost")
+                .unwrap_err()
+                .contains("address with a port")
         );
     }
 

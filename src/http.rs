@@ -68,6 +68,7 @@ pub(crate) enum OnFailure {
     /// records a FailedPreStopHook event: it ignores status codes.
     Reset,
 }
+words!(OnFailure { Status => "status", Reset => "reset" });
 
 /// Access and behaviour of the HTTP surface.
 #[derive(Debug, Clone)]
@@ -448,7 +449,7 @@ async fn prestop(ctx: &Ctx<'_>) -> Result<Response<Body>, ResetConnection> {
     let resp = match ctx.handle.prestop(peer).await {
         Some(report) if !report.outcome.is_success() && ctx.opts.on_failure == OnFailure::Reset => {
             ctx.metrics.observe_hook("reset");
-            tracing::warn!(%peer, outcome = report.outcome.as_str(), "resetting the hook's connection so that the kubelet records FailedPreStopHook (--on-failure reset); the report is on /status");
+            tracing::warn!(%peer, drain_id = %report.drain_id, outcome = report.outcome.as_str(), "resetting the hook's connection so that the kubelet records FailedPreStopHook (--on-failure reset); the report is on /status");
             reset(ctx.conn.fd);
             return Err(ResetConnection);
         }

@@ -1,16 +1,23 @@
 //! Logging setup: text for humans, JSON for pipelines, always to stderr.
 //!
-//! JSON lines carry `pod` and `namespace` at the top level when the
-//! downward-API env vars `POD_NAME` and `POD_NAMESPACE` are set, and every
-//! line of a drain carries its `drain_id` (through the `drain` span).
+//! A JSON line is one flat object: `timestamp`, `level`, `message`, the
+//! event's fields, the fields of the spans it is in (a drain's `drain_id`
+//! on every line of that drain), and `pod` and `namespace` when the
+//! downward-API env vars `POD_NAME` and `POD_NAMESPACE` are set. Field values
+//! are real JSON: numbers are numbers, and a field logged as JSON text (an
+//! object or an array, see [`json`]) is embedded as that object or array,
+//! so that `ports`, `open` and the final `report` are values a pipeline can
+//! query, not strings.
 
 use std::fmt;
 use std::io::IsTerminal;
 
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::cli::{LogArgs, LogFormat};
@@ -24,51 +31,106 @@ pub fn init(args: &LogArgs) {
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => {
-            let inner = tracing_subscriber::fmt::format()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_target(false);
-            builder
-                .json()
-                .event_format(WithPod::new(inner, pod_fields()))
-                .try_init()
-        }
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson { pod: pod_fields() })
+            .try_init(),
     };
 }
 
-/// `"pod":"…","namespace":"…",` from the downward API, JSON-escaped.
-fn pod_fields() -> String {
-    let mut out = String::new();
+/// A value logged as a field (`ports = %logging::json(&ports)`): JSON text,
+/// which JSON lines embed as a value and text lines show as it is.
+pub(crate) fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("\"unserializable: {e}\""))
+}
+
+/// An error that stops the sidecar before logging is set up (bad flags),
+/// in the format the operator chose: one JSON line, or a plain one. The
+/// format is read from the raw arguments and the environment, since the
+/// flags themselves did not parse.
+pub fn early_error(args: &[std::ffi::OsString], message: &str) {
+    let json = args
+        .windows(2)
+        .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json")
+        || std::env::var("NGINX_DRAIN_LOG_FORMAT").is_ok_and(|v| v == "json");
+    if json {
+        let mut line = Map::new();
+        line.insert("timestamp".into(), now().into());
+        line.insert("level".into(), "ERROR".into());
+        line.insert("message".into(), message.trim().into());
+        add_pod(&mut line);
+        eprintln!("{}", Value::Object(line));
+    } else {
+        eprintln!("{}", message.trim_end());
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+/// The downward API's pod and namespace.
+fn pod_fields() -> Map<String, Value> {
+    let mut m = Map::new();
+    add_pod(&mut m);
+    m
+}
+
+fn add_pod(m: &mut Map<String, Value>) {
     for (key, var) in [("pod", "POD_NAME"), ("namespace", "POD_NAMESPACE")] {
         if let Ok(v) = std::env::var(var)
             && !v.is_empty()
         {
-            out.push_str(&format!("\"{key}\":{},", serde_json::Value::String(v)));
+            m.insert(key.into(), v.into());
         }
     }
-    out
 }
 
-/// Puts fixed fields at the front of every JSON line.
-pub(crate) struct WithPod<F> {
-    inner: F,
-    prefix: String,
+/// JSON text (an object or an array) as its value; anything else as a
+/// string.
+fn value_of(text: String) -> Value {
+    if text.starts_with(['{', '['])
+        && let Ok(v) = serde_json::from_str::<Value>(&text)
+    {
+        return v;
+    }
+    Value::String(text)
 }
 
-impl<F> WithPod<F> {
-    pub(crate) fn new(inner: F, prefix: String) -> Self {
-        WithPod { inner, prefix }
+/// Collects an event's fields as JSON values.
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.0.insert(f.name().into(), value_of(v.to_string()));
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
+        self.0.insert(f.name().into(), value_of(format!("{v:?}")));
     }
 }
 
-impl<S, N, F> FormatEvent<S, N> for WithPod<F>
+/// One flat JSON object per line (see the module's doc).
+struct FlatJson {
+    pod: Map<String, Value>,
+}
+
+impl<S, N> FormatEvent<S, N> for FlatJson
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
 {
     fn format_event(
         &self,
@@ -76,19 +138,24 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        if self.prefix.is_empty() {
-            return self.inner.format_event(ctx, writer, event);
-        }
-        let mut line = String::new();
-        self.inner
-            .format_event(ctx, Writer::new(&mut line), event)?;
-        match line.strip_prefix('{') {
-            Some(rest) => {
-                writer.write_char('{')?;
-                writer.write_str(&self.prefix)?;
-                writer.write_str(rest)
+        let mut line = Map::new();
+        line.insert("timestamp".into(), now().into());
+        line.insert(
+            "level".into(),
+            event.metadata().level().as_str().to_string().into(),
+        );
+        line.extend(self.pod.clone());
+        // The spans' fields (JsonFields stores them as a JSON object).
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                if let Some(f) = span.extensions().get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(f)
+                {
+                    line.extend(m);
+                }
             }
-            None => writer.write_str(&line),
         }
+        event.record(&mut Fields(&mut line));
+        writeln!(writer, "{}", Value::Object(line))
     }
 }

@@ -10,18 +10,27 @@ use nginx_drain::{logging, serve};
 
 fn main() -> ExitCode {
     return_large_allocations_to_the_kernel();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print as clap prints them; a bad flag is
+            // an error in the log format the operator chose (JSON lines
+            // stay JSON), exit 2.
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            logging::early_error(&args, &e.to_string());
+            return ExitCode::from(serve::exit::CONFIG);
+        }
+    };
     match cli.command {
         Command::Serve(args) => {
             logging::init(&args.log);
             match serve::main(&args) {
                 Ok(()) => ExitCode::from(serve::exit::OK),
                 Err(e) => {
-                    // Startup errors are read by people at a terminal as
-                    // often as by log pipelines: say it on both.
-                    if matches!(e, serve::Error::Config(_)) {
-                        eprintln!("nginx-drain: {e}");
-                    }
                     tracing::error!("{e}");
                     ExitCode::from(e.exit_code())
                 }

@@ -278,20 +278,21 @@ pub async fn run(
     } = prepared;
     let listener = TcpListener::from_std(listener).map_err(Error::Listener)?;
     let local = listener.local_addr().ok();
+    let words = |v: Vec<String>| crate::logging::json(&v);
     tracing::info!(
-        listen = ?local,
+        listen = %local.map_or_else(|| "unknown".to_string(), |a| a.to_string()),
         nginx = %config.locator.describe(),
         drain_timeout = %humantime::format_duration(config.drain_timeout),
         min_delay = %humantime::format_duration(config.policy.min_delay),
         max_delay = %humantime::format_duration(config.policy.max_delay),
-        ports = ?config.census.filter.only,
-        ignore_peers = ?config.census.filter.ignore_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        ports = %crate::logging::json(&config.census.filter.only),
+        ignore_peers = %words(config.census.filter.ignore_peers.iter().map(|n| n.to_string()).collect()),
         token = http_opts.token.as_ref().map(|t| t.path().display().to_string()),
-        allow_cidrs = ?http_opts.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        on_failure = ?http_opts.on_failure,
+        allow_cidrs = %words(http_opts.allow.iter().map(|n| n.to_string()).collect()),
+        on_failure = %http_opts.on_failure,
         max_connections = http_opts.max_connections,
         ignore_kubelet = http_opts.learn_kubelet,
-        report_file = ?report_file,
+        report_file = report_file.as_ref().map(|p| p.display().to_string()),
         version = env!("CARGO_PKG_VERSION"),
         "nginx-drain serving: preStop hook at GET /prestop"
     );

@@ -571,10 +571,72 @@ async fn json_logs_carry_pod_namespace_and_drain_id() {
                 .starts_with("SIGQUIT sent")
         })
         .unwrap();
-    assert_eq!(sigquit["span"]["drain_id"], id.as_str());
+    // Every line of the drain carries its id at the top level, and values
+    // are JSON values, not strings of Rust's debug formatting.
+    assert_eq!(sigquit["drain_id"], id.as_str(), "{sigquit}");
+    assert!(sigquit["open"].is_object(), "{sigquit}");
+    assert!(sigquit.get("span").is_none(), "{sigquit}");
     let done = lines
         .iter()
         .find(|l| l["message"] == "drain finished")
         .unwrap();
     assert_eq!(done["drain_id"], id.as_str());
+    assert!(
+        done["report"].is_object(),
+        "the report as an object: {done}"
+    );
+    assert_eq!(done["report"]["drain_id"], id.as_str());
+    assert!(done["total_ms"].is_u64(), "{done}");
+    let serving = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("nginx-drain serving")
+        })
+        .unwrap();
+    assert_eq!(serving["ports"], serde_json::json!([port]), "{serving}");
+    assert_eq!(serving["listen"], addr.to_string(), "{serving}");
+    assert_eq!(serving["on_failure"], "reset", "{serving}");
+    for l in &lines {
+        let text = l.to_string();
+        assert!(
+            !text.contains("Some(") && !text.contains("\\\"{"),
+            "Rust debug formatting or escaped JSON in a log line: {text}"
+        );
+    }
+}
+
+/// A flag that does not parse, with `--log-format json`: the error is one
+/// JSON line too (exit 2), and it says the form the flag wants.
+#[test]
+fn a_bad_flag_is_a_json_error_line_in_json_mode() {
+    let out = Command::new(bin())
+        .args(["serve", "--log-format", "json", "--listen", "10266"])
+        .env("POD_NAME", "web-7f9c")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    let line: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["pod"], "web-7f9c");
+    assert!(
+        line["message"].as_str().unwrap().contains("[::]:10266"),
+        "{line}"
+    );
+    // A mistyped level is refused, not a silent log.
+    let out = Command::new(bin())
+        .args(["serve", "--log-level", "warning2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a log level"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

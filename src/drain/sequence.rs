@@ -295,7 +295,7 @@ impl<T: Target> Drain<T> {
             _ => tracing::warn!(
                 waited_ms = waited,
                 arrivals_during_wait = self.rec.arrivals_during_wait(),
-                reason = ?reason,
+                reason = %reason,
                 "new connections were still arriving, but the wait must end here (--max-delay or the budget): connections arriving after SIGQUIT are refused"
             ),
         }
@@ -304,7 +304,7 @@ impl<T: Target> Drain<T> {
     fn log_waiting(&mut self, at: Instant) {
         tracing::info!(
             arrivals_during_wait = self.rec.arrivals_during_wait(),
-            open = ?self.rec.open_now(),
+            open = %crate::logging::json(self.rec.open_now()),
             quiet_period_ms = self.rec.quiet_ms(),
             sigquit_in_ms = ms(at.saturating_duration_since(Instant::now())),
             "nginx keeps serving while new connections arrive"
@@ -320,7 +320,7 @@ impl<T: Target> Drain<T> {
                 tracing::info!(
                     pid = self.pid(),
                     method = %self.rec.signal_method(),
-                    open = ?self.rec.open_at_sigquit(),
+                    open = %crate::logging::json(self.rec.open_at_sigquit()),
                     "SIGQUIT sent: nginx stops accepting and finishes in-flight requests"
                 );
                 Step::Next(Phase::AwaitExit)
@@ -370,7 +370,7 @@ impl<T: Target> Drain<T> {
                     tracing::info!(
                         pid = self.pid(),
                         workers_remaining = self.remaining.len(),
-                        open = ?self.rec.open_now(),
+                        open = %crate::logging::json(self.rec.open_now()),
                         budget_left_ms = ms(self.budget.left(Instant::now())),
                         "waiting for nginx to finish in-flight requests"
                     );
@@ -403,7 +403,7 @@ impl<T: Target> Drain<T> {
                 tracing::warn!(
                     pid = self.pid(),
                     workers_remaining = self.remaining.len(),
-                    open = ?self.rec.open_now(),
+                    open = %crate::logging::json(self.rec.open_now()),
                     budget_left_ms = ms(self.budget.left(Instant::now())),
                     "graceful quit did not finish within the budget: SIGTERM sent (fast shutdown) so that nginx is gone before the grace period ends"
                 );
@@ -547,7 +547,7 @@ impl<T: Target> Drain<T> {
                 pid = seen.master_pid,
                 outcome = outcome.as_str(),
                 cut = connections.cut,
-                cut_peers = ?connections.cut_peers.iter().map(|c| c.peer.as_str()).collect::<Vec<_>>(),
+                cut_peers = %crate::logging::json(&connections.cut_peers.iter().map(|c| c.peer.as_str()).collect::<Vec<_>>()),
                 "{msg}"
             ),
         }

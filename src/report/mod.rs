@@ -96,6 +96,7 @@ pub(crate) enum QuitReason {
     /// NGINX was already shutting down: nothing to wait for.
     AlreadyQuitting,
 }
+words!(QuitReason { Quiet => "quiet", MaxDelay => "max_delay", Budget => "budget", AlreadyQuitting => "already_quitting" });
 
 pub(crate) use crate::nginx::SignalMethod;
 pub(crate) use crate::sockets::{ArrivalsSeen, CensusSource};

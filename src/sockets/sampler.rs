@@ -473,7 +473,7 @@ impl<S: Sources> Sampler<S> {
         // wall time includes every other process's turns, and censuses
         // spaced by that would see new connections late.
         self.census_cost = self.sources.cpu_time().saturating_sub(cpu_before);
-        tracing::trace!(conns = census.conns.len(), open = ?census.open, new = new.n, cost_us = self.census_cost.as_micros() as u64, "census");
+        tracing::trace!(conns = census.conns.len(), open = %crate::logging::json(&census.open), new = new.n, cost_us = self.census_cost.as_micros() as u64, "census");
         let short = std::mem::take(&mut self.short);
         let mut arrivals = new.n.saturating_add(short.len() as u32);
         if self.lost_events && watched {
