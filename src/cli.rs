@@ -34,6 +34,29 @@ pub struct Cli {
 pub enum Command {
     /// Serve the preStop hook (GET /prestop) and drain NGINX when it is called.
     Serve(Box<ServeArgs>),
+    /// Ask the running sidecar whether its wiring is right: each check with
+    /// ok or FAIL and the fix (`kubectl exec POD -c nginx-drain --
+    /// /nginx-drain check`). Exit 0 when all pass, 1 when any fails, 2 when
+    /// the sidecar cannot be asked.
+    Check(InspectArgs),
+    /// Print the running sidecar's /status readably (or as JSON).
+    Status(InspectArgs),
+}
+
+/// How `check` and `status` reach the sidecar. By default they find the
+/// `nginx-drain serve` process in the container and use its `--listen`
+/// and `--token-file`.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The sidecar's address, instead of the serve process's `--listen`.
+    #[arg(long, value_parser = parse_listen, value_name = "ADDR:PORT")]
+    pub url: Option<SocketAddr>,
+    /// The bearer token file, instead of the serve process's `--token-file`.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Print /status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -75,6 +98,12 @@ pub struct ServeArgs {
     /// requests that finished, and is checked against the budget at start.
     #[arg(long, env = "NGINX_DRAIN_WORKER_SHUTDOWN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub worker_shutdown_timeout: Option<Duration>,
+
+    /// The pod's `terminationGracePeriodSeconds` (the chart passes it): the
+    /// budget is checked against it at start (it must end at least 2 s
+    /// before it, the kubelet's minimum stop). Without it, not checked.
+    #[arg(long, env = "NGINX_DRAIN_GRACE_PERIOD", value_parser = parse_duration, value_name = "DURATION")]
+    pub grace_period: Option<Duration>,
 
     /// Count only connections to these local ports as NGINX traffic
     /// (repeatable; env: comma-separated). Default: every TCP port listening

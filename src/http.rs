@@ -291,7 +291,7 @@ fn learn_kubelet(ctx: &Ctx<'_>) {
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/prestop" => Some("GET, POST"),
-        "/healthz" | "/readyz" | "/status" | "/metrics" => Some("GET, HEAD"),
+        "/healthz" | "/readyz" | "/wiring" | "/status" | "/metrics" => Some("GET, HEAD"),
         _ => None,
     }
 }
@@ -354,6 +354,23 @@ pub(crate) async fn route(
             return prestop(&ctx).await;
         }
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
+        // The sidecar's readiness in the chart: 503 while a wiring problem
+        // makes the hook unable to work (see `crate::wiring`), so that a
+        // misconfigured pod never turns Ready. Open, like the probes.
+        "/wiring" => {
+            let snap = ctx.handle.snapshot();
+            let blocking: Vec<String> = snap
+                .problems
+                .iter()
+                .filter(|p| p.blocking)
+                .map(|p| format!("{}: {}\n", p.check, p.message))
+                .collect();
+            if blocking.is_empty() {
+                text(StatusCode::OK, "ok\n".to_string())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, blocking.concat())
+            }
+        }
         "/readyz" => {
             let snap = ctx.handle.snapshot();
             if snap.is_ready() {

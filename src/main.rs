@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nginx_drain::cli::{Cli, Command};
-use nginx_drain::{logging, serve};
+use nginx_drain::{inspect, logging, serve};
 
 fn main() -> ExitCode {
     return_large_allocations_to_the_kernel();
@@ -35,6 +35,18 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code())
                 }
             }
+        }
+        Command::Check(args) => inspected(inspect::check(&args)),
+        Command::Status(args) => inspected(inspect::status(&args)),
+    }
+}
+
+fn inspected(r: Result<u8, inspect::InspectError>) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("nginx-drain: {e}");
+            ExitCode::from(serve::exit::CONFIG)
         }
     }
 }

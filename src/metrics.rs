@@ -27,6 +27,12 @@ struct CutByLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabel {
+    /// A wiring check (`crate::wiring::Check`).
+    check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     /// The HTTP status, or `reset` when the connection was reset on purpose.
     code: String,
@@ -45,6 +51,7 @@ pub(crate) struct Metrics {
     open: Gauge,
     undrained: Counter,
     cut: Family<CutByLabel, Counter>,
+    wiring: Family<CheckLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -119,6 +126,12 @@ impl Metrics {
             "NGINX masters that exited with no drain having run (the preStop hook never reached nginx-drain: not wired, refused, on the wrong container; or NGINX crashed)",
             undrained.clone(),
         );
+        let wiring = Family::<CheckLabel, Gauge>::default();
+        r.register(
+            "wiring_problems",
+            "1 for each wiring check that fails now (shared_pid_namespace, signal_permission, listen_reachable, census, destroy_events, budget, worker_shutdown_timeout; see /status for the fix), 0 otherwise",
+            wiring.clone(),
+        );
         r.register(
             "build",
             "nginx-drain's version",
@@ -137,6 +150,7 @@ impl Metrics {
             open,
             undrained,
             cut,
+            wiring,
         }
     }
 
@@ -182,6 +196,14 @@ impl Metrics {
     /// Renders OpenMetrics text, with the gauges taken from `snapshot`.
     pub(crate) fn render(&self, snapshot: &Snapshot) -> String {
         self.master_up.set(i64::from(snapshot.master_running()));
+        for check in crate::wiring::Check::ALL {
+            let failing = snapshot.problems.iter().any(|p| p.check == check);
+            self.wiring
+                .get_or_create(&CheckLabel {
+                    check: check.as_str().to_string(),
+                })
+                .set(i64::from(failing));
+        }
         self.workers.set(snapshot.workers.len() as i64);
         // The owner counts; the counter catches up at each scrape.
         let seen = self.undrained.get();

@@ -179,6 +179,14 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
                 max_delay: args.max_delay,
             },
             worker_shutdown_timeout: args.worker_shutdown_timeout,
+            wiring: drain::WiringConfig {
+                listen: listener.local_addr().unwrap_or(args.listen),
+                // The downward API's pod IP, and whether this runs in a pod
+                // at all (every pod has the API server's address in its env).
+                pod_ip: std::env::var("POD_IP").ok().and_then(|s| s.parse().ok()),
+                in_pod: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+                grace_period: args.grace_period,
+            },
             census: MonitorConfig {
                 method: args.census.into(),
                 filter: PortFilter {

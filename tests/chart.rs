@@ -110,15 +110,21 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
             args.contains(&format!("--drain-timeout={}s", grace - 5).as_str()),
             "{name}: {args:?}"
         );
+        assert!(
+            args.contains(&format!("--grace-period={grace}s").as_str()),
+            "{name}: the budget is checked against the pod's grace: {args:?}"
+        );
         let envs: Vec<&str> = sidecar["env"]
             .as_array()
             .unwrap()
             .iter()
             .map(|e| e["name"].as_str().unwrap())
             .collect();
-        assert_eq!(envs, ["POD_NAME", "POD_NAMESPACE"]);
-        // /readyz turns 503 at the hook: as readiness it would warn on every drain.
-        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(envs, ["POD_NAME", "POD_NAMESPACE", "POD_IP"]);
+        // Readiness is the wiring: a misconfigured pod never turns Ready.
+        // (/readyz turns 503 at the hook: as readiness it would warn on
+        // every drain.)
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/wiring");
         assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
         let nginx = pod["containers"]
             .as_array()

@@ -221,7 +221,9 @@ fn server() -> SocketAddr {
                     "--on-failure=status",
                 ])
                 .unwrap();
-                let nginx_drain::cli::Command::Serve(args) = cli.command;
+                let nginx_drain::cli::Command::Serve(args) = cli.command else {
+                    unreachable!("a serve command line")
+                };
                 let prepared = nginx_drain::serve::prepare(&args).unwrap();
                 tx.send(prepared.listener.local_addr().unwrap()).unwrap();
                 let _ = nginx_drain::serve::run(prepared, std::future::pending()).await;

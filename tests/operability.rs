@@ -640,3 +640,206 @@ fn a_bad_flag_is_a_json_error_line_in_json_mode() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What the sidecar at `addr` says of its wiring: `/status`'s problems (by
+/// check, with whether each blocks), the metric per check, and `/wiring`.
+async fn wiring(addr: SocketAddr) -> (Vec<(String, bool, String)>, String, u16) {
+    let status = json(&client::get(addr, "/status", HANG).await.unwrap());
+    let problems = status["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["check"].as_str().unwrap().to_string(),
+                p["blocking"].as_bool().unwrap(),
+                p["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let metrics = client::get(addr, "/metrics", HANG).await.unwrap().text();
+    let wiring = client::get(addr, "/wiring", HANG).await.unwrap().status;
+    (problems, metrics, wiring)
+}
+
+/// `nginx-drain check --url ADDR`: its exit code and output.
+fn check(addr: SocketAddr) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["check", "--url", &addr.to_string()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("nginx-drain check:\n{text}");
+    (out.status.code(), text)
+}
+
+/// One misconfiguration, as every place that must show it shows it: the
+/// log (at start, with the fix), `/status`, the metric, `/wiring` (503 when
+/// it blocks the hook) and `nginx-drain check` (exit 1, FAIL and the fix).
+async fn assert_found(sidecar: &Sidecar, check_name: &str, blocking: bool, fix: &str) {
+    let deadline = Instant::now() + HANG;
+    let (problems, metrics, wiring_status) = loop {
+        let seen = wiring(sidecar.addr).await;
+        if seen.0.iter().any(|(c, _, _)| c == check_name) || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, b, message) = problems
+        .iter()
+        .find(|(c, _, _)| c == check_name)
+        .unwrap_or_else(|| panic!("no {check_name} problem: {problems:?}"));
+    assert_eq!(*b, blocking, "{check_name}");
+    assert!(message.contains(fix), "{check_name}: {message}");
+    assert!(
+        metrics.contains(&format!(
+            "nginx_drain_wiring_problems{{check=\"{check_name}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert_eq!(wiring_status, if blocking { 503 } else { 200 });
+    let log = sidecar.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("wiring problem") && l.contains(fix)),
+        "logged at start with the fix: {log}"
+    );
+    let (code, out) = check(sidecar.addr);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&format!("FAIL  {check_name}")) && l.contains(fix)),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_wiring_passes_every_check() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(
+        &nginx,
+        &["--worker-shutdown-timeout", "5s", "--grace-period", "30s"],
+    );
+    wait_ready(sidecar.addr).await;
+    let (problems, metrics, wiring_status) = wiring(sidecar.addr).await;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(metrics.contains("nginx_drain_wiring_problems{check=\"signal_permission\"} 0"));
+    assert_eq!(wiring_status, 200);
+    let (code, out) = check(sidecar.addr);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok    signal_permission") && out.contains("every check passed"));
+    assert!(
+        out.contains(&format!("master pid {}", nginx.pid())),
+        "{out}"
+    );
+}
+
+/// The sidecar as another UID than NGINX's root master: found when NGINX
+/// is, before any hook (it used to look healthy until the first rollout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_uid_is_found_at_start() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], testbed::free_port()));
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args(["serve", "--listen", &addr.to_string(), "--port"])
+        .arg(nginx.addr().port().to_string())
+        .arg("--nginx-pid-file")
+        .arg(nginx.pid_file());
+    let sidecar = Sidecar::spawn_command(cmd, addr).unwrap();
+    wait_ready(addr).await;
+    assert_found(&sidecar, "signal_permission", true, "CAP_KILL").await;
+    assert_eq!(nginx.sigquit_count(), 0, "nothing was signalled");
+}
+
+/// No shared PID namespace: the sidecar is PID 1 of its own and sees no
+/// NGINX. Found at start, and the hook answers an error (reset by default,
+/// 500 here), not `not_running`: a misconfigured pod must not look like a
+/// successful drain to the kubelet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_shared_pid_namespace_is_found_at_start_and_the_hook_fails() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], testbed::free_port()));
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(bin())
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--on-failure",
+            "status",
+            "--port",
+        ])
+        .arg(nginx.addr().port().to_string());
+    let sidecar = Sidecar::spawn_command(cmd, addr).unwrap();
+    assert_found(
+        &sidecar,
+        "shared_pid_namespace",
+        true,
+        "shareProcessNamespace: true",
+    )
+    .await;
+    let hook = client::get(addr, "/prestop", HANG).await.unwrap();
+    assert_eq!(hook.status, 500);
+    let report = json(&hook);
+    assert_eq!(report["outcome"], "error", "{report:#}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("shareProcessNamespace: true"),
+        "{report:#}"
+    );
+    assert!(nginx.is_running() && nginx.sigquit_count() == 0);
+}
+
+/// A budget that does not end 2 s before the pod's grace period: a warning
+/// (the hook still works), in every place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_past_the_grace_period_is_found_at_start() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = sidecar_for(
+        &nginx,
+        &["--grace-period", "20s", "--worker-shutdown-timeout", "5s"],
+    );
+    wait_ready(sidecar.addr).await;
+    assert_found(
+        &sidecar,
+        "budget",
+        false,
+        "lower --drain-timeout to at most 18s",
+    )
+    .await;
+}
+
+/// NGINX's configuration unreadable to the sidecar (root, but with every
+/// capability dropped, against a root master: /proc/PID/root is refused,
+/// as in most pods): its worker_shutdown_timeout cannot be checked, and the
+/// fix is to give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_nginx_config_is_found_at_start() {
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], testbed::free_port()));
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(bin())
+        .args(["serve", "--listen", &addr.to_string(), "--port"])
+        .arg(nginx.addr().port().to_string())
+        .arg("--nginx-pid-file")
+        .arg(nginx.pid_file());
+    let sidecar = Sidecar::spawn_command(cmd, addr).unwrap();
+    wait_ready(addr).await;
+    assert_found(
+        &sidecar,
+        "worker_shutdown_timeout",
+        false,
+        "give it with --worker-shutdown-timeout",
+    )
+    .await;
+}

@@ -34,9 +34,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
+use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Locator, MasterHandle, NotFound, is_quitting, workers};
 use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, TrafficStatus, ms, rate2};
 use crate::sockets::monitor::{Monitor, MonitorConfig};
+use crate::wiring::{self, Check, Problem};
 
 /// How often the owner looks for a master while it has none (NGINX starting,
 /// or restarted after a drain). Not on the drain path.
@@ -55,7 +57,21 @@ pub(crate) struct Config {
     /// `--worker-shutdown-timeout`: NGINX's, as the operator states it;
     /// else read from NGINX's configuration.
     pub(crate) worker_shutdown_timeout: Option<Duration>,
+    pub(crate) wiring: WiringConfig,
 }
+
+/// What the wiring checks need to know of the pod (see `crate::wiring`).
+#[derive(Debug, Clone)]
+pub(crate) struct WiringConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) pod_ip: Option<std::net::IpAddr>,
+    /// Running in a pod: only there is a loopback `--listen` a problem.
+    pub(crate) in_pod: bool,
+    pub(crate) grace_period: Option<Duration>,
+}
+
+/// How often the owner re-checks the wiring (the census may fail later).
+const WIRING_EVERY: Duration = Duration::from_secs(5);
 
 /// Called with every final report before any hook sees it: the wiring
 /// connects the metrics and the report file here, so that the drain knows
@@ -145,6 +161,9 @@ pub(crate) fn spawn(
         last_problem: None,
         shutdown,
         exit_by: None,
+        signal: None,
+        shutdown_timeout: None,
+        problems: Vec::new(),
     };
     let task = tokio::spawn(owner.run());
     (
@@ -176,11 +195,19 @@ struct Owner {
     last_problem: Option<NotFound>,
     shutdown: watch::Receiver<bool>,
     exit_by: Option<Instant>,
+    /// The current master's answer to the null signal.
+    signal: Option<Result<(), String>>,
+    /// The current master's worker_shutdown_timeout.
+    shutdown_timeout: Option<ShutdownTimeout>,
+    /// The wiring problems last published (and logged).
+    problems: Vec<Problem>,
 }
 
 impl Owner {
     async fn run(mut self) {
         self.refresh();
+        let mut wiring = tokio::time::interval(WIRING_EVERY);
+        wiring.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.may_exit() {
                 tracing::info!("nginx is gone and no drain is running: exiting");
@@ -204,6 +231,7 @@ impl Owner {
                     self.refresh();
                 }
                 _ = sleep_until(next_scan), if !master_alive && !draining => self.refresh(),
+                _ = wiring.tick() => self.check_wiring(),
                 changed = self.shutdown.changed(), if self.exit_by.is_none() => {
                     if changed.is_err() || *self.shutdown.borrow() {
                         self.on_shutdown();
@@ -265,6 +293,14 @@ impl Owner {
         {
             return;
         }
+        self.signal = None;
+        self.shutdown_timeout = None;
+        self.locate();
+        self.check_wiring();
+    }
+
+    /// Finds the master (or says why not) and publishes it.
+    fn locate(&mut self) {
         match self.config.locator.locate().and_then(MasterHandle::open) {
             Ok(handle) => {
                 let master = handle.master().clone();
@@ -277,7 +313,12 @@ impl Owner {
                     signal_method = %handle.signal_method(),
                     "found nginx master"
                 );
-                self.check_shutdown_timeout(&master);
+                self.signal = Some(handle.may_signal());
+                self.shutdown_timeout = Some(ShutdownTimeout::given_or(
+                    self.config.worker_shutdown_timeout,
+                    || crate::nginx::config::shutdown_timeout(&master),
+                ));
+                self.log_fitting_shutdown_timeout();
                 if quitting {
                     tracing::warn!(
                         pid = master.id.pid,
@@ -325,35 +366,63 @@ impl Owner {
         }
     }
 
-    /// Says at discovery whether NGINX's worker_shutdown_timeout lets it
-    /// close long-lived connections itself inside the budget.
-    fn check_shutdown_timeout(&self, master: &crate::nginx::Master) {
-        use crate::nginx::config::ShutdownTimeout;
+    /// Says at discovery that NGINX's worker_shutdown_timeout fits the
+    /// budget (a misfit is a wiring problem: `check_wiring`).
+    fn log_fitting_shutdown_timeout(&self) {
         let (timeout, max_delay) = (self.config.drain_timeout, self.config.policy.max_delay);
-        let limit = budget::max_worker_shutdown_timeout(timeout, max_delay);
-        let f = |d: Duration| humantime::format_duration(d).to_string();
-        let rule = budget::worker_shutdown_rule(timeout, max_delay);
-        let told = self.config.worker_shutdown_timeout;
-        let t = ShutdownTimeout::given_or(told, || crate::nginx::config::shutdown_timeout(master));
-        match &t {
-            ShutdownTimeout::Set(d) if *d <= limit => tracing::info!(
+        if let Some(t @ ShutdownTimeout::Set(d)) = &self.shutdown_timeout
+            && *d <= budget::max_worker_shutdown_timeout(timeout, max_delay)
+        {
+            tracing::info!(
                 worker_shutdown_timeout = %t,
-                "nginx closes connections that never end by themselves (WebSockets, streams) inside the budget ({rule})"
-            ),
-            ShutdownTimeout::Set(_) => tracing::warn!(
-                worker_shutdown_timeout = %t,
-                "nginx's worker_shutdown_timeout is longer than the budget leaves it ({rule}): one WebSocket or stream open at the hook makes the drain forced; set it to at most {}",
-                f(limit)
-            ),
-            ShutdownTimeout::Unset => tracing::warn!(
-                "nginx's worker_shutdown_timeout is not set: one WebSocket or stream open at the hook holds NGINX until the sidecar's SIGTERM and the drain is forced; set it to at most {} ({rule})",
-                f(limit)
-            ),
-            ShutdownTimeout::Unknown(why) => tracing::info!(
-                "cannot check nginx's worker_shutdown_timeout against the budget ({why}): give it with --worker-shutdown-timeout; it should be at most {} ({rule})",
-                f(limit)
-            ),
+                "nginx closes connections that never end by themselves (WebSockets, streams) inside the budget ({})",
+                budget::worker_shutdown_rule(timeout, max_delay)
+            );
         }
+    }
+
+    /// Runs the wiring checks on what is known now, publishes the problems
+    /// and logs each one that appeared (with its fix) or went away.
+    fn check_wiring(&mut self) {
+        let view = self.monitor.view();
+        let (census, arrivals_seen) = {
+            let v = view.borrow();
+            (v.census_label(), v.arrivals_label())
+        };
+        let w = &self.config.wiring;
+        let problems = wiring::problems(&wiring::Observed {
+            own_pid: std::process::id(),
+            listen: w.listen,
+            pod_ip: w.pod_ip,
+            in_pod: w.in_pod,
+            signal: self.signal.clone(),
+            census_method: self.config.census.method,
+            census,
+            arrivals_seen,
+            drain_timeout: self.config.drain_timeout,
+            max_delay: self.config.policy.max_delay,
+            grace_period: w.grace_period,
+            shutdown_timeout: self.shutdown_timeout.clone(),
+        });
+        if problems == self.problems {
+            return;
+        }
+        for p in problems.iter().filter(|p| !self.problems.contains(p)) {
+            if p.blocking {
+                tracing::error!(check = %p.check, "wiring problem: {}", p.message);
+            } else {
+                tracing::warn!(check = %p.check, "wiring problem: {}", p.message);
+            }
+        }
+        for p in self
+            .problems
+            .iter()
+            .filter(|p| !problems.iter().any(|n| n.check == p.check))
+        {
+            tracing::info!(check = %p.check, "wiring problem resolved");
+        }
+        self.problems = problems.clone();
+        self.snapshot.send_modify(|s| s.problems = problems);
     }
 
     fn on_prestop(&mut self, peer: String, reply: oneshot::Sender<ReportRx>) {
@@ -369,9 +438,19 @@ impl Owner {
         let master = match &self.master {
             Some(m) if !m.has_exited() => m.clone(),
             _ => {
-                let problem = self.last_problem.clone().unwrap_or_else(|| {
-                    NotFound::NotRunning("the nginx master has exited".to_string())
-                });
+                // With no shared PID namespace there is nothing the sidecar
+                // could ever see: a misconfiguration, not a pod with no
+                // NGINX. It must not look like a successful drain.
+                let miswired = self
+                    .problems
+                    .iter()
+                    .find(|p| p.check == Check::SharedPidNamespace)
+                    .map(|p| NotFound::Unusable(format!("nothing was drained: {}", p.message)));
+                let problem = miswired
+                    .or_else(|| self.last_problem.clone())
+                    .unwrap_or_else(|| {
+                        NotFound::NotRunning("the nginx master has exited".to_string())
+                    });
                 let report = immediate_report(id, clock, peer, &problem, self.config.drain_timeout);
                 tracing::info!(outcome = report.outcome.as_str(), "{}", report.message);
                 (self.on_report)(&report);

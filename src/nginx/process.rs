@@ -227,6 +227,18 @@ impl MasterHandle {
         }
     }
 
+    /// Whether a signal would be allowed, asked with the null signal (no
+    /// signal is delivered): EPERM is found when NGINX starts, not at the
+    /// first drain. The message names the fix.
+    pub(crate) fn may_signal(&self) -> Result<(), String> {
+        let pid = self.master.id.pid;
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+            Err(nix::errno::Errno::EPERM) => Err(permission_message(pid, Sig::Quit)),
+            // Gone or not: nothing the wiring can fix.
+            _ => Ok(()),
+        }
+    }
+
     /// True once the master has exited; a zombie counts as exited.
     pub(crate) fn has_exited(&self) -> bool {
         match &self.pidfd {

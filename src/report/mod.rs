@@ -347,6 +347,9 @@ pub(crate) enum State {
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Snapshot {
+    /// The wiring checks that fail now, each with its fix
+    /// (`crate::wiring`).
+    pub(crate) problems: Vec<crate::wiring::Problem>,
     pub(crate) state: State,
     /// Why the sidecar is in this state, in words.
     pub(crate) detail: String,
@@ -391,8 +394,10 @@ impl Snapshot {
             shutting_down: false,
             undrained_exits: 0,
             traffic: None,
+            problems: Vec::new(),
         }
     }
+
     /// Whether a master is running, in this state.
     pub(crate) fn master_running(&self) -> bool {
         self.master.is_some()

@@ -84,6 +84,7 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
   args:
     - --listen=[::]:{{ .Values.drain.port }}
     - --drain-timeout={{ include "nginx-drain.drainTimeout" . }}s
+    - --grace-period={{ .Values.terminationGracePeriodSeconds }}s
     - --min-delay={{ .Values.drain.minDelay }}
     - --max-delay={{ .Values.drain.maxDelay }}
     - --on-failure={{ .Values.drain.onFailure }}
@@ -103,6 +104,8 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
     - name: POD_NAMESPACE
       valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    - name: POD_IP
+      valueFrom: {fieldRef: {fieldPath: status.podIP}}
   # The kubelet's probes and hook are not client traffic: the sidecar learns
   # their source address from the kubelet's own requests (--ignore-kubelet),
   # which depends on the CNI (often the bridge's, not status.hostIP).
@@ -110,13 +113,15 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
     - name: drain
       containerPort: {{ .Values.drain.port }}
       protocol: TCP
-  # Readiness is the sidecar serving (/healthz), not /readyz: /readyz turns
-  # 503 at the hook on purpose (for load balancers' health checks), and as
-  # the pod's readiness it would record a "Readiness probe failed" warning on
-  # every routine rollout. A terminating pod leaves the Service's endpoints
-  # anyway.
+  # Readiness is the wiring (/wiring): 503 while a problem keeps the hook
+  # from working at all (no shared PID namespace, no permission to signal
+  # NGINX, an unreachable listen address), so that a misconfigured pod never
+  # turns Ready and a rollout stops at its first new pod, with the fix in
+  # `kubectl describe`. Not /readyz: that turns 503 at the hook on purpose
+  # (for load balancers' health checks), and as the pod's readiness it would
+  # record a "Readiness probe failed" warning on every routine rollout.
   readinessProbe:
-    httpGet: {path: /healthz, port: drain}
+    httpGet: {path: /wiring, port: drain}
     periodSeconds: 10
     failureThreshold: 3
   livenessProbe:

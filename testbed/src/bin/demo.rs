@@ -110,7 +110,9 @@ async fn run(args: DemoArgs) -> Result<bool, String> {
         ),
     ])
     .map_err(|e| e.to_string())?;
-    let Command::Serve(serve_args) = cli.command;
+    let Command::Serve(serve_args) = cli.command else {
+        unreachable!("parsed from a serve command line")
+    };
     let prepared = serve::prepare(&serve_args).map_err(|e| e.to_string())?;
     let hook_addr = prepared.listener.local_addr().map_err(|e| e.to_string())?;
     let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
