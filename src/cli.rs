@@ -99,6 +99,14 @@ pub struct ServeArgs {
     #[arg(long, env = "NGINX_DRAIN_WORKER_SHUTDOWN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub worker_shutdown_timeout: Option<Duration>,
 
+    /// After a drain that did not succeed (forced, timeout, error), keep
+    /// serving `/metrics` this long once NGINX is gone and the sidecar's own
+    /// SIGTERM came, so that a scrape can still count it; never past the
+    /// grace period less 2 s (`--grace-period`, else the budget plus 3 s).
+    /// `0s`: exit at once. Successful drains never linger.
+    #[arg(long, env = "NGINX_DRAIN_METRICS_LINGER", default_value = "10s", value_parser = parse_linger, value_name = "DURATION")]
+    pub metrics_linger: Duration,
+
     /// The pod's `terminationGracePeriodSeconds` (the chart passes it): the
     /// budget is checked against it at start (it must end at least 2 s
     /// before it, the kubelet's minimum stop). Without it, not checked.
@@ -256,6 +264,11 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR such as 10.0.0.0/8"))
+}
+
+/// A duration that may be zero.
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}: a duration such as 10s, or 0s"))
 }
 
 /// An address and a port; a bare port or address says which form is meant.

@@ -179,6 +179,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
                 max_delay: args.max_delay,
             },
             worker_shutdown_timeout: args.worker_shutdown_timeout,
+            metrics_linger: args.metrics_linger,
             wiring: drain::WiringConfig {
                 listen: listener.local_addr().unwrap_or(args.listen),
                 // The downward API's pod IP, and whether this runs in a pod

@@ -203,7 +203,7 @@ fn assert_clean(name: &str, p: &Phase) {
 }
 
 /// Kinds no API server serves without a CRD that is not installed here.
-const NOT_SERVED: [&str; 1] = ["ServiceMonitor"];
+const NOT_SERVED: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
 
 /// Every render the chart tests check (the chart's value sets, each overlay
 /// on its upstream chart), created with `kubectl create --dry-run=server`,

@@ -843,3 +843,322 @@ async fn an_unreadable_nginx_config_is_found_at_start() {
     )
     .await;
 }
+
+/// After a drain that did not succeed, the sidecar keeps answering
+/// `/metrics` for `--metrics-linger` once NGINX is gone and its own SIGTERM
+/// came (a scrape can still count the forced drain), bounded by the grace
+/// period; after a successful drain it exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_drain_stays_scrapeable_for_a_bounded_linger() {
+    for (linger, grace, failed) in [
+        ("3s", "30s", true),
+        ("3s", "30s", false),
+        ("10s", "6s", true),
+    ] {
+        let nginx = Nginx::start(NginxOptions {
+            blob_bytes: 8 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut sidecar = sidecar_for(
+            &nginx,
+            &[
+                "--drain-timeout",
+                "3s",
+                "--grace-period",
+                grace,
+                "--metrics-linger",
+                linger,
+                "--on-failure",
+                "status",
+            ],
+        );
+        wait_ready(sidecar.addr).await;
+        // A download that cannot finish in the budget, in flight.
+        let _download = match failed {
+            true => Some(client::spawn_download(nginx.addr(), "100k").await),
+            false => None,
+        };
+        let hook_at = Instant::now();
+        let hook = client::get(sidecar.addr, "/prestop", HANG).await.unwrap();
+        assert_eq!(
+            json(&hook)["outcome"],
+            if failed { "forced" } else { "drained" }
+        );
+        sidecar.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+        let signalled = Instant::now();
+        if failed {
+            let m = client::get(sidecar.addr, "/metrics", HANG)
+                .await
+                .unwrap()
+                .text();
+            assert!(
+                m.contains("nginx_drain_drains_total{outcome=\"forced\"} 1"),
+                "{m}"
+            );
+        }
+        let status = sidecar.wait_exit(HANG).expect("the sidecar exits");
+        assert!(status.success(), "{status}");
+        let lingered = signalled.elapsed();
+        match (failed, linger) {
+            (false, _) => assert!(lingered < Duration::from_secs(2), "no linger: {lingered:?}"),
+            (true, "3s") => assert!(
+                (Duration::from_millis(2_500)..Duration::from_secs(8)).contains(&lingered),
+                "a 3 s linger: {lingered:?}"
+            ),
+            // A 6 s grace period ends 4 s after the hook (less the kubelet's
+            // 2 s): the 10 s linger is cut there.
+            _ => assert!(
+                hook_at.elapsed() < Duration::from_secs(6),
+                "bounded by the grace period: {:?} after the hook",
+                hook_at.elapsed()
+            ),
+        }
+    }
+}
+
+/// Every sample name in an OpenMetrics text.
+fn sample_names(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next().map(String::from))
+        .collect()
+}
+
+/// The samples of `families` in an OpenMetrics text, with `extra` labels
+/// added (as Prometheus adds its target's): `(series, value)`.
+fn samples(metrics: &str, families: &[&str], extra: &str) -> Vec<(String, f64)> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            if !families.contains(&name) {
+                return None;
+            }
+            let series = match series.split_once('{') {
+                Some((n, labels)) => format!("{n}{{{extra},{labels}"),
+                None => format!("{series}{{{extra}}}"),
+            };
+            Some((series, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The chart's alerts (`files/rules.yaml`, as its PrometheusRule holds them)
+/// pass `promtool check rules`, and `promtool test rules` fires each one on
+/// the series of real sidecars' `/metrics`: a forced drain, a refused hook
+/// and a budget past the grace period in one pod, an NGINX exit with no
+/// drain in another. Every metric the rules and the dashboard query exists
+/// in that output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_alerts_fire_on_real_metrics_and_the_dashboard_queries_real_ones() {
+    if which("promtool").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing under CI: scripts/test installs Debian's prometheus"
+        );
+        support::skipped("promtool is not installed (apt-get install prometheus)");
+        return;
+    }
+    // Pod A: a forced drain, a refused hook, a budget past the grace.
+    let nginx = Nginx::start(NginxOptions {
+        blob_bytes: 8 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let a = sidecar_for(
+        &nginx,
+        &[
+            "--drain-timeout",
+            "3s",
+            "--grace-period",
+            "4s",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--on-failure",
+            "status",
+        ],
+    );
+    wait_ready(a.addr).await;
+    let (refused, _) = raw_request(a.addr, "/prestop", "").unwrap();
+    assert_eq!(refused, 401);
+    let _download = client::spawn_download(nginx.addr(), "100k").await;
+    let (forced, body) =
+        raw_request(a.addr, "/prestop", "Authorization: Bearer s3cret\r\n").unwrap();
+    assert_eq!(forced, 500, "{body}");
+    let metrics_a = client::get(a.addr, "/metrics", HANG).await.unwrap().text();
+    // Pod B: NGINX stopped behind the sidecar's back.
+    let nginx_b = Nginx::start(NginxOptions::default()).unwrap();
+    let b = sidecar_for(&nginx_b, &[]);
+    wait_ready(b.addr).await;
+    nginx_b.signal(nix::sys::signal::Signal::SIGQUIT).unwrap();
+    let deadline = Instant::now() + HANG;
+    let metrics_b = loop {
+        let m = client::get(b.addr, "/metrics", HANG).await.unwrap().text();
+        if m.contains("nginx_drain_undrained_exits_total 1") {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no undrained exit counted; nginx running: {}; sidecar log:\n{}\n{m}",
+            nginx_b.is_running(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let rules_src = std::fs::read_to_string("charts/nginx-drain/files/rules.yaml")
+        .unwrap()
+        .replace("WINDOW", "15m");
+    // Every metric the rules and the dashboard query is one the sidecar has.
+    let names = sample_names(&metrics_a);
+    let dashboard = std::fs::read_to_string("charts/nginx-drain/files/dashboard.json").unwrap();
+    for (what, text) in [("rules", &rules_src), ("dashboard", &dashboard)] {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("nginx_drain_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                names.contains(&name),
+                "{what} queries {name}, which /metrics does not have: {names:?}"
+            );
+            rest = &rest[i + name.len()..];
+        }
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let rules = work.path().join("rules.yaml");
+    std::fs::write(&rules, &rules_src).unwrap();
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The series, 0 for two minutes and then what the sidecars said.
+    let mut series = Vec::new();
+    for (metrics, pod) in [(&metrics_a, "web-a"), (&metrics_b, "web-b")] {
+        let extra = format!("namespace=\"edge\",pod=\"{pod}\"");
+        for (s, v) in samples(
+            metrics,
+            &[
+                "nginx_drain_drains_total",
+                "nginx_drain_hook_requests_total",
+                "nginx_drain_undrained_exits_total",
+                "nginx_drain_wiring_problems",
+            ],
+            &extra,
+        ) {
+            series.push(serde_json::json!({"series": s, "values": format!("0 0 {v}x8")}));
+        }
+    }
+    // The annotations as the rules' templates render them for `labels`.
+    let rule_json = objects_of(&rules_src);
+    let annotations = |alert: &str, labels: &serde_json::Map<String, Value>| {
+        let rule = rule_json["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == alert)
+            .unwrap();
+        let mut out = serde_json::Map::new();
+        for (k, v) in rule["annotations"].as_object().unwrap() {
+            let mut text = v.as_str().unwrap().to_string();
+            for (lk, lv) in labels {
+                text = text.replace(&format!("{{{{ $labels.{lk} }}}}"), lv.as_str().unwrap());
+            }
+            out.insert(k.clone(), Value::String(text));
+        }
+        Value::Object(out)
+    };
+    let alert = |name: &str, severity: &str, all: Vec<Value>| {
+        let exp: Vec<Value> = all
+            .into_iter()
+            .map(|labels| {
+                let labels = labels.as_object().unwrap().clone();
+                let mut exp_labels = labels.clone();
+                exp_labels.insert("severity".into(), severity.into());
+                serde_json::json!({"exp_labels": exp_labels, "exp_annotations": annotations(name, &labels)})
+            })
+            .collect();
+        serde_json::json!({"eval_time": "9m", "alertname": name, "exp_alerts": exp})
+    };
+    // One wiring alert per check the sidecar reported failing (the budget
+    // among them).
+    let failing: Vec<String> = metrics_a
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("nginx_drain_wiring_problems{check=\"")?
+                .strip_suffix("\"} 1")
+                .map(String::from)
+        })
+        .collect();
+    assert!(failing.contains(&"budget".to_string()), "{failing:?}");
+    let tests = serde_json::json!({
+        "rule_files": [rules.to_str().unwrap()],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                alert("NginxDrainNotDrained", "warning", vec![serde_json::json!({"namespace": "edge", "pod": "web-a", "outcome": "forced"})]),
+                alert("NginxDrainHookRefused", "warning", vec![serde_json::json!({"namespace": "edge", "pod": "web-a", "code": "401"})]),
+                alert("NginxDrainWiringProblem", "warning", failing
+                    .iter()
+                    .map(|c| serde_json::json!({"namespace": "edge", "pod": "web-a", "check": c}))
+                    .collect()),
+                alert("NginxDrainUndrainedExit", "critical", vec![serde_json::json!({"namespace": "edge", "pod": "web-b"})]),
+            ],
+        }],
+    });
+    let test_file = work.path().join("tests.yaml");
+    std::fs::write(&test_file, tests.to_string()).unwrap();
+    let out = Command::new("promtool")
+        .arg("test")
+        .arg("rules")
+        .arg(&test_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{tests:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// YAML as JSON, through PyYAML.
+fn objects_of(yaml: &str) -> Value {
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    serde_json::from_slice(&py.wait_with_output().unwrap().stdout).unwrap()
+}

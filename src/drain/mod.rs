@@ -58,6 +58,8 @@ pub(crate) struct Config {
     /// else read from NGINX's configuration.
     pub(crate) worker_shutdown_timeout: Option<Duration>,
     pub(crate) wiring: WiringConfig,
+    /// `--metrics-linger`.
+    pub(crate) metrics_linger: Duration,
 }
 
 /// What the wiring checks need to know of the pod (see `crate::wiring`).
@@ -164,6 +166,7 @@ pub(crate) fn spawn(
         signal: None,
         shutdown_timeout: None,
         problems: Vec::new(),
+        linger: None,
     };
     let task = tokio::spawn(owner.run());
     (
@@ -179,6 +182,8 @@ pub(crate) fn spawn(
 struct Drain {
     report: ReportRx,
     task: Option<JoinHandle<Report>>,
+    /// When its hook arrived (the grace period runs from about then).
+    hook: Instant,
 }
 
 struct Owner {
@@ -201,6 +206,8 @@ struct Owner {
     shutdown_timeout: Option<ShutdownTimeout>,
     /// The wiring problems last published (and logged).
     problems: Vec<Problem>,
+    /// Until when the sidecar stays up after its exit was decided.
+    linger: Option<Instant>,
 }
 
 impl Owner {
@@ -210,8 +217,25 @@ impl Owner {
         wiring.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.may_exit() {
-                tracing::info!("nginx is gone and no drain is running: exiting");
-                return;
+                let now = Instant::now();
+                let until = match self.linger {
+                    Some(until) => until,
+                    None => {
+                        let until = self.linger_deadline(now);
+                        if until > now {
+                            tracing::info!(
+                                linger_ms = ms(until - now),
+                                "nginx is gone after a drain that did not succeed: serving /metrics a little longer, so that a scrape can still count it"
+                            );
+                        }
+                        self.linger = Some(until);
+                        until
+                    }
+                };
+                if now >= until {
+                    tracing::info!("nginx is gone and no drain is running: exiting");
+                    return;
+                }
             }
             let master = self.master.clone();
             let master_alive = master.as_ref().is_some_and(|m| !m.has_exited());
@@ -237,7 +261,8 @@ impl Owner {
                         self.on_shutdown();
                     }
                 }
-                _ = sleep_until(exit_by.unwrap_or_else(Instant::now)), if exit_by.is_some() && !draining => {
+                _ = sleep_until(self.linger.unwrap_or_else(Instant::now)), if self.linger.is_some() => {}
+                _ = sleep_until(exit_by.unwrap_or_else(Instant::now)), if exit_by.is_some() && !draining && self.linger.is_none() => {
                     tracing::warn!(
                         "nginx is still running {} ms after the sidecar's SIGTERM and no hook came: exiting anyway",
                         ms(self.config.drain_timeout + EXIT_MARGIN)
@@ -263,6 +288,27 @@ impl Owner {
             pid,
             "nginx master exited and no preStop hook had reached nginx-drain: NGINX got its stop signal without a drain, so in-flight requests may have been cut. Likely causes: the pod's preStop hook is not an httpGet to this sidecar's port (or sits on another container), the hook was refused (wrong or missing bearer token, peer outside --allow-cidr: see the warnings above), or NGINX crashed or was stopped by hand"
         );
+    }
+
+    /// Until when the sidecar stays up once it may exit: after a drain
+    /// that did not succeed, `--metrics-linger` more, but never past the
+    /// grace period less the kubelet's 2 s (from `--grace-period`, else the
+    /// budget plus 3 s of its 5 s margin), counted from the hook; else now.
+    fn linger_deadline(&self, now: Instant) -> Instant {
+        let Some(d) = &self.drain else { return now };
+        let failed = d
+            .report
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| !r.outcome.is_success());
+        if !failed {
+            return now;
+        }
+        let grace_end = match self.config.wiring.grace_period {
+            Some(g) => d.hook + g.saturating_sub(Duration::from_secs(2)),
+            None => d.hook + self.config.drain_timeout + Duration::from_secs(3),
+        };
+        (now + self.config.metrics_linger).min(grace_end).max(now)
     }
 
     fn may_exit(&self) -> bool {
@@ -493,6 +539,7 @@ impl Owner {
         self.drain = Some(Drain {
             report: rx.clone(),
             task: Some(task),
+            hook: clock.mono,
         });
         let _ = reply.send(rx);
     }

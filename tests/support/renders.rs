@@ -28,7 +28,7 @@ pub fn helm() -> Option<String> {
 }
 
 /// The chart's value sets that the tests render, each by name.
-pub const CHART_MATRIX: [(&str, &[&str]); 6] = [
+pub const CHART_MATRIX: [(&str, &[&str]); 7] = [
     ("defaults", &[]),
     ("regular sidecar", &["sidecar.native=false"]),
     ("no token", &["token.enabled=false"]),
@@ -40,6 +40,10 @@ pub const CHART_MATRIX: [(&str, &[&str]); 6] = [
         ],
     ),
     ("service monitor", &["serviceMonitor.enabled=true"]),
+    (
+        "alerts and dashboard",
+        &["prometheusRule.enabled=true", "dashboard.enabled=true"],
+    ),
     (
         "pdb, longer grace",
         &[
