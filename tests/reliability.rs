@@ -168,7 +168,7 @@ async fn a_recycled_pid_is_never_signalled() {
     );
 }
 
-/// Case 3: what the pid file may hold.
+/// Case 4: what the pid file may hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pid_files_that_lie_are_named_in_the_answer() {
     let dir = tempfile::tempdir().unwrap();
@@ -209,7 +209,7 @@ async fn pid_files_that_lie_are_named_in_the_answer() {
     }
 }
 
-/// Case 3: unreadable at startup (run as nobody, so permissions apply).
+/// Case 5: unreadable at startup (run as nobody, so permissions apply).
 #[test]
 fn an_unreadable_pid_file_stops_the_start_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,7 +240,7 @@ fn an_unreadable_pid_file_stops_the_start_with_the_fix() {
     );
 }
 
-/// Case 3: the pid file is rewritten while a drain runs.
+/// Case 6: the pid file is rewritten while a drain runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pid_file_replaced_during_the_drain_changes_nothing() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
@@ -258,7 +258,7 @@ async fn a_pid_file_replaced_during_the_drain_changes_nothing() {
     );
 }
 
-/// Case 5.
+/// Case 8.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_hooks_some_leaving_early_share_one_drain() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
@@ -309,7 +309,7 @@ async fn a_thousand_hooks_some_leaving_early_share_one_drain() {
     );
 }
 
-/// Case 6.
+/// Case 9.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_restarted_mid_drain_waits_without_a_second_sigquit() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
@@ -343,7 +343,7 @@ async fn a_sidecar_restarted_mid_drain_waits_without_a_second_sigquit() {
     assert_eq!(download.await.unwrap().unwrap().body.len(), 1 << 20);
 }
 
-/// Case 7: reloads and signals crossing a drain.
+/// Case 10: reloads and signals crossing a drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_and_sidecar_signals_during_a_drain() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
@@ -374,7 +374,7 @@ async fn reloads_and_sidecar_signals_during_a_drain() {
     assert_eq!(code.code(), Some(0));
 }
 
-/// Case 8: no permission to signal the master.
+/// Case 11: no permission to signal the master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_permission_the_answer_names_the_fix_and_nothing_hangs() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
@@ -451,7 +451,7 @@ async fn a_master_that_never_exits_is_timeout_and_still_shown_running() {
     assert_eq!(state, "drain_failed");
 }
 
-/// Case 9: a client that connects and never sends a request holds its
+/// Case 12: a client that connects and never sends a request holds its
 /// worker through a graceful quit; the budget still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_cannot_hold_the_drain_past_the_budget() {
@@ -474,7 +474,7 @@ async fn a_silent_client_cannot_hold_the_drain_past_the_budget() {
     assert!(!term.sigkill_needed && !term.stop_found_nginx_running);
 }
 
-/// Case 11: a wall-clock jump during the wait changes no deadline.
+/// Case 14: a wall-clock jump during the wait changes no deadline.
 /// libfaketime moves CLOCK_REALTIME by a day while the drain waits; the
 /// monotonic clock, which every deadline uses, is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,7 +542,7 @@ async fn a_wall_clock_jump_changes_no_deadline() {
     drop(sidecar);
 }
 
-/// Case 12: NGINX started a moment ago, before the sidecar's next scan.
+/// Case 16: NGINX started a moment ago, before the sidecar's next scan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_right_after_nginx_starts_finds_it() {
     let work = Nginx::prepare(NginxOptions::default()).unwrap();
