@@ -121,7 +121,14 @@ fn deploy(c: &Cluster, s: Strategy, ns: &str, helm: &str) -> Target {
     let (deployment, selector) = match s {
         Strategy::NginxDrain => {
             let version = env!("CARGO_PKG_VERSION");
+            // The rig's CNI gives pods no default route: the kubelet's
+            // address (the bridge) is allowed by hand.
+            let bridge = format!(
+                "hookAccess.allowCIDRs={{{}/32}}",
+                testbed::cluster::BRIDGE_IP
+            );
             let sets = [
+                &bridge,
                 "replicaCount=3",
                 "nginx.image.repository=localhost/rig-nginx",
                 "nginx.image.tag=1.22.1-nonroot",

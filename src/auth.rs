@@ -1,5 +1,6 @@
 //! Who may call the hook: a bearer token read from a file (a mounted
-//! Secret), and the peer ranges allowed.
+//! Secret), and the peers allowed ([`Access`]: ranges, and the addresses the
+//! kubelet calls this pod from).
 //!
 //! Invariant kept here: authentication never turns itself off. An unreadable
 //! or empty file is a startup error, and a failed re-read keeps the last
@@ -15,6 +16,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
@@ -143,16 +145,254 @@ pub fn bearer(header: &[u8]) -> Option<&[u8]> {
 
 /// True when `peer` is in one of `allowed`, or when no range is listed.
 pub fn peer_allowed(allowed: &[IpNet], peer: IpAddr) -> bool {
-    let peer = match peer {
+    let peer = unmapped(peer);
+    allowed.is_empty() || allowed.iter().any(|n| n.contains(&peer))
+}
+
+/// An IPv4 peer of a dual-stack listener arrives as `::ffff:a.b.c.d`.
+fn unmapped(peer: IpAddr) -> IpAddr {
+    match peer {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
         v4 => v4,
-    };
-    allowed.is_empty() || allowed.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// How long a read of the routing tables stands before a peer it does not
+/// admit makes it read them again (a CNI may add the route after the
+/// sidecar started).
+const REREAD_GATEWAYS: Duration = Duration::from_secs(1);
+
+/// Who may call `/prestop` and `/status`: anyone (no rule given), or the
+/// peers in `--allow-cidr`, or (`--allow-kubelet`) the addresses the kubelet
+/// calls this pod from: the node's (`--node-ip`, the downward API's
+/// `status.hostIP`), the pod's default gateways (the node's end of the pod's
+/// link, see `sockets::routes`) and loopback (the pod itself, e.g.
+/// `nginx-drain check`). No secret to copy, and another pod cannot send from
+/// any of them.
+///
+/// It also keeps what the kubelet's own requests (its User-Agent) showed:
+/// kubelet requests that only ever came from addresses this refuses are a
+/// wiring problem (the hook would be refused at the first rollout).
+pub(crate) struct Access {
+    cidrs: Vec<IpNet>,
+    kubelet: Option<KubeletAddresses>,
+    seen: Mutex<KubeletSeen>,
+}
+
+struct KubeletAddresses {
+    node: Vec<IpAddr>,
+    /// When the gateways were last read, and what they were.
+    gateways: Mutex<(Instant, Vec<IpAddr>)>,
+    read_gateways: Box<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
+}
+
+/// What the kubelet's own requests showed of the access rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct KubeletSeen {
+    /// A kubelet request came from an admitted address.
+    pub(crate) admitted: bool,
+    /// Addresses kubelet requests came from that the rule refuses.
+    pub(crate) refused: Vec<IpAddr>,
+}
+
+impl Access {
+    /// `allow_kubelet`: also the kubelet's addresses, the node's given in
+    /// `node`, the gateways read from this network namespace.
+    pub(crate) fn new(cidrs: Vec<IpNet>, allow_kubelet: bool, node: Vec<IpAddr>) -> Access {
+        Access::with_gateways(
+            cidrs,
+            allow_kubelet,
+            node,
+            Box::new(crate::sockets::routes::default_gateways),
+        )
+    }
+
+    fn with_gateways(
+        cidrs: Vec<IpNet>,
+        allow_kubelet: bool,
+        node: Vec<IpAddr>,
+        read_gateways: Box<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
+    ) -> Access {
+        let kubelet = allow_kubelet.then(|| KubeletAddresses {
+            node: node.into_iter().map(unmapped).collect(),
+            gateways: Mutex::new((Instant::now(), read_gateways())),
+            read_gateways,
+        });
+        Access {
+            cidrs,
+            kubelet,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Anyone may call.
+    pub(crate) fn is_open(&self) -> bool {
+        self.cidrs.is_empty() && self.kubelet.is_none()
+    }
+
+    /// Only the kubelet's addresses (and `--allow-cidr`) may call.
+    pub(crate) fn kubelet_only(&self) -> bool {
+        self.kubelet.is_some()
+    }
+
+    /// True when `peer` may call `/prestop` and `/status`.
+    pub(crate) fn admits(&self, peer: IpAddr) -> bool {
+        if self.is_open() {
+            return true;
+        }
+        let peer = unmapped(peer);
+        if self.cidrs.iter().any(|n| n.contains(&peer)) {
+            return true;
+        }
+        let Some(k) = &self.kubelet else {
+            return false;
+        };
+        if peer.is_loopback() || k.node.contains(&peer) {
+            return true;
+        }
+        let mut g = k.gateways.lock().unwrap_or_else(|e| e.into_inner());
+        if g.1.contains(&peer) {
+            return true;
+        }
+        if g.0.elapsed() >= REREAD_GATEWAYS {
+            *g = (Instant::now(), (k.read_gateways)());
+        }
+        g.1.contains(&peer)
+    }
+
+    /// A request with the kubelet's User-Agent came from `peer`; true when
+    /// the rule admits it.
+    pub(crate) fn note_kubelet(&self, peer: IpAddr) -> bool {
+        let ok = self.admits(peer);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let peer = unmapped(peer);
+        if ok {
+            seen.admitted = true;
+        } else if !seen.refused.contains(&peer) && seen.refused.len() < 8 {
+            seen.refused.push(peer);
+        }
+        ok
+    }
+
+    /// The rule names at least one address the kubelet could call from
+    /// (loopback aside).
+    pub(crate) fn knows_an_address(&self) -> bool {
+        !self.cidrs.is_empty()
+            || self.kubelet.as_ref().is_some_and(|k| {
+                !k.node.is_empty()
+                    || !k
+                        .gateways
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .1
+                        .is_empty()
+            })
+    }
+
+    pub(crate) fn kubelet_seen(&self) -> KubeletSeen {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rule in words, for logs and refusals.
+    pub(crate) fn describe(&self) -> String {
+        if self.is_open() {
+            return "any peer".into();
+        }
+        let list = |v: &[IpAddr]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let mut parts = Vec::new();
+        if let Some(k) = &self.kubelet {
+            let g = k.gateways.lock().unwrap_or_else(|e| e.into_inner());
+            parts.push(format!(
+                "the kubelet's addresses (node: {}; default gateway: {}; loopback)",
+                list(&k.node),
+                list(&g.1)
+            ));
+        }
+        if !self.cidrs.is_empty() {
+            let c: Vec<String> = self.cidrs.iter().map(ToString::to_string).collect();
+            parts.push(format!("--allow-cidr {}", c.join(", ")));
+        }
+        parts.join(" and ")
+    }
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_kubelets_addresses_and_only_they_are_admitted() {
+        let gateways = Arc::new(Mutex::new(vec![ip("10.244.1.1")]));
+        let g = gateways.clone();
+        let access = Access::with_gateways(
+            Vec::new(),
+            true,
+            vec![ip("192.168.5.7")],
+            Box::new(move || g.lock().unwrap().clone()),
+        );
+        assert!(!access.is_open());
+        for admitted in [
+            "10.244.1.1",
+            "192.168.5.7",
+            "127.0.0.1",
+            "::1",
+            "::ffff:10.244.1.1",
+        ] {
+            assert!(access.admits(ip(admitted)), "{admitted}");
+        }
+        // Another pod on the same bridge, another node's address.
+        for refused in ["10.244.1.9", "192.168.5.8", "::ffff:10.244.1.9"] {
+            assert!(!access.admits(ip(refused)), "{refused}");
+        }
+        // A route added after the start is found on a later miss.
+        gateways.lock().unwrap().push(ip("10.244.1.254"));
+        std::thread::sleep(REREAD_GATEWAYS);
+        assert!(access.admits(ip("10.244.1.254")));
+        assert!(
+            access.describe().contains("10.244.1.254"),
+            "{}",
+            access.describe()
+        );
+    }
+
+    #[test]
+    fn kubelet_requests_only_from_refused_addresses_are_remembered() {
+        let access = Access::with_gateways(Vec::new(), true, Vec::new(), Box::new(Vec::new));
+        assert!(!access.note_kubelet(ip("10.213.1.1")));
+        assert_eq!(
+            access.kubelet_seen(),
+            KubeletSeen {
+                admitted: false,
+                refused: vec![ip("10.213.1.1")]
+            }
+        );
+        assert!(access.note_kubelet(ip("127.0.0.1")));
+        assert!(access.kubelet_seen().admitted);
+        // A range admits too, and no rule admits anyone.
+        let cidr = Access::new(vec!["10.0.0.0/8".parse().unwrap()], false, Vec::new());
+        assert!(cidr.admits(ip("10.1.2.3")) && !cidr.admits(ip("11.1.2.3")));
+        assert!(Access::new(Vec::new(), false, Vec::new()).admits(ip("11.1.2.3")));
+    }
 
     #[test]
     fn bearer_headers() {

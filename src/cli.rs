@@ -2,7 +2,7 @@
 //! set through `NGINX_DRAIN_<FLAG>` (upper case, `-` as `_`), which is how
 //! the Helm chart sets them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -155,9 +155,32 @@ pub struct ServeArgs {
     pub token_file: Option<PathBuf>,
 
     /// Only peers in these ranges may call /prestop and /status (403 for
-    /// others). Repeatable; env: comma-separated. Default: any peer.
+    /// others; with `--allow-kubelet`, these in addition to the kubelet's
+    /// addresses). Repeatable; env: comma-separated. Default: any peer.
     #[arg(long = "allow-cidr", env = "NGINX_DRAIN_ALLOW_CIDR", value_delimiter = ',', value_parser = parse_net, value_name = "CIDR")]
     pub allow_cidrs: Vec<IpNet>,
+
+    /// Only the kubelet may call /prestop and /status, by its address: the
+    /// node's (`--node-ip`), the pod's default gateways (read from the
+    /// pod's routing table: the node's end of the pod's link, where the
+    /// kubelet's requests come from with bridge CNIs and Cilium) and
+    /// loopback (the pod itself). No secret to copy; another pod cannot
+    /// send from these addresses. A kubelet request from an address this
+    /// refuses is a wiring problem (`hook_access`) with the fix.
+    #[arg(long, env = "NGINX_DRAIN_ALLOW_KUBELET", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_kubelet: bool,
+
+    /// The node's IP addresses, for `--allow-kubelet` (the downward API's
+    /// `status.hostIP`, or `status.hostIPs` on dual-stack nodes). Env:
+    /// comma-separated. When neither is given, the env `HOST_IP` is read
+    /// (the name the downward API examples use), like `POD_IP`.
+    #[arg(
+        long = "node-ip",
+        env = "NGINX_DRAIN_NODE_IP",
+        value_delimiter = ',',
+        value_name = "IP"
+    )]
+    pub node_ips: Vec<IpAddr>,
 
     /// Require a bearer token (read from this file) on /metrics too.
     #[arg(long, env = "NGINX_DRAIN_METRICS_TOKEN_FILE", value_name = "PATH")]

@@ -34,12 +34,11 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use ipnet::IpNet;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::auth::{TokenFile, peer_allowed};
+use crate::auth::{Access, TokenFile};
 use crate::drain::Handle;
 use crate::metrics::Metrics;
 
@@ -77,8 +76,8 @@ pub(crate) struct Options {
     pub(crate) token: Option<Arc<TokenFile>>,
     /// Required bearer token for `/metrics`.
     pub(crate) metrics_token: Option<Arc<TokenFile>>,
-    /// Peers allowed on `/prestop` and `/status` (empty: all).
-    pub(crate) allow: Vec<IpNet>,
+    /// Peers allowed on `/prestop` and `/status`.
+    pub(crate) access: Arc<Access>,
     pub(crate) on_failure: OnFailure,
     /// Open connections before the oldest idle one is evicted.
     pub(crate) max_connections: usize,
@@ -92,7 +91,7 @@ impl Default for Options {
         Options {
             token: None,
             metrics_token: None,
-            allow: Vec::new(),
+            access: Arc::new(Access::new(Vec::new(), false, Vec::new())),
             on_failure: OnFailure::Status,
             max_connections: 512,
             learn_kubelet: true,
@@ -279,10 +278,13 @@ const KUBELET_AGENTS: [&[u8]; 2] = [b"kube-probe/", b"kube-lifecycle/"];
 
 /// The kubelet's probes and hooks (by their User-Agent) reveal its address:
 /// its probes of NGINX are not clients (see `sockets::probes`). Only from peers
-/// `--allow-cidr` admits. A hook without the kubelet's User-Agent (a person
-/// with curl, a script) teaches nothing: its address may be a client's.
+/// the access rule admits; one it refuses is remembered (a kubelet the rule
+/// would refuse is a wiring problem). A hook without the kubelet's
+/// User-Agent (a person with curl, a script) teaches nothing: its address
+/// may be a client's.
 fn learn_kubelet(ctx: &Ctx<'_>) {
-    if ctx.opts.learn_kubelet && peer_allowed(&ctx.opts.allow, ctx.conn.peer.ip()) {
+    let admitted = ctx.opts.access.note_kubelet(ctx.conn.peer.ip());
+    if ctx.opts.learn_kubelet && admitted {
         ctx.handle.learn_kubelet(ctx.conn.peer.ip());
     }
 }
@@ -343,7 +345,7 @@ pub(crate) async fn route(
             &path,
             auth.as_deref(),
             token,
-            check_peer.then_some(&ctx.opts.allow[..]),
+            check_peer.then_some(&*ctx.opts.access),
         )
     };
     Ok(match path.as_str() {
@@ -399,22 +401,26 @@ pub(crate) async fn route(
     })
 }
 
-/// The refusal for a peer outside `allow` (when given) or a missing or wrong
-/// token, if any.
+/// The refusal for a peer `access` (when given) does not admit, or a
+/// missing or wrong token, if any.
 fn refusal(
     peer: SocketAddr,
     path: &str,
     auth: Option<&[u8]>,
     token: &Option<Arc<TokenFile>>,
-    allow: Option<&[IpNet]>,
+    access: Option<&Access>,
 ) -> Option<Response<Body>> {
-    if let Some(allow) = allow
-        && !peer_allowed(allow, peer.ip())
+    if let Some(access) = access
+        && !access.admits(peer.ip())
     {
-        tracing::warn!(%peer, %path, "refused: peer outside --allow-cidr");
+        tracing::warn!(%peer, %path, allowed = %access.describe(), "refused: the peer's address is not allowed");
         return Some(json(
             StatusCode::FORBIDDEN,
-            &error_body("your address is not in --allow-cidr"),
+            &error_body(&format!(
+                "your address {} is not allowed: only {}",
+                peer.ip(),
+                access.describe()
+            )),
         ));
     }
     if let Some(t) = token
@@ -442,9 +448,14 @@ fn refused_hook(ctx: &Ctx<'_>, refusal: Response<Body>) -> Result<Response<Body>
     let status = refusal.status();
     ctx.metrics.observe_hook(status.as_str());
     let fix = if status == StatusCode::FORBIDDEN {
-        "its address is outside --allow-cidr: add the range the kubelet's hooks come from"
+        format!(
+            "its address {} is not allowed (only {}): if it was the kubelet (User-Agent kube-lifecycle/), allow its address with --allow-cidr {} (chart: hookAccess.allowCIDRs); otherwise something other than the kubelet tried to stop NGINX",
+            ctx.conn.peer.ip(),
+            ctx.opts.access.describe(),
+            ipnet::IpNet::from(ctx.conn.peer.ip())
+        )
     } else {
-        "its Authorization header is not \"Bearer <the token in --token-file>\": fix the preStop hook's httpHeaders (a placeholder left in an overlay does this)"
+        "its Authorization header is not \"Bearer <the token in --token-file>\": fix the preStop hook's httpHeaders (a placeholder left in an overlay does this)".to_string()
     };
     tracing::error!(
         peer = %ctx.conn.peer,

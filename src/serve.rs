@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::auth::{TokenError, TokenFile};
+use crate::auth::{Access, TokenError, TokenFile};
 use crate::cli::ServeArgs;
 use crate::metrics::Metrics;
 use crate::nginx::{Locator, PidFileError};
@@ -170,6 +170,23 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
     let own_port = listener
         .local_addr()
         .map_or(args.listen.port(), |a| a.port());
+    // `--node-ip`, else the downward API's `HOST_IP` (read like `POD_IP`;
+    // an address that does not parse is left out, and the `hook_access`
+    // check then says no address is known).
+    let node_ips = if args.node_ips.is_empty() {
+        std::env::var("HOST_IP")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    } else {
+        args.node_ips.clone()
+    };
+    let access = Arc::new(Access::new(
+        args.allow_cidrs.clone(),
+        args.allow_kubelet,
+        node_ips,
+    ));
     Ok(Prepared {
         drain: drain::Config {
             locator,
@@ -187,6 +204,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
                 pod_ip: std::env::var("POD_IP").ok().and_then(|s| s.parse().ok()),
                 in_pod: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
                 grace_period: args.grace_period,
+                access: access.clone(),
             },
             census: MonitorConfig {
                 method: args.census.into(),
@@ -200,7 +218,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
         http: http::Options {
             token,
             metrics_token,
-            allow: args.allow_cidrs.clone(),
+            access: access.clone(),
             on_failure: args.on_failure.into(),
             max_connections: fit_file_limit(args.max_connections as usize),
             learn_kubelet: args.ignore_kubelet,
@@ -297,7 +315,7 @@ pub async fn run(
         ports = %crate::logging::json(&config.census.filter.only),
         ignore_peers = %words(config.census.filter.ignore_peers.iter().map(|n| n.to_string()).collect()),
         token = http_opts.token.as_ref().map(|t| t.path().display().to_string()),
-        allow_cidrs = %words(http_opts.allow.iter().map(|n| n.to_string()).collect()),
+        hook_access = %http_opts.access.describe(),
         on_failure = %http_opts.on_failure,
         max_connections = http_opts.max_connections,
         ignore_kubelet = http_opts.learn_kubelet,

@@ -4,7 +4,8 @@
 //!
 //! Each problem names its fix. *Blocking* problems (the hook cannot work at
 //! all: no shared PID namespace, no permission to signal NGINX, a listen
-//! address the kubelet cannot reach) make `/wiring` answer 503, which the
+//! address the kubelet cannot reach, an access rule that refuses the
+//! kubelet) make `/wiring` answer 503, which the
 //! chart uses as the sidecar's readiness probe: a misconfigured pod never
 //! turns Ready, so a rollout stalls on its first new pod while the old pods
 //! keep serving, and `kubectl describe` shows the fix. Nothing gates NGINX's
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::auth::KubeletSeen;
 use crate::drain::budget;
 use crate::nginx::config::ShutdownTimeout;
 use crate::sockets::{ArrivalsSeen, CensusMethod, CensusSource};
@@ -43,6 +45,8 @@ pub enum Check {
     Budget,
     /// NGINX's `worker_shutdown_timeout` fits the budget.
     WorkerShutdownTimeout,
+    /// `--allow-kubelet` admits the address the kubelet calls from.
+    HookAccess,
 }
 words!(Check {
     SharedPidNamespace => "shared_pid_namespace",
@@ -52,10 +56,11 @@ words!(Check {
     DestroyEvents => "destroy_events",
     Budget => "budget",
     WorkerShutdownTimeout => "worker_shutdown_timeout",
+    HookAccess => "hook_access",
 });
 
 impl Check {
-    pub const ALL: [Check; 7] = [
+    pub const ALL: [Check; 8] = [
         Check::SharedPidNamespace,
         Check::SignalPermission,
         Check::ListenReachable,
@@ -63,13 +68,17 @@ impl Check {
         Check::DestroyEvents,
         Check::Budget,
         Check::WorkerShutdownTimeout,
+        Check::HookAccess,
     ];
 
     /// The hook cannot work at all while this fails.
     pub fn is_blocking(self) -> bool {
         matches!(
             self,
-            Check::SharedPidNamespace | Check::SignalPermission | Check::ListenReachable
+            Check::SharedPidNamespace
+                | Check::SignalPermission
+                | Check::ListenReachable
+                | Check::HookAccess
         )
     }
 }
@@ -103,6 +112,19 @@ pub(crate) struct Observed {
     pub(crate) grace_period: Option<Duration>,
     /// NGINX's worker_shutdown_timeout for the current master.
     pub(crate) shutdown_timeout: Option<ShutdownTimeout>,
+    /// With `--allow-kubelet`: the rule and what the kubelet's requests
+    /// showed of it.
+    pub(crate) hook_access: Option<HookAccess>,
+}
+
+/// The kubelet-only access rule as the checks see it.
+#[derive(Debug, Clone)]
+pub(crate) struct HookAccess {
+    /// The rule in words.
+    pub(crate) rule: String,
+    /// It names at least one address the kubelet may call from.
+    pub(crate) knows_an_address: bool,
+    pub(crate) seen: KubeletSeen,
 }
 
 /// The kubelet's shortest stop after a hook: the budget must end this long
@@ -206,6 +228,30 @@ pub(crate) fn problems(o: &Observed) -> Vec<Problem> {
         None => {}
         Some(ShutdownTimeout::Set(_)) => {}
     }
+    if let Some(h) = &o.hook_access
+        && !h.seen.admitted
+    {
+        if let Some(ip) = h.seen.refused.first() {
+            let from: Vec<String> = h.seen.refused.iter().map(ToString::to_string).collect();
+            fail(
+                Check::HookAccess,
+                format!(
+                    "the kubelet calls this pod from {} (its probes' User-Agent), which --allow-kubelet refuses (it admits {}): at the first rollout the hook would be refused and NGINX stopped undrained; allow the address with --allow-cidr {} (chart: hookAccess.allowCIDRs)",
+                    from.join(", "),
+                    h.rule,
+                    ipnet::IpNet::from(*ip)
+                ),
+            );
+        } else if !h.knows_an_address && o.in_pod {
+            fail(
+                Check::HookAccess,
+                format!(
+                    "--allow-kubelet knows no address the kubelet could call from ({}): the pod has no default route and no --node-ip was given; set the env HOST_IP from the downward API's status.hostIP, or allow the kubelet's address with --allow-cidr",
+                    h.rule
+                ),
+            );
+        }
+    }
     out
 }
 
@@ -227,6 +273,16 @@ mod tests {
             max_delay: Duration::from_secs(15),
             grace_period: Some(Duration::from_secs(30)),
             shutdown_timeout: Some(ShutdownTimeout::Set(Duration::from_secs(5))),
+            hook_access: Some(HookAccess {
+                rule:
+                    "the kubelet's addresses (node: 10.0.0.4; default gateway: 10.1.2.1; loopback)"
+                        .into(),
+                knows_an_address: true,
+                seen: KubeletSeen {
+                    admitted: true,
+                    refused: Vec::new(),
+                },
+            }),
         }
     }
 
@@ -333,6 +389,33 @@ mod tests {
                 },
                 Check::WorkerShutdownTimeout,
                 "--worker-shutdown-timeout",
+            ),
+            (
+                Observed {
+                    hook_access: Some(HookAccess {
+                        rule: "the kubelet's addresses (node: 10.0.0.4; default gateway: none; loopback)".into(),
+                        knows_an_address: true,
+                        seen: KubeletSeen {
+                            admitted: false,
+                            refused: vec!["10.1.2.1".parse().unwrap()],
+                        },
+                    }),
+                    ..good()
+                },
+                Check::HookAccess,
+                "--allow-cidr 10.1.2.1/32",
+            ),
+            (
+                Observed {
+                    hook_access: Some(HookAccess {
+                        rule: "the kubelet's addresses (node: none; default gateway: none; loopback)".into(),
+                        knows_an_address: false,
+                        seen: KubeletSeen::default(),
+                    }),
+                    ..good()
+                },
+                Check::HookAccess,
+                "HOST_IP",
             ),
         ];
         for (o, check, fix) in cases {

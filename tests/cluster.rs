@@ -83,10 +83,17 @@ fn cluster() -> Option<Cluster> {
 
 /// The chart's values for the rig: its images (NGINX as UID 101 on 8080,
 /// like the chart's default nginx-unprivileged), 3 replicas and the PDB;
-/// the chart's defaults pass `restricted` as they are.
+/// the chart's defaults pass `restricted` as they are. The rig's CNI gives
+/// pods no default route, so the kubelet's address (the bridge) is allowed
+/// by hand, as README tells users of such CNIs.
 fn chart_values() -> Vec<String> {
     let version = env!("CARGO_PKG_VERSION");
+    let bridge = format!(
+        "hookAccess.allowCIDRs={{{}/32}}",
+        testbed::cluster::BRIDGE_IP
+    );
     [
+        bridge.as_str(),
         "replicaCount=3",
         "podDisruptionBudget.enabled=true",
         "nginx.image.repository=localhost/rig-nginx",

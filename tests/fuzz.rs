@@ -15,6 +15,7 @@ use nginx_drain::auth::{bearer, parse_token, peer_allowed};
 use nginx_drain::nginx::procfs::{parse_cmdline, parse_pid_file, parse_stat, parse_status_uid};
 use nginx_drain::sockets::netlink::parse_datagram;
 use nginx_drain::sockets::procnet::parse_line;
+use nginx_drain::sockets::routes::{default_gateways_v4, default_gateways_v6};
 use proptest::prelude::*;
 
 /// `n` characters (one of `lens`), mostly hex digits, sometimes any other
@@ -110,6 +111,32 @@ proptest! {
         let ip = Ipv6Addr::from(a);
         let expected = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
         prop_assert_eq!(s.local, SocketAddr::new(expected, lp));
+    }
+
+    #[test]
+    fn route_tables_of_any_text_never_panic(s in "(.{0,60}\n){0,6}") {
+        let _ = default_gateways_v4(&s);
+        let _ = default_gateways_v6(&s);
+    }
+
+    #[test]
+    fn route_tables_give_back_the_default_gateway_among_other_routes(
+        gw in any::<[u8; 4]>().prop_filter("a gateway", |g| *g != [0; 4]),
+        gw6 in any::<[u8; 16]>().prop_filter("a gateway", |g| *g != [0; 16]),
+        net in any::<[u8; 4]>(),
+        before in any::<bool>(),
+    ) {
+        // A subnet route (no gateway) and the default route, in either order.
+        let hex = |ip: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(ip));
+        let subnet = format!("eth0\t{}\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0", hex(net));
+        let default = format!("eth0\t00000000\t{}\t0003\t0\t0\t0\t00000000\t0\t0\t0", hex(gw));
+        let (a, b) = if before { (&default, &subnet) } else { (&subnet, &default) };
+        let v4 = format!("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n{a}\n{b}\n");
+        prop_assert_eq!(default_gateways_v4(&v4), vec![Ipv4Addr::from(gw)]);
+        let hop: String = gw6.iter().map(|b| format!("{b:02x}")).collect();
+        let zero = "0".repeat(32);
+        let v6 = format!("{zero} 00 {zero} 00 {hop} 00000400 00000001 00000000 00000003 eth0\n{zero} 00 {zero} 00 {zero} 00000000 00000001 00000000 00200200 lo\n");
+        prop_assert_eq!(default_gateways_v6(&v6), vec![Ipv6Addr::from(gw6)]);
     }
 
     #[test]

@@ -274,6 +274,7 @@ fn run_case(rig: &Rig, name: &str, pod: Value, plan: Plan) -> (Traffic, Instant,
         rig.containers(&pod_id)
     );
     rig.add_client_address();
+    rig.add_default_route(&pod_id);
     // Let the kubelet probe a few times, and NGINX settle.
     std::thread::sleep(Duration::from_secs(3));
     let containers = rig.containers(&pod_id);
@@ -285,6 +286,7 @@ fn run_case(rig: &Rig, name: &str, pod: Value, plan: Plan) -> (Traffic, Instant,
             .unwrap_or_else(|| panic!("{name}: no container {n}"))
     };
     let (nginx, sidecar) = (by("nginx"), by("nginx-drain"));
+    a_stranger_is_refused(rig, name, ip, &sidecar);
     let id = |c: &Value| c["status"]["id"].as_str().unwrap().to_string();
     let message_file = Rig::termination_log_path(&sidecar).expect("the sidecar's termination-log");
     let manifest = format!("{name}.json");
@@ -329,6 +331,48 @@ fn run_case(rig: &Rig, name: &str, pod: Value, plan: Plan) -> (Traffic, Instant,
     (t, deleted, seen)
 }
 
+/// Another pod's `/prestop` (from [`CLIENT_IP`], an address on the pod
+/// network that is not the kubelet's) is refused: the connection is reset
+/// (the chart's `--on-failure reset`, so that a refused kubelet would record
+/// FailedPreStopHook), the sidecar logs the refusal with its fix, and NGINX
+/// is not touched (each case asserts one SIGQUIT, the kubelet's).
+fn a_stranger_is_refused(rig: &Rig, name: &str, pod_ip: IpAddr, sidecar: &Value) {
+    let hook = SocketAddr::new(pod_ip, 10266);
+    let got = netns::run_in(&rig.netns(), move || async move {
+        let d = client::start_from(Some(CLIENT_IP), hook, "GET", "/prestop", "")
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        d.finish().await.map_err(|e| format!("{e:?}"))
+    });
+    match got {
+        Err(e) => assert_eq!(e, "Reset", "{name}: the stranger's /prestop"),
+        Ok(f) => panic!(
+            "{name}: the stranger's /prestop was answered {} {}",
+            f.status,
+            f.text()
+        ),
+    }
+    let deadline = Instant::now() + HANG;
+    loop {
+        let log = rig.logs(sidecar).unwrap_or_default();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("a preStop hook was refused"))
+        {
+            assert!(
+                l.contains(&CLIENT_IP.to_string()) && l.contains("is not allowed"),
+                "{name}: {l}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no refusal logged: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn line<'a>(lines: &'a [String], what: &str, container: &str) -> Option<&'a String> {
     let c = format!("containerName=\"{container}\"");
     lines.iter().find(|l| l.contains(what) && l.contains(&c))
@@ -337,8 +381,9 @@ fn line<'a>(lines: &'a [String], what: &str, container: &str) -> Option<&'a Stri
 /// No probe warning from the sidecar's probes at any time, nor from
 /// NGINX's once the hook ran (a drain must not look like an unhealthy pod).
 /// The kubelet (1.37) probes a container the moment it starts, before NGINX
-/// listens: one "connection refused" at start is the kubelet's race with
-/// NGINX's start-up, not the drain's doing.
+/// (or a regular-container sidecar) listens: a "connection refused" before
+/// the hook is the kubelet's race with the start-up, not the drain's doing;
+/// any other sidecar probe failure (a 503 from /wiring) counts.
 fn assert_no_warning_from_probes(name: &str, kubelet: &[String]) {
     let hook = kubelet
         .iter()
@@ -349,7 +394,9 @@ fn assert_no_warning_from_probes(name: &str, kubelet: &[String]) {
         .iter()
         .filter(|l| l.contains("reason=\"Unhealthy\"") || l.contains("Probe failed"))
         .filter(|l| {
-            l.contains("nginx-drain")
+            let at_start = l.contains("connect: connection refused")
+                && rig::kubelet_log_time(l).is_some_and(|t| t < hook);
+            (l.contains("nginx-drain") && !at_start)
                 || l.contains("Liveness")
                 || rig::kubelet_log_time(l).is_some_and(|t| t >= hook)
         })
@@ -367,14 +414,13 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
     let work = rig.home.join("cases");
     std::fs::create_dir_all(&work).unwrap();
 
-    // 1. Native sidecar (the chart's default), with the token from a file,
-    //    traffic continuing 3 s after deletion and downloads in flight.
+    // 1. The chart's defaults: a native sidecar whose hook needs no token
+    //    (the kubelet's address; another pod is refused), traffic continuing
+    //    3 s after deletion and downloads in flight.
     {
         let name = "native";
-        let (mut pod, token) = pod_manifest(name, &[]);
-        let dir = work.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        token_from_host_path(&mut pod, token.as_deref().expect("the chart's token"), &dir);
+        let (pod, token) = pod_manifest(name, &[]);
+        assert!(token.is_none(), "no token by default");
         let plan = Plan {
             rate: 50.0,
             downloads: 2,
@@ -451,7 +497,19 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
     // 2. The sidecar as a regular container.
     {
         let name = "regular";
-        let (pod, _) = pod_manifest(name, &["sidecar.native=false", "token.enabled=false"]);
+        // With a token on top of the address rule (from a file: static pods
+        // cannot use Secrets).
+        let (mut pod, token) = pod_manifest(
+            name,
+            &[
+                "sidecar.native=false",
+                "token.enabled=true",
+                "token.value=s3cr3t-token",
+            ],
+        );
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        token_from_host_path(&mut pod, token.as_deref().expect("the token"), &dir);
         let plan = Plan {
             rate: 20.0,
             downloads: 1,
@@ -480,10 +538,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
     //    hook's reset recorded by the kubelet, no SIGKILL needed.
     {
         let name = "forced";
-        let (pod, _) = pod_manifest(
-            name,
-            &["terminationGracePeriodSeconds=8", "token.enabled=false"],
-        );
+        let (pod, _) = pod_manifest(name, &["terminationGracePeriodSeconds=8"]);
         // 1 MiB at 64 KiB/s: 16 s, far past the 3 s budget.
         let plan = Plan {
             rate: 0.0,
@@ -520,7 +575,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
     //    other traffic: the quit is not delayed.
     {
         let name = "probed";
-        let (mut pod, _) = pod_manifest(name, &["token.enabled=false"]);
+        let (mut pod, _) = pod_manifest(name, &[]);
         for c in pod["spec"]["containers"].as_array_mut().unwrap() {
             if c["name"] == "nginx" {
                 c["readinessProbe"]["periodSeconds"] = json!(1);
@@ -550,6 +605,66 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             waited < 1_500,
             "probes delayed SIGQUIT by {waited} ms: {r:#}"
         );
+    }
+    // 5. A CNI that gives the pod no default route (this rig's own): the
+    //    kubelet's address is unknown to the sidecar, which refuses its
+    //    probes' address as a hook caller and says so at start, with the
+    //    fix, and keeps the pod from turning Ready (/wiring 503).
+    {
+        let name = "no-route";
+        let (pod, _) = pod_manifest(name, &[]);
+        let static_name = format!("{name}-rig-node");
+        let file = rig.home.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+        rig.sh(&["apply", file.to_str().unwrap()]);
+        let deadline = Instant::now() + HANG;
+        let (pod_id, ip) = loop {
+            if let Some(p) = rig.pod(&static_name) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "{name}: no pod sandbox");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(rig.wait_containers(&pod_id, 2, "CONTAINER_RUNNING", HANG));
+        let sidecar = rig
+            .containers(&pod_id)
+            .into_iter()
+            .find(|c| c["status"]["metadata"]["name"] == "nginx-drain")
+            .expect("the sidecar");
+        let fix = format!("--allow-cidr {KUBELET_IP}/32");
+        let line = loop {
+            let log = rig.logs(&sidecar).unwrap_or_default();
+            if let Some(l) = log
+                .lines()
+                .find(|l| l.contains("wiring problem") && l.contains("hook_access"))
+            {
+                break l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no hook_access problem logged: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        println!("{name}: {line}");
+        assert!(line.contains(&fix), "{name}: the fix names {fix}: {line}");
+        let wiring = netns::run_in(&rig.netns(), move || async move {
+            client::get(
+                SocketAddr::new(ip, 10266),
+                "/wiring",
+                Duration::from_secs(10),
+            )
+            .await
+        })
+        .expect("/wiring");
+        assert_eq!(wiring.status, 503, "{}", wiring.text());
+        assert!(wiring.text().contains(&fix), "{}", wiring.text());
+        rig.sh(&["delete", &format!("{name}.json")]);
+        let deadline = Instant::now() + HANG;
+        while rig.pod(&static_name).is_some() {
+            assert!(Instant::now() < deadline, "{name}: the pod did not go away");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     println!(
         "real-kubelet cases: {:.1} s",

@@ -125,7 +125,7 @@ async fn only_the_right_token_from_an_allowed_peer_drains() {
         "{log}"
     );
     assert!(
-        log.contains("refused: peer outside --allow-cidr") && log.contains("127.0.0.2:"),
+        log.contains("refused: the peer's address is not allowed") && log.contains("127.0.0.2:"),
         "{log}"
     );
 
@@ -184,7 +184,8 @@ async fn a_refused_hook_is_reset_by_default_and_the_undrained_exit_is_loud() {
     assert!(
         log.contains("a preStop hook was refused and nothing was drained")
             && log.contains("Bearer <the token in --token-file>")
-            && log.contains("outside --allow-cidr: add the range")
+            && log.contains("its address 127.0.0.2 is not allowed")
+            && log.contains("allow its address with --allow-cidr 127.0.0.2/32")
             && log.contains("127.0.0.2:"),
         "{log}"
     );

@@ -70,6 +70,8 @@ pub(crate) struct WiringConfig {
     /// Running in a pod: only there is a loopback `--listen` a problem.
     pub(crate) in_pod: bool,
     pub(crate) grace_period: Option<Duration>,
+    /// Who may call the hook (the HTTP surface's rule, shared).
+    pub(crate) access: Arc<crate::auth::Access>,
 }
 
 /// How often the owner re-checks the wiring (the census may fail later).
@@ -449,6 +451,11 @@ impl Owner {
             max_delay: self.config.policy.max_delay,
             grace_period: w.grace_period,
             shutdown_timeout: self.shutdown_timeout.clone(),
+            hook_access: w.access.kubelet_only().then(|| wiring::HookAccess {
+                rule: w.access.describe(),
+                knows_an_address: w.access.knows_an_address(),
+                seen: w.access.kubelet_seen(),
+            }),
         });
         if problems == self.problems {
             return;

@@ -13,6 +13,7 @@ pub(crate) mod monitor;
 pub mod netlink;
 pub(crate) mod probes;
 pub mod procnet;
+pub mod routes;
 pub(crate) mod sampler;
 
 use std::collections::BTreeSet;

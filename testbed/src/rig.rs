@@ -111,6 +111,30 @@ impl Rig {
         Some((id, ip))
     }
 
+    /// Gives the pod a default route through the bridge ([`KUBELET_IP`]),
+    /// as bridge CNIs with `isDefaultGateway` (flannel, kubenet) and Cilium
+    /// do: the rig's CNI gives pods only their subnet.
+    pub fn add_default_route(&self, pod_id: &str) {
+        let pid = self.crictl_json(&["inspectp", pod_id])["info"]["pid"]
+            .as_u64()
+            .expect("the sandbox's pid (crictl inspectp .info.pid)");
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "ip",
+                "route",
+                "replace",
+                "default",
+                "via",
+            ])
+            .arg(KUBELET_IP.to_string())
+            .output()
+            .expect("nsenter");
+        ok("ip route replace default (in the pod)", &out);
+    }
+
     /// Puts [`CLIENT_IP`] on the pods' bridge (which the CNI creates with
     /// the first pod); once is enough.
     pub fn add_client_address(&self) {

@@ -24,17 +24,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/*
-The token: the existing Secret's on upgrades (lookup), a new random one on
-install. `helm template` cannot look up, so it renders a fresh one.
+The token: token.value when given (the same on every render); else the
+existing Secret's (lookup, on upgrades); else a new random one on install.
+`helm template` cannot look up, so without token.value it renders a fresh
+one each time.
 */}}
 {{- define "nginx-drain.token" -}}
+{{- if .Values.token.value -}}
+{{- if .Values.token.existingSecret -}}
+{{- fail "token.value and token.existingSecret are both set: give the token one way (token.value renders it into the pod spec and a Secret; token.existingSecret reads a Secret you made)" -}}
+{{- end -}}
+{{- .Values.token.value -}}
+{{- else -}}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace (include "nginx-drain.tokenSecret" .) -}}
 {{- if and $existing $existing.data (hasKey $existing.data "token") -}}
 {{- index $existing.data "token" | b64dec -}}
 {{- else if .Values.token.existingSecret -}}
-{{- fail (printf "token.existingSecret %q was not found in namespace %s (or has no key \"token\"): create it first, or leave token.existingSecret empty to let the chart generate one" .Values.token.existingSecret .Release.Namespace) -}}
+{{- fail (printf "token.existingSecret %q was not found in namespace %s (or has no key \"token\"): create it first; under `helm template` or a GitOps tool the chart cannot read Secrets, so give token.value instead (or rely on hookAccess and leave token.enabled false)" .Values.token.existingSecret .Release.Namespace) -}}
 {{- else -}}
 {{- randAlphaNum 40 -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -71,6 +80,9 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
 {{- if and .Values.nginx.lifecycle (hasKey .Values.nginx.lifecycle "preStop") -}}
 {{- fail "nginx.lifecycle.preStop is set: the chart's preStop httpGet to nginx-drain must be the only preStop hook (each container's preStop runs in parallel, so another hook would stop NGINX behind the drain's back); remove nginx.lifecycle.preStop" -}}
 {{- end -}}
+{{- if not (or .Values.hookAccess.kubelet .Values.hookAccess.allowCIDRs .Values.token.enabled) -}}
+{{- fail "hookAccess.kubelet is false, hookAccess.allowCIDRs is empty and token.enabled is false: any pod could call /prestop and stop NGINX; keep hookAccess.kubelet true (the default), or list the kubelet's addresses in hookAccess.allowCIDRs, or enable token" -}}
+{{- end -}}
 {{- $_ := include "nginx-drain.drainTimeout" . -}}
 {{- end -}}
 
@@ -90,6 +102,10 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
     - --on-failure={{ .Values.drain.onFailure }}
     - --log-format={{ .Values.drain.logFormat }}
     - --log-level={{ .Values.drain.logLevel }}
+    - --allow-kubelet={{ .Values.hookAccess.kubelet }}
+    {{- range .Values.hookAccess.allowCIDRs }}
+    - --allow-cidr={{ . }}
+    {{- end }}
     {{- if .Values.token.enabled }}
     - --token-file=/var/run/nginx-drain/token
     {{- end }}
@@ -106,6 +122,10 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
       valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
     - name: POD_IP
       valueFrom: {fieldRef: {fieldPath: status.podIP}}
+    # The node's address, one of those the kubelet calls the hook from
+    # (hookAccess.kubelet).
+    - name: HOST_IP
+      valueFrom: {fieldRef: {fieldPath: status.hostIP}}
   # The kubelet's probes and hook are not client traffic: the sidecar learns
   # their source address from the kubelet's own requests (--ignore-kubelet),
   # which depends on the CNI (often the bridge's, not status.hostIP).
