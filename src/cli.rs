@@ -41,6 +41,57 @@ pub enum Command {
     Check(InspectArgs),
     /// Print the running sidecar's /status readably (or as JSON).
     Status(InspectArgs),
+    /// Wire nginx-drain into Kubernetes manifests: reads a multi-document
+    /// YAML stream (a file, or stdin: `helm template ... | nginx-drain
+    /// inject | kubectl apply -f -`, or as a Helm post-renderer) and writes
+    /// it to stdout with the sidecar, the preStop hook, the shared process
+    /// namespace and the grace arithmetic in every workload that runs NGINX.
+    /// What it did goes to stderr. Idempotent and deterministic.
+    Inject(InjectArgs),
+}
+
+/// `nginx-drain inject`'s flags. Where a flag is not given, the value comes
+/// from the workload (its NGINX container's securityContext, ports and the
+/// pod's grace period) or from what inject knows of the controller.
+#[derive(Debug, Clone, Args)]
+pub struct InjectArgs {
+    /// The manifests to read; `-` or none: stdin.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The sidecar's image.
+    #[arg(long, default_value = concat!("nginx-drain:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
+    pub image: String,
+    /// The NGINX container, by name (default: the container whose image is
+    /// NGINX, OpenResty, ingress-nginx, NGINX Ingress, Kong, APISIX or NGINX
+    /// Gateway Fabric's data plane).
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// The UID NGINX's master runs as (default: the container's or pod's
+    /// runAsUser, else the controller's known UID).
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<i64>,
+    /// NGINX's client ports, repeatable (default: the NGINX container's TCP
+    /// ports but metrics, admin, status, control and webhook ports).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// A native sidecar (Kubernetes 1.29+); `false`: a regular container,
+    /// for older clusters.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub native: bool,
+    /// The pod's terminationGracePeriodSeconds (default: the workload's, or
+    /// Kubernetes' 30).
+    #[arg(long, value_name = "SECONDS")]
+    pub grace_period: Option<u32>,
+    /// Seconds of the grace period kept back from the drain budget (the
+    /// kubelet's 2 s minimum after the hook, and the answer's trip).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub margin: u32,
+    /// The sidecar's --max-delay (the longest wait for traffic to stop).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub max_delay: Duration,
+    /// The sidecar's port (hook, probes, metrics).
+    #[arg(long, default_value_t = 10266, value_name = "PORT")]
+    pub hook_port: u16,
 }
 
 /// How `check` and `status` reach the sidecar. By default they find the

@@ -41,6 +41,7 @@ pub mod auth;
 pub mod cli;
 pub mod drain;
 pub mod http;
+pub mod inject;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;

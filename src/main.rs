@@ -38,6 +38,58 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => inspected(inspect::check(&args)),
         Command::Status(args) => inspected(inspect::status(&args)),
+        Command::Inject(args) => injected(&args),
+    }
+}
+
+/// `inject`: the stream to stdout, what was done to stderr; exit 2 with the
+/// fix when the input cannot be wired (nothing is written then).
+fn injected(args: &nginx_drain::cli::InjectArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut input = String::new();
+    let read = match args.file.as_deref() {
+        None => std::io::stdin().read_to_string(&mut input).map(|_| ()),
+        Some(p) if p.as_os_str() == "-" => std::io::stdin().read_to_string(&mut input).map(|_| ()),
+        Some(p) => std::fs::read_to_string(p).map(|s| input = s),
+    };
+    if let Err(e) = read {
+        let from = args
+            .file
+            .as_deref()
+            .map_or_else(|| "stdin".to_string(), |p| p.display().to_string());
+        eprintln!("nginx-drain inject: cannot read {from}: {e}");
+        return ExitCode::from(serve::exit::CONFIG);
+    }
+    let opts = nginx_drain::inject::Options {
+        image: args.image.clone(),
+        container: args.container.clone(),
+        uid: args.uid,
+        ports: args.ports.clone(),
+        native: args.native,
+        grace_period: args.grace_period,
+        margin: args.margin,
+        max_delay: args.max_delay,
+        hook_port: args.hook_port,
+    };
+    match nginx_drain::inject::inject(&input, &opts) {
+        Ok(done) => {
+            for n in &done.notes {
+                eprintln!("nginx-drain inject: {n}");
+            }
+            let mut out = std::io::stdout().lock();
+            if out
+                .write_all(done.output.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return ExitCode::from(serve::exit::CONFIG);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nginx-drain inject: {e}");
+            ExitCode::from(serve::exit::CONFIG)
+        }
     }
 }
 

@@ -166,6 +166,55 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
             );
             assert!(args.contains(&"--token-file=/var/run/nginx-drain/token"));
         }
+        // NGINX's client ports, and only those, are the drain's (--port).
+        let ports: Vec<String> = nginx["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| format!("--port={}", p["containerPort"]))
+            .collect();
+        let watched: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| a.starts_with("--port="))
+            .collect();
+        assert_eq!(watched, ports, "{name}");
+        if name == "your own nginx" {
+            assert_eq!(watched, ["--port=8080", "--port=8443"], "{name}");
+            let config = kind(&objs, "ConfigMap")[0];
+            assert!(
+                config["data"]["nginx.conf"]
+                    .as_str()
+                    .unwrap()
+                    .contains("worker_shutdown_timeout 5s;")
+            );
+            let mounts = &nginx["volumeMounts"];
+            assert_eq!(mounts[0]["mountPath"], "/etc/nginx/nginx.conf");
+            assert_eq!(mounts[0]["subPath"], "nginx.conf");
+            assert_eq!(mounts[1]["name"], "tls");
+            let volumes: Vec<&str> = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(volumes, ["nginx-config", "tls"]);
+            assert_eq!(pod["imagePullSecrets"][0]["name"], "my-registry");
+            assert_eq!(pod["serviceAccountName"], "web");
+            assert_eq!(kind(&objs, "ServiceAccount")[0]["metadata"]["name"], "web");
+            assert_eq!(deploy["metadata"]["name"], "web");
+            assert_eq!(
+                pod["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+                "web"
+            );
+            assert_eq!(nginx["env"][0]["name"], "TZ");
+            assert!(
+                deploy["spec"]["template"]["metadata"]["annotations"]["checksum/nginx-config"]
+                    .is_string()
+            );
+            let svc = kind(&objs, "Service")[0];
+            assert_eq!(svc["spec"]["ports"][1]["port"], 8443);
+        }
         if sets.iter().any(|s| s.starts_with("networkPolicy.enabled")) {
             let np = kind(&objs, "NetworkPolicy")[0];
             assert_eq!(
@@ -206,7 +255,20 @@ fn renders_are_the_same_on_every_run() {
 #[test]
 fn impossible_values_are_refused_with_what_to_change() {
     let Some(helm) = helm() else { return };
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 15] = [
+        (
+            &["drain.minDelay=20s", "drain.maxDelay=10s"],
+            "make minDelay the shorter one",
+        ),
+        (&["--kube-version=1.28.0"], "set sidecar.native=false"),
+        (
+            &["nginx.containerPort=10266"],
+            "give the sidecar another drain.port",
+        ),
+        (
+            &["nginx.config=events {}", "nginx.existingConfigMap=mine"],
+            "give NGINX's configuration one way",
+        ),
         (&["hookAccess.kubelet=false"], "any pod could call /prestop"),
         (
             &["token.enabled=true", "token.existingSecret=mine"],

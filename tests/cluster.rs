@@ -209,11 +209,24 @@ fn assert_clean(name: &str, p: &Phase) {
     }
 }
 
+/// The manifest README gives for wiring by hand (the YAML block after "The
+/// wiring by hand"), as users copy it.
+fn readme_manifest() -> String {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let from = readme
+        .find("The wiring by hand")
+        .expect("README's manifest section");
+    let block = &readme[from..];
+    let start = block.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + block[start..].find("```").unwrap();
+    block[start..end].to_string()
+}
+
 /// Kinds no API server serves without a CRD that is not installed here.
 const NOT_SERVED: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
 
 /// Every render the chart tests check (the chart's value sets, each overlay
-/// on its upstream chart), created with `kubectl create --dry-run=server`,
+/// on its upstream chart) and README's manifest, created with `kubectl create --dry-run=server`,
 /// each in a namespace of its own that enforces and warns `restricted`:
 /// accepted, and no Pod Security warning for a workload's template. Each
 /// pod template is also created as a Pod (`--dry-run=server`), where the
@@ -232,6 +245,7 @@ fn server_side_dry_run(c: &Cluster) {
                 .map(|r| (r.case, r.yaml)),
         );
     }
+    all.push(("README's manifest".into(), readme_manifest()));
     let mut pods = 0;
     for (n, (case, yaml)) in all.iter().enumerate() {
         let ns = format!("dry-run-{n}");
@@ -249,7 +263,9 @@ fn server_side_dry_run(c: &Cluster) {
             .into_iter()
             .filter(|o| !NOT_SERVED.contains(&o["kind"].as_str().unwrap_or_default()))
             .map(|mut o| {
-                if o["metadata"]["namespace"] == renders::NAMESPACE {
+                if o["metadata"]["namespace"] == renders::NAMESPACE
+                    || o["metadata"]["namespace"].is_null()
+                {
                     o["metadata"]["namespace"] = json!(ns);
                 }
                 o

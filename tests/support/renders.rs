@@ -28,7 +28,15 @@ pub fn helm() -> Option<String> {
 }
 
 /// The chart's value sets that the tests render, each by name.
-pub const CHART_MATRIX: [(&str, &[&str]); 7] = [
+pub const CHART_MATRIX: [(&str, &[&str]); 9] = [
+    (
+        "your own nginx",
+        &["charts/nginx-drain/examples/own-nginx-values.yaml"],
+    ),
+    (
+        "kubernetes older than 1.29",
+        &["sidecar.native=false", "--kube-version=1.28.0"],
+    ),
     ("defaults", &[]),
     ("regular sidecar", &["sidecar.native=false"]),
     (
@@ -57,12 +65,18 @@ pub const CHART_MATRIX: [(&str, &[&str]); 7] = [
     ),
 ];
 
-/// `helm template web CHART --namespace edge --set ...`.
+/// `helm template web CHART --namespace edge --set ...` (`-f FILE` for an
+/// entry that names a `.yaml` file; an entry starting `--` is a flag).
 pub fn render(helm: &str, sets: &[&str]) -> Output {
     let mut cmd = Command::new(helm);
     cmd.args(["template", "web", CHART, "--namespace", NAMESPACE]);
     for s in sets {
-        cmd.args(["--set", s]);
+        if s.starts_with("--") {
+            cmd.arg(s);
+        } else {
+            let flag = if s.ends_with(".yaml") { "-f" } else { "--set" };
+            cmd.args([flag, s]);
+        }
     }
     cmd.output().expect("run helm")
 }

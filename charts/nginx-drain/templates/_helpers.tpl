@@ -1,14 +1,51 @@
 {{/* Names and labels. */}}
+{{- define "nginx-drain.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "nginx-drain.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "nginx-drain.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
+{{- define "nginx-drain.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "nginx-drain.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The nginx.conf ConfigMap's name: the user's, or the chart's. */}}
+{{- define "nginx-drain.configMap" -}}
+{{- default (printf "%s-nginx" (include "nginx-drain.fullname" .)) .Values.nginx.existingConfigMap -}}
+{{- end -}}
+
+{{/*
+A duration value (the schema allows "100ms", "15s", "1m30s", "1.5s") in
+milliseconds, for render-time comparisons.
+*/}}
+{{- define "nginx-drain.ms" -}}
+{{- $ms := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h)" (toString .) -1 -}}
+{{- $n := float64 (regexFind "^[0-9]+(\\.[0-9]+)?" .) -}}
+{{- $unit := trimPrefix (regexFind "^[0-9]+(\\.[0-9]+)?" .) . -}}
+{{- $scale := get (dict "ns" 0.000001 "us" 0.001 "ms" 1.0 "s" 1000.0 "m" 60000.0 "h" 3600000.0) $unit -}}
+{{- $ms = addf $ms (mulf $n $scale) -}}
+{{- end -}}
+{{- $ms -}}
+{{- end -}}
+
 {{- define "nginx-drain.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "nginx-drain.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
@@ -83,6 +120,24 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
 {{- if not (or .Values.hookAccess.kubelet .Values.hookAccess.allowCIDRs .Values.token.enabled) -}}
 {{- fail "hookAccess.kubelet is false, hookAccess.allowCIDRs is empty and token.enabled is false: any pod could call /prestop and stop NGINX; keep hookAccess.kubelet true (the default), or list the kubelet's addresses in hookAccess.allowCIDRs, or enable token" -}}
 {{- end -}}
+{{- if gt (float64 (include "nginx-drain.ms" .Values.drain.minDelay)) (float64 (include "nginx-drain.ms" .Values.drain.maxDelay)) -}}
+{{- fail (printf "drain.minDelay (%s) is longer than drain.maxDelay (%s): the sidecar would exit 2 at start and, as a native sidecar, keep the pod from starting; make minDelay the shorter one" .Values.drain.minDelay .Values.drain.maxDelay) -}}
+{{- end -}}
+{{- $ports := list .Values.nginx.containerPort -}}
+{{- range .Values.nginx.extraPorts -}}
+{{- $ports = append $ports .containerPort -}}
+{{- end -}}
+{{- range $ports -}}
+{{- if eq (int .) (int $.Values.drain.port) -}}
+{{- fail (printf "NGINX's port %d is drain.port, the sidecar's own: give the sidecar another drain.port" (int .)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.nginx.config .Values.nginx.existingConfigMap -}}
+{{- fail "nginx.config and nginx.existingConfigMap are both set: give NGINX's configuration one way (nginx.config: the chart makes the ConfigMap; nginx.existingConfigMap: yours, with the key nginx.configKey)" -}}
+{{- end -}}
+{{- if and .Values.sidecar.native (not (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail (printf "sidecar.native=true needs Kubernetes 1.29 or newer (native sidecars), and this cluster is %s: set sidecar.native=false for a regular sidecar container" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- $_ := include "nginx-drain.drainTimeout" . -}}
 {{- end -}}
 
@@ -102,6 +157,12 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
     - --on-failure={{ .Values.drain.onFailure }}
     - --log-format={{ .Values.drain.logFormat }}
     - --log-level={{ .Values.drain.logLevel }}
+    # NGINX's client ports: connections to other ports in the pod (an
+    # exporter, a status page) never hold the drain.
+    - --port={{ .Values.nginx.containerPort }}
+    {{- range .Values.nginx.extraPorts }}
+    - --port={{ .containerPort }}
+    {{- end }}
     - --allow-kubelet={{ .Values.hookAccess.kubelet }}
     {{- range .Values.hookAccess.allowCIDRs }}
     - --allow-cidr={{ . }}
@@ -126,6 +187,9 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
     # (hookAccess.kubelet).
     - name: HOST_IP
       valueFrom: {fieldRef: {fieldPath: status.hostIP}}
+    {{- with .Values.drain.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   # The kubelet's probes and hook are not client traffic: the sidecar learns
   # their source address from the kubelet's own requests (--ignore-kubelet),
   # which depends on the CNI (often the bridge's, not status.hostIP).

@@ -1,0 +1,89 @@
+//! A multi-document YAML stream, split so that documents `inject` does not
+//! change are written back byte for byte: only the documents it edits are
+//! serialised anew (their leading comments, such as Helm's `# Source:`,
+//! kept).
+
+/// One document of the stream: the separator line that opened it (empty
+/// for a first document with none) and its text up to the next separator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Doc {
+    pub(crate) separator: String,
+    pub(crate) text: String,
+}
+
+impl Doc {
+    /// The comment lines at the top of the document (`# Source: ...`).
+    pub(crate) fn leading_comments(&self) -> String {
+        self.text
+            .lines()
+            .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+}
+
+/// Splits a stream at lines that are `---` (optionally followed by a space
+/// and more) at column 0. A line `...` (end of document) stays in its
+/// document's text.
+pub(crate) fn split(input: &str) -> Vec<Doc> {
+    let mut docs = Vec::new();
+    let mut cur = Doc {
+        separator: String::new(),
+        text: String::new(),
+    };
+    for line in input.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if bare == "---" || bare.starts_with("--- ") {
+            if !(cur.separator.is_empty() && cur.text.is_empty()) {
+                docs.push(cur);
+            }
+            cur = Doc {
+                separator: line.to_string(),
+                text: String::new(),
+            };
+        } else {
+            cur.text.push_str(line);
+        }
+    }
+    if !(cur.separator.is_empty() && cur.text.is_empty()) {
+        docs.push(cur);
+    }
+    docs
+}
+
+/// The stream again: `join(split(s)) == s` for any `s` that ends with a
+/// newline (and for any other, one newline more at most).
+pub(crate) fn join(docs: &[Doc]) -> String {
+    let mut out = String::new();
+    for d in docs {
+        out.push_str(&d.separator);
+        if !d.separator.is_empty() && !d.separator.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&d.text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_splits_into_its_documents_and_joins_back_byte_for_byte() {
+        let s =
+            "# a comment\nkind: A\n---\n# Source: x.yaml\nkind: B\n--- # c\nkind: C\n...\n---\n";
+        let docs = split(s);
+        assert_eq!(docs.len(), 4);
+        assert_eq!(docs[0].separator, "");
+        assert_eq!(docs[1].text, "# Source: x.yaml\nkind: B\n");
+        assert_eq!(docs[1].leading_comments(), "# Source: x.yaml\n");
+        assert_eq!(docs[2].separator, "--- # c\n");
+        assert_eq!(join(&docs), s);
+        // `---` inside a block scalar is indented: not a separator.
+        let block = "data:\n  x: |\n    ---\n    y\n";
+        assert_eq!(split(block).len(), 1);
+        assert_eq!(join(&split("")), "");
+    }
+}
