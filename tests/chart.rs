@@ -14,42 +14,12 @@ use serde_json::Value;
 mod support;
 use support::pod_rules;
 use support::renders::{
-    CHART, CHART_MATRIX, helm, objects, overlay_renders, render, rendered, upstream_charts,
+    CHART, CHART_MATRIX, controller_config, helm, objects, overlay_renders, render, rendered,
+    upstream_charts, validate_workload,
 };
 
 fn validate(yaml: &str, version: Option<&str>) {
     validate_workload(yaml, version, "deployment");
-}
-
-/// kubernetes-validate --strict at `version` (None: the newest it knows),
-/// which must have seen a `workload` (lower-case kind).
-fn validate_workload(yaml: &str, version: Option<&str>, workload: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("rendered.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut cmd = Command::new("kubernetes-validate");
-    cmd.arg("--strict");
-    if let Some(v) = version {
-        cmd.args(["-k", v]);
-    }
-    let out = cmd
-        .arg(&file)
-        .output()
-        .expect("kubernetes-validate (pip install kubernetes-validate)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && !text.contains("ERROR"),
-        "{version:?}: {text}"
-    );
-    // It passes empty input: make sure it saw the objects.
-    assert!(
-        text.contains(&format!("passed for resource {workload}/")),
-        "{text}"
-    );
 }
 
 fn kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -356,29 +326,6 @@ fn checkov_finds_nothing_unexplained() {
         text.contains("Failed checks: 0") && !text.contains("Passed checks: 0,"),
         "{text}"
     );
-}
-
-/// The ConfigMap the controller reads its NGINX configuration from (named
-/// in its `--configmap` or `-nginx-configmaps` argument).
-fn controller_config<'a>(objs: &'a [Value], workload: &Value) -> Option<&'a Value> {
-    let containers = workload["spec"]["template"]["spec"]["containers"].as_array()?;
-    let name = containers
-        .iter()
-        .flat_map(|c| c["args"].as_array().into_iter().flatten())
-        .filter_map(Value::as_str)
-        .find_map(|a| {
-            let (flag, value) = a.split_once('=')?;
-            flag.trim_start_matches('-')
-                .starts_with("configmap")
-                .then(|| value.rsplit('/').next().unwrap_or(value).to_string())
-                .or_else(|| {
-                    flag.ends_with("nginx-configmaps")
-                        .then(|| value.rsplit('/').next().unwrap_or(value).to_string())
-                })
-        })?;
-    objs.iter()
-        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == name.as_str())
-        .map(|c| &c["data"])
 }
 
 #[test]

@@ -17,6 +17,7 @@
 //! `../shared/cluster-rig`). Without them it says loudly that it skipped;
 //! under CI it fails instead.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -368,12 +369,100 @@ fn evict(c: &Cluster, pod: &str) -> Result<(), String> {
     }
 }
 
+/// The Pod Security warnings the API server gives for `yaml`'s objects in
+/// a namespace that warns (but does not enforce) `restricted`: one line per
+/// workload that would violate it, naming the containers and fields.
+fn pod_security_warnings(c: &Cluster, ns: &str, yaml: &str) -> BTreeSet<String> {
+    c.kubectl_ok(&["create", "namespace", ns]);
+    c.kubectl_ok(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/warn-version=latest",
+    ]);
+    let objs: Vec<Value> = objects(yaml)
+        .into_iter()
+        .filter(|o| !NOT_SERVED.contains(&o["kind"].as_str().unwrap_or_default()))
+        .filter(|o| o["kind"] != "NginxProxy")
+        .map(|mut o| {
+            o["metadata"]["namespace"] = json!(ns);
+            o
+        })
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objs});
+    let out = c.kubectl_stdin(
+        &["create", "--dry-run=server", "-f", "-"],
+        list.to_string().as_bytes(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "{ns}: the API server refused: {stderr}"
+    );
+    stderr
+        .lines()
+        .filter(|l| l.contains("PodSecurity"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `nginx-drain inject` keeps a pod in the `restricted` profile whenever
+/// its NGINX container is: on each upstream chart's render, the real API
+/// server's Pod Security warnings after injecting are exactly those
+/// before (the controllers' own, if any), and none names the sidecar.
+fn inject_adds_no_pod_security_violation(c: &Cluster) {
+    let Some(helm) = renders::helm() else { return };
+    let Some(upstream) = renders::upstream_charts() else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let inc = renders::nginx_inc_chart(&upstream, scratch.path());
+    let charts: [(&str, PathBuf); 4] = [
+        ("ingress-nginx", upstream.join("ingress-nginx")),
+        ("nginx-ingress", inc),
+        ("kong", upstream.join("kong")),
+        ("apisix", upstream.join("apisix")),
+    ];
+    for (n, (name, chart)) in charts.iter().enumerate() {
+        let out = std::process::Command::new(&helm)
+            .args(["template", "edge"])
+            .arg(chart)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}");
+        let yaml = String::from_utf8(out.stdout).unwrap();
+        let injected = renders::inject(&yaml);
+        let before = pod_security_warnings(c, &format!("psa-{n}-before"), &yaml);
+        let after = pod_security_warnings(c, &format!("psa-{n}-after"), &injected);
+        let after: BTreeSet<String> = after
+            .into_iter()
+            .map(|l| l.replace(&format!("psa-{n}-after"), &format!("psa-{n}-before")))
+            .collect();
+        println!(
+            "{name}: Pod Security restricted warnings before inject {}, after {}",
+            before.len(),
+            after.len()
+        );
+        assert!(
+            !after.iter().any(|l| l.contains("nginx-drain")),
+            "{name}: the sidecar violates restricted: {after:#?}"
+        );
+        assert_eq!(
+            after, before,
+            "{name}: inject changed the Pod Security verdict"
+        );
+    }
+}
+
 #[test]
 fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     let Some(c) = cluster() else { return };
     let started = Instant::now();
-    // 0. Every render the tests make, accepted by the API server.
+    // 0. Every render the tests make, accepted by the API server; inject
+    //    keeps the upstream charts' Pod Security verdict.
     server_side_dry_run(&c);
+    inject_adds_no_pod_security_violation(&c);
     let t = install(&c);
     println!(
         "installed in a restricted namespace: 3 pods Ready and routed, ClusterIP {} ({:.1} s after start)",

@@ -19,6 +19,7 @@
 //! [`controllers`]; this module knows the Kubernetes objects.
 
 pub(crate) mod controllers;
+pub(crate) mod emit;
 pub(crate) mod stream;
 
 use std::time::Duration;
@@ -122,7 +123,7 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
             continue;
         }
         let v = values[i].as_ref().expect("a changed document has a value");
-        let body = serde_norway::to_string(v).expect("a YAML value serialises");
+        let body = emit::document(v);
         d.text = format!("{}{body}", d.leading_comments());
     }
     Ok(Injected {
@@ -355,7 +356,19 @@ fn worker_shutdown(
     let text = data[key.key].as_str();
     let current = text.and_then(seconds).or(key.default);
     match current {
-        Some(c) if c <= limit_secs as f64 => Some(c.ceil() as u64),
+        Some(c) if c <= limit_secs as f64 && text.is_some() => Some(c.ceil() as u64),
+        // Absent: written out, so that the ConfigMap says what the sidecar
+        // is told.
+        Some(c) if c <= limit_secs as f64 => {
+            let value = format!("{}s", c.ceil() as u64);
+            ctx.edits.push(ConfigEdit {
+                name,
+                key: key.key,
+                value,
+                was: format!("unset, the controller's default {c}s"),
+            });
+            Some(c.ceil() as u64)
+        }
         _ => {
             ctx.edits.push(ConfigEdit {
                 name,
@@ -402,11 +415,10 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
             c["name"].as_str().unwrap_or("?")
         )));
     }
-    let uid = opts
-        .uid
-        .or_else(|| nginx["securityContext"]["runAsUser"].as_i64())
-        .or_else(|| pod["securityContext"]["runAsUser"].as_i64())
-        .or_else(|| controller.default_uid());
+    let in_spec = nginx["securityContext"]["runAsUser"]
+        .as_i64()
+        .or_else(|| pod["securityContext"]["runAsUser"].as_i64());
+    let uid = opts.uid.or(in_spec).or_else(|| controller.default_uid());
     let Some(uid) = uid else {
         return Err(InjectError::Refused(format!(
             "{what}: cannot tell which UID the NGINX master in container {cname} runs as (no runAsUser in its securityContext or the pod's): give --uid (0 for the official nginx image, whose master runs as root; 101 for nginx-unprivileged), since the sidecar must run as that UID to signal it"
@@ -445,6 +457,21 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
     // The NGINX container: the drain's hook replaces any other preStop.
     let containers = pod["containers"].as_sequence_mut().expect("containers");
     let nginx = &mut containers[idx];
+    if in_spec.is_none() {
+        // The UID came from what inject knows of the image (its USER):
+        // written on the container, so that the pod says which UID the
+        // sidecar must match, and a new image with another USER fails to
+        // start instead of leaving the sidecar unable to signal.
+        set(
+            entry(nginx, "securityContext"),
+            "runAsUser",
+            Value::from(uid),
+        );
+        ctx.notes.push(format!(
+            "{what}: container {cname}: set runAsUser {uid} (the {} image's user), which the sidecar matches",
+            controller.as_str()
+        ));
+    }
     let lifecycle = entry(nginx, "lifecycle");
     if let Some(old) = lifecycle.get("preStop").filter(|h| !h.is_null()) {
         ctx.notes.push(format!(

@@ -86,4 +86,14 @@ mod tests {
         assert_eq!(split(block).len(), 1);
         assert_eq!(join(&split("")), "");
     }
+
+    proptest::proptest! {
+        /// Documents inject leaves alone come back byte for byte: whatever
+        /// the text, splitting and joining gives it back.
+        #[test]
+        fn any_stream_joins_back_to_itself(lines in proptest::collection::vec("(---|--- .{0,5}|\\.\\.\\.|.{0,20})", 0..12)) {
+            let s: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            proptest::prop_assert_eq!(join(&split(&s)), s);
+        }
+    }
 }

@@ -1,1 +1,297 @@
+use super::*;
 
+fn opts() -> Options {
+    Options {
+        image: "nginx-drain:test".into(),
+        container: None,
+        uid: None,
+        ports: Vec::new(),
+        native: true,
+        grace_period: None,
+        margin: 5,
+        max_delay: Duration::from_secs(15),
+        hook_port: 10266,
+    }
+}
+
+fn docs(out: &str) -> Vec<Value> {
+    stream::split(out)
+        .iter()
+        .map(|d| serde_norway::from_str(&d.text).unwrap())
+        .collect()
+}
+
+fn args(c: &Value) -> Vec<String> {
+    seq(c, "args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// As ingress-nginx renders it (trimmed): a ConfigMap without the key, and
+/// a controller with `/wait-shutdown`, a webhook port and a 300 s grace.
+const INGRESS_NGINX: &str = r#"# Source: ingress-nginx/templates/controller-configmap.yaml
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: edge-controller
+data:
+  allow-snippet-annotations: "false"
+---
+# Source: ingress-nginx/templates/controller-service.yaml
+apiVersion: v1
+kind: Service
+metadata:
+  name: edge-controller
+spec:
+  ports:
+    - {name: http, port: 80}
+---
+# Source: ingress-nginx/templates/controller-deployment.yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: edge-controller
+  namespace: ingress
+spec:
+  template:
+    spec:
+      containers:
+        - name: controller
+          image: registry.k8s.io/ingress-nginx/controller:v1.15.1@sha256:594c
+          lifecycle:
+            preStop:
+              exec:
+                command: [/wait-shutdown]
+          args:
+            - /nginx-ingress-controller
+            - --configmap=$(POD_NAMESPACE)/edge-controller
+          securityContext: {runAsUser: 101, runAsGroup: 82}
+          ports:
+            - {name: http, containerPort: 80, protocol: TCP}
+            - {name: https, containerPort: 443, protocol: TCP}
+            - {name: webhook, containerPort: 8443, protocol: TCP}
+          volumeMounts:
+            - {name: webhook-cert, mountPath: /usr/local/certificates/}
+      initContainers:
+        - {name: sysctl, image: busybox, command: [sysctl, -w, net.core.somaxconn=65535]}
+      terminationGracePeriodSeconds: 300
+      volumes:
+        - {name: webhook-cert, secret: {secretName: edge-admission}}
+"#;
+
+#[test]
+fn ingress_nginx_is_wired_and_nothing_else_is_touched() {
+    let out = inject(INGRESS_NGINX, &opts()).unwrap();
+    let d = docs(&out.output);
+    // The Service is written back byte for byte.
+    let svc_in = &stream::split(INGRESS_NGINX)[1];
+    assert_eq!(&stream::split(&out.output)[1], svc_in);
+    let pod = &d[2]["spec"]["template"]["spec"];
+    assert_eq!(pod["shareProcessNamespace"], Value::from(true));
+    assert_eq!(pod["terminationGracePeriodSeconds"], Value::from(300));
+    // Lists are appended to: the user's init container and volume stay.
+    let inits = seq(pod, "initContainers");
+    assert_eq!(inits[0]["name"], s("sysctl"));
+    assert_eq!(inits[1]["name"], s(SIDECAR));
+    assert_eq!(inits[1]["restartPolicy"], s("Always"));
+    assert_eq!(seq(pod, "volumes").len(), 1);
+    let nginx = &seq(pod, "containers")[0];
+    assert_eq!(
+        nginx["lifecycle"]["preStop"],
+        map([(
+            "httpGet",
+            map([("path", s("/prestop")), ("port", Value::from(10266))])
+        )])
+    );
+    assert_eq!(seq(nginx, "volumeMounts").len(), 1);
+    let a = args(&inits[1]);
+    for want in [
+        "--drain-timeout=295s",
+        "--grace-period=300s",
+        "--port=80",
+        "--port=443",
+        "--worker-shutdown-timeout=240s",
+        "--allow-kubelet=true",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want}: {a:?}");
+    }
+    assert!(
+        !a.contains(&"--port=8443".to_string()),
+        "the webhook is no client port"
+    );
+    let sc = &inits[1]["securityContext"];
+    assert_eq!(sc["runAsUser"], Value::from(101));
+    assert_eq!(sc["runAsGroup"], Value::from(82));
+    assert_eq!(sc["runAsNonRoot"], Value::from(true));
+    // The controller's default (240 s) fits 295 s: written out as it is.
+    assert_eq!(d[0]["data"]["worker-shutdown-timeout"], s("240s"));
+    assert_eq!(d[0]["data"]["allow-snippet-annotations"], s("false"));
+    // Helm's `# Source:` comments stay on the documents inject rewrote.
+    assert!(
+        out.output
+            .contains("# Source: ingress-nginx/templates/controller-deployment.yaml\n")
+    );
+    let notes = out.notes.join("\n");
+    assert!(
+        notes.contains("replaced its preStop hook, exec `/wait-shutdown`"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn injecting_twice_changes_nothing_and_runs_agree() {
+    let once = inject(INGRESS_NGINX, &opts()).unwrap().output;
+    let again = inject(INGRESS_NGINX, &opts()).unwrap().output;
+    assert_eq!(once, again, "deterministic");
+    let twice = inject(&once, &opts()).unwrap();
+    assert_eq!(twice.output, once, "idempotent");
+    assert!(
+        twice
+            .notes
+            .iter()
+            .any(|n| n.contains("already has nginx-drain"))
+    );
+}
+
+#[test]
+fn a_timeout_past_the_budget_is_brought_within_it() {
+    // A 60 s grace: budget 55 s, limit 55 - 2.25 - 15 - 1 = 36.75 s.
+    let input = INGRESS_NGINX
+        .replace(
+            "terminationGracePeriodSeconds: 300",
+            "terminationGracePeriodSeconds: 60",
+        )
+        .replace(
+            "allow-snippet-annotations: \"false\"",
+            "worker-shutdown-timeout: 240s",
+        );
+    let out = inject(&input, &opts()).unwrap();
+    let d = docs(&out.output);
+    assert_eq!(d[0]["data"]["worker-shutdown-timeout"], s("36s"));
+    let a = args(&seq(&d[2]["spec"]["template"]["spec"], "initContainers")[1]);
+    assert!(
+        a.contains(&"--worker-shutdown-timeout=36s".to_string()),
+        "{a:?}"
+    );
+    assert!(
+        out.notes.iter().any(|n| n.contains("(was \"240s\")")),
+        "{:?}",
+        out.notes
+    );
+}
+
+#[test]
+fn what_cannot_work_is_refused_with_the_fix() {
+    let plain = |containers: &str, extra: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  template:\n    spec:\n{extra}      containers:\n{containers}"
+        )
+    };
+    let cases = [
+        (
+            plain("        - {name: nginx, image: 'nginx:1.27'}\n", ""),
+            "give --uid",
+        ),
+        (
+            plain(
+                "        - {name: a, image: 'nginx:1.27'}\n        - {name: b, image: 'openresty/openresty'}\n",
+                "",
+            ),
+            "name the one to drain with --container",
+        ),
+        (
+            plain(
+                "        - {name: nginx, image: 'nginx:1.27', securityContext: {runAsUser: 101}}\n",
+                "      terminationGracePeriodSeconds: 6\n",
+            ),
+            "give --grace-period 8 or more",
+        ),
+        (
+            plain(
+                "        - {name: nginx, image: 'nginx:1.27', securityContext: {runAsUser: 101}, ports: [{containerPort: 10266}]}\n",
+                "",
+            ),
+            "--hook-port",
+        ),
+        ("kind: [".to_string(), "is not valid YAML"),
+    ];
+    for (input, fix) in cases {
+        let e = inject(&input, &opts()).unwrap_err().to_string();
+        assert!(e.contains(fix), "{input}: {e}");
+    }
+    // With what was missing, the same inputs wire.
+    let o = Options {
+        uid: Some(0),
+        ..opts()
+    };
+    let out = inject(
+        &plain("        - {name: nginx, image: 'nginx:1.27'}\n", ""),
+        &o,
+    )
+    .unwrap();
+    let d = docs(&out.output);
+    let c = &seq(&d[0]["spec"]["template"]["spec"], "initContainers")[0];
+    assert_eq!(c["securityContext"]["runAsUser"], Value::from(0));
+    assert_eq!(c["securityContext"]["runAsNonRoot"], Value::from(false));
+}
+
+#[test]
+fn workloads_without_nginx_and_other_kinds_pass_through_byte_for_byte() {
+    let input = "kind: Deployment\nmetadata: {name: api}\nspec:\n  template:\n    spec:\n      containers: [{name: api, image: 'ghcr.io/x/api:1'}]\n---\nkind: Secret\nstringData: {a: b}  # comment\n---\n# only a comment\n";
+    let out = inject(input, &opts()).unwrap();
+    assert_eq!(out.output, input);
+    assert!(out.notes.is_empty());
+}
+
+#[test]
+fn kong_and_apisix_lose_their_fixed_waits() {
+    let kong = "kind: Deployment\nmetadata: {name: k}\nspec:\n  template:\n    spec:\n      containers:\n      - name: ingress-controller\n        image: kong/kubernetes-ingress-controller:3.5\n      - name: proxy\n        image: kong:3.9\n        lifecycle: {preStop: {exec: {command: [kong, quit, --wait=15]}}}\n        ports:\n        - {name: proxy, containerPort: 8000}\n        - {name: proxy-tls, containerPort: 8443}\n        - {name: status, containerPort: 8100}\n";
+    let out = inject(kong, &opts()).unwrap();
+    let pod = &docs(&out.output)[0]["spec"]["template"]["spec"];
+    let a = args(&seq(pod, "initContainers")[0]);
+    assert!(a.contains(&"--port=8000".into()) && a.contains(&"--port=8443".into()));
+    assert!(!a.contains(&"--port=8100".into()));
+    assert_eq!(
+        seq(pod, "initContainers")[0]["securityContext"]["runAsUser"],
+        Value::from(1000)
+    );
+    assert!(
+        out.notes[0].contains("kong quit --wait=15"),
+        "{:?}",
+        out.notes
+    );
+    let apisix = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      containers:\n      - name: apisix\n        image: apache/apisix:3.16.0-ubuntu\n        lifecycle: {preStop: {exec: {command: [/bin/sh, -c, sleep 30]}}}\n";
+    let out = inject(
+        apisix,
+        &Options {
+            native: false,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let pod = &docs(&out.output)[0]["spec"]["template"]["spec"];
+    let sidecar = &seq(pod, "containers")[1];
+    assert_eq!(sidecar["name"], s(SIDECAR));
+    assert!(sidecar["restartPolicy"].is_null(), "a regular container");
+    assert_eq!(sidecar["securityContext"]["runAsUser"], Value::from(636));
+}
+
+#[test]
+fn gateway_fabric_is_wired_through_its_nginx_proxy() {
+    let np = "apiVersion: gateway.nginx.org/v1alpha2\nkind: NginxProxy\nmetadata: {name: proxy-config}\nspec:\n  kubernetes:\n    deployment:\n      replicas: 1\n      container:\n        image: {repository: ghcr.io/nginx/nginx-gateway-fabric/nginx, tag: 2.6.7}\n      patches:\n      - type: Merge\n        value: {metadata: {labels: {team: edge}}}\n";
+    let out = inject(np, &opts()).unwrap();
+    let d = &docs(&out.output)[0]["spec"]["kubernetes"]["deployment"];
+    assert_eq!(d["pod"]["terminationGracePeriodSeconds"], Value::from(30));
+    assert_eq!(
+        d["container"]["lifecycle"]["preStop"]["httpGet"]["path"],
+        s("/prestop")
+    );
+    assert_eq!(d["container"]["image"]["tag"], s("2.6.7"));
+    let patches = seq(d, "patches");
+    assert_eq!(patches.len(), 2, "the user's patch stays first");
+    let spec = &patches[1]["value"]["spec"]["template"]["spec"];
+    assert_eq!(spec["shareProcessNamespace"], Value::from(true));
+    assert_eq!(seq(spec, "initContainers")[0]["name"], s(SIDECAR));
+    assert_eq!(inject(&out.output, &opts()).unwrap().output, out.output);
+}

@@ -217,3 +217,80 @@ pub fn overlay_renders(helm: &str, upstream: &Path, scratch: &Path) -> Vec<Overl
     }
     renders
 }
+
+/// kubernetes-validate --strict at `version` (None: the newest it knows),
+/// which must have seen a `workload` (lower-case kind).
+pub fn validate_workload(yaml: &str, version: Option<&str>, workload: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut cmd = Command::new("kubernetes-validate");
+    cmd.arg("--strict");
+    if let Some(v) = version {
+        cmd.args(["-k", v]);
+    }
+    let out = cmd
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate (pip install kubernetes-validate)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("ERROR"),
+        "{version:?}: {text}"
+    );
+    // It passes empty input: make sure it saw the objects.
+    assert!(
+        text.contains(&format!("passed for resource {workload}/")),
+        "{text}"
+    );
+}
+
+/// The ConfigMap the controller reads its NGINX configuration from (named
+/// in its `--configmap` or `-nginx-configmaps` argument).
+pub fn controller_config<'a>(objs: &'a [Value], workload: &Value) -> Option<&'a Value> {
+    let containers = workload["spec"]["template"]["spec"]["containers"].as_array()?;
+    let name = containers
+        .iter()
+        .flat_map(|c| c["args"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .find_map(|a| {
+            let (flag, value) = a.split_once('=')?;
+            flag.trim_start_matches('-')
+                .starts_with("configmap")
+                .then(|| value.rsplit('/').next().unwrap_or(value).to_string())
+                .or_else(|| {
+                    flag.ends_with("nginx-configmaps")
+                        .then(|| value.rsplit('/').next().unwrap_or(value).to_string())
+                })
+        })?;
+    objs.iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == name.as_str())
+        .map(|c| &c["data"])
+}
+
+/// `nginx-drain inject` (this package's binary) on `yaml`, which must
+/// succeed; the injected stream.
+pub fn inject(yaml: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nginx-drain"))
+        .arg("inject")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nginx-drain inject");
+    let mut stdin = child.stdin.take().unwrap();
+    let text = yaml.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "inject: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
