@@ -455,6 +455,121 @@ fn inject_adds_no_pod_security_violation(c: &Cluster) {
     }
 }
 
+/// Helm as a user runs it: an existing ingress-nginx release with values
+/// of its own (replicas, a Service annotation, its own volume), upgraded
+/// with `--reuse-values --post-renderer nginx-drain` (the Helm 4 plugin in
+/// `contrib/helm-plugin`). The release's manifest afterwards is exactly
+/// `inject` of the manifest before: no value of the release was lost, and
+/// the API server accepted the wired objects.
+fn helm_upgrade_with_the_post_renderer_keeps_the_release(c: &Cluster) {
+    let Some(helm) = renders::helm() else { return };
+    let Some(upstream) = renders::upstream_charts() else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let project = std::env::current_dir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
+        .parent()
+        .unwrap();
+    let data = format!("HELM_DATA_HOME={}", home.path().join("data").display());
+    let config = format!("HELM_CONFIG_HOME={}", home.path().join("config").display());
+    let cache = format!("HELM_CACHE_HOME={}", home.path().join("cache").display());
+    let path = format!(
+        "PATH={}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let helm_in = |args: &[&str]| {
+        let mut all = vec!["env", &data, &config, &cache, &path, &helm];
+        all.extend_from_slice(args);
+        c.sh(&all)
+    };
+    let plugin = project.join("contrib/helm-plugin");
+    helm_in(&["plugin", "install", plugin.to_str().unwrap()]);
+    let chart = upstream.join("ingress-nginx");
+    let chart = chart.to_str().unwrap();
+    let ns = "ingress-user";
+    helm_in(&[
+        "install",
+        "edge",
+        chart,
+        "-n",
+        ns,
+        "--create-namespace",
+        "--set",
+        "controller.admissionWebhooks.enabled=false",
+        "--set",
+        "controller.replicaCount=2",
+        "--set",
+        "controller.service.type=ClusterIP",
+        "--set-string",
+        "controller.service.annotations.example\\.com/lb=internal",
+        "--set",
+        "controller.extraVolumes[0].name=user-data",
+        "--set",
+        "controller.extraVolumes[0].emptyDir.medium=Memory",
+    ]);
+    let before = helm_in(&["get", "manifest", "edge", "-n", ns]);
+    helm_in(&[
+        "upgrade",
+        "--install",
+        "edge",
+        chart,
+        "-n",
+        ns,
+        "--reuse-values",
+        "--post-renderer",
+        "nginx-drain",
+    ]);
+    let after = helm_in(&["get", "manifest", "edge", "-n", ns]);
+    let key = |o: &Value| {
+        format!(
+            "{}/{}",
+            o["kind"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let sorted = |yaml: &str| {
+        let mut v = objects(yaml);
+        v.sort_by_key(key);
+        v
+    };
+    let expected = sorted(&renders::inject(&before));
+    let got = sorted(&after);
+    assert_eq!(got.len(), expected.len(), "the release's objects");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(
+            g,
+            e,
+            "{}: the upgraded release differs from inject of the release",
+            key(g)
+        );
+    }
+    let deploy = c.kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "deployment",
+        "edge-ingress-nginx-controller",
+    ]);
+    assert_eq!(deploy["spec"]["replicas"], 2, "the release's own value");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["shareProcessNamespace"], true);
+    assert!(
+        pod["initContainers"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|c| c["name"] == "nginx-drain")),
+        "{pod}"
+    );
+    let svc = c.kubectl_json(&["-n", ns, "get", "service", "edge-ingress-nginx-controller"]);
+    assert_eq!(svc["metadata"]["annotations"]["example.com/lb"], "internal");
+    println!(
+        "helm upgrade --reuse-values --post-renderer nginx-drain: {} objects, each as inject makes it; the API server holds the wired Deployment",
+        got.len()
+    );
+    c.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
+
 #[test]
 fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     let Some(c) = cluster() else { return };
@@ -463,6 +578,7 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     //    keeps the upstream charts' Pod Security verdict.
     server_side_dry_run(&c);
     inject_adds_no_pod_security_violation(&c);
+    helm_upgrade_with_the_post_renderer_keeps_the_release(&c);
     let t = install(&c);
     println!(
         "installed in a restricted namespace: 3 pods Ready and routed, ClusterIP {} ({:.1} s after start)",

@@ -1,8 +1,9 @@
 //! `nginx-drain inject` (the real binary) on the real upstream charts'
-//! renders (`../shared/upstream-charts`): ingress-nginx 4.15.1 with a user's
-//! own init container and volume, NGINX Inc's nginx-ingress 2.7.0, Kong
-//! 3.4.1, APISIX 2.14.0, NGINX Gateway Fabric 2.6.7 (its `NginxProxy`), and
-//! this project's chart. Each injected workload passes the API server's
+//! renders (`../shared/upstream-charts`): ingress-nginx 4.15.1, NGINX Inc's
+//! nginx-ingress 2.7.0, Kong 3.4.1, APISIX 2.14.0, NGINX Gateway Fabric
+//! 2.6.7 (its `NginxProxy`), and a plain Deployment, each with a user's own
+//! init container, volume and mount that must survive; and this project's
+//! chart. Each injected workload passes the API server's
 //! rules that schemas miss (`support/pod_rules.rs`) and kubernetes-validate
 //! `--strict`; injecting twice changes nothing; two runs agree; documents
 //! it does not wire come back byte for byte. Then inject as a Helm 4
@@ -56,21 +57,39 @@ fn template(helm: &str, chart: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A user's existing ingress-nginx values, with lists of their own: Helm's
-/// list replacement dropped these in an overlay; inject appends.
-const USER_VALUES: &str = r#"controller:
-  extraInitContainers:
-    - name: sysctl
-      image: busybox:1.36
-      command: [sysctl, -w, net.core.somaxconn=32768]
-      securityContext: {privileged: true}
-  extraVolumes:
-    - name: geoip
-      emptyDir: {}
-  extraVolumeMounts:
-    - name: geoip
-      mountPath: /etc/nginx/geoip
-"#;
+/// The same user's own init container, volume and mount, in each chart's
+/// values: Helm's list replacement dropped such entries in an overlay;
+/// inject appends, so each must survive.
+const USER_INIT: &str = "{name: user-init, image: 'busybox:1.36', command: ['true']}";
+const USER_VOLUME: &str = "{name: user-data, emptyDir: {}}";
+const USER_MOUNT: &str = "{name: user-data, mountPath: /srv/user-data}";
+
+fn values(template: &str) -> String {
+    template
+        .replace("INIT", USER_INIT)
+        .replace("VOLUME", USER_VOLUME)
+        .replace("MOUNT", USER_MOUNT)
+}
+
+/// A plain Deployment as a user writes it.
+const PLAIN: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: edge}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+      initContainers: [INIT]
+      containers:
+      - name: nginx
+        image: nginxinc/nginx-unprivileged:1.27
+        ports: [{name: http, containerPort: 8080}]
+        volumeMounts: [MOUNT]
+        securityContext: {runAsUser: 101, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      volumes: [VOLUME]
+";
 
 struct Case {
     name: String,
@@ -82,19 +101,46 @@ struct Case {
 }
 
 fn cases(helm: &str, upstream: &Path, scratch: &Path) -> Vec<Case> {
-    let values = scratch.join("user-values.yaml");
-    std::fs::write(&values, USER_VALUES).unwrap();
-    let values = values.to_str().unwrap().to_string();
+    let file = |name: &str, text: &str| {
+        let p = scratch.join(name);
+        std::fs::write(&p, values(text)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let ingress_values = file(
+        "ingress-nginx.yaml",
+        "controller:\n  extraInitContainers: [INIT]\n  extraVolumes: [VOLUME]\n  extraVolumeMounts: [MOUNT]\n",
+    );
+    let inc_values = file(
+        "nginx-ingress.yaml",
+        "controller:\n  initContainers: [INIT]\n  volumes: [VOLUME]\n  volumeMounts: [MOUNT]\n",
+    );
+    let kong_values = file(
+        "kong.yaml",
+        "deployment:\n  initContainers: [INIT]\n  userDefinedVolumes: [VOLUME]\n  userDefinedVolumeMounts: [MOUNT]\n",
+    );
+    let apisix_values = file(
+        "apisix.yaml",
+        "extraInitContainers: [INIT]\nextraVolumes: [VOLUME]\nextraVolumeMounts: [MOUNT]\n",
+    );
+    let ngf_values = file(
+        "ngf.yaml",
+        "nginx:\n  pod: {volumes: [VOLUME]}\n  container: {volumeMounts: [MOUNT]}\n  patches:\n  - type: StrategicMerge\n    value: {spec: {template: {spec: {initContainers: [INIT]}}}}\n",
+    );
     let ingress = upstream.join("ingress-nginx");
     let inc = nginx_inc_chart(upstream, scratch);
     let mut out = Vec::new();
     for kind in ["Deployment", "DaemonSet"] {
         out.push(Case {
-            name: format!("ingress-nginx 4.15.1 {kind}, the user's values"),
+            name: format!("ingress-nginx 4.15.1 {kind}"),
             yaml: template(
                 helm,
                 &ingress,
-                &["-f", &values, "--set", &format!("controller.kind={kind}")],
+                &[
+                    "-f",
+                    &ingress_values,
+                    "--set",
+                    &format!("controller.kind={kind}"),
+                ],
             ),
             says: "exec `/wait-shutdown`",
             validate: Some(if kind == "Deployment" {
@@ -107,30 +153,85 @@ fn cases(helm: &str, upstream: &Path, scratch: &Path) -> Vec<Case> {
     for kind in ["deployment", "daemonset", "statefulset"] {
         out.push(Case {
             name: format!("nginx-ingress 2.7.0 {kind}"),
-            yaml: template(helm, &inc, &["--set", &format!("controller.kind={kind}")]),
+            yaml: template(
+                helm,
+                &inc,
+                &[
+                    "-f",
+                    &inc_values,
+                    "--set",
+                    &format!("controller.kind={kind}"),
+                ],
+            ),
             says: "wired NGINX Ingress Controller",
             validate: Some(kind),
         });
     }
     out.push(Case {
         name: "kong 3.4.1".into(),
-        yaml: template(helm, &upstream.join("kong"), &[]),
+        yaml: template(helm, &upstream.join("kong"), &["-f", &kong_values]),
         says: "exec `kong quit --wait=15`",
         validate: Some("deployment"),
     });
     out.push(Case {
         name: "apisix 2.14.0".into(),
-        yaml: template(helm, &upstream.join("apisix"), &[]),
+        yaml: template(helm, &upstream.join("apisix"), &["-f", &apisix_values]),
         says: "exec `/bin/sh -c sleep 30`",
         validate: Some("deployment"),
     });
     out.push(Case {
         name: "nginx-gateway-fabric 2.6.7".into(),
-        yaml: template(helm, &upstream.join("nginx-gateway-fabric"), &[]),
+        yaml: template(
+            helm,
+            &upstream.join("nginx-gateway-fabric"),
+            &["-f", &ngf_values],
+        ),
         says: "wired NGINX Gateway Fabric's data plane",
         validate: None,
     });
+    out.push(Case {
+        name: "a plain Deployment".into(),
+        yaml: values(PLAIN),
+        says: "wired NGINX container nginx",
+        validate: Some("deployment"),
+    });
     out
+}
+
+/// The user's init container, volume and mount are still in `pod` (the
+/// mount on the container that runs NGINX).
+fn users_entries_survive(name: &str, pod: &Value) {
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let inits = names(&pod["initContainers"]);
+    assert!(
+        inits.contains(&"user-init".to_string()),
+        "{name}: {inits:?}"
+    );
+    assert_eq!(
+        inits.last().map(String::as_str),
+        Some("nginx-drain"),
+        "{name}: appended"
+    );
+    assert!(
+        names(&pod["volumes"]).contains(&"user-data".to_string()),
+        "{name}"
+    );
+    let nginx = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["lifecycle"]["preStop"]["httpGet"]["path"] == "/prestop")
+        .expect("the NGINX container");
+    assert!(
+        names(&nginx["volumeMounts"]).contains(&"user-data".to_string()),
+        "{name}: {nginx}"
+    );
 }
 
 fn is_nginx_workload(o: &Value) -> bool {
@@ -168,7 +269,10 @@ fn the_upstream_charts_are_wired_idempotently_and_nothing_else_changes() {
             assert!(broken.is_empty(), "{name}: {broken:#?}");
         } else {
             let np = objs.iter().find(|o| o["kind"] == "NginxProxy").unwrap();
-            let patch = &np["spec"]["kubernetes"]["deployment"]["patches"][0]["value"];
+            let patches = np["spec"]["kubernetes"]["deployment"]["patches"]
+                .as_array()
+                .unwrap();
+            let patch = &patches.last().unwrap()["value"];
             assert_eq!(
                 patch["spec"]["template"]["spec"]["shareProcessNamespace"],
                 true
@@ -178,23 +282,21 @@ fn the_upstream_charts_are_wired_idempotently_and_nothing_else_changes() {
             validate_workload(&injected, None, kind);
             validate_workload(&injected, Some("1.29.0"), kind);
         }
-        if name.starts_with("ingress-nginx") {
-            // The user's own list entries are still there.
-            let pod = pod_rules::pod_spec(wired[0]).unwrap();
-            let inits: Vec<&str> = pod["initContainers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["name"].as_str().unwrap())
-                .collect();
-            assert_eq!(inits, ["sysctl", "nginx-drain"], "{name}");
-            assert!(
-                pod["volumes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|v| v["name"] == "geoip"),
+        if case.validate.is_some() {
+            users_entries_survive(name, pod_rules::pod_spec(wired[0]).unwrap());
+        } else {
+            let np = objs.iter().find(|o| o["kind"] == "NginxProxy").unwrap();
+            let d = &np["spec"]["kubernetes"]["deployment"];
+            assert_eq!(d["pod"]["volumes"][0]["name"], "user-data", "{name}: {d}");
+            assert_eq!(
+                d["container"]["volumeMounts"][0]["name"], "user-data",
                 "{name}"
+            );
+            let patches = d["patches"].as_array().unwrap();
+            assert_eq!(patches.len(), 2, "{name}: the user's patch and inject's");
+            assert_eq!(
+                patches[0]["value"]["spec"]["template"]["spec"]["initContainers"][0]["name"],
+                "user-init"
             );
         }
         // Idempotent, deterministic, and every document it did not wire

@@ -87,6 +87,20 @@ impl Controller {
         }
     }
 
+    /// An argument the controller's container gets, when it has none with
+    /// that flag: ingress-nginx sleeps `--post-shutdown-grace-period` (10 s)
+    /// after NGINX has exited before it exits itself; after a drain there is
+    /// nothing left to wait for, and the pod would linger 10 s more.
+    pub(crate) fn extra_arg(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Controller::IngressNginx => Some((
+                "--post-shutdown-grace-period",
+                "--post-shutdown-grace-period=0",
+            )),
+            _ => None,
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Controller::IngressNginx => "ingress-nginx",

@@ -472,6 +472,17 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
             controller.as_str()
         ));
     }
+    if let Some((flag, arg)) = controller.extra_arg() {
+        let has = seq(nginx, "args")
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.starts_with(flag)));
+        if !has && nginx["args"].is_sequence() {
+            push(nginx, "args", s(arg));
+            ctx.notes.push(format!(
+                "{what}: container {cname}: added {arg} (the controller would wait that long after the drained NGINX has exited)"
+            ));
+        }
+    }
     let lifecycle = entry(nginx, "lifecycle");
     if let Some(old) = lifecycle.get("preStop").filter(|h| !h.is_null()) {
         ctx.notes.push(format!(

@@ -105,6 +105,11 @@ fn ingress_nginx_is_wired_and_nothing_else_is_touched() {
         )])
     );
     assert_eq!(seq(nginx, "volumeMounts").len(), 1);
+    assert_eq!(
+        args(nginx).last().map(String::as_str),
+        Some("--post-shutdown-grace-period=0"),
+        "appended to the controller's own args"
+    );
     let a = args(&inits[1]);
     for want in [
         "--drain-timeout=295s",
@@ -257,7 +262,7 @@ fn kong_and_apisix_lose_their_fixed_waits() {
         Value::from(1000)
     );
     assert!(
-        out.notes[0].contains("kong quit --wait=15"),
+        out.notes.iter().any(|n| n.contains("kong quit --wait=15")),
         "{:?}",
         out.notes
     );
