@@ -340,6 +340,33 @@ fn a_stream_that_is_already_wired_comes_back_unchanged() {
 }
 
 #[test]
+fn a_plain_file_is_read_from_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, values(PLAIN)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nginx-drain"))
+        .arg("inject")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objs = objects(&String::from_utf8(out.stdout).unwrap());
+    assert!(is_nginx_workload(&objs[0]));
+    let missing = Command::new(env!("CARGO_BIN_EXE_nginx-drain"))
+        .args(["inject", "/nonexistent/deploy.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/deploy.yaml")
+    );
+}
+
+#[test]
 fn refusals_exit_2_with_the_fix_and_write_nothing() {
     let two = "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: nginx}\n  - {name: b, image: openresty/openresty}\n";
     let out = inject(two, &[]);

@@ -87,9 +87,16 @@ pub async fn assert_state_truth(sidecar: std::net::SocketAddr, master_pid: Optio
     state
 }
 
-/// The `nginx-drain` binary cargo built for these tests.
+/// The `nginx-drain` binary under test: the one cargo built for these
+/// tests, or `NGINX_DRAIN_TEST_BIN` (scripts/test runs the core cases with
+/// the arm64 build through qemu-user this way).
 pub fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nginx-drain"))
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("NGINX_DRAIN_TEST_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_nginx-drain").into())
+    })
 }
 
 /// `nginx-drain serve` for `nginx` (its pid file and port), with `extra` flags.
