@@ -1,17 +1,18 @@
 # nginx-drain: a static binary in an empty image.
 #
-# Builds offline: the binary is built with cargo first and copied in (base
-# images cannot be pulled here). The one command that does both:
+# Builds offline: the binaries are built with cargo first and copied in
+# (base images cannot be pulled here). The one command that does both, for
+# linux/amd64 and linux/arm64, with the OCI index that holds both:
 #
-#     scripts/image            # builds dist/nginx-drain, then this image
+#     scripts/image            # dist/linux-{amd64,arm64}/nginx-drain, then this image per platform
 #
-# which runs, in short:
-#     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release \
-#         --target x86_64-unknown-linux-gnu --target-dir target/static
-#     cp target/static/x86_64-unknown-linux-gnu/release/nginx-drain dist/
-#     buildah --storage-driver vfs bud --isolation chroot -t nginx-drain:VERSION .
+# BINARY is the platform's binary (scripts/image passes
+# dist/linux-<arch>/nginx-drain; the default is the native one, which is what
+# the test rigs copy in). Its Rust dependencies (the SBOM) are embedded in it
+# by cargo-auditable: `rust-audit-info /nginx-drain`, or `cargo audit bin`.
 FROM scratch
 
+ARG BINARY=dist/nginx-drain
 ARG VERSION=0.1.0
 ARG SOURCE=unknown
 ARG REVISION=unknown
@@ -23,7 +24,7 @@ LABEL org.opencontainers.image.title="nginx-drain" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="MIT"
 
-COPY dist/nginx-drain /nginx-drain
+COPY ${BINARY} /nginx-drain
 COPY LICENSE /LICENSE
 
 # UID 101 matches ingress-nginx and the NGINX images' workers. To drain an

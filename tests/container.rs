@@ -208,3 +208,96 @@ fn the_image_is_small_static_and_non_root() {
     assert!(size <= 8_000_000, "image {size} bytes, goal <= 8 MB");
     assert!(Path::new("dist/nginx-drain").exists() || std::env::var_os("CI").is_none());
 }
+
+/// `scripts/image` builds one OCI index with linux/amd64 and linux/arm64,
+/// each image with its platform, the OCI labels and a size under 5 MB; its
+/// `--oci-archive` loads with podman.
+#[test]
+fn the_index_holds_both_platforms_and_its_archive_loads() {
+    let Some(image) = image() else { return };
+    let out = Command::new("buildah")
+        .args(["--storage-driver", "vfs", "manifest", "inspect"])
+        .arg(format!("{image}-index"))
+        .output()
+        .expect("buildah");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for arch in ["amd64", "arm64"] {
+        let one = format!("{image}-linux-{arch}");
+        let what = ok(podman(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Os}}/{{.Architecture}} {{.Size}} {{json .Config.Labels}}",
+            &one,
+        ]));
+        println!("{one}: {what}");
+        assert!(what.starts_with(&format!("linux/{arch} ")), "{what}");
+        let size: u64 = what.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(size <= 5_000_000, "{one}: {size} bytes, goal <= 5 MB");
+        for label in [
+            "org.opencontainers.image.version",
+            "org.opencontainers.image.revision",
+            "org.opencontainers.image.source",
+            "org.opencontainers.image.licenses",
+        ] {
+            assert!(what.contains(label), "{one}: {what}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("nginx-drain.tar");
+    let out = Command::new("scripts/image")
+        .args(["--no-build", "--oci-archive"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Into a storage of its own, as on another machine (loading into this
+    // one would retag the images the index points at).
+    let root = dir.path().join("root");
+    let runroot = dir.path().join("runroot");
+    let isolated = |args: &[&str]| {
+        Command::new("podman")
+            .args(["--storage-driver", "vfs", "--root"])
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(args)
+            .output()
+            .expect("podman")
+    };
+    let loaded = ok(isolated(&["load", "-i", archive.to_str().unwrap()]));
+    assert!(loaded.contains("nginx-drain"), "{loaded}");
+    let arch = ok(isolated(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Architecture}}",
+        &image,
+    ]));
+    assert_eq!(
+        arch, "amd64",
+        "podman loads this machine's platform from the index"
+    );
+}

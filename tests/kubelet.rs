@@ -245,6 +245,142 @@ fn traffic_and_delete(
     (traffic, rx.recv().unwrap())
 }
 
+/// A real OCI registry (Debian's `docker-registry`) serving plain HTTP on
+/// 127.0.0.1:5000 inside the rig's network namespace, where the rig's
+/// containerd pulls from; stopped on drop.
+struct Registry {
+    child: std::process::Child,
+    netns: PathBuf,
+    addr: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(rig: &Rig) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp: {{addr: 127.0.0.1:5000}}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let netns = rig.netns();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["docker-registry", "serve"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry; scripts/test does)");
+        let r = Registry {
+            child,
+            netns,
+            addr: "127.0.0.1:5000",
+            _dir: dir,
+        };
+        let deadline = Instant::now() + HANG;
+        while r.get("/v2/", "").is_none() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        r
+    }
+
+    /// GET `path` inside the rig's network: the body, or None.
+    fn get(&self, path: &str, accept: &str) -> Option<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args(["curl", "-sf", "-H"])
+            .arg(format!("Accept: {accept}"))
+            .arg(format!("http://{}{path}", self.addr))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `scripts/image --no-build --push` of the index scripts/test built;
+    /// the digest it prints.
+    fn push_index(&self, reference: &str) -> String {
+        let version = env!("CARGO_PKG_VERSION");
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .args([
+                "scripts/image",
+                "--no-build",
+                "--tls-verify=false",
+                "--push",
+            ])
+            .arg(format!("{reference}:{version}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "scripts/image --push: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{}", text.trim());
+        text.lines()
+            .find_map(|l| l.strip_prefix("digest: "))
+            .expect("scripts/image prints the digest")
+            .trim()
+            .to_string()
+    }
+
+    fn served(&self, digest: &str) -> bool {
+        self.get(
+            &format!("/v2/nginx-drain/manifests/{digest}"),
+            "application/vnd.oci.image.index.v1+json",
+        )
+        .is_some()
+    }
+
+    /// The digest of one platform's manifest in the index `digest`.
+    fn platform_digest(&self, _reference: &str, digest: &str, arch: &str) -> String {
+        let index: Value = serde_json::from_str(
+            &self
+                .get(
+                    &format!("/v2/nginx-drain/manifests/{digest}"),
+                    "application/vnd.oci.image.index.v1+json",
+                )
+                .expect("the index"),
+        )
+        .unwrap();
+        let platforms: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}/{}", m["platform"]["os"], m["platform"]["architecture"]))
+            .collect();
+        assert_eq!(
+            platforms,
+            ["\"linux\"/\"amd64\"", "\"linux\"/\"arm64\""],
+            "one index, both platforms"
+        );
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .and_then(|m| m["digest"].as_str())
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Everything the case looks at after the pod's containers have exited.
 struct Seen {
     nginx_exit: i64,
@@ -659,6 +795,107 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
         .expect("/wiring");
         assert_eq!(wiring.status, 503, "{}", wiring.text());
         assert!(wiring.text().contains(&fix), "{}", wiring.text());
+        rig.sh(&["delete", &format!("{name}.json")]);
+        let deadline = Instant::now() + HANG;
+        while rig.pod(&static_name).is_some() {
+            assert!(Instant::now() < deadline, "{name}: the pod did not go away");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // 6. The image as users get it: pushed by `scripts/image --push` to a
+    //    real registry (Debian's docker-registry, the CNCF distribution
+    //    registry) in the rig's network, and pulled by containerd by the
+    //    index's digest (imagePullPolicy IfNotPresent, nothing pre-imported).
+    //    Then the arm64 image's own manifest by digest on this amd64 node:
+    //    it must fail, saying why (exec format error), never run.
+    {
+        let registry = Registry::start(&rig);
+        let reference = format!("{}/nginx-drain", registry.addr);
+        let digest = registry.push_index(&reference);
+        let name = "pulled";
+        let (pod, _) = pod_manifest(
+            name,
+            &[
+                &format!("drain.image.repository={reference}"),
+                &format!("drain.image.digest={digest}"),
+                "drain.image.pullPolicy=IfNotPresent",
+            ],
+        );
+        let image = pod["spec"]["initContainers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(image, format!("{reference}@{digest}"));
+        let plan = Plan {
+            rate: 20.0,
+            downloads: 1,
+            lead: Duration::from_secs(2),
+            lag: Duration::from_secs(1),
+            download_bytes: DOWNLOAD_BYTES,
+        };
+        let (t, _, seen) = run_case(&rig, name, pod, plan);
+        assert_eq!(seen.report["outcome"], "drained", "{:#}", seen.report);
+        assert_eq!(t.load.failed(), 0, "{:?}", t.load);
+        println!("{name}: {image}: pulled by containerd from the registry, drained");
+        assert!(registry.served(&digest), "the registry served the index");
+
+        // The wrong platform: the arm64 manifest alone.
+        let arm64 = registry.platform_digest(&reference, &digest, "arm64");
+        let name = "wrong-platform";
+        let (pod, _) = pod_manifest(
+            name,
+            &[
+                &format!("drain.image.repository={reference}"),
+                &format!("drain.image.digest={arm64}"),
+                "drain.image.pullPolicy=IfNotPresent",
+            ],
+        );
+        let file = rig.home.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+        rig.sh(&["apply", file.to_str().unwrap()]);
+        let static_name = format!("{name}-rig-node");
+        // containerd does not check the platform of a manifest pulled by its
+        // own digest (only an index is matched against the node): it pulls
+        // the arm64 image, and the kernel refuses to execute the binary.
+        // The failure must be that, stated, and the pod never Ready.
+        let deadline = Instant::now() + HANG;
+        let status = loop {
+            if let Some((pod_id, _)) = rig.pod(&static_name) {
+                let sidecar = rig
+                    .containers(&pod_id)
+                    .into_iter()
+                    .find(|c| c["status"]["metadata"]["name"] == "nginx-drain");
+                if let Some(c) = sidecar
+                    && c["status"]["state"] == "CONTAINER_EXITED"
+                {
+                    break c;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the arm64 sidecar neither ran nor failed: {:#?}",
+                rig.kubelet_log(&static_name)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let st = &status["status"];
+        let said = format!(
+            "{} {} {}",
+            st["reason"],
+            st["message"],
+            rig.logs(&status).unwrap_or_default()
+        );
+        println!(
+            "{name}: {}@{arm64} on linux/amd64: exit {}, {}",
+            reference,
+            st["exitCode"],
+            said.trim()
+        );
+        assert!(
+            said.contains("exec format error"),
+            "{name}: the failure names the wrong platform: {st:#}"
+        );
+        assert_ne!(st["exitCode"], 0);
         rig.sh(&["delete", &format!("{name}.json")]);
         let deadline = Instant::now() + HANG;
         while rig.pod(&static_name).is_some() {

@@ -143,7 +143,11 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
 
 {{- define "nginx-drain.sidecar" -}}
 - name: nginx-drain
+  {{- if .Values.drain.image.digest }}
+  image: "{{ .Values.drain.image.repository }}@{{ .Values.drain.image.digest }}"
+  {{- else }}
   image: "{{ .Values.drain.image.repository }}:{{ .Values.drain.image.tag | default .Chart.AppVersion }}"
+  {{- end }}
   imagePullPolicy: {{ .Values.drain.image.pullPolicy }}
   {{- if .Values.sidecar.native }}
   restartPolicy: Always
