@@ -767,7 +767,7 @@ async fn no_shared_pid_namespace_is_found_at_start_and_the_hook_fails() {
     let nginx = Nginx::start(NginxOptions::default()).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], testbed::free_port()));
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--"])
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
         .arg(bin())
         .args([
             "serve",

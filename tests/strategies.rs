@@ -57,9 +57,14 @@ async fn the_harness_tells_a_sigterm_from_a_drain() {
         ingress.load.refused > 0 && ingress.downloads_cut == 0,
         "quitting at once refuses the lag's connections"
     );
+    // Its loop answers the hook only at a check after NGINX is gone. (How
+    // much later is a benchmark's number, not a test's: it varies with the
+    // load; an assertion that it was > 0 failed on a busy run.)
     assert!(
-        ingress.overhead.unwrap() > 0.0,
-        "and its 1 s checks add time"
+        ingress.hook_after >= ingress.gone_after.unwrap(),
+        "the pgrep loop answered before NGINX was gone: {:?} vs {:?}",
+        ingress.hook_after,
+        ingress.gone_after
     );
     assert_eq!(drain.load.failed(), 0, "{:?}", drain.load);
     assert_eq!(drain.downloads_cut, 0);

@@ -47,6 +47,14 @@ impl Rig {
             .output()
             .expect("run images.sh");
         ok("images.sh", &images);
+        // The controllers' look-alikes (NGF, Kong, APISIX), imported beside
+        // the rig's own images at `up`.
+        let lookalikes = Command::new(project.join("testbed/lookalikes/build.sh"))
+            .arg(home.join("images"))
+            .arg(home.join("buildah-lookalikes"))
+            .output()
+            .expect("run testbed/lookalikes/build.sh");
+        ok("testbed/lookalikes/build.sh", &lookalikes);
         let up = rig.script("rig.sh", &["up"]);
         ok("rig.sh up", &up);
         rig
@@ -172,6 +180,24 @@ impl Rig {
         while std::time::Instant::now() < deadline {
             let cs = self.containers(pod_id);
             if cs.len() == n && cs.iter().all(|c| c["status"]["state"] == state) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Waits until at least `n` of the pod's containers run (init
+    /// containers that ran to completion do not count); false on timeout.
+    pub fn wait_running(&self, pod_id: &str, n: usize, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            let running = self
+                .containers(pod_id)
+                .iter()
+                .filter(|c| c["status"]["state"] == "CONTAINER_RUNNING")
+                .count();
+            if running >= n {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
