@@ -130,10 +130,12 @@ ctx=$(mktemp -d); r=$ctx/rootfs
 mkdir -p "$r/bin" "$r/tmp"
 install -m755 "$busybox" "$r/bin/busybox"
 for t in sh sleep true; do ln -sf busybox "$r/bin/$t"; done
+# Exits on SIGTERM as a real controller does (a bare `sleep` as the
+# container's PID 1 would ignore it and hold the pod for the whole grace).
 cat > "$ctx/Containerfile" <<'CF'
 FROM scratch
 COPY rootfs/ /
-ENTRYPOINT ["/bin/sleep", "2147483647"]
+ENTRYPOINT ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 2147483647 & wait"]
 CF
 build lookalike-aux localhost/lookalike-aux:1 "$ctx"
 rm -rf "$ctx"

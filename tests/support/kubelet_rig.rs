@@ -422,3 +422,107 @@ pub fn assert_no_warning_from_probes(name: &str, kubelet: &[String]) {
         "{name}: probe warnings: {unhealthy:#?}"
     );
 }
+
+/// What a termination looked like from outside, with or without a sidecar
+/// (the controllers' own defaults have none): for the benchmark.
+#[derive(Debug)]
+pub struct Measured {
+    pub traffic: Traffic,
+    /// The NGINX container's exit code (137: SIGKILL), if seen.
+    pub nginx_exit: Option<i64>,
+    pub nginx_log: String,
+    /// From the deletion to the pod's sandbox gone.
+    pub gone_after: Duration,
+    /// The preStop hook's run, from the kubelet's log, in seconds.
+    pub hook_secs: Option<f64>,
+}
+
+/// Runs `pod` to its deletion under `plan`, watching the NGINX container
+/// (`nginx_container`) and the pod from the deletion on.
+pub fn run_measured(
+    rig: &Rig,
+    name: &str,
+    pod: Value,
+    plan: Plan,
+    nginx_container: &str,
+) -> Measured {
+    let static_name = format!("{name}-rig-node");
+    let file = rig.home.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+    rig.sh(&["apply", file.to_str().unwrap()]);
+    let deadline = Instant::now() + HANG;
+    let (pod_id, ip) = loop {
+        if let Some(p) = rig.pod(&static_name) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "{name}: no pod sandbox");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        rig.wait_running(&pod_id, pod_containers(&pod), HANG),
+        "{name}: containers did not start: {:#?}",
+        rig.containers(&pod_id)
+    );
+    rig.add_client_address();
+    rig.add_default_route(&pod_id);
+    std::thread::sleep(Duration::from_secs(3));
+    let nginx = rig
+        .containers(&pod_id)
+        .into_iter()
+        .find(|c| c["status"]["metadata"]["name"] == nginx_container)
+        .unwrap_or_else(|| panic!("{name}: no container {nginx_container}"));
+    let nginx_id = nginx["status"]["id"].as_str().unwrap().to_string();
+    let manifest = format!("{name}.json");
+    let mut delete = rig.command("rig.sh");
+    delete.args(["delete", &manifest]);
+    let (deleted_tx, deleted_rx) = std::sync::mpsc::channel::<Instant>();
+    std::thread::scope(|scope| {
+        // From the deletion: the NGINX container's log and exit, and the
+        // moment the pod is gone (the kubelet removes a static pod's
+        // containers right after they exit, so they are read while there).
+        let static_name = &static_name;
+        let (nginx, nginx_id) = (&nginx, &nginx_id);
+        let watcher = scope.spawn(move || {
+            let deleted = deleted_rx.recv().unwrap();
+            let (mut log, mut exit) = (String::new(), None);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(l) = rig.logs(nginx) {
+                    log = l;
+                }
+                if exit.is_none() {
+                    exit = rig.exit_code(nginx_id);
+                }
+                if rig.pod(static_name).is_none() {
+                    return (log, exit, deleted.elapsed());
+                }
+                assert!(Instant::now() < deadline, "{name}: the pod did not go away");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (traffic, _) = traffic_and_delete(rig, ip, plan, move || {
+            let _ = deleted_tx.send(Instant::now());
+            let st = delete.status();
+            assert!(st.is_ok_and(|s| s.success()), "rig.sh delete");
+        });
+        let (nginx_log, nginx_exit, gone_after) = watcher.join().unwrap();
+        let kubelet = rig.kubelet_log(static_name);
+        let at = |what: &str| {
+            line(&kubelet, what, nginx_container).and_then(|l| rig::kubelet_log_time(l))
+        };
+        let hook_secs = match (
+            at("Running preStop hook"),
+            at("PreStop hook completed").or_else(|| at("PreStop hook failed")),
+        ) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        Measured {
+            traffic,
+            nginx_exit,
+            nginx_log,
+            gone_after,
+            hook_secs,
+        }
+    })
+}

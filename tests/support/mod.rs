@@ -9,6 +9,7 @@ use serde_json::Value;
 use testbed::client::Fetched;
 use testbed::{Nginx, Sidecar};
 
+pub mod controllers;
 pub mod kubelet_rig;
 pub mod pod_rules;
 pub mod renders;
