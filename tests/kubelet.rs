@@ -371,19 +371,9 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
     {
         let name = "no-route";
         let (pod, _) = pod_manifest(name, &[]);
-        let static_name = format!("{name}-rig-node");
-        let file = rig.home.join(format!("{name}.json"));
-        std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
-        rig.sh(&["apply", file.to_str().unwrap()]);
+        // No default route: this case is about its absence.
+        let (static_name, pod_id, ip) = start_pod(&rig, name, &pod, false);
         let deadline = Instant::now() + HANG;
-        let (pod_id, ip) = loop {
-            if let Some(p) = rig.pod(&static_name) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "{name}: no pod sandbox");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert!(rig.wait_containers(&pod_id, 2, "CONTAINER_RUNNING", HANG));
         let sidecar = rig
             .containers(&pod_id)
             .into_iter()

@@ -483,24 +483,11 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
             ));
         }
     }
-    let lifecycle = entry(nginx, "lifecycle");
-    if let Some(old) = lifecycle.get("preStop").filter(|h| !h.is_null()) {
+    if let Some(old) = set_drain_hook(entry(nginx, "lifecycle"), opts.hook_port) {
         ctx.notes.push(format!(
-            "{what}: container {cname}: replaced its preStop hook, {}, with nginx-drain's: every container's preStop runs at once, so it would stop NGINX behind the drain's back",
-            describe_hook(old)
+            "{what}: container {cname}: replaced its preStop hook, {old}, with nginx-drain's: every container's preStop runs at once, so it would stop NGINX behind the drain's back"
         ));
     }
-    set(
-        lifecycle,
-        "preStop",
-        map([(
-            "httpGet",
-            map([
-                ("path", s("/prestop")),
-                ("port", Value::from(opts.hook_port)),
-            ]),
-        )]),
-    );
 
     if pod["shareProcessNamespace"].as_bool() != Some(true) {
         set(pod, "shareProcessNamespace", Value::from(true));
@@ -521,6 +508,24 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
         ports_text.join(", ")
     ));
     Ok(true)
+}
+
+/// Makes `lifecycle`'s preStop the drain's hook (GET /prestop on `port`);
+/// what it replaced, in words, if anything.
+fn set_drain_hook(lifecycle: &mut Value, port: u16) -> Option<String> {
+    let old = lifecycle
+        .get("preStop")
+        .filter(|h| !h.is_null())
+        .map(describe_hook);
+    set(
+        lifecycle,
+        "preStop",
+        map([(
+            "httpGet",
+            map([("path", s("/prestop")), ("port", Value::from(port))]),
+        )]),
+    );
+    old
 }
 
 /// The sidecar container.
@@ -679,23 +684,11 @@ fn wire_nginx_proxy(
         Value::from(grace),
     );
     let lifecycle = entry(entry(w, "container"), "lifecycle");
-    if let Some(old) = lifecycle.get("preStop").filter(|h| !h.is_null()) {
+    if let Some(old) = set_drain_hook(lifecycle, opts.hook_port) {
         notes.push(format!(
-            "{what}: replaced the nginx container's preStop hook, {}, with nginx-drain's",
-            describe_hook(old)
+            "{what}: replaced the nginx container's preStop hook, {old}, with nginx-drain's"
         ));
     }
-    set(
-        lifecycle,
-        "preStop",
-        map([(
-            "httpGet",
-            map([
-                ("path", s("/prestop")),
-                ("port", Value::from(opts.hook_port)),
-            ]),
-        )]),
-    );
     // NGF's nginx container runs as 101:1001 (its image's USER).
     let sidecar = sidecar(opts, budget, grace, &opts.ports, None, uid, Some(1001));
     let key = if opts.native {

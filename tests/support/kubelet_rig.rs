@@ -264,17 +264,14 @@ fn pod_containers(pod: &Value) -> usize {
             .count()
 }
 
-/// [`run_case`] for a pod whose NGINX container is named `nginx_container`.
-pub fn run_case_for(
-    rig: &Rig,
-    name: &str,
-    pod: Value,
-    plan: Plan,
-    nginx_container: &str,
-) -> (Traffic, Instant, Seen) {
+/// Applies `pod` as the static pod `name` and waits until its containers
+/// run; with `route`, gives it a default route (as most CNIs do) and puts
+/// the clients' address on the bridge. The static pod's name, the sandbox
+/// and its IP.
+pub fn start_pod(rig: &Rig, name: &str, pod: &Value, route: bool) -> (String, String, IpAddr) {
     let static_name = format!("{name}-rig-node");
     let file = rig.home.join(format!("{name}.json"));
-    std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+    std::fs::write(&file, serde_json::to_vec_pretty(pod).unwrap()).unwrap();
     rig.sh(&["apply", file.to_str().unwrap()]);
     let deadline = Instant::now() + HANG;
     let (pod_id, ip) = loop {
@@ -285,12 +282,26 @@ pub fn run_case_for(
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
-        rig.wait_running(&pod_id, pod_containers(&pod), HANG),
+        rig.wait_running(&pod_id, pod_containers(pod), HANG),
         "{name}: containers did not start: {:#?}",
         rig.containers(&pod_id)
     );
-    rig.add_client_address();
-    rig.add_default_route(&pod_id);
+    if route {
+        rig.add_client_address();
+        rig.add_default_route(&pod_id);
+    }
+    (static_name, pod_id, ip)
+}
+
+/// [`run_case`] for a pod whose NGINX container is named `nginx_container`.
+pub fn run_case_for(
+    rig: &Rig,
+    name: &str,
+    pod: Value,
+    plan: Plan,
+    nginx_container: &str,
+) -> (Traffic, Instant, Seen) {
+    let (static_name, pod_id, ip) = start_pod(rig, name, &pod, true);
     // Let the kubelet probe a few times, and NGINX settle.
     std::thread::sleep(Duration::from_secs(3));
     let containers = rig.containers(&pod_id);
@@ -446,25 +457,7 @@ pub fn run_measured(
     plan: Plan,
     nginx_container: &str,
 ) -> Measured {
-    let static_name = format!("{name}-rig-node");
-    let file = rig.home.join(format!("{name}.json"));
-    std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
-    rig.sh(&["apply", file.to_str().unwrap()]);
-    let deadline = Instant::now() + HANG;
-    let (pod_id, ip) = loop {
-        if let Some(p) = rig.pod(&static_name) {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "{name}: no pod sandbox");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        rig.wait_running(&pod_id, pod_containers(&pod), HANG),
-        "{name}: containers did not start: {:#?}",
-        rig.containers(&pod_id)
-    );
-    rig.add_client_address();
-    rig.add_default_route(&pod_id);
+    let (static_name, pod_id, ip) = start_pod(rig, name, &pod, true);
     std::thread::sleep(Duration::from_secs(3));
     let nginx = rig
         .containers(&pod_id)
