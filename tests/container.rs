@@ -262,17 +262,7 @@ fn the_index_holds_both_platforms_and_its_archive_loads() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("nginx-drain.tar");
-    let out = Command::new("scripts/image")
-        .args(["--no-build", "--oci-archive"])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let archive = support::oci_archive(dir.path());
     // Into a storage of its own, as on another machine (loading into this
     // one would retag the images the index points at).
     let root = dir.path().join("root");

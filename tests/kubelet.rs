@@ -455,17 +455,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
         // No registry: the OCI archive, imported by containerd's ctr (what
         // `kind load image-archive` runs).
         let dir = tempfile::tempdir().unwrap();
-        let archive = dir.path().join("nginx-drain.tar");
-        let out = Command::new("scripts/image")
-            .args(["--no-build", "--oci-archive"])
-            .arg(&archive)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let archive = support::oci_archive(dir.path());
         let ctr = |args: &[&str]| {
             Command::new(rig.kube_bin.join("ctr"))
                 .arg("--address")

@@ -111,3 +111,20 @@ pub fn json(f: &Fetched) -> Value {
     assert!(f.body.ends_with(b"\n"), "JSON bodies end with a newline");
     serde_json::from_slice(&f.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", f.text()))
 }
+
+/// `scripts/image --no-build --oci-archive DIR/nginx-drain.tar`: the index
+/// scripts/test built, as an OCI archive; its path.
+pub fn oci_archive(dir: &Path) -> std::path::PathBuf {
+    let archive = dir.join("nginx-drain.tar");
+    let out = std::process::Command::new("scripts/image")
+        .args(["--no-build", "--oci-archive"])
+        .arg(&archive)
+        .output()
+        .expect("scripts/image");
+    assert!(
+        out.status.success(),
+        "scripts/image --oci-archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    archive
+}
