@@ -1,6 +1,6 @@
 //! Each NGINX-based controller's own shutdown against nginx-drain, under the
-//! real kubelet of `../shared/kubelet-rig`: NGINX Gateway Fabric, Kong and
-//! APISIX, each pod as its upstream chart renders it with the look-alike
+//! real kubelet of `../shared/kubelet-rig`: NGINX Gateway Fabric, Kong,
+//! APISIX, ingress-nginx and NGINX Inc's controller, each pod as its upstream chart renders it with the look-alike
 //! images of `testbed/lookalikes` (see `tests/controllers.rs`), once with
 //! the controller's own defaults and once wired by `nginx-drain inject`.
 //! Same traffic for every case: 50 new connections/s from 2 s before the
@@ -13,7 +13,8 @@
 //!
 //! Run as root, after `scripts/image` and `scripts/kube`:
 //! `cargo bench --bench controllers -- [--runs N] [--only CHART]` (default
-//! 3 runs of every controller; CHART: nginx-gateway-fabric, kong, apisix).
+//! 3 runs of every controller; CHART: nginx-gateway-fabric, kong, apisix,
+//! ingress-nginx, nginx-ingress).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -21,7 +22,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::controllers::{chart_spec, gateway_fabric_pod, static_pod};
+use support::controllers::{allow_low_ports, chart_spec, gateway_fabric_pod, static_pod};
 use support::kubelet_rig::{DOWNLOAD_BYTES, Measured, Plan, rig, run_measured};
 
 struct Controller {
@@ -31,7 +32,7 @@ struct Controller {
     port: u16,
 }
 
-const CONTROLLERS: [Controller; 3] = [
+const CONTROLLERS: [Controller; 5] = [
     Controller {
         name: "NGINX Gateway Fabric 2.6.7",
         chart: "nginx-gateway-fabric",
@@ -49,6 +50,18 @@ const CONTROLLERS: [Controller; 3] = [
         chart: "apisix",
         nginx: "apisix",
         port: 9080,
+    },
+    Controller {
+        name: "ingress-nginx 4.15.1",
+        chart: "ingress-nginx",
+        nginx: "controller",
+        port: 80,
+    },
+    Controller {
+        name: "NGINX Ingress Controller 2.7.0",
+        chart: "nginx-ingress",
+        nginx: "nginx-ingress",
+        port: 80,
     },
 ];
 
@@ -71,6 +84,17 @@ fn pod(c: &Controller, wired: bool, case: &str) -> serde_json::Value {
                 ],
                 &[],
             )
+        }
+        "ingress-nginx" | "nginx-ingress" => {
+            let (spec, _) = chart_spec(c.chart, "Deployment", wired);
+            let image = if c.chart == "ingress-nginx" {
+                "localhost/lookalike-ingress-nginx:1.15.1"
+            } else {
+                "localhost/lookalike-nginx-ingress:5.6.0"
+            };
+            let mut p = static_pod(case, &spec, &[(c.nginx, image)], &[]);
+            allow_low_ports(&mut p);
+            p
         }
         _ => {
             let (spec, _) = chart_spec(c.chart, "Deployment", wired);

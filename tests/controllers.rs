@@ -2,8 +2,8 @@
 //! (`../shared/upstream-charts`), wired with `nginx-drain inject` the way
 //! README tells users, and terminated by the real kubelet of
 //! `../shared/kubelet-rig`: NGINX Gateway Fabric (its data plane, built from
-//! the chart's `NginxProxy` as NGF's provisioner builds it), Kong and
-//! APISIX. The images are look-alikes (`testbed/lookalikes`: each
+//! the chart's `NginxProxy` as NGF's provisioner builds it), Kong, APISIX,
+//! ingress-nginx and NGINX Inc's controller. The images are look-alikes (`testbed/lookalikes`: each
 //! controller's process tree, user, STOPSIGNAL and stop behaviour, from
 //! Debian's nginx); what a static pod cannot hold (Secrets, ConfigMaps,
 //! service accounts) becomes an emptyDir, and a controller's other
@@ -22,7 +22,7 @@ use serde_json::Value;
 use testbed::rig::Rig;
 
 mod support;
-use support::controllers::{chart_spec, gateway_fabric_pod, static_pod};
+use support::controllers::{allow_low_ports, chart_spec, gateway_fabric_pod, static_pod};
 use support::kubelet_rig::*;
 use support::renders::upstream_charts;
 
@@ -106,6 +106,31 @@ fn each_controllers_pod_wired_by_inject_drains_under_a_real_kubelet() {
         &["wait-etcd"],
     );
     assert_drained(&rig, "apisix", pod, "apisix", 9080, &[0]);
+
+    // ingress-nginx: its `/wait-shutdown` replaced; after the drain the
+    // controller's own quit finds NGINX gone ("Error during shutdown",
+    // exit 1, or 0 if the shell still held NGINX's status), with no
+    // post-shutdown wait (inject sets it to 0).
+    let (spec, _) = chart_spec("ingress-nginx", "Deployment", true);
+    let mut pod = static_pod(
+        "ingress-nginx",
+        &spec,
+        &[("controller", "localhost/lookalike-ingress-nginx:1.15.1")],
+        &[],
+    );
+    allow_low_ports(&mut pod);
+    assert_drained(&rig, "ingress-nginx", pod, "controller", 80, &[0, 1]);
+
+    // NGINX Inc: the controller exits 0 with NGINX.
+    let (spec, _) = chart_spec("nginx-ingress", "Deployment", true);
+    let mut pod = static_pod(
+        "nginx-ingress",
+        &spec,
+        &[("nginx-ingress", "localhost/lookalike-nginx-ingress:5.6.0")],
+        &[],
+    );
+    allow_low_ports(&mut pod);
+    assert_drained(&rig, "nginx-ingress", pod, "nginx-ingress", 80, &[0]);
 
     // NGINX Gateway Fabric: after the drain, the kubelet's SIGTERM reaches
     // the entrypoint, which signals the already-gone nginx: with bash the

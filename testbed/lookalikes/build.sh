@@ -18,6 +18,11 @@
 #   localhost/lookalike-apisix:3.16.0  APISIX: openresty-style nginx as the main
 #       process, STOPSIGNAL SIGQUIT, UID 636, prefix /usr/local/apisix; 9080;
 #       worker_shutdown_timeout 240s (APISIX's default)
+#   localhost/lookalike-ingress-nginx:1.15.1  ingress-nginx: the controller runs
+#       NGINX (UID 101), quits it at once on SIGTERM, then sleeps
+#       --post-shutdown-grace-period; `/wait-shutdown` (its preStop) TERMs it
+#   localhost/lookalike-nginx-ingress:5.6.0   NGINX Inc: the controller runs NGINX
+#       (UID 101), quits it on SIGTERM and exits 0 with it; no preStop
 #   localhost/lookalike-aux:1          a controller's other containers (Kong's
 #       ingress controller): busybox, waits until stopped
 #
@@ -63,6 +68,7 @@ conf() {
 
 build() { # NAME TAG CTX
     "${B[@]}" bud --quiet --isolation chroot -t "$2" -f "$3/Containerfile" "$3" >/dev/null
+    rm -f "$OUT/$1.tar"
     "${B[@]}" push --quiet "$2" "docker-archive:$OUT/$1.tar:$2"
 }
 
@@ -123,6 +129,43 @@ STOPSIGNAL SIGQUIT
 ENTRYPOINT ["/usr/sbin/nginx", "-e", "stderr", "-p", "/usr/local/apisix", "-c", "/usr/local/apisix/conf/nginx.conf", "-g", "daemon off;"]
 CF
 build lookalike-apisix localhost/lookalike-apisix:3.16.0 "$ctx"
+rm -rf "$ctx"
+
+# ingress-nginx: the controller runs NGINX (UID 101) and quits it on its
+# SIGTERM; /wait-shutdown is its preStop. NGINX binds 80 and 443 as UID 101
+# (the real image gives the binary cap_net_bind_service; the pod here sets
+# net.ipv4.ip_unprivileged_port_start instead).
+ctx=$(mktemp -d); r=$ctx/rootfs
+rootfs "$r" www-data 101 82
+conf "$r/etc/nginx/nginx.conf" /tmp/nginx.pid 80 "worker_shutdown_timeout 240s;" \
+    '    server { listen 10254; location /healthz { return 200 "ok"; } }'
+install -m755 "$HERE/ingress-nginx-controller" "$r/nginx-ingress-controller"
+install -m755 "$HERE/wait-shutdown" "$r/wait-shutdown"
+cat > "$ctx/Containerfile" <<'CF'
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin:/usr/sbin:/bin
+USER 101:82
+ENTRYPOINT ["/bin/sh", "-c", "exec \"$@\"", "sh"]
+CF
+build lookalike-ingress-nginx localhost/lookalike-ingress-nginx:1.15.1 "$ctx"
+rm -rf "$ctx"
+
+# NGINX Inc: the controller runs NGINX (UID 101), quits it on SIGTERM and
+# exits 0 with it; no preStop.
+ctx=$(mktemp -d); r=$ctx/rootfs
+rootfs "$r" nginx 101 101
+conf "$r/etc/nginx/nginx.conf" /tmp/nginx.pid 80 "" \
+    '    server { listen 8081; location /nginx-ready { return 200 "ok"; } }'
+install -m755 "$HERE/nginx-ingress" "$r/nginx-ingress"
+cat > "$ctx/Containerfile" <<'CF'
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin:/usr/sbin:/bin
+USER 101:101
+ENTRYPOINT ["/nginx-ingress"]
+CF
+build lookalike-nginx-ingress localhost/lookalike-nginx-ingress:5.6.0 "$ctx"
 rm -rf "$ctx"
 
 # The controllers' other containers

@@ -72,9 +72,17 @@ pub fn static_pod(name: &str, spec: &Value, images: &[(&str, &str)], drop: &[&st
 pub fn chart_spec(chart: &str, kind: &str, wired: bool) -> (Value, String) {
     let helm = helm().expect("helm");
     let upstream = upstream_charts().expect("the upstream charts");
+    // NGINX Inc's chart loads its schema's definitions by URL: rendered
+    // from a copy that points them at the local file.
+    let scratch = tempfile::tempdir().unwrap();
+    let path = if chart == "nginx-ingress" {
+        super::renders::nginx_inc_chart(&upstream, scratch.path())
+    } else {
+        upstream.join(chart)
+    };
     let out = std::process::Command::new(&helm)
         .args(["template", "edge"])
-        .arg(upstream.join(chart))
+        .arg(path)
         .output()
         .unwrap();
     assert!(
@@ -171,4 +179,23 @@ pub fn merge(into: &mut Value, patch: &Value) {
             }
         }
     }
+}
+
+/// Lets the pod's non-root NGINX bind ports below 1024 (80, 443), as the
+/// real ingress-nginx and NGINX Inc images do with the binary's
+/// cap_net_bind_service, which the look-alikes do not carry: a safe sysctl
+/// of the pod's own network namespace.
+pub fn allow_low_ports(pod: &mut Value) {
+    let sc = &mut pod["spec"]["securityContext"];
+    if !sc.is_object() {
+        *sc = json!({});
+    }
+    let sysctls = &mut sc["sysctls"];
+    if !sysctls.is_array() {
+        *sysctls = json!([]);
+    }
+    sysctls
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}));
 }
