@@ -44,25 +44,12 @@ fn skip_or_fail(why: &str) -> Option<Cluster> {
 }
 
 fn cluster() -> Option<Cluster> {
-    let dir = std::env::var_os("NGINX_DRAIN_CLUSTER_RIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new("..").join("shared").join("cluster-rig"));
-    if !dir.join("rig.sh").is_file() {
-        return skip_or_fail(&format!(
-            "no rig at {} (set NGINX_DRAIN_CLUSTER_RIG)",
-            dir.display()
-        ));
-    }
-    if !nix::unistd::getuid().is_root() {
-        return skip_or_fail("it needs root (namespaces, containerd, iptables)");
-    }
-    let project = std::env::current_dir().unwrap();
-    let binary = project.join("dist/nginx-drain");
-    if !binary.is_file() {
-        return skip_or_fail("no dist/nginx-drain: run scripts/image first (scripts/test does)");
-    }
-    let kube_bin = match testbed::kube::bin_dir(&project) {
-        Ok(dir) => dir,
+    let i = match support::rig_inputs(
+        "NGINX_DRAIN_CLUSTER_RIG",
+        "cluster-rig",
+        "namespaces, containerd, iptables",
+    ) {
+        Ok(i) => i,
         Err(why) => return skip_or_fail(&why),
     };
     if std::env::var_os("NGINX_DRAIN_HELM").is_none() {
@@ -73,11 +60,11 @@ fn cluster() -> Option<Cluster> {
     let home = std::env::temp_dir().join("nginx-drain-cluster-rig");
     std::fs::create_dir_all(&home).unwrap();
     Some(Cluster::up(
-        &dir,
+        &i.dir,
         &home,
-        &project,
-        &binary,
-        &kube_bin,
+        &i.project,
+        &i.binary,
+        &i.kube_bin,
         &[testbed::cluster::nonroot_nginx()],
     ))
 }
@@ -425,13 +412,7 @@ fn inject_adds_no_pod_security_violation(c: &Cluster) {
         ("apisix", upstream.join("apisix")),
     ];
     for (n, (name, chart)) in charts.iter().enumerate() {
-        let out = std::process::Command::new(&helm)
-            .args(["template", "edge"])
-            .arg(chart)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{name}");
-        let yaml = String::from_utf8(out.stdout).unwrap();
+        let yaml = renders::template(&helm, chart, &[]);
         let injected = renders::inject(&yaml);
         let before = pod_security_warnings(c, &format!("psa-{n}-before"), &yaml);
         let after = pod_security_warnings(c, &format!("psa-{n}-after"), &injected);

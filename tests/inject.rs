@@ -12,50 +12,17 @@
 //! Needs helm (NGINX_DRAIN_HELM) and the upstream charts; without them it
 //! says it skipped (under CI: fails).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
 mod support;
 use support::pod_rules;
 use support::renders::{
-    controller_config, helm, nginx_inc_chart, objects, rendered, upstream_charts, validate_workload,
+    controller_config, helm, nginx_inc_chart, objects, rendered, run_inject, template,
+    upstream_charts, validate_workload,
 };
-
-fn inject(input: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nginx-drain"))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let text = input.to_string();
-    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    out
-}
-
-fn template(helm: &str, chart: &Path, args: &[&str]) -> String {
-    let out = Command::new(helm)
-        .args(["template", "edge"])
-        .arg(chart)
-        .args(["--namespace", "edge"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The same user's own init container, volume and mount, in each chart's
 /// values: Helm's list replacement dropped such entries in an overlay;
@@ -254,7 +221,7 @@ fn the_upstream_charts_are_wired_idempotently_and_nothing_else_changes() {
     let scratch = tempfile::tempdir().unwrap();
     for case in cases(&helm, &upstream, scratch.path()) {
         let name = &case.name;
-        let out = inject(&case.yaml, &[]);
+        let out = run_inject(&case.yaml, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{name}: {stderr}");
         let injected = String::from_utf8(out.stdout).unwrap();
@@ -301,13 +268,13 @@ fn the_upstream_charts_are_wired_idempotently_and_nothing_else_changes() {
         }
         // Idempotent, deterministic, and every document it did not wire
         // is there byte for byte.
-        let twice = inject(&injected, &[]);
+        let twice = run_inject(&injected, &[]);
         assert!(twice.status.success());
         assert!(
             twice.stdout == injected.as_bytes(),
             "{name}: a second inject changed it"
         );
-        let again = inject(&case.yaml, &[]);
+        let again = run_inject(&case.yaml, &[]);
         assert!(
             again.stdout == injected.as_bytes(),
             "{name}: two runs differ"
@@ -333,7 +300,7 @@ fn the_upstream_charts_are_wired_idempotently_and_nothing_else_changes() {
 fn a_stream_that_is_already_wired_comes_back_unchanged() {
     let Some(helm) = helm() else { return };
     let ours = rendered(&helm, &[]);
-    let out = inject(&ours, &[]);
+    let out = run_inject(&ours, &[]);
     assert!(out.status.success());
     assert!(out.stdout == ours.as_bytes());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already has nginx-drain"));
@@ -369,12 +336,12 @@ fn a_plain_file_is_read_from_its_path() {
 #[test]
 fn refusals_exit_2_with_the_fix_and_write_nothing() {
     let two = "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: nginx}\n  - {name: b, image: openresty/openresty}\n";
-    let out = inject(two, &[]);
+    let out = run_inject(two, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--container"), "{err}");
-    let out = inject(two, &["--container", "b", "--uid", "0"]);
+    let out = run_inject(two, &["--container", "b", "--uid", "0"]);
     assert!(
         out.status.success(),
         "{}",

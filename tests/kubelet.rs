@@ -122,7 +122,7 @@ impl Registry {
     }
 
     /// The digest of one platform's manifest in the index `digest`.
-    fn platform_digest(&self, _reference: &str, digest: &str, arch: &str) -> String {
+    fn platform_digest(&self, digest: &str, arch: &str) -> String {
         let index: Value = serde_json::from_str(
             &self
                 .get(
@@ -491,7 +491,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
         );
 
         // The wrong platform: the arm64 manifest alone.
-        let arm64 = registry.platform_digest(&reference, &digest, "arm64");
+        let arm64 = registry.platform_digest(&digest, "arm64");
         let name = "wrong-platform";
         let (pod, _) = pod_manifest(
             name,

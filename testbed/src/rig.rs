@@ -173,20 +173,6 @@ impl Rig {
             .collect()
     }
 
-    /// Waits until every container of the pod is in `state`
-    /// (`CONTAINER_RUNNING`, `CONTAINER_EXITED`); false after `limit`.
-    pub fn wait_containers(&self, pod_id: &str, n: usize, state: &str, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            let cs = self.containers(pod_id);
-            if cs.len() == n && cs.iter().all(|c| c["status"]["state"] == state) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
     /// Waits until at least `n` of the pod's containers run (init
     /// containers that ran to completion do not count); false on timeout.
     pub fn wait_running(&self, pod_id: &str, n: usize, limit: Duration) -> bool {

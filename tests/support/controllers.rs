@@ -80,17 +80,7 @@ pub fn chart_spec(chart: &str, kind: &str, wired: bool) -> (Value, String) {
     } else {
         upstream.join(chart)
     };
-    let out = std::process::Command::new(&helm)
-        .args(["template", "edge"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8(out.stdout).unwrap();
+    let rendered = super::renders::template(&helm, &path, &[]);
     let injected = if wired { inject(&rendered) } else { rendered };
     let objs = objects(&injected);
     let o = objs

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,32 +29,19 @@ pub fn skip_or_fail(why: &str) -> Option<Rig> {
 }
 
 pub fn rig() -> Option<Rig> {
-    let dir = std::env::var_os("NGINX_DRAIN_KUBELET_RIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new("..").join("shared").join("kubelet-rig"));
-    if !dir.join("rig.sh").is_file() {
-        return skip_or_fail(&format!(
-            "no rig at {} (set NGINX_DRAIN_KUBELET_RIG)",
-            dir.display()
-        ));
-    }
-    if !nix::unistd::getuid().is_root() {
-        return skip_or_fail("it needs root (namespaces, containerd)");
-    }
-    let project = std::env::current_dir().unwrap();
-    let binary = project.join("dist/nginx-drain");
-    if !binary.is_file() {
-        return skip_or_fail("no dist/nginx-drain: run scripts/image first (scripts/test does)");
-    }
-    let kube_bin = match testbed::kube::bin_dir(&project) {
-        Ok(dir) => dir,
+    let i = match super::rig_inputs(
+        "NGINX_DRAIN_KUBELET_RIG",
+        "kubelet-rig",
+        "namespaces, containerd",
+    ) {
+        Ok(i) => i,
         Err(why) => return skip_or_fail(&why),
     };
     // Not under the project: containerd's overlay snapshots need a plain
     // file system (the checkout may itself sit on an overlay).
     let home = std::env::temp_dir().join("nginx-drain-kubelet-rig");
     std::fs::create_dir_all(&home).unwrap();
-    Some(Rig::up(&dir, &home, &project, &binary, &kube_bin))
+    Some(Rig::up(&i.dir, &home, &i.project, &i.binary, &i.kube_bin))
 }
 
 /// The chart rendered with the rig's images and `sets`, as a static pod

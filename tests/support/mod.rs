@@ -128,3 +128,42 @@ pub fn oci_archive(dir: &Path) -> std::path::PathBuf {
     );
     archive
 }
+
+/// What a real-Kubernetes rig (`../shared/kubelet-rig`,
+/// `../shared/cluster-rig`) needs before it can come up.
+pub struct RigInputs {
+    /// The rig's scripts.
+    pub dir: std::path::PathBuf,
+    pub project: std::path::PathBuf,
+    /// The static binary scripts/image built.
+    pub binary: std::path::PathBuf,
+    /// The Kubernetes binaries scripts/kube built.
+    pub kube_bin: std::path::PathBuf,
+}
+
+/// The rig `folder` of `../shared` (or `$env`), root, the static binary and
+/// the Kubernetes binaries; the reason when one is missing. `needs` says
+/// what root is for.
+pub fn rig_inputs(env: &str, folder: &str, needs: &str) -> Result<RigInputs, String> {
+    let dir = std::env::var_os(env)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new("..").join("shared").join(folder));
+    if !dir.join("rig.sh").is_file() {
+        return Err(format!("no rig at {} (set {env})", dir.display()));
+    }
+    if !nix::unistd::getuid().is_root() {
+        return Err(format!("it needs root ({needs})"));
+    }
+    let project = std::env::current_dir().unwrap();
+    let binary = project.join("dist/nginx-drain");
+    if !binary.is_file() {
+        return Err("no dist/nginx-drain: run scripts/image first (scripts/test does)".into());
+    }
+    let kube_bin = testbed::kube::bin_dir(&project)?;
+    Ok(RigInputs {
+        dir,
+        project,
+        binary,
+        kube_bin,
+    })
+}

@@ -272,11 +272,12 @@ pub fn controller_config<'a>(objs: &'a [Value], workload: &Value) -> Option<&'a 
         .map(|c| &c["data"])
 }
 
-/// `nginx-drain inject` (this package's binary) on `yaml`, which must
-/// succeed; the injected stream.
-pub fn inject(yaml: &str) -> String {
+/// `nginx-drain inject ARGS` (this package's binary) with `yaml` on its
+/// stdin: whatever it answers.
+pub fn run_inject(yaml: &str, args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nginx-drain"))
         .arg("inject")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -287,9 +288,33 @@ pub fn inject(yaml: &str) -> String {
     let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
+    out
+}
+
+/// [`run_inject`] with no flags, which must succeed; the injected stream.
+pub fn inject(yaml: &str) -> String {
+    let out = run_inject(yaml, &[]);
     assert!(
         out.status.success(),
         "inject: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `helm template edge CHART --namespace edge ARGS`, which must succeed.
+pub fn template(helm: &str, chart: &Path, args: &[&str]) -> String {
+    let out = Command::new(helm)
+        .args(["template", "edge"])
+        .arg(chart)
+        .args(["--namespace", NAMESPACE])
+        .args(args)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm template {}: {}",
+        chart.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
