@@ -427,18 +427,8 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
     let gid = nginx["securityContext"]["runAsGroup"]
         .as_i64()
         .or_else(|| pod["securityContext"]["runAsGroup"].as_i64());
-    let grace = match opts.grace_period {
-        Some(g) => i64::from(g),
-        None => pod["terminationGracePeriodSeconds"].as_i64().unwrap_or(30),
-    };
-    let budget = grace - i64::from(opts.margin);
-    if budget < 3 {
-        return Err(InjectError::Refused(format!(
-            "{what}: terminationGracePeriodSeconds {grace} leaves a drain budget of {budget}s after the {}s margin: give --grace-period {} or more",
-            opts.margin,
-            opts.margin + 3
-        )));
-    }
+    let (grace, budget) =
+        grace_and_budget(what, opts, pod["terminationGracePeriodSeconds"].as_i64())?;
     let ports: Vec<u16> = if opts.ports.is_empty() {
         seq(nginx, "ports")
             .iter()
@@ -508,6 +498,27 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
         ports_text.join(", ")
     ));
     Ok(true)
+}
+
+/// The pod's grace period (`--grace-period`, else the workload's, else
+/// Kubernetes' 30 s) and the drain budget it leaves; refused under 3 s.
+fn grace_and_budget(
+    what: &str,
+    opts: &Options,
+    in_spec: Option<i64>,
+) -> Result<(i64, i64), InjectError> {
+    let grace = opts
+        .grace_period
+        .map_or_else(|| in_spec.unwrap_or(30), i64::from);
+    let budget = grace - i64::from(opts.margin);
+    if budget < 3 {
+        return Err(InjectError::Refused(format!(
+            "{what}: terminationGracePeriodSeconds {grace} leaves a drain budget of {budget}s after the {}s margin: give --grace-period {} or more",
+            opts.margin,
+            opts.margin + 3
+        )));
+    }
+    Ok((grace, budget))
 }
 
 /// Makes `lifecycle`'s preStop the drain's hook (GET /prestop on `port`);
@@ -665,19 +676,11 @@ fn wire_nginx_proxy(
         .uid
         .or_else(|| controller.default_uid())
         .expect("NGF has a UID");
-    let grace = match opts.grace_period {
-        Some(g) => i64::from(g),
-        None => w["pod"]["terminationGracePeriodSeconds"]
-            .as_i64()
-            .unwrap_or(30),
-    };
-    let budget = grace - i64::from(opts.margin);
-    if budget < 3 {
-        return Err(InjectError::Refused(format!(
-            "{what}: terminationGracePeriodSeconds {grace} leaves a drain budget of {budget}s: give --grace-period {} or more",
-            opts.margin + 3
-        )));
-    }
+    let (grace, budget) = grace_and_budget(
+        what,
+        opts,
+        w["pod"]["terminationGracePeriodSeconds"].as_i64(),
+    )?;
     set(
         entry(w, "pod"),
         "terminationGracePeriodSeconds",
