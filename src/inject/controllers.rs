@@ -87,6 +87,33 @@ impl Controller {
         }
     }
 
+    /// The environment variable through which the controller's image sets
+    /// NGINX's `worker_shutdown_timeout`: Kong turns `KONG_NGINX_MAIN_<X>`
+    /// into the directive `<x>` in nginx.conf's main context (its "injected
+    /// NGINX directives"). Kong sets no timer of its own.
+    pub(crate) fn shutdown_timeout_env(self) -> Option<&'static str> {
+        match self {
+            Controller::Kong => Some("KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT"),
+            _ => None,
+        }
+    }
+
+    /// Where the controller keeps NGINX's `worker_shutdown_timeout` when
+    /// `inject` cannot set it, in words: what a user changes so that NGINX
+    /// closes WebSockets and streams within the drain budget (`limit`
+    /// seconds), instead of the sidecar's SIGTERM at the escalation point.
+    pub(crate) fn shutdown_timeout_hint(self, limit: u64) -> Option<String> {
+        match self {
+            Controller::Apisix => Some(format!(
+                "APISIX keeps NGINX's worker_shutdown_timeout in its config.yaml (nginx_config.worker_shutdown_timeout, 240s by default; the chart has no value for it), which inject does not edit: set it to at most {limit}s, or a WebSocket or stream open at the hook makes the drain forced (NGINX gets SIGTERM at the escalation point)"
+            )),
+            Controller::GatewayFabric => Some(format!(
+                "NGINX Gateway Fabric sets no worker_shutdown_timeout and its NginxProxy has no field for it: a WebSocket or stream open at the hook makes the drain forced (NGINX gets SIGTERM at the escalation point) unless a SnippetsFilter in the main context sets worker_shutdown_timeout to at most {limit}s"
+            )),
+            _ => None,
+        }
+    }
+
     /// An argument the controller's container gets, when it has none with
     /// that flag: ingress-nginx sleeps `--post-shutdown-grace-period` (10 s)
     /// after NGINX has exited before it exits itself; after a drain there is

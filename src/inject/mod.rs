@@ -387,6 +387,62 @@ fn worker_shutdown(
     }
 }
 
+/// NGINX's worker shutdown timeout for a controller whose image takes it
+/// from an environment variable (Kong): the value the sidecar is told, and
+/// the value to write into the NGINX container's variable when it is unset
+/// (no timer) or longer than `limit`. None when the variable comes from
+/// elsewhere (`valueFrom`, `envFrom`: with a note saying what to check).
+fn worker_shutdown_env(
+    nginx: &Value,
+    controller: Controller,
+    limit: Duration,
+    what: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<(u64, Option<String>)> {
+    let var = controller.shutdown_timeout_env()?;
+    let limit_secs = limit.as_secs();
+    let cname = nginx["name"].as_str().unwrap_or("?");
+    let found = seq(nginx, "env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some(var));
+    match found {
+        Some(e) if e["value"].is_null() => {
+            ctx.notes.push(format!(
+                "{what}: container {cname}: {var} comes from valueFrom: make sure it is at most {limit_secs}s (the drain budget's limit), or NGINX's timer closes long-lived connections only after the sidecar escalates"
+            ));
+            None
+        }
+        Some(e) => {
+            let text = e["value"].as_str().unwrap_or_default();
+            match seconds(text) {
+                Some(c) if c <= limit_secs as f64 => Some((c.ceil() as u64, None)),
+                _ => Some((limit_secs, Some(format!("{text:?}")))),
+            }
+        }
+        None if !seq(nginx, "envFrom").is_empty() => {
+            ctx.notes.push(format!(
+                "{what}: container {cname}: takes variables from envFrom: inject set no {var}; make sure any there is at most {limit_secs}s"
+            ));
+            None
+        }
+        None => Some((limit_secs, Some("unset: no timer".to_string()))),
+    }
+}
+
+/// Sets `name` to `value` in a container's `env` (replacing its entry, or
+/// appending one).
+fn set_env(container: &mut Value, name: &str, value: &str) {
+    let env = entry(container, "env");
+    if !env.is_sequence() {
+        *env = Value::Sequence(Vec::new());
+    }
+    let list = env.as_sequence_mut().expect("a sequence");
+    match list.iter_mut().find(|e| e["name"].as_str() == Some(name)) {
+        Some(e) => set(e, "value", s(value)),
+        None => list.push(map([("name", s(name)), ("value", s(value))])),
+    }
+}
+
 /// Wires one pod spec; true when it changed.
 fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, InjectError> {
     let opts = ctx.opts;
@@ -442,7 +498,14 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
     };
     let budget_d = Duration::from_secs(budget.unsigned_abs());
     let limit = max_worker_shutdown_timeout(budget_d, opts.max_delay);
-    let worker_shutdown = worker_shutdown(nginx, controller, limit, what, ctx);
+    let (worker_shutdown, env_edit) = match worker_shutdown_env(nginx, controller, limit, what, ctx)
+    {
+        Some((w, edit)) => (Some(w), edit),
+        None => (worker_shutdown(nginx, controller, limit, what, ctx), None),
+    };
+    if let Some(hint) = controller.shutdown_timeout_hint(limit.as_secs()) {
+        ctx.notes.push(format!("{what}: {hint}"));
+    }
 
     // The NGINX container: the drain's hook replaces any other preStop.
     let containers = pod["containers"].as_sequence_mut().expect("containers");
@@ -460,6 +523,14 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
         ctx.notes.push(format!(
             "{what}: container {cname}: set runAsUser {uid} (the {} image's user), which the sidecar matches",
             controller.as_str()
+        ));
+    }
+    if let (Some(was), Some(var), Some(w)) =
+        (env_edit, controller.shutdown_timeout_env(), worker_shutdown)
+    {
+        set_env(nginx, var, &format!("{w}s"));
+        ctx.notes.push(format!(
+            "{what}: container {cname}: set {var} to {w}s (was {was}): NGINX closes WebSockets and streams by then, inside the drain budget"
         ));
     }
     if let Some((flag, arg)) = controller.extra_arg() {
@@ -691,6 +762,11 @@ fn wire_nginx_proxy(
         notes.push(format!(
             "{what}: replaced the nginx container's preStop hook, {old}, with nginx-drain's"
         ));
+    }
+    let limit =
+        max_worker_shutdown_timeout(Duration::from_secs(budget.unsigned_abs()), opts.max_delay);
+    if let Some(hint) = controller.shutdown_timeout_hint(limit.as_secs()) {
+        notes.push(format!("{what}: {hint}"));
     }
     // NGF's nginx container runs as 101:1001 (its image's USER).
     let sidecar = sidecar(opts, budget, grace, &opts.ports, None, uid, Some(1001));

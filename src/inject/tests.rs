@@ -266,6 +266,37 @@ fn kong_and_apisix_lose_their_fixed_waits() {
         "{:?}",
         out.notes
     );
+    // Kong sets no worker_shutdown_timeout: written through its injected
+    // directive variable, and told to the sidecar.
+    let proxy = seq(pod, "containers")
+        .iter()
+        .find(|c| c["name"] == s("proxy"))
+        .unwrap();
+    let env: Vec<(String, String)> = seq(proxy, "env")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env,
+        vec![(
+            "KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT".to_string(),
+            "6s".to_string()
+        )]
+    );
+    assert!(a.contains(&"--worker-shutdown-timeout=6s".into()), "{a:?}");
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n
+                .contains("KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT to 6s (was unset: no timer)")),
+        "{:?}",
+        out.notes
+    );
     let apisix = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      containers:\n      - name: apisix\n        image: apache/apisix:3.16.0-ubuntu\n        lifecycle: {preStop: {exec: {command: [/bin/sh, -c, sleep 30]}}}\n";
     let out = inject(
         apisix,
@@ -280,6 +311,78 @@ fn kong_and_apisix_lose_their_fixed_waits() {
     assert_eq!(sidecar["name"], s(SIDECAR));
     assert!(sidecar["restartPolicy"].is_null(), "a regular container");
     assert_eq!(sidecar["securityContext"]["runAsUser"], Value::from(636));
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("nginx_config.worker_shutdown_timeout") && n.contains("at most 6s")),
+        "{:?}",
+        out.notes
+    );
+}
+
+#[test]
+fn kongs_own_shutdown_timeout_is_kept_when_it_fits_and_shortened_when_not() {
+    let kong = |env: &str| {
+        format!(
+            "kind: Deployment\nmetadata: {{name: k}}\nspec:\n  template:\n    spec:\n      containers:\n      - name: proxy\n        image: kong:3.9\n        env:\n        - {{name: KONG_DATABASE, value: 'off'}}\n{env}"
+        )
+    };
+    let var = |out: &str| -> Value {
+        let d = docs(out);
+        let proxy = &seq(&d[0]["spec"]["template"]["spec"], "containers")[0];
+        seq(proxy, "env")
+            .iter()
+            .find(|e| e["name"] == s("KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let sidecar_arg = |out: &str| {
+        let d = docs(out);
+        args(&seq(&d[0]["spec"]["template"]["spec"], "initContainers")[0])
+            .into_iter()
+            .find(|a| a.starts_with("--worker-shutdown-timeout"))
+    };
+    // Fits: kept, and the sidecar told.
+    let out = inject(
+        &kong("        - {name: KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT, value: 4s}\n"),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(var(&out.output)["value"], s("4s"));
+    assert_eq!(
+        sidecar_arg(&out.output).as_deref(),
+        Some("--worker-shutdown-timeout=4s")
+    );
+    // Too long for the budget: brought within it, the user's other
+    // variables untouched.
+    let out = inject(
+        &kong("        - {name: KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT, value: 60s}\n"),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(var(&out.output)["value"], s("6s"));
+    assert!(out.output.contains("KONG_DATABASE"), "{}", out.output);
+    assert!(
+        out.notes.iter().any(|n| n.contains("(was \"60s\")")),
+        "{:?}",
+        out.notes
+    );
+    // From a ConfigMap or Secret: not touched, the sidecar not told, and
+    // the user told what to check.
+    let out = inject(
+        &kong("        - name: KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT\n          valueFrom: {configMapKeyRef: {name: kong-env, key: wst}}\n"),
+        &opts(),
+    )
+    .unwrap();
+    assert!(var(&out.output)["value"].is_null());
+    assert_eq!(sidecar_arg(&out.output), None);
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("comes from valueFrom") && n.contains("at most 6s")),
+        "{:?}",
+        out.notes
+    );
 }
 
 #[test]
@@ -299,4 +402,11 @@ fn gateway_fabric_is_wired_through_its_nginx_proxy() {
     assert_eq!(spec["shareProcessNamespace"], Value::from(true));
     assert_eq!(seq(spec, "initContainers")[0]["name"], s(SIDECAR));
     assert_eq!(inject(&out.output, &opts()).unwrap().output, out.output);
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("SnippetsFilter") && n.contains("at most 6s")),
+        "{:?}",
+        out.notes
+    );
 }
