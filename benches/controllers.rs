@@ -4,11 +4,16 @@
 //! images of `testbed/lookalikes` (see `tests/controllers.rs`), once with
 //! the controller's own defaults and once wired by `nginx-drain inject`.
 //! Same traffic for every case: 50 new connections/s from 2 s before the
-//! deletion until 3 s after it, and 2 slow downloads (256 KiB at 64 KiB/s)
-//! started 1 s before it.
+//! deletion until 3 s after it, 4 keep-alive clients (a request every
+//! 100 ms each) as long, 2 slow downloads (256 KiB at 64 KiB/s) started 1 s
+//! before it, and one WebSocket through NGINX (a message every 200 ms)
+//! opened 1.5 s before it.
 //!
-//! Per cell and run: failed requests, cut downloads, the preStop hook's
-//! duration (the kubelet's log), deletion -> pod gone, SIGKILL (exit 137).
+//! Per cell and run: failed requests (new connections and keep-alive),
+//! cut downloads, the WebSocket's end (what ended it, from NGINX's log of
+//! the signals it received and the container's exit, and when), the
+//! preStop hook's duration (the kubelet's log), deletion -> pod gone,
+//! SIGKILL (exit 137).
 //! Prints a Markdown table for docs/BENCHMARKS.md.
 //!
 //! Run as root, after `scripts/image` and `scripts/kube`:
@@ -22,96 +27,48 @@ mod support;
 
 use std::time::Duration;
 
-use support::controllers::{allow_low_ports, chart_spec, gateway_fabric_pod, static_pod};
+use support::controllers::{CONTROLLERS, controller_pod};
 use support::kubelet_rig::{DOWNLOAD_BYTES, Measured, Plan, rig, run_measured};
 
-struct Controller {
-    name: &'static str,
-    chart: &'static str,
-    nginx: &'static str,
-    port: u16,
+/// What ended the WebSocket, read from what NGINX logged (the signals it
+/// received) and the container's exit: NGINX's own timer after a SIGQUIT,
+/// a SIGTERM (NGINX's fast shutdown, at once or after a SIGQUIT), or the
+/// kubelet's SIGKILL.
+fn ws_cause(m: &Measured) -> String {
+    let Some(ws) = &m.traffic.websocket else {
+        return "none".into();
+    };
+    let ws = match ws {
+        Ok(w) => w,
+        Err(e) => return format!("did not open ({e})"),
+    };
+    if ws.how == "limit" {
+        return "open at the client's limit".into();
+    }
+    let quit = m.nginx_log.contains("signal 3 (SIGQUIT) received");
+    let term = m.nginx_log.contains("signal 15 (SIGTERM) received");
+    let killed = m.nginx_exit == Some(137);
+    let cause = match (killed, quit, term) {
+        (true, _, _) => "cut by SIGKILL",
+        (false, true, true) => "cut by SIGTERM after SIGQUIT",
+        (false, false, true) => "cut by fast shutdown (SIGTERM)",
+        (false, true, false) => "closed by NGINX's worker_shutdown_timeout",
+        (false, false, false) => "closed (no signal logged)",
+    };
+    cause.to_string()
 }
 
-const CONTROLLERS: [Controller; 5] = [
-    Controller {
-        name: "NGINX Gateway Fabric 2.6.7",
-        chart: "nginx-gateway-fabric",
-        nginx: "nginx",
-        port: 8080,
-    },
-    Controller {
-        name: "Kong 3.4.1",
-        chart: "kong",
-        nginx: "proxy",
-        port: 8000,
-    },
-    Controller {
-        name: "APISIX 2.14.0",
-        chart: "apisix",
-        nginx: "apisix",
-        port: 9080,
-    },
-    Controller {
-        name: "ingress-nginx 4.15.1",
-        chart: "ingress-nginx",
-        nginx: "controller",
-        port: 80,
-    },
-    Controller {
-        name: "NGINX Ingress Controller 2.7.0",
-        chart: "nginx-ingress",
-        nginx: "nginx-ingress",
-        port: 80,
-    },
-];
-
-fn pod(c: &Controller, wired: bool, case: &str) -> serde_json::Value {
-    match c.chart {
-        "nginx-gateway-fabric" => {
-            let (np, _) = chart_spec(c.chart, "NginxProxy", wired);
-            let mut p = gateway_fabric_pod(&np);
-            p["metadata"]["name"] = serde_json::json!(case);
-            p
-        }
-        "kong" => {
-            let (spec, _) = chart_spec(c.chart, "Deployment", wired);
-            static_pod(
-                case,
-                &spec,
-                &[
-                    ("proxy", "localhost/lookalike-kong:3.9"),
-                    ("clear-stale-pid", "localhost/lookalike-kong:3.9"),
-                ],
-                &[],
-            )
-        }
-        "ingress-nginx" | "nginx-ingress" => {
-            let (spec, _) = chart_spec(c.chart, "Deployment", wired);
-            let image = if c.chart == "ingress-nginx" {
-                "localhost/lookalike-ingress-nginx:1.15.1"
-            } else {
-                "localhost/lookalike-nginx-ingress:5.6.0"
-            };
-            let mut p = static_pod(case, &spec, &[(c.nginx, image)], &[]);
-            allow_low_ports(&mut p);
-            p
-        }
-        _ => {
-            let (spec, _) = chart_spec(c.chart, "Deployment", wired);
-            static_pod(
-                case,
-                &spec,
-                &[("apisix", "localhost/lookalike-apisix:3.16.0")],
-                &["wait-etcd"],
-            )
-        }
+fn ws_at(m: &Measured) -> Option<f64> {
+    match &m.traffic.websocket {
+        Some(Ok(ws)) => Some(ws.at.saturating_duration_since(m.deleted).as_secs_f64()),
+        _ => None,
     }
 }
 
 fn cell(runs: &[Measured]) -> String {
     let failed: Vec<String> = runs
         .iter()
-        .map(|m| m.traffic.load.failed().to_string())
+        .map(|m| m.traffic.failed().to_string())
         .collect();
     let cut: Vec<String> = runs
         .iter()
@@ -124,6 +81,21 @@ fn cell(runs: &[Measured]) -> String {
                 .to_string()
         })
         .collect();
+    let causes: Vec<String> = runs.iter().map(ws_cause).collect();
+    let ats: Vec<String> = runs
+        .iter()
+        .map(|m| ws_at(m).map_or("-".into(), |a| format!("+{a:.1}")))
+        .collect();
+    let ws = if causes.iter().all(|c| *c == causes[0]) {
+        format!("{} at {} s", causes[0], ats.join(", "))
+    } else {
+        let each: Vec<String> = causes
+            .iter()
+            .zip(&ats)
+            .map(|(c, a)| format!("{c} at {a} s"))
+            .collect();
+        each.join("; ")
+    };
     let hook: Vec<String> = runs
         .iter()
         .map(|m| m.hook_secs.map_or("none".into(), |h| format!("{h:.1} s")))
@@ -144,7 +116,7 @@ fn cell(runs: &[Measured]) -> String {
         })
         .collect();
     format!(
-        "{} | {} | {} | {} | {}",
+        "{} | {} | {ws} | {} | {} | {}",
         failed.join("/"),
         cut.join("/"),
         hook.join(", "),
@@ -180,6 +152,8 @@ fn main() {
         lag: Duration::from_secs(3),
         download_bytes: DOWNLOAD_BYTES,
         port,
+        keepalive: 4,
+        websocket: true,
     };
     let mut rows = Vec::new();
     for c in CONTROLLERS
@@ -189,17 +163,25 @@ fn main() {
         for wired in [false, true] {
             let mut measured = Vec::new();
             for i in 0..runs {
-                let short = if c.chart == "nginx-gateway-fabric" {
-                    "ngf"
-                } else {
-                    c.chart
-                };
-                let case = format!("{short}-{}-{i}", if wired { "drain" } else { "own" });
-                let m = run_measured(&rig, &case, pod(c, wired, &case), plan(c.port), c.nginx);
+                let case = format!("{}-{}-{i}", c.short, if wired { "drain" } else { "own" });
+                let m = run_measured(
+                    &rig,
+                    &case,
+                    controller_pod(c, wired, &case),
+                    plan(c.port),
+                    c.nginx,
+                );
                 eprintln!(
-                    "{case}: failed {}, downloads {:?}, hook {:?} s, gone after {:.1} s, nginx exit {:?}",
-                    m.traffic.load.failed(),
+                    "{case}: failed {} (new {:?}, keep-alive {:?}), downloads {:?}, WebSocket {:?} ({}), hook {:?} s, gone after {:.1} s, nginx exit {:?}",
+                    m.traffic.failed(),
+                    m.traffic.load.examples,
+                    m.traffic.keepalive.examples,
                     m.traffic.downloads,
+                    m.traffic
+                        .websocket
+                        .as_ref()
+                        .map(|w| w.as_ref().map(|w| (&w.how, w.exchanged))),
+                    ws_cause(&m),
                     m.hook_secs,
                     m.gone_after.as_secs_f64(),
                     m.nginx_exit
@@ -215,9 +197,9 @@ fn main() {
         }
     }
     println!(
-        "| controller | shutdown | failed requests | cut downloads | preStop hook | deletion -> pod gone | SIGKILL |"
+        "| controller | shutdown | failed requests | cut downloads | WebSocket end (since deletion) | preStop hook | deletion -> pod gone | SIGKILL |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }

@@ -10,19 +10,25 @@
 //! containers wait in a busybox stand-in.
 //!
 //! The traffic of every case: 50 new connections/s continuing 3 s after the
-//! deletion and 2 slow downloads in flight. Asserted: the drain's report
-//! `drained`, no failed request, every download byte, one SIGQUIT, no
-//! SIGKILL.
+//! deletion, 4 keep-alive clients, 2 slow downloads in flight and one
+//! WebSocket through NGINX. Asserted: no failed request, every download
+//! byte, one SIGQUIT, no SIGKILL, and the WebSocket's end as each
+//! controller's NGINX is configured: closed by NGINX's own
+//! `worker_shutdown_timeout` where it fits the drain budget (Kong, with the
+//! timer inject gives it; ingress-nginx, whose 240 s fits its 300 s grace;
+//! NGINX Inc, with the timer inject writes into its ConfigMap), the report
+//! `streams_closed`; cut by the sidecar's SIGTERM at the escalation point
+//! where NGINX has no timer inject can set (NGF) or a longer one (APISIX's
+//! 240 s in its config.yaml), the report `forced` and naming it.
 //!
 //! Needs what `tests/kubelet.rs` needs, and the upstream charts.
 
 use std::time::Duration;
 
-use serde_json::Value;
 use testbed::rig::Rig;
 
 mod support;
-use support::controllers::{allow_low_ports, chart_spec, gateway_fabric_pod, static_pod};
+use support::controllers::{CONTROLLERS, Controller, controller_pod};
 use support::kubelet_rig::*;
 use support::renders::upstream_charts;
 
@@ -34,31 +40,80 @@ fn plan(port: u16) -> Plan {
         lag: Duration::from_secs(3),
         download_bytes: DOWNLOAD_BYTES,
         port,
+        keepalive: 4,
+        websocket: true,
     }
 }
 
-/// What every controller's drain must give its users.
-fn assert_drained(rig: &Rig, name: &str, pod: Value, nginx: &str, port: u16, nginx_exit: &[i64]) {
-    let (t, _, seen) = run_case_for(rig, name, pod, plan(port), nginx);
+/// What the drain gives each controller's users: the report's outcome and
+/// who ended the WebSocket (`cut_by`), and the NGINX container's exit codes
+/// that are not a SIGKILL.
+fn expected(chart: &str) -> (&'static str, &'static str, &'static [i64]) {
+    match chart {
+        // After the drain, the kubelet's SIGTERM reaches NGF's entrypoint,
+        // which signals the already-gone nginx: with bash the `kill` fails
+        // under `set -e` (exit 1, as the upstream README says); this busybox
+        // look-alike may still hold nginx's status (exit 0).
+        "nginx-gateway-fabric" => ("forced", "sigterm", &[0, 1]),
+        "kong" => ("streams_closed", "nginx_worker_shutdown_timeout", &[0]),
+        "apisix" => ("forced", "sigterm", &[0]),
+        // The controller's own quit finds NGINX gone ("Error during
+        // shutdown", exit 1, or 0 if the shell still held NGINX's status),
+        // with no post-shutdown wait (inject sets it to 0).
+        "ingress-nginx" => ("streams_closed", "nginx_worker_shutdown_timeout", &[0, 1]),
+        "nginx-ingress" => ("streams_closed", "nginx_worker_shutdown_timeout", &[0]),
+        other => panic!("{other}"),
+    }
+}
+
+fn assert_drained(rig: &Rig, c: &Controller) {
+    let name = c.short;
+    let pod = controller_pod(c, true, name);
+    let (outcome, cut_by, nginx_exit) = expected(c.chart);
+    let (t, deleted, seen) = run_case_for(rig, name, pod, plan(c.port), c.nginx);
     let r = &seen.report;
+    let ws = t
+        .websocket
+        .clone()
+        .expect("a WebSocket")
+        .expect("it opened");
     println!(
-        "{name}: outcome {} hook->SIGQUIT {} ms, total {} ms; {} ok, {} failed; downloads {:?}; nginx exit {}, sidecar exit {}",
+        "{name}: outcome {} hook->SIGQUIT {} ms, total {} ms; {} ok, {} failed; keep-alive {} ok, {} failed, {} retried; downloads {:?}; WebSocket {} after {} messages, {:.1} s after the deletion; nginx exit {}, sidecar exit {}",
         r["outcome"],
         r["durations"]["hook_to_sigquit_ms"],
         r["durations"]["total_ms"],
         t.load.ok,
         t.load.failed(),
+        t.keepalive.ok,
+        t.keepalive.failed(),
+        t.keepalive.retried,
         t.downloads,
+        ws.how,
+        ws.exchanged,
+        ws.at.saturating_duration_since(deleted).as_secs_f64(),
         seen.nginx_exit,
         seen.sidecar_exit
     );
-    assert_eq!(r["outcome"], "drained", "{name}: {r:#}");
-    assert_eq!(t.load.failed(), 0, "{name}: {:?}", t.load);
+    assert_eq!(r["outcome"], outcome, "{name}: {r:#}");
+    assert_eq!(t.failed(), 0, "{name}: {:?} {:?}", t.load, t.keepalive);
     assert!(t.load.ok > 100, "{name}: {:?}", t.load);
+    assert!(t.keepalive.ok > 100, "{name}: {:?}", t.keepalive);
     assert_eq!(
         t.downloads,
         vec![Ok(DOWNLOAD_BYTES), Ok(DOWNLOAD_BYTES)],
         "{name}"
+    );
+    // The WebSocket worked through NGINX, then NGINX (or its exit) ended it
+    // after the deletion; the report says who, and that it was open before
+    // the hook.
+    assert!(ws.exchanged > 5, "{name}: {ws:?}");
+    assert_ne!(ws.how, "limit", "{name}: {ws:?}");
+    assert!(ws.at > deleted, "{name}: {ws:?}");
+    let conns = &r["connections"];
+    assert_eq!(conns["cut_by"], cut_by, "{name}: {conns:#}");
+    assert!(
+        conns["cut_open_before_hook"].as_u64() >= Some(1),
+        "{name}: {conns:#}"
     );
     assert_eq!(
         seen.nginx_log
@@ -82,62 +137,7 @@ fn each_controllers_pod_wired_by_inject_drains_under_a_real_kubelet() {
     if upstream_charts().is_none() {
         return;
     }
-
-    // Kong: nginx is the main process; its own `kong quit --wait=15`
-    // preStop is replaced by the drain's hook.
-    let (spec, _) = chart_spec("kong", "Deployment", true);
-    let pod = static_pod(
-        "kong",
-        &spec,
-        &[
-            ("proxy", "localhost/lookalike-kong:3.9"),
-            ("clear-stale-pid", "localhost/lookalike-kong:3.9"),
-        ],
-        &[],
-    );
-    assert_drained(&rig, "kong", pod, "proxy", 8000, &[0]);
-
-    // APISIX: openresty's nginx as the main process; `sleep 30` replaced.
-    let (spec, _) = chart_spec("apisix", "Deployment", true);
-    let pod = static_pod(
-        "apisix",
-        &spec,
-        &[("apisix", "localhost/lookalike-apisix:3.16.0")],
-        &["wait-etcd"],
-    );
-    assert_drained(&rig, "apisix", pod, "apisix", 9080, &[0]);
-
-    // ingress-nginx: its `/wait-shutdown` replaced; after the drain the
-    // controller's own quit finds NGINX gone ("Error during shutdown",
-    // exit 1, or 0 if the shell still held NGINX's status), with no
-    // post-shutdown wait (inject sets it to 0).
-    let (spec, _) = chart_spec("ingress-nginx", "Deployment", true);
-    let mut pod = static_pod(
-        "ingress-nginx",
-        &spec,
-        &[("controller", "localhost/lookalike-ingress-nginx:1.15.1")],
-        &[],
-    );
-    allow_low_ports(&mut pod);
-    assert_drained(&rig, "ingress-nginx", pod, "controller", 80, &[0, 1]);
-
-    // NGINX Inc: the controller exits 0 with NGINX.
-    let (spec, _) = chart_spec("nginx-ingress", "Deployment", true);
-    let mut pod = static_pod(
-        "nginx-ingress",
-        &spec,
-        &[("nginx-ingress", "localhost/lookalike-nginx-ingress:5.6.0")],
-        &[],
-    );
-    allow_low_ports(&mut pod);
-    assert_drained(&rig, "nginx-ingress", pod, "nginx-ingress", 80, &[0]);
-
-    // NGINX Gateway Fabric: after the drain, the kubelet's SIGTERM reaches
-    // the entrypoint, which signals the already-gone nginx: with bash the
-    // `kill` fails under `set -e` (exit 1, as the upstream README says);
-    // this busybox look-alike may still hold nginx's status (exit 0).
-    // Never 137: no SIGKILL.
-    let (np, _) = chart_spec("nginx-gateway-fabric", "NginxProxy", true);
-    let pod = gateway_fabric_pod(&np);
-    assert_drained(&rig, "ngf", pod, "nginx", 8080, &[0, 1]);
+    for c in &CONTROLLERS {
+        assert_drained(&rig, c);
+    }
 }

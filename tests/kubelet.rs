@@ -182,6 +182,8 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             lag: Duration::from_secs(3),
             download_bytes: DOWNLOAD_BYTES,
             port: 80,
+            keepalive: 0,
+            websocket: false,
         };
         let (t, deleted, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
@@ -272,6 +274,8 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             lag: Duration::from_secs(2),
             download_bytes: DOWNLOAD_BYTES,
             port: 80,
+            keepalive: 0,
+            websocket: false,
         };
         let (t, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
@@ -303,6 +307,8 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             lag: Duration::ZERO,
             download_bytes: 1 << 20,
             port: 80,
+            keepalive: 0,
+            websocket: false,
         };
         let (t, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
@@ -345,6 +351,8 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             lag: Duration::ZERO,
             download_bytes: 0,
             port: 80,
+            keepalive: 0,
+            websocket: false,
         };
         let (_, _, seen) = run_case(&rig, name, pod, plan);
         let r = &seen.report;
@@ -445,6 +453,8 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             lag: Duration::from_secs(1),
             download_bytes: DOWNLOAD_BYTES,
             port: 80,
+            keepalive: 0,
+            websocket: false,
         };
         let (t, _, seen) = run_case(&rig, name, pod, plan);
         assert_eq!(seen.report["outcome"], "drained", "{:#}", seen.report);

@@ -14,20 +14,33 @@
 #       (the pod sets net.ipv4.ip_unprivileged_port_start)
 #   localhost/lookalike-kong:3.9       Kong: nginx is the main process (exec),
 #       STOPSIGNAL SIGQUIT, UID 1000, prefix /kong_prefix; proxy 8000, status
-#       8100 (/status, /status/ready); `kong quit --wait=N` for its preStop
+#       8100 (/status, /status/ready); `kong quit --wait=N` for its preStop;
+#       no worker_shutdown_timeout unless KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT
+#       injects one (Kong's `nginx_main_*` directive injection)
 #   localhost/lookalike-apisix:3.16.0  APISIX: openresty-style nginx as the main
 #       process, STOPSIGNAL SIGQUIT, UID 636, prefix /usr/local/apisix; 9080;
 #       worker_shutdown_timeout 240s (APISIX's default)
 #   localhost/lookalike-ingress-nginx:1.15.1  ingress-nginx: the controller runs
 #       NGINX (UID 101), quits it at once on SIGTERM, then sleeps
-#       --post-shutdown-grace-period; `/wait-shutdown` (its preStop) TERMs it
+#       --post-shutdown-grace-period; `/wait-shutdown` (its preStop) TERMs it;
+#       worker_shutdown_timeout 240s, or CONFIGMAP_WORKER_SHUTDOWN_TIMEOUT
 #   localhost/lookalike-nginx-ingress:5.6.0   NGINX Inc: the controller runs NGINX
-#       (UID 101), quits it on SIGTERM and exits 0 with it; no preStop
+#       (UID 101), quits it on SIGTERM and exits 0 with it; no preStop; no
+#       worker_shutdown_timeout unless CONFIGMAP_WORKER_SHUTDOWN_TIMEOUT
+#
+# CONFIGMAP_WORKER_SHUTDOWN_TIMEOUT stands in for the controllers' ConfigMap
+# key `worker-shutdown-timeout` (the real controllers read their ConfigMap
+# from the API server; a static pod has none: the tests pass the value of
+# the ConfigMap inject wrote).
 #   localhost/lookalike-aux:1          a controller's other containers (Kong's
 #       ingress controller): busybox, waits until stopped
 #
-# usage: build.sh OUT_DIR BUILDAH_ROOT
+# Every look-alike's NGINX proxies /ws (WebSockets) to WS_BACKEND
+# (HOST:PORT, the echo backend the tests run in the rig's network).
+#
+# usage: WS_BACKEND=HOST:PORT build.sh OUT_DIR BUILDAH_ROOT
 set -euo pipefail
+: "${WS_BACKEND:?WS_BACKEND=HOST:PORT: where the look-alikes proxy /ws}"
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$1
 ROOT=$2
@@ -58,6 +71,7 @@ rootfs() {
 # conf FILE PID_FILE LISTEN_PORT WORKER_SHUTDOWN_LINE [EXTRA_SERVER]
 conf() {
     sed -e "s|PID_FILE|$2|" -e "s|listen 8080|listen $3|" -e "s|WORKER_SHUTDOWN|$4|" \
+        -e "s|WS_BACKEND|$WS_BACKEND|" \
         "$HERE/nginx.conf" > "$1"
     if [ -n "${5:-}" ]; then
         # before the http block's last brace
@@ -97,8 +111,11 @@ install -m755 "$HERE/kong" "$r/usr/local/bin/kong"
 cat > "$r/usr/local/bin/kong-start" <<'SH'
 #!/bin/sh
 # `kong docker-start`: prepare the prefix, then exec nginx (the main process).
+# KONG_NGINX_MAIN_<DIRECTIVE> injects a main-context directive, as Kong's
+# configuration does (only worker_shutdown_timeout here).
 mkdir -p /kong_prefix/pids /kong_prefix/logs
-exec nginx -e stderr -p /kong_prefix -c /etc/kong/nginx.conf -g 'daemon off;'
+w=${KONG_NGINX_MAIN_WORKER_SHUTDOWN_TIMEOUT:-}
+exec nginx -e stderr -p /kong_prefix -c /etc/kong/nginx.conf -g "daemon off;${w:+ worker_shutdown_timeout $w;}"
 SH
 chmod 755 "$r/usr/local/bin/kong-start"
 cat > "$ctx/Containerfile" <<'CF'
@@ -137,7 +154,7 @@ rm -rf "$ctx"
 # net.ipv4.ip_unprivileged_port_start instead).
 ctx=$(mktemp -d); r=$ctx/rootfs
 rootfs "$r" www-data 101 82
-conf "$r/etc/nginx/nginx.conf" /tmp/nginx.pid 80 "worker_shutdown_timeout 240s;" \
+conf "$r/etc/nginx/nginx.conf" /tmp/nginx.pid 80 "" \
     '    server { listen 10254; location /healthz { return 200 "ok"; } }'
 install -m755 "$HERE/ingress-nginx-controller" "$r/nginx-ingress-controller"
 install -m755 "$HERE/wait-shutdown" "$r/wait-shutdown"

@@ -16,6 +16,10 @@ use serde_json::Value;
 /// bridge (pods have no default route, so clients must be on their subnet),
 /// neither the kubelet's (the bridge's first, 10.213.1.1) nor a pod's.
 pub const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 213, 1, 250));
+/// The port of the WebSocket echo backend that the controllers' look-alikes
+/// proxy `/ws` to, on [`CLIENT_IP`] (a test runs it in the rig's network
+/// while it needs it).
+pub const WS_PORT: u16 = 9001;
 /// Where the kubelet's probes and hooks come from (the bridge).
 pub const KUBELET_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 213, 1, 1));
 
@@ -52,6 +56,7 @@ impl Rig {
         let lookalikes = Command::new(project.join("testbed/lookalikes/build.sh"))
             .arg(home.join("images"))
             .arg(home.join("buildah-lookalikes"))
+            .env("WS_BACKEND", format!("{CLIENT_IP}:{WS_PORT}"))
             .output()
             .expect("run testbed/lookalikes/build.sh");
         ok("testbed/lookalikes/build.sh", &lookalikes);

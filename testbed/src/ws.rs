@@ -6,11 +6,11 @@
 //! Loopback only; every loop ends by itself (a connection's end, or a limit).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,7 +23,12 @@ pub struct EchoBackend {
 
 impl EchoBackend {
     pub async fn start() -> io::Result<EchoBackend> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        EchoBackend::start_on("127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// The backend on `addr` (in a network namespace a test created).
+    pub async fn start_on(addr: SocketAddr) -> io::Result<EchoBackend> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -70,6 +75,8 @@ pub struct WsEnd {
     pub how: String,
     /// When it ended, since the client opened it.
     pub after: Duration,
+    /// When it ended.
+    pub at: std::time::Instant,
 }
 
 /// A WebSocket client through NGINX that sends a message every `every` and
@@ -82,7 +89,19 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn open(nginx: SocketAddr, every: Duration, limit: Duration) -> io::Result<WsClient> {
-        let stream = TcpStream::connect(nginx).await?;
+        WsClient::open_from(None, nginx, every, limit).await
+    }
+
+    /// [`WsClient::open`] from the local address `from`.
+    pub async fn open_from(
+        from: Option<IpAddr>,
+        nginx: SocketAddr,
+        every: Duration,
+        limit: Duration,
+    ) -> io::Result<WsClient> {
+        let stream = crate::client::connect(from, nginx)
+            .await
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
         let local = stream.local_addr()?;
         let url = format!("ws://{nginx}/ws");
         let (mut ws, resp) = tokio_tungstenite::client_async(url, stream)
@@ -105,7 +124,10 @@ impl WsClient {
                         if let Err(e) = ws.send(Message::text(format!("m{exchanged}"))).await {
                             break format!("error: {e}");
                         }
-                        match ws.next().await {
+                        let Ok(next) = tokio::time::timeout_at(start + limit, ws.next()).await else {
+                            break "limit".to_string();
+                        };
+                        match next {
                             Some(Ok(m)) if m.is_text() => exchanged += 1,
                             Some(Ok(Message::Close(_))) | None => break "closed".to_string(),
                             Some(Ok(_)) => {}
@@ -118,6 +140,7 @@ impl WsClient {
                 exchanged,
                 how,
                 after: start.elapsed(),
+                at: std::time::Instant::now(),
             }
         });
         Ok(WsClient { local, task })
@@ -129,6 +152,7 @@ impl WsClient {
             exchanged: 0,
             how: format!("error: {e}"),
             after: Duration::ZERO,
+            at: std::time::Instant::now(),
         })
     }
 }

@@ -9,6 +9,131 @@ use super::renders::{helm, inject, objects, upstream_charts};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A controller of the rig's cases: its chart, the container that runs
+/// NGINX, NGINX's client port, and what its look-alike needs.
+pub struct Controller {
+    /// As the tables name it (with the chart's version).
+    pub name: &'static str,
+    /// The chart's folder in `../shared/upstream-charts`.
+    pub chart: &'static str,
+    /// The short name of its pods.
+    pub short: &'static str,
+    /// The container that runs NGINX.
+    pub nginx: &'static str,
+    pub port: u16,
+}
+
+pub const CONTROLLERS: [Controller; 5] = [
+    Controller {
+        name: "NGINX Gateway Fabric 2.6.7",
+        chart: "nginx-gateway-fabric",
+        short: "ngf",
+        nginx: "nginx",
+        port: 8080,
+    },
+    Controller {
+        name: "Kong 3.4.1",
+        chart: "kong",
+        short: "kong",
+        nginx: "proxy",
+        port: 8000,
+    },
+    Controller {
+        name: "APISIX 2.14.0",
+        chart: "apisix",
+        short: "apisix",
+        nginx: "apisix",
+        port: 9080,
+    },
+    Controller {
+        name: "ingress-nginx 4.15.1",
+        chart: "ingress-nginx",
+        short: "ingress-nginx",
+        nginx: "controller",
+        port: 80,
+    },
+    Controller {
+        name: "NGINX Ingress Controller 2.7.0",
+        chart: "nginx-ingress",
+        short: "nginx-ingress",
+        nginx: "nginx-ingress",
+        port: 80,
+    },
+];
+
+/// The controller's pod as its chart renders it (wired by `inject` when
+/// `wired`), made the rig's static pod `case` with the look-alike images.
+pub fn controller_pod(c: &Controller, wired: bool, case: &str) -> Value {
+    if c.chart == "nginx-gateway-fabric" {
+        let (np, _) = chart_spec(c.chart, "NginxProxy", wired);
+        let mut p = gateway_fabric_pod(&np);
+        p["metadata"]["name"] = json!(case);
+        p["metadata"]["labels"]["app"] = json!(case);
+        return p;
+    }
+    let (spec, rendered) = chart_spec(c.chart, "Deployment", wired);
+    let (images, drop): (&[(&str, &str)], &[&str]) = match c.chart {
+        "kong" => (
+            &[
+                ("proxy", "localhost/lookalike-kong:3.9"),
+                ("clear-stale-pid", "localhost/lookalike-kong:3.9"),
+            ],
+            &[],
+        ),
+        // APISIX's etcd is not in the rig: its init container waits for it.
+        "apisix" => (
+            &[("apisix", "localhost/lookalike-apisix:3.16.0")],
+            &["wait-etcd"],
+        ),
+        "ingress-nginx" => (
+            &[("controller", "localhost/lookalike-ingress-nginx:1.15.1")],
+            &[],
+        ),
+        "nginx-ingress" => (
+            &[("nginx-ingress", "localhost/lookalike-nginx-ingress:5.6.0")],
+            &[],
+        ),
+        other => panic!("no look-alike for {other}"),
+    };
+    let mut p = static_pod(case, &spec, images, drop);
+    if matches!(c.chart, "ingress-nginx" | "nginx-ingress") {
+        allow_low_ports(&mut p);
+        configmap_to_env(&mut p, c.nginx, &rendered);
+    }
+    p
+}
+
+/// The controller's ConfigMap key `worker-shutdown-timeout` (as rendered,
+/// and as inject wrote it) given to its look-alike as
+/// `CONFIGMAP_WORKER_SHUTDOWN_TIMEOUT`: the real controllers read their
+/// ConfigMap from the API server, which a static pod has not.
+pub fn configmap_to_env(pod: &mut Value, container: &str, rendered: &str) {
+    let Some(value) = objects(rendered)
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap")
+        .find_map(|o| {
+            o["data"]["worker-shutdown-timeout"]
+                .as_str()
+                .map(str::to_string)
+        })
+    else {
+        return;
+    };
+    let c = pod["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == container)
+        .unwrap_or_else(|| panic!("no container {container}"));
+    if !c["env"].is_array() {
+        c["env"] = json!([]);
+    }
+    c["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "CONFIGMAP_WORKER_SHUTDOWN_TIMEOUT", "value": value}));
+}
+
 /// A rendered (and injected) pod spec made a static pod of the rig:
 /// `images` names the look-alike for each of the controller's containers
 /// (others become the busybox stand-in), `drop` the init containers that

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use testbed::client;
 use testbed::load::{self, LoadStats};
 use testbed::netns;
-use testbed::rig::{self, CLIENT_IP, Rig};
+use testbed::rig::{self, CLIENT_IP, Rig, WS_PORT};
+use testbed::ws::{EchoBackend, WsClient, WsEnd};
 
 pub const HANG: Duration = Duration::from_secs(60);
 /// `/slow/` serves 64 KiB/s: 256 KiB take 4 s.
@@ -137,14 +138,39 @@ pub fn token_from_host_path(pod: &mut Value, token: &str, dir: &Path) {
 /// What the clients saw.
 #[derive(Debug, Default)]
 pub struct Traffic {
+    /// The new connections, one request each.
     pub load: LoadStats,
+    /// The keep-alive clients, all together.
+    pub keepalive: LoadStats,
     pub downloads: Vec<Result<usize, String>>,
+    /// The WebSocket's end (or why it did not open).
+    pub websocket: Option<Result<WsEnd, String>>,
 }
+
+impl Traffic {
+    /// Requests that failed, new connections and keep-alive together.
+    pub fn failed(&self) -> u64 {
+        self.load.failed() + self.keepalive.failed()
+    }
+}
+
+/// A keep-alive client sends a request this often.
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(100);
+/// The WebSocket client sends a message (and reads its echo) this often.
+const WS_EVERY: Duration = Duration::from_millis(200);
+/// The WebSocket client gives up after this long (ingress-nginx's default
+/// 240 s worker shutdown timeout and 10 s post-shutdown wait fit in it).
+pub const WS_LIMIT: Duration = Duration::from_secs(330);
 
 /// The traffic of a case: `rate` new connections/s from the clients'
 /// address from now until `lag` after the deletion (which happens `lead`
-/// from now), and `downloads` slow downloads started 1 s before the
-/// deletion.
+/// from now), `keepalive` clients (a request every 100 ms each, on one
+/// connection, sent again once on a new one when NGINX closed the idle
+/// connection it was written to, as HTTP clients do) for as long, `downloads`
+/// slow downloads started 1 s before the deletion, and with `websocket` one
+/// WebSocket through NGINX to an echo backend on the clients' address
+/// (exchanging a message every 200 ms) opened 1.5 s before the deletion and
+/// followed to its end.
 #[derive(Clone, Copy)]
 pub struct Plan {
     pub rate: f64,
@@ -155,6 +181,10 @@ pub struct Plan {
     pub download_bytes: usize,
     /// NGINX's port in the pod.
     pub port: u16,
+    /// Keep-alive clients.
+    pub keepalive: usize,
+    /// One WebSocket through NGINX (`/ws`, the look-alikes' location).
+    pub websocket: bool,
 }
 
 /// Runs `plan` in the rig's network and calls `delete` at the deletion.
@@ -171,12 +201,21 @@ pub fn traffic_and_delete(
         lag,
         download_bytes,
         port,
+        keepalive,
+        websocket,
     } = plan;
     let nginx = SocketAddr::new(pod_ip, port);
     let (tx, rx) = std::sync::mpsc::channel();
     let traffic = netns::run_in(&rig.netns(), move || async move {
         let t0 = tokio::time::Instant::now();
         let deleted_at = t0 + lead;
+        let backend = if websocket {
+            let addr = SocketAddr::new(CLIENT_IP, WS_PORT);
+            let b = EchoBackend::start_on(addr).await;
+            Some(b.unwrap_or_else(|e| panic!("the WebSocket backend on {addr}: {e}")))
+        } else {
+            None
+        };
         let max = (rate * (lead + lag).as_secs_f64()).ceil() as u64 + 1;
         let load = (rate > 0.0).then(|| {
             tokio::spawn(load::open_loop(
@@ -187,6 +226,23 @@ pub fn traffic_and_delete(
                 max,
             ))
         });
+        let kept: Vec<_> = (0..keepalive)
+            .map(|_| {
+                tokio::spawn(load::keepalive_client(
+                    nginx,
+                    Some(CLIENT_IP),
+                    KEEPALIVE_EVERY,
+                    deleted_at + lag,
+                    true,
+                ))
+            })
+            .collect();
+        let ws = if backend.is_some() {
+            tokio::time::sleep_until(deleted_at - Duration::from_millis(1500)).await;
+            Some(WsClient::open_from(Some(CLIENT_IP), nginx, WS_EVERY, WS_LIMIT).await)
+        } else {
+            None
+        };
         tokio::time::sleep_until(deleted_at - Duration::from_secs(1)).await;
         let mut dl = Vec::new();
         for _ in 0..downloads {
@@ -216,9 +272,18 @@ pub fn traffic_and_delete(
         if let Some(l) = load {
             t.load = l.await.unwrap();
         }
+        for k in kept {
+            t.keepalive.merge(&k.await.unwrap());
+        }
         for d in dl {
             t.downloads.push(d.await.unwrap());
         }
+        t.websocket = match ws {
+            Some(Ok(c)) => Some(Ok(c.end().await)),
+            Some(Err(e)) => Some(Err(format!("did not open: {e}"))),
+            None => None,
+        };
+        drop(backend);
         t
     });
     (traffic, rx.recv().unwrap())
@@ -433,6 +498,8 @@ pub struct Measured {
     pub gone_after: Duration,
     /// The preStop hook's run, from the kubelet's log, in seconds.
     pub hook_secs: Option<f64>,
+    /// When the pod was deleted.
+    pub deleted: Instant,
 }
 
 /// Runs `pod` to its deletion under `plan`, watching the NGINX container
@@ -465,7 +532,7 @@ pub fn run_measured(
         let watcher = scope.spawn(move || {
             let deleted = deleted_rx.recv().unwrap();
             let (mut log, mut exit) = (String::new(), None);
-            let deadline = Instant::now() + Duration::from_secs(120);
+            let deadline = Instant::now() + WS_LIMIT + HANG;
             loop {
                 if let Ok(l) = rig.logs(nginx) {
                     log = l;
@@ -474,7 +541,7 @@ pub fn run_measured(
                     exit = rig.exit_code(nginx_id);
                 }
                 if rig.pod(static_name).is_none() {
-                    return (log, exit, deleted.elapsed());
+                    return (log, exit, deleted, deleted.elapsed());
                 }
                 assert!(Instant::now() < deadline, "{name}: the pod did not go away");
                 std::thread::sleep(Duration::from_millis(50));
@@ -485,7 +552,7 @@ pub fn run_measured(
             let st = delete.status();
             assert!(st.is_ok_and(|s| s.success()), "rig.sh delete");
         });
-        let (nginx_log, nginx_exit, gone_after) = watcher.join().unwrap();
+        let (nginx_log, nginx_exit, deleted, gone_after) = watcher.join().unwrap();
         let kubelet = rig.kubelet_log(static_name);
         let at = |what: &str| {
             line(&kubelet, what, nginx_container).and_then(|l| rig::kubelet_log_time(l))
@@ -503,6 +570,7 @@ pub fn run_measured(
             nginx_log,
             gone_after,
             hook_secs,
+            deleted,
         }
     })
 }
