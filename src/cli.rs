@@ -92,6 +92,12 @@ pub struct InjectArgs {
     /// The sidecar's port (hook, probes, metrics).
     #[arg(long, default_value_t = 10266, value_name = "PORT")]
     pub hook_port: u16,
+    /// Where else the preStop hook may come from, passed to the sidecar's
+    /// `--allow-cidr` (repeatable or comma-separated): the kubelet's
+    /// address on a CNI that gives pods no default route, whose sidecar
+    /// otherwise says at start which range to allow and never turns Ready.
+    #[arg(long = "allow-cidr", value_delimiter = ',', value_parser = parse_net, value_name = "CIDR")]
+    pub allow_cidrs: Vec<IpNet>,
 }
 
 /// How `check` and `status` reach the sidecar. By default they find the

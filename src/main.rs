@@ -70,6 +70,7 @@ fn injected(args: &nginx_drain::cli::InjectArgs) -> ExitCode {
         margin: args.margin,
         max_delay: args.max_delay,
         hook_port: args.hook_port,
+        allow_cidrs: args.allow_cidrs.clone(),
     };
     match nginx_drain::inject::inject(&input, &opts) {
         Ok(done) => {

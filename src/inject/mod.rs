@@ -55,6 +55,8 @@ pub struct Options {
     pub max_delay: Duration,
     /// The sidecar's port (hook, probes, metrics).
     pub hook_port: u16,
+    /// The sidecar's `--allow-cidr`s, besides the kubelet's addresses.
+    pub allow_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Why a stream cannot be injected. Each names the object and the fix.
@@ -635,6 +637,7 @@ fn sidecar(
         args.push(format!("--worker-shutdown-timeout={w}s"));
     }
     args.push("--allow-kubelet=true".into());
+    args.extend(opts.allow_cidrs.iter().map(|c| format!("--allow-cidr={c}")));
     args.push("--log-format=json".into());
     args.push("--report-file=/dev/termination-log".into());
     let field = |name: &str, path: &str| {

@@ -11,6 +11,7 @@ fn opts() -> Options {
         margin: 5,
         max_delay: Duration::from_secs(15),
         hook_port: 10266,
+        allow_cidrs: Vec::new(),
     }
 }
 
@@ -318,6 +319,26 @@ fn kong_and_apisix_lose_their_fixed_waits() {
         "{:?}",
         out.notes
     );
+}
+
+#[test]
+fn allowed_ranges_reach_the_sidecar() {
+    let opts = Options {
+        allow_cidrs: vec![
+            "10.244.0.1/32".parse().unwrap(),
+            "fd00::/64".parse().unwrap(),
+        ],
+        ..opts()
+    };
+    let out = inject(INGRESS_NGINX, &opts).unwrap();
+    let d = docs(&out.output);
+    let a = args(&seq(&d[2]["spec"]["template"]["spec"], "initContainers")[1]);
+    assert!(
+        a.contains(&"--allow-cidr=10.244.0.1/32".to_string()),
+        "{a:?}"
+    );
+    assert!(a.contains(&"--allow-cidr=fd00::/64".to_string()), "{a:?}");
+    assert!(a.contains(&"--allow-kubelet=true".to_string()), "{a:?}");
 }
 
 #[test]
