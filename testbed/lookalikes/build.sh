@@ -20,7 +20,9 @@
 #   localhost/lookalike-apisix:3.16.0  APISIX: openresty-style nginx as the main
 #       process, STOPSIGNAL SIGQUIT, UID 636, prefix /usr/local/apisix; 9080;
 #       worker_shutdown_timeout 240s (APISIX's default)
-#   localhost/lookalike-ingress-nginx:1.15.1  ingress-nginx: the controller runs
+#   localhost/ingress-nginx/controller:v1.15.1-lookalike  ingress-nginx (named
+#       like the upstream repository, so that `inject` knows it in a real
+#       cluster's helm render as it knows the real one): the controller runs
 #       NGINX (UID 101), quits it at once on SIGTERM, then sleeps
 #       --post-shutdown-grace-period; `/wait-shutdown` (its preStop) TERMs it;
 #       worker_shutdown_timeout 240s, or CONFIGMAP_WORKER_SHUTDOWN_TIMEOUT
@@ -165,7 +167,7 @@ ENV PATH=/usr/local/bin:/usr/sbin:/bin
 USER 101:82
 ENTRYPOINT ["/bin/sh", "-c", "exec \"$@\"", "sh"]
 CF
-build lookalike-ingress-nginx localhost/lookalike-ingress-nginx:1.15.1 "$ctx"
+build lookalike-ingress-nginx localhost/ingress-nginx/controller:v1.15.1-lookalike "$ctx"
 rm -rf "$ctx"
 
 # NGINX Inc: the controller runs NGINX (UID 101), quits it on SIGTERM and

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -108,6 +108,9 @@ impl Cluster {
         for image in extra {
             c.build_image(image);
         }
+        // The controllers' look-alikes, for their charts' own releases (no
+        // WebSocket backend here: `/ws` answers 502).
+        crate::rig::build_lookalikes(project, home, SocketAddr::from(([127, 0, 0, 1], 9)));
         let up = c.rig(&["up"]).output().expect("run rig.sh up");
         ok("rig.sh up", &up);
         eprintln!("{}", String::from_utf8_lossy(&up.stdout).trim());

@@ -5,7 +5,7 @@
 //! network, deletion, and what the kubelet, the runtime and the containers
 //! said. `down` runs when the [`Rig`] is dropped, whatever happened.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -51,15 +51,9 @@ impl Rig {
             .output()
             .expect("run images.sh");
         ok("images.sh", &images);
-        // The controllers' look-alikes (NGF, Kong, APISIX), imported beside
-        // the rig's own images at `up`.
-        let lookalikes = Command::new(project.join("testbed/lookalikes/build.sh"))
-            .arg(home.join("images"))
-            .arg(home.join("buildah-lookalikes"))
-            .env("WS_BACKEND", format!("{CLIENT_IP}:{WS_PORT}"))
-            .output()
-            .expect("run testbed/lookalikes/build.sh");
-        ok("testbed/lookalikes/build.sh", &lookalikes);
+        // The controllers' look-alikes, imported beside the rig's own
+        // images at `up`.
+        build_lookalikes(project, home, SocketAddr::new(CLIENT_IP, WS_PORT));
         let up = rig.script("rig.sh", &["up"]);
         ok("rig.sh up", &up);
         rig
@@ -221,13 +215,25 @@ impl Rig {
     }
 
     /// A container's exit code as the kubelet's pod lifecycle events
-    /// logged it (`"Generic (PLEG): container finished" ... exitCode=N`):
-    /// the kubelet removes a deleted pod's containers right after.
+    /// logged it (`"Generic (PLEG): container finished" ... exitCode=N`),
+    /// else as containerd logged its main process's exit (the kubelet
+    /// removes a deleted pod's containers right after they exit, sometimes
+    /// before its PLEG saw them exited).
     pub fn exit_code(&self, container_id: &str) -> Option<i64> {
         let text = std::fs::read_to_string(self.home.join("logs/kubelet.log")).ok()?;
         text.lines()
             .filter(|l| l.contains("container finished") && l.contains(container_id))
             .find_map(|l| l.rsplit("exitCode=").next()?.trim().parse().ok())
+            .or_else(|| self.exit_status_logged(container_id))
+    }
+
+    /// The exit status of a container's main process from containerd's
+    /// exit event (`received container exit event container_id:"ID"
+    /// id:"ID" ... exit_status:N`; the field is left out when 0; an exec's
+    /// event, such as a preStop command's, has another `id`).
+    fn exit_status_logged(&self, container_id: &str) -> Option<i64> {
+        let text = std::fs::read_to_string(self.home.join("logs/containerd.log")).ok()?;
+        exit_status_in(&text, container_id)
     }
 
     /// The kubelet's log lines about `pod` (its static-pod name).
@@ -239,6 +245,35 @@ impl Rig {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// [`Rig::exit_status_logged`] on containerd's log text.
+fn exit_status_in(text: &str, container_id: &str) -> Option<i64> {
+    let main = format!(r#"container_id:\"{container_id}\"  id:\"{container_id}\""#);
+    let line = text
+        .lines()
+        .find(|l| l.contains("received container exit event") && l.contains(&main))?;
+    Some(match line.split("exit_status:").nth(1) {
+        Some(rest) => rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?,
+        None => 0,
+    })
+}
+
+/// Builds the controllers' look-alike images (`testbed/lookalikes`) into
+/// `$RIG/images` (`home`), whence a rig imports them at `up`; their NGINX
+/// proxies `/ws` to `ws_backend`. Panics with what failed.
+pub fn build_lookalikes(project: &Path, home: &Path, ws_backend: SocketAddr) {
+    let out = Command::new(project.join("testbed/lookalikes/build.sh"))
+        .arg(home.join("images"))
+        .arg(home.join("buildah-lookalikes"))
+        .env("WS_BACKEND", ws_backend.to_string())
+        .output()
+        .expect("run testbed/lookalikes/build.sh");
+    ok("testbed/lookalikes/build.sh", &out);
 }
 
 impl Drop for Rig {
@@ -279,4 +314,23 @@ pub fn kubelet_log_time(line: &str) -> Option<f64> {
 pub fn rfc3339_time(stamp: &str) -> Option<f64> {
     let t = stamp.split('T').nth(1)?.trim_end_matches('Z');
     kubelet_log_time(&format!("I {t}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_status_in;
+
+    #[test]
+    fn a_main_process_exit_is_read_from_containerds_log_and_an_execs_is_not() {
+        let log = concat!(
+            r#"time="t" level=info msg="received container exit event container_id:\"c1\"  id:\"e9\"  pid:70  exit_status:2  exited_at:{seconds:1}""#,
+            "\n",
+            r#"time="t" level=info msg="received container exit event container_id:\"c1\"  id:\"c1\"  pid:60  exit_status:137  exited_at:{seconds:1}""#,
+            "\n",
+            r#"time="t" level=info msg="received container exit event container_id:\"c2\"  id:\"c2\"  pid:61  exited_at:{seconds:1}""#,
+        );
+        assert_eq!(exit_status_in(log, "c1"), Some(137));
+        assert_eq!(exit_status_in(log, "c2"), Some(0), "0 is left out");
+        assert_eq!(exit_status_in(log, "c3"), None);
+    }
 }

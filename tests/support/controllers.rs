@@ -86,7 +86,10 @@ pub fn controller_pod(c: &Controller, wired: bool, case: &str) -> Value {
             &["wait-etcd"],
         ),
         "ingress-nginx" => (
-            &[("controller", "localhost/lookalike-ingress-nginx:1.15.1")],
+            &[(
+                "controller",
+                "localhost/ingress-nginx/controller:v1.15.1-lookalike",
+            )],
             &[],
         ),
         "nginx-ingress" => (
