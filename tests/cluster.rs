@@ -581,6 +581,10 @@ fn helm_upgrade_with_the_post_renderer_keeps_the_release(c: &Cluster) {
         "helm upgrade --reuse-values --post-renderer nginx-drain: {} objects, each as inject makes it; the API server holds the wired Deployment",
         got.len()
     );
+    // Its cluster-scoped objects (the IngressClass `nginx`, cluster roles)
+    // go with the release, so that another release of the chart can be
+    // installed.
+    helm_in(&["uninstall", "edge", "-n", ns]);
     c.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
 
