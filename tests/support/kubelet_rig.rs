@@ -559,7 +559,9 @@ pub fn run_measured(
         };
         let hook_secs = match (
             at("Running preStop hook"),
-            at("PreStop hook completed").or_else(|| at("PreStop hook failed")),
+            at("PreStop hook completed")
+                .or_else(|| at("PreStop hook failed"))
+                .or_else(|| at("PreStop hook not completed in grace period")),
         ) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
