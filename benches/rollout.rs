@@ -169,22 +169,7 @@ fn deploy(c: &Cluster, s: Strategy, ns: &str, helm: &str) -> Target {
             ("web", "app=web")
         }
     };
-    let svc = c.kubectl_json(&["-n", ns, "get", "service", deployment]);
-    let t = Target {
-        namespace: ns.into(),
-        deployment: deployment.into(),
-        selector: selector.into(),
-        nginx: "nginx".into(),
-        service_ip: svc["spec"]["clusterIP"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("the Service's ClusterIP"),
-        rate: 100.0,
-        download_bytes: DOWNLOAD_BYTES,
-    };
-    rollout::rollout_status(c, &t);
-    rollout::wait_for_routes(c, &t);
-    t
+    rollout::ready_target(c, ns, deployment, selector, "nginx", DOWNLOAD_BYTES)
 }
 
 /// One strategy's run, reduced to the table's numbers.

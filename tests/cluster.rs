@@ -120,22 +120,14 @@ fn install(c: &Cluster) -> Target {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     println!("{}", c.sh(&args));
-    let svc = c.kubectl_json(&["-n", NS, "get", "service", DEPLOYMENT]);
-    let t = Target {
-        namespace: NS.into(),
-        deployment: DEPLOYMENT.into(),
-        selector: format!("app.kubernetes.io/instance={RELEASE}"),
-        nginx: "nginx".into(),
-        service_ip: svc["spec"]["clusterIP"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("the Service's ClusterIP"),
-        rate: 100.0,
-        download_bytes: DOWNLOAD_BYTES,
-    };
-    rollout::rollout_status(c, &t);
-    rollout::wait_for_routes(c, &t);
-    t
+    rollout::ready_target(
+        c,
+        NS,
+        DEPLOYMENT,
+        &format!("app.kubernetes.io/instance={RELEASE}"),
+        "nginx",
+        DOWNLOAD_BYTES,
+    )
 }
 
 /// What every phase must give the user.
@@ -442,12 +434,17 @@ fn inject_adds_no_pod_security_violation(c: &Cluster) {
     }
 }
 
-/// Helm as a user runs it: an existing ingress-nginx release with values
-/// of its own (replicas, a Service annotation, its own volume), upgraded
-/// with `--reuse-values --post-renderer nginx-drain` (the Helm 4 plugin in
-/// `contrib/helm-plugin`). The release's manifest afterwards is exactly
-/// `inject` of the manifest before: no value of the release was lost, and
-/// the API server accepted the wired objects.
+/// The values both ingress-nginx releases share: no admission webhook (its
+/// certificate job's image is not here), 2 replicas, a ClusterIP Service.
+const INGRESS_NGINX_SETS: [&str; 6] = [
+    "--set",
+    "controller.admissionWebhooks.enabled=false",
+    "--set",
+    "controller.replicaCount=2",
+    "--set",
+    "controller.service.type=ClusterIP",
+];
+
 /// Helm with nginx-drain's post-renderer plugin installed (from
 /// `contrib/helm-plugin`, into a Helm home of its own) and the built
 /// `nginx-drain` first on PATH, as README tells users.
@@ -493,6 +490,12 @@ impl HelmWithPlugin {
     }
 }
 
+/// Helm as a user runs it: an existing ingress-nginx release with values
+/// of its own (replicas, a Service annotation, its own volume), upgraded
+/// with `--reuse-values --post-renderer nginx-drain` (the Helm 4 plugin in
+/// `contrib/helm-plugin`). The release's manifest afterwards is exactly
+/// `inject` of the manifest before: no value of the release was lost, and
+/// the API server accepted the wired objects.
 fn helm_upgrade_with_the_post_renderer_keeps_the_release(c: &Cluster) {
     let Some(helm) = renders::helm() else { return };
     let Some(upstream) = renders::upstream_charts() else {
@@ -503,26 +506,21 @@ fn helm_upgrade_with_the_post_renderer_keeps_the_release(c: &Cluster) {
     let chart = upstream.join("ingress-nginx");
     let chart = chart.to_str().unwrap();
     let ns = "ingress-user";
-    helm_in(&[
-        "install",
-        "edge",
-        chart,
-        "-n",
-        ns,
-        "--create-namespace",
-        "--set",
-        "controller.admissionWebhooks.enabled=false",
-        "--set",
-        "controller.replicaCount=2",
-        "--set",
-        "controller.service.type=ClusterIP",
-        "--set-string",
-        "controller.service.annotations.example\\.com/lb=internal",
-        "--set",
-        "controller.extraVolumes[0].name=user-data",
-        "--set",
-        "controller.extraVolumes[0].emptyDir.medium=Memory",
-    ]);
+    helm_in(
+        &[
+            &["install", "edge", chart, "-n", ns, "--create-namespace"][..],
+            &INGRESS_NGINX_SETS,
+            &[
+                "--set-string",
+                "controller.service.annotations.example\\.com/lb=internal",
+                "--set",
+                "controller.extraVolumes[0].name=user-data",
+                "--set",
+                "controller.extraVolumes[0].emptyDir.medium=Memory",
+            ],
+        ]
+        .concat(),
+    );
     let before = helm_in(&["get", "manifest", "edge", "-n", ns]);
     helm_in(&[
         "upgrade",
@@ -610,52 +608,43 @@ fn ingress_nginx_release(c: &Cluster) -> Option<Target> {
     let out = h.run(
         c,
         &[
-            "install",
-            "front",
-            chart.to_str().unwrap(),
-            "-n",
-            ns,
-            "--create-namespace",
-            "--post-renderer",
-            "nginx-drain",
-            &allow,
-            &image,
-            "--set",
-            "controller.admissionWebhooks.enabled=false",
-            "--set",
-            "controller.replicaCount=2",
-            "--set",
-            "controller.service.type=ClusterIP",
-            "--set",
-            "controller.image.repository=localhost/ingress-nginx/controller",
-            "--set",
-            "controller.image.tag=v1.15.1-lookalike",
-            "--set",
-            "controller.image.digest=",
-            "--set",
-            "controller.image.pullPolicy=Never",
-            "--set-string",
-            "controller.sysctls.net\\.ipv4\\.ip_unprivileged_port_start=0",
-        ],
+            &[
+                "install",
+                "front",
+                chart.to_str().unwrap(),
+                "-n",
+                ns,
+                "--create-namespace",
+                "--post-renderer",
+                "nginx-drain",
+                &allow,
+                &image,
+            ][..],
+            &INGRESS_NGINX_SETS,
+            &[
+                "--set",
+                "controller.image.repository=localhost/ingress-nginx/controller",
+                "--set",
+                "controller.image.tag=v1.15.1-lookalike",
+                "--set",
+                "controller.image.digest=",
+                "--set",
+                "controller.image.pullPolicy=Never",
+                "--set-string",
+                "controller.sysctls.net\\.ipv4\\.ip_unprivileged_port_start=0",
+            ],
+        ]
+        .concat(),
     );
     println!("{out}");
-    let deployment = "front-ingress-nginx-controller";
-    let svc = c.kubectl_json(&["-n", ns, "get", "service", deployment]);
-    let t = Target {
-        namespace: ns.into(),
-        deployment: deployment.into(),
-        selector: "app.kubernetes.io/instance=front,app.kubernetes.io/component=controller".into(),
-        nginx: "controller".into(),
-        service_ip: svc["spec"]["clusterIP"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("the Service's ClusterIP"),
-        rate: 100.0,
-        download_bytes: DOWNLOAD_BYTES,
-    };
-    rollout::rollout_status(c, &t);
-    rollout::wait_for_routes(c, &t);
-    Some(t)
+    Some(rollout::ready_target(
+        c,
+        ns,
+        "front-ingress-nginx-controller",
+        "app.kubernetes.io/instance=front,app.kubernetes.io/component=controller",
+        "controller",
+        DOWNLOAD_BYTES,
+    ))
 }
 
 #[test]

@@ -39,6 +39,35 @@ pub struct Target {
     pub download_bytes: usize,
 }
 
+/// The Target of a Deployment and its Service of the same name (100 new
+/// connections/s, downloads of `download_bytes`), once its rollout has
+/// finished and kube-proxy routes the Service to every pod.
+pub fn ready_target(
+    c: &Cluster,
+    namespace: &str,
+    deployment: &str,
+    selector: &str,
+    nginx: &str,
+    download_bytes: usize,
+) -> Target {
+    let svc = c.kubectl_json(&["-n", namespace, "get", "service", deployment]);
+    let t = Target {
+        namespace: namespace.into(),
+        deployment: deployment.into(),
+        selector: selector.into(),
+        nginx: nginx.into(),
+        service_ip: svc["spec"]["clusterIP"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("the Service's ClusterIP"),
+        rate: 100.0,
+        download_bytes,
+    };
+    rollout_status(c, &t);
+    wait_for_routes(c, &t);
+    t
+}
+
 /// What the clients saw.
 #[derive(Debug, Default)]
 pub struct Clients {
