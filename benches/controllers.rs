@@ -25,10 +25,8 @@
 #[allow(unused_imports)]
 mod support;
 
-use std::time::Duration;
-
-use support::controllers::{CONTROLLERS, controller_pod};
-use support::kubelet_rig::{DOWNLOAD_BYTES, Measured, Plan, rig, run_measured};
+use support::controllers::{CONTROLLERS, controller_pod, traffic};
+use support::kubelet_rig::{DOWNLOAD_BYTES, Measured, rig, run_measured};
 
 /// What ended the WebSocket, read from what NGINX logged (the signals it
 /// received) and the container's exit: NGINX's own timer after a SIGQUIT,
@@ -145,16 +143,6 @@ fn main() {
         eprintln!("controllers bench: no rig (run as root after scripts/image and scripts/kube)");
         return;
     };
-    let plan = |port| Plan {
-        rate: 50.0,
-        downloads: 2,
-        lead: Duration::from_secs(2),
-        lag: Duration::from_secs(3),
-        download_bytes: DOWNLOAD_BYTES,
-        port,
-        keepalive: 4,
-        websocket: true,
-    };
     let mut rows = Vec::new();
     for c in CONTROLLERS
         .iter()
@@ -168,7 +156,7 @@ fn main() {
                     &rig,
                     &case,
                     controller_pod(c, wired, &case),
-                    plan(c.port),
+                    traffic(c.port),
                     c.nginx,
                 );
                 eprintln!(

@@ -28,20 +28,13 @@ use testbed::rollout::{self, HANG, Phase, Target};
 mod support;
 use support::renders::{self, CHART_MATRIX, objects, overlay_renders, rendered};
 
+/// How the skip message names this file's cases.
+const CASES: &str = "the real-cluster cases";
 const NS: &str = "edge";
 const RELEASE: &str = "web";
 const DEPLOYMENT: &str = "web-nginx-drain";
 /// Each download: 192 KiB of `/slow/` at 64 KiB/s, 3 s.
 const DOWNLOAD_BYTES: usize = 192 << 10;
-
-fn skip_or_fail(why: &str) -> Option<Cluster> {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the real-cluster cases must run under CI: {why}"
-    );
-    support::skipped(&format!("the real-cluster cases: {why}"));
-    None
-}
 
 fn cluster() -> Option<Cluster> {
     let i = match support::rig_inputs(
@@ -50,10 +43,10 @@ fn cluster() -> Option<Cluster> {
         "namespaces, containerd, iptables",
     ) {
         Ok(i) => i,
-        Err(why) => return skip_or_fail(&why),
+        Err(why) => return support::skip_or_fail(CASES, &why),
     };
     if std::env::var_os("NGINX_DRAIN_HELM").is_none() {
-        return skip_or_fail("no helm: NGINX_DRAIN_HELM (scripts/test sets it)");
+        return support::skip_or_fail(CASES, "no helm: NGINX_DRAIN_HELM (scripts/test sets it)");
     }
     // Not under the project: containerd's overlay snapshots need a plain
     // file system.

@@ -23,27 +23,12 @@
 //!
 //! Needs what `tests/kubelet.rs` needs, and the upstream charts.
 
-use std::time::Duration;
-
 use testbed::rig::Rig;
 
 mod support;
-use support::controllers::{CONTROLLERS, Controller, controller_pod};
+use support::controllers::{CONTROLLERS, Controller, controller_pod, traffic};
 use support::kubelet_rig::*;
 use support::renders::upstream_charts;
-
-fn plan(port: u16) -> Plan {
-    Plan {
-        rate: 50.0,
-        downloads: 2,
-        lead: Duration::from_secs(2),
-        lag: Duration::from_secs(3),
-        download_bytes: DOWNLOAD_BYTES,
-        port,
-        keepalive: 4,
-        websocket: true,
-    }
-}
 
 /// What the drain gives each controller's users: the report's outcome and
 /// who ended the WebSocket (`cut_by`), and the NGINX container's exit codes
@@ -70,7 +55,7 @@ fn assert_drained(rig: &Rig, c: &Controller) {
     let name = c.short;
     let pod = controller_pod(c, true, name);
     let (outcome, cut_by, nginx_exit) = expected(c.chart);
-    let (t, deleted, seen) = run_case_for(rig, name, pod, plan(c.port), c.nginx);
+    let (t, deleted, seen) = run_case_for(rig, name, pod, traffic(c.port), c.nginx);
     let r = &seen.report;
     let ws = t
         .websocket

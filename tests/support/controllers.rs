@@ -5,6 +5,9 @@
 
 use serde_json::{Value, json};
 
+use std::time::Duration;
+
+use super::kubelet_rig::{DOWNLOAD_BYTES, Plan};
 use super::renders::{helm, inject, objects, upstream_charts};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -60,6 +63,23 @@ pub const CONTROLLERS: [Controller; 5] = [
         port: 80,
     },
 ];
+
+/// The traffic of every controller case, in the test and the benchmark
+/// alike: 50 new connections/s from 2 s before the deletion until 3 s
+/// after it, 4 keep-alive clients, 2 slow downloads and one WebSocket, to
+/// NGINX's `port`.
+pub fn traffic(port: u16) -> Plan {
+    Plan {
+        rate: 50.0,
+        downloads: 2,
+        lead: Duration::from_secs(2),
+        lag: Duration::from_secs(3),
+        download_bytes: DOWNLOAD_BYTES,
+        port,
+        keepalive: 4,
+        websocket: true,
+    }
+}
 
 /// The controller's pod as its chart renders it (wired by `inject` when
 /// `wired`), made the rig's static pod `case` with the look-alike images.

@@ -20,15 +20,6 @@ pub const HANG: Duration = Duration::from_secs(60);
 /// `/slow/` serves 64 KiB/s: 256 KiB take 4 s.
 pub const DOWNLOAD_BYTES: usize = 256 << 10;
 
-pub fn skip_or_fail(why: &str) -> Option<Rig> {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the real-kubelet cases must run under CI: {why}"
-    );
-    super::skipped(&format!("the real-kubelet cases: {why}"));
-    None
-}
-
 pub fn rig() -> Option<Rig> {
     let i = match super::rig_inputs(
         "NGINX_DRAIN_KUBELET_RIG",
@@ -36,7 +27,7 @@ pub fn rig() -> Option<Rig> {
         "namespaces, containerd",
     ) {
         Ok(i) => i,
-        Err(why) => return skip_or_fail(&why),
+        Err(why) => return super::skip_or_fail("the real-kubelet cases", &why),
     };
     // Not under the project: containerd's overlay snapshots need a plain
     // file system (the checkout may itself sit on an overlay).
@@ -524,24 +515,22 @@ pub fn run_measured(
     delete.args(["delete", &manifest]);
     let (deleted_tx, deleted_rx) = std::sync::mpsc::channel::<Instant>();
     std::thread::scope(|scope| {
-        // From the deletion: the NGINX container's log and exit, and the
-        // moment the pod is gone (the kubelet removes a static pod's
-        // containers right after they exit, so they are read while there).
+        // From the deletion: the NGINX container's log and the moment the
+        // pod is gone (the kubelet removes a static pod's containers right
+        // after they exit, so the log is read while it is there; the exit
+        // code stays in the kubelet's and containerd's logs).
         let static_name = &static_name;
-        let (nginx, nginx_id) = (&nginx, &nginx_id);
+        let nginx = &nginx;
         let watcher = scope.spawn(move || {
             let deleted = deleted_rx.recv().unwrap();
-            let (mut log, mut exit) = (String::new(), None);
+            let mut log = String::new();
             let deadline = Instant::now() + WS_LIMIT + HANG;
             loop {
                 if let Ok(l) = rig.logs(nginx) {
                     log = l;
                 }
-                if exit.is_none() {
-                    exit = rig.exit_code(nginx_id);
-                }
                 if rig.pod(static_name).is_none() {
-                    return (log, exit, deleted, deleted.elapsed());
+                    return (log, deleted, deleted.elapsed());
                 }
                 assert!(Instant::now() < deadline, "{name}: the pod did not go away");
                 std::thread::sleep(Duration::from_millis(50));
@@ -552,7 +541,8 @@ pub fn run_measured(
             let st = delete.status();
             assert!(st.is_ok_and(|s| s.success()), "rig.sh delete");
         });
-        let (nginx_log, nginx_exit, deleted, gone_after) = watcher.join().unwrap();
+        let (nginx_log, deleted, gone_after) = watcher.join().unwrap();
+        let nginx_exit = rig.exit_code(&nginx_id);
         let kubelet = rig.kubelet_log(static_name);
         let at = |what: &str| {
             line(&kubelet, what, nginx_container).and_then(|l| rig::kubelet_log_time(l))
