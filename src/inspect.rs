@@ -239,8 +239,16 @@ fn summary(s: &Value) -> String {
     }
     let t = &s["traffic"];
     if t.is_object() {
+        let requests = if t["requests_seen"].as_bool() == Some(false) {
+            "requests on open connections not seen".to_string()
+        } else {
+            format!(
+                "{} requests/s on open connections",
+                t["requests_per_second_last_minute"]
+            )
+        };
         out.push(format!(
-            "traffic: census {}, arrivals seen {}, ports {}, open {}, {} new connections/s over the last minute, kubelet {}",
+            "traffic: census {}, arrivals seen {}, ports {}, open {}, {} new connections/s and {requests} over the last minute, kubelet {}",
             t["census"].as_str().unwrap_or("?"),
             t["arrivals_seen"].as_str().unwrap_or("?"),
             t["ports"],

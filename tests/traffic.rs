@@ -574,3 +574,141 @@ async fn census_matches_ss_while_load_runs() {
     assert_eq!(stats.failed(), 0);
     drop(held);
 }
+
+/// A balancer's warm keep-alive pool: 16 connections opened before the
+/// sidecar started (no census saw them arrive), 200 requests a second over
+/// them and no new connection, going on for LAG after the hook (the
+/// balancer's deregistration), with downloads in flight. Its requests hold
+/// the quit until they stop; none fails.
+async fn pool_case(name: &str, lag_s: u64, new_per_second: f64) {
+    if in_own_netns(name) {
+        return;
+    }
+    let r = run_scenario(Scenario {
+        rate: new_per_second,
+        keepalive: 0,
+        pool_conns: 16,
+        pool_rate: 200.0,
+        lag: Duration::from_secs(lag_s),
+        warmup: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let t = &r.report["traffic"];
+    assert_eq!(
+        r.report["outcome"], "drained",
+        "{:#}\n{}",
+        r.report, r.sidecar_log
+    );
+    assert!(r.pool.ok >= 200, "the pool carried requests: {:?}", r.pool);
+    assert_eq!(
+        r.pool.failed(),
+        0,
+        "pooled requests failed: {:?} (report {t:#})",
+        r.pool
+    );
+    assert_eq!(r.load.failed(), 0, "new connections failed: {:?}", r.load);
+    assert_eq!(r.downloads_complete, 2, "every download complete");
+    assert_eq!(r.sigquits, 1, "exactly one SIGQUIT");
+    assert_eq!(t["sigquit_reason"], "quiet", "{t:#}");
+    assert_eq!(t["requests_seen"], true, "{t:#}");
+    let waited = t["wait_before_sigquit_ms"].as_u64().unwrap();
+    assert!(
+        waited >= lag_s * 1000,
+        "SIGQUIT only after the pool stopped: {waited} ms"
+    );
+    assert!(
+        t["requests_per_second_before_hook"].as_f64().unwrap() > 50.0,
+        "the pool's rate was seen before the hook: {t:#}"
+    );
+    let requests = t["requests_during_wait"].as_u64().unwrap();
+    assert!(
+        requests >= lag_s * 100,
+        "{requests} requests counted in {lag_s} s at 200/s"
+    );
+    if lag_s > 0 {
+        assert!(t["last_request_at"].is_string(), "{t:#}");
+    }
+    let message = r.report["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{requests} requests on open connections")),
+        "{message}"
+    );
+    println!(
+        "pool lag {lag_s} s + {new_per_second}/s new: SIGQUIT after {waited} ms, overhead {:.3} s, {requests} requests during the wait, quiet period {} ms ({}), {} pooled at SIGQUIT ({} idle), sidecar CPU {:.2} %",
+        r.overhead.as_secs_f64(),
+        t["quiet_period_ms"],
+        t["quiet_period_reason"],
+        t["pooled_at_sigquit"],
+        t["pooled_idle_at_sigquit"],
+        r.sidecar_cpu_share * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_that_stops_at_the_hook_is_drained_without_a_failed_request() {
+    pool_case(
+        "a_warm_pool_that_stops_at_the_hook_is_drained_without_a_failed_request",
+        0,
+        0.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_that_goes_on_3s_after_the_hook_holds_the_quit_and_loses_nothing() {
+    pool_case(
+        "a_warm_pool_that_goes_on_3s_after_the_hook_holds_the_quit_and_loses_nothing",
+        3,
+        0.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_mixed_with_new_connections_loses_nothing() {
+    pool_case(
+        "a_warm_pool_mixed_with_new_connections_loses_nothing",
+        3,
+        100.0,
+    )
+    .await;
+}
+
+/// A pool pinned to the pod (as one through a ClusterIP, which conntrack
+/// keeps on the terminating pod) never stops: the quit waits --max-delay
+/// and no longer, and the report says requests were still arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_pool_is_quit_at_max_delay_and_reported() {
+    if in_own_netns("a_pinned_pool_is_quit_at_max_delay_and_reported") {
+        return;
+    }
+    let r = run_scenario(Scenario {
+        rate: 0.0,
+        keepalive: 0,
+        downloads: 0,
+        pool_conns: 16,
+        pool_rate: 200.0,
+        pool_pinned: true,
+        warmup: Duration::from_secs(3),
+        args: vec!["--max-delay".into(), "2s".into()],
+        ..Default::default()
+    })
+    .await;
+    let t = &r.report["traffic"];
+    assert_eq!(r.report["outcome"], "drained", "{:#}", r.report);
+    assert_eq!(t["sigquit_reason"], "max_delay", "{t:#}");
+    let waited = t["wait_before_sigquit_ms"].as_u64().unwrap();
+    assert!((2000..2500).contains(&waited), "{waited} ms");
+    assert!(t["requests_during_wait"].as_u64().unwrap() >= 200, "{t:#}");
+    assert!(t["pooled_at_sigquit"].as_u64().unwrap() > 0, "{t:#}");
+    let message = r.report["message"].as_str().unwrap();
+    assert!(
+        message.contains("still arriving") && !message.contains("every in-flight request finished"),
+        "{message}"
+    );
+    println!(
+        "pinned pool: SIGQUIT after {waited} ms; the pool saw {:?}",
+        r.pool
+    );
+}

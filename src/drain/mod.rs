@@ -37,6 +37,7 @@ use tracing::Instrument;
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Locator, MasterHandle, NotFound, is_quitting, workers};
 use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, TrafficStatus, ms, rate2};
+use crate::sockets::arrivals::Kind;
 use crate::sockets::monitor::{Monitor, MonitorConfig};
 use crate::wiring::{self, Check, Problem};
 
@@ -136,7 +137,13 @@ impl Handle {
             ports: view.ports.iter().copied().collect(),
             listening: view.sample.listening.clone(),
             open: view.sample.open.clone(),
-            arrivals_per_second_last_minute: rate2(view.log.rate_before(Instant::now())),
+            arrivals_per_second_last_minute: rate2(
+                view.log.rate_before(Instant::now(), Kind::Connections),
+            ),
+            requests_seen: view.requests_seen,
+            requests_per_second_last_minute: rate2(
+                view.log.rate_before(Instant::now(), Kind::Requests),
+            ),
             kubelet_peers: view.kubelet_peers.iter().map(ToString::to_string).collect(),
         });
         snap

@@ -66,6 +66,12 @@ pub(crate) struct AtExit {
     pub(crate) sigterm_sent: bool,
     /// New connections between the hook and SIGQUIT.
     pub(crate) arrivals_during_wait: u64,
+    /// Requests on connections already open between the hook and SIGQUIT,
+    /// when they were seen (`None`: not seen, without `tcp_info`).
+    pub(crate) requests_during_wait: Option<u64>,
+    /// Arrivals were still coming when the wait had to end (--max-delay or
+    /// the budget): some met NGINX closing.
+    pub(crate) still_arriving: bool,
     /// Open in the last census before the exit.
     pub(crate) open_at_exit: u32,
     pub(crate) cut: Cut,
@@ -191,17 +197,30 @@ pub(crate) fn classify(o: &AtExit) -> (Outcome, String) {
         );
     }
     let tail = match (&o.shutdown_timeout, o.open_at_exit) {
+        _ if o.still_arriving => format!(
+            "; traffic was still arriving when the wait had to end (--max-delay {}): after SIGQUIT nginx refuses new connections and closes idle keep-alive ones, so a request sent just then failed unless its client retried it. A client pool pinned to this pod (one that reaches it through a ClusterIP keeps its connections) never stops by itself; a balancer that had not yet deregistered the pod does",
+            humantime::format_duration(o.max_delay)
+        ),
         (ShutdownTimeout::Unknown(why), n) if n > 0 => format!(
             "; {n} connection{} still open in the last census before the exit may have been closed by nginx's worker_shutdown_timeout, which nginx-drain could not read ({why})",
             plural(n)
         ),
         _ => "; every in-flight request finished".to_string(),
     };
+    let seen = match o.requests_during_wait {
+        Some(r) => format!(
+            "{} new connections and {r} requests on open connections in that time",
+            o.arrivals_during_wait
+        ),
+        None => format!(
+            "{} new connections in that time; requests on open connections were not seen",
+            o.arrivals_during_wait
+        ),
+    };
     (
         Outcome::Drained,
         format!(
-            "nginx exited gracefully: SIGQUIT {waited} ms after the hook ({} new connections in that time), exit {quit_ms} ms after SIGQUIT{tail}",
-            o.arrivals_during_wait
+            "nginx exited gracefully: SIGQUIT {waited} ms after the hook ({seen}), exit {quit_ms} ms after SIGQUIT{tail}"
         ),
     )
 }
@@ -219,6 +238,8 @@ mod tests {
             exit_after_quit_ms: 40,
             sigterm_sent: false,
             arrivals_during_wait: 3,
+            requests_during_wait: Some(0),
+            still_arriving: false,
             open_at_exit: 0,
             cut: Cut::default(),
             shutdown_timeout: ShutdownTimeout::Set(Duration::from_secs(4)),
@@ -242,8 +263,40 @@ mod tests {
         let (o, msg) = classify(&graceful());
         assert_eq!(o, Outcome::Drained);
         assert!(
-            msg.contains("SIGQUIT 250 ms after the hook (3 new connections")
-                && msg.contains("every in-flight request finished"),
+            msg.contains(
+                "SIGQUIT 250 ms after the hook (3 new connections and 0 requests on open connections"
+            ) && msg.contains("every in-flight request finished"),
+            "{msg}"
+        );
+    }
+
+    /// The message never says "every in-flight request finished" while
+    /// requests were still arriving when the wait ended, and never counts
+    /// requests it could not see.
+    #[test]
+    fn a_drain_that_quit_on_arriving_traffic_says_so() {
+        let (o, msg) = classify(&AtExit {
+            still_arriving: true,
+            arrivals_during_wait: 0,
+            requests_during_wait: Some(2_998),
+            ..graceful()
+        });
+        assert_eq!(o, Outcome::Drained);
+        assert!(
+            msg.contains("0 new connections and 2998 requests on open connections")
+                && msg.contains("still arriving")
+                && msg.contains("--max-delay 15s"),
+            "{msg}"
+        );
+        assert!(!msg.contains("every in-flight request finished"), "{msg}");
+        let (_, msg) = classify(&AtExit {
+            requests_during_wait: None,
+            ..graceful()
+        });
+        assert!(
+            msg.contains(
+                "3 new connections in that time; requests on open connections were not seen"
+            ),
             "{msg}"
         );
     }

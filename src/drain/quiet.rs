@@ -57,7 +57,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub(crate) use crate::report::QuitReason;
-use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY};
+use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY, Kind};
 
 /// The quiet period is this many typical gaps.
 pub(crate) const GAP_MULTIPLIER: u32 = 3;
@@ -78,16 +78,31 @@ pub(crate) struct Quiet {
     pub(crate) reason: String,
 }
 
-/// Chooses the quiet period from the log as of `now`.
-pub(crate) fn quiet_period(log: &ArrivalLog, now: Instant, min: Duration, max: Duration) -> Quiet {
+/// Chooses the quiet period from the log as of `now`. `requests_seen`:
+/// the log holds requests on open connections too (said in the reason).
+pub(crate) fn quiet_period(
+    log: &ArrivalLog,
+    now: Instant,
+    min: Duration,
+    max: Duration,
+    requests_seen: bool,
+) -> Quiet {
     let observed = now.saturating_duration_since(log.since).min(HISTORY);
     let total = log.total();
     if total == 0 {
+        let (what, unseen) = if requests_seen {
+            (" and no request on an open one", "")
+        } else {
+            (
+                "",
+                " (requests on open connections are not seen without netlink's tcp_info)",
+            )
+        };
         return Quiet {
             period: min,
             typical_gap: None,
             reason: format!(
-                "no client connection in the last {:.1} s: nothing to wait for (--min-delay)",
+                "no client connection{what} in the last {:.1} s{unseen}: nothing to wait for (--min-delay)",
                 observed.as_secs_f64()
             ),
         };
@@ -185,8 +200,8 @@ impl<'a> Episode<'a> {
         Episode { log, from }
     }
 
-    fn entries(&self) -> impl Iterator<Item = &'a Arrivals> {
-        self.log.entries().skip(self.from)
+    fn entries(&self) -> impl Iterator<Item = (&'a Arrivals, Kind)> {
+        self.log.entries_with_kind().skip(self.from)
     }
 
     pub(crate) fn gaps(&self) -> Vec<Duration> {
@@ -200,28 +215,37 @@ impl<'a> Episode<'a> {
 
     #[cfg(test)]
     fn total(&self) -> u64 {
-        self.entries().map(|e| u64::from(e.n)).sum()
+        self.entries().map(|(e, _)| u64::from(e.n)).sum()
     }
 }
 
 /// Gaps between consecutive arrivals of the whole log.
 #[cfg(test)]
 pub(crate) fn gaps(log: &ArrivalLog) -> Vec<Duration> {
-    gaps_of(log.entries())
+    gaps_of(log.entries_with_kind())
 }
 
 /// Gaps between consecutive arrivals, placing a record's `n` arrivals
-/// evenly over its span (a census only says how many, not when; a destroy
-/// event's record has no span); the most recent [`MAX_GAPS`].
-fn gaps_of<'a>(entries: impl Iterator<Item = &'a Arrivals>) -> Vec<Duration> {
+/// evenly over its span (a census only says how many new connections came,
+/// not when; a destroy event's record has no span; of requests on open
+/// connections, `tcp_info` dates the latest, at the record's end); the most
+/// recent [`MAX_GAPS`].
+fn gaps_of<'a>(entries: impl Iterator<Item = (&'a Arrivals, Kind)>) -> Vec<Duration> {
     let mut times: Vec<Instant> = Vec::new();
-    for e in entries {
+    for (e, kind) in entries {
         let start = e.at.checked_sub(e.span).unwrap_or(e.at);
+        let offset = match kind {
+            Kind::Connections => 0.5,
+            Kind::Requests => 1.0,
+        };
         for k in 0..e.n {
-            let frac = (f64::from(k) + 0.5) / f64::from(e.n);
+            let frac = (f64::from(k) + offset) / f64::from(e.n);
             times.push(start + e.span.mul_f64(frac));
         }
     }
+    // Records are in the order of their ends; their spans may overlap (a
+    // census's requests and a destroy event's connection).
+    times.sort_unstable();
     let mut gaps: Vec<Duration> = times
         .windows(2)
         .map(|w| w[1].saturating_duration_since(w[0]))
@@ -320,7 +344,7 @@ mod tests {
         let t0 = Instant::now();
         // 100/s sampled every 50 ms: 5 per sample, 10 ms apart.
         let log = steady(t0, 10, 50 * MS, 5);
-        let q = quiet_period(&log, t0 + Duration::from_secs(10), MIN, MAX);
+        let q = quiet_period(&log, t0 + Duration::from_secs(10), MIN, MAX, true);
         assert_eq!(q.typical_gap, Some(10 * MS));
         assert_eq!(
             q.period, MIN,
@@ -335,7 +359,7 @@ mod tests {
     fn one_every_two_seconds_waits_three_gaps() {
         let t0 = Instant::now();
         let log = steady(t0, 30, Duration::from_secs(2), 1);
-        let q = quiet_period(&log, t0 + Duration::from_secs(30), MIN, MAX);
+        let q = quiet_period(&log, t0 + Duration::from_secs(30), MIN, MAX, true);
         assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
     }
 
@@ -353,7 +377,7 @@ mod tests {
         // Judged at 4 s and at 10 s: the silence since the last arrival
         // does not change the estimate (gaps of 1 s and 2 s before it).
         for now in [4, 10] {
-            let q = quiet_period(&log, t0 + Duration::from_secs(now), MIN, MAX);
+            let q = quiet_period(&log, t0 + Duration::from_secs(now), MIN, MAX, true);
             assert_eq!(q.typical_gap, Some(Duration::from_secs(2)));
             assert_eq!(q.period, Duration::from_secs(6));
         }
@@ -372,7 +396,7 @@ mod tests {
             span: 200 * MS,
             n: 12,
         });
-        let q = quiet_period(&log, t0 + Duration::from_secs(1), MIN, MAX);
+        let q = quiet_period(&log, t0 + Duration::from_secs(1), MIN, MAX, true);
         assert_eq!(q.period, Duration::from_millis(2400), "{}", q.reason);
         assert!(q.reason.contains("a burst counts once"), "{}", q.reason);
         // The next arrival 2 s later is more evidence, and is waited for.
@@ -381,7 +405,7 @@ mod tests {
             span: 200 * MS,
             n: 1,
         });
-        let q = quiet_period(&log, t0 + Duration::from_secs(3), MIN, MAX);
+        let q = quiet_period(&log, t0 + Duration::from_secs(3), MIN, MAX, true);
         assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
         // A stray request between them does not pull the estimate down.
         log.record(Arrivals {
@@ -389,7 +413,7 @@ mod tests {
             span: 200 * MS,
             n: 1,
         });
-        let q = quiet_period(&log, t0 + Duration::from_millis(3_100), MIN, MAX);
+        let q = quiet_period(&log, t0 + Duration::from_millis(3_100), MIN, MAX, true);
         assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
     }
 
@@ -400,7 +424,7 @@ mod tests {
         // quiet period follows the new rate, not the minute's.
         let t0 = Instant::now();
         let mut log = steady(t0, 20, 33 * MS, 1);
-        let steady_q = quiet_period(&log, t0 + Duration::from_secs(20), MIN, MAX);
+        let steady_q = quiet_period(&log, t0 + Duration::from_secs(20), MIN, MAX, true);
         assert_eq!(steady_q.typical_gap, Some(33 * MS), "{}", steady_q.reason);
         let mut t = t0 + Duration::from_secs(20);
         for _ in 0..16 {
@@ -411,7 +435,7 @@ mod tests {
                 n: 1,
             });
         }
-        let q = quiet_period(&log, t, MIN, MAX);
+        let q = quiet_period(&log, t, MIN, MAX, true);
         assert_eq!(q.typical_gap, Some(83 * MS), "{}", q.reason);
         assert!(q.reason.contains("last 16 gaps"), "{}", q.reason);
     }
@@ -420,7 +444,7 @@ mod tests {
     fn rare_arrivals_are_capped_at_max_delay() {
         let t0 = Instant::now();
         let log = steady(t0, 60, Duration::from_secs(20), 1);
-        let q = quiet_period(&log, t0 + Duration::from_secs(60), MIN, MAX);
+        let q = quiet_period(&log, t0 + Duration::from_secs(60), MIN, MAX, true);
         assert_eq!(q.period, MAX);
         assert!(q.reason.contains("capped"));
     }
@@ -428,7 +452,13 @@ mod tests {
     #[test]
     fn no_traffic_means_min_delay() {
         let t0 = Instant::now();
-        let q = quiet_period(&ArrivalLog::new(t0), t0 + Duration::from_secs(5), MIN, MAX);
+        let q = quiet_period(
+            &ArrivalLog::new(t0),
+            t0 + Duration::from_secs(5),
+            MIN,
+            MAX,
+            true,
+        );
         assert_eq!(q.period, MIN);
         assert_eq!(q.typical_gap, None);
     }
@@ -458,7 +488,7 @@ mod tests {
                 n: 20,
             });
         }
-        let q = quiet_period(&log, t0 + Duration::from_secs(60), MIN, MAX);
+        let q = quiet_period(&log, t0 + Duration::from_secs(60), MIN, MAX, true);
         assert!(q.period >= Duration::from_secs(10), "{}", q.reason);
     }
 
@@ -483,7 +513,7 @@ mod tests {
                 n: 2,
             });
         }
-        let q = quiet_period(&log, t, MIN, MAX);
+        let q = quiet_period(&log, t, MIN, MAX, true);
         assert_eq!(q.typical_gap, Some(10 * MS), "{}", q.reason);
         assert_eq!(q.period, MIN, "{}", q.reason);
         // The same history without the long silence keeps every gap.

@@ -14,6 +14,7 @@ use crate::report::{
     ArrivalsSeen, CensusSource, Clock, ConnectionsReport, DrainPhase, Durations, Outcome, Progress,
     QuitReason, Report, SamplePoint, Series, SignalMethod, TrafficReport, ms, rate2,
 };
+use crate::sockets::arrivals::Kind;
 use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenConn, View};
 
 /// How many recent censuses' connection lists are kept.
@@ -56,17 +57,23 @@ pub(crate) struct Record {
     ports: Vec<u16>,
     kubelet_peers: Vec<String>,
     rate_before: f64,
-    /// New client connections between the hook and SIGQUIT (a record that
-    /// straddles the hook counts for its share), and the log's last
-    /// arrival they include.
-    during_wait: f64,
-    counted_until: Instant,
-    last_arrival: Option<Instant>,
+    requests_rate_before: f64,
+    /// New client connections between the hook and SIGQUIT.
+    connections: Counted,
+    /// Requests on connections already open, between the hook and SIGQUIT.
+    requests: Counted,
+    requests_seen: bool,
+    /// Whether arrivals were still coming when the wait had to end
+    /// (--max-delay or the budget): some met a closing NGINX.
+    still_arriving: bool,
     quiet_ms: u64,
     quiet_reason: String,
     quit_reason: Option<QuitReason>,
     open_now: BTreeMap<u16, u32>,
     open_at_sigquit: BTreeMap<u16, u32>,
+    /// Pooled connections (open, idle) in the latest census, and at SIGQUIT.
+    pooled_now: (u32, u32),
+    pooled_at_sigquit: (u32, u32),
     open_at_hook: u32,
     /// The open connections of the latest censuses (at most
     /// [`RECENT_CENSUSES`]), with when each was taken: the moment NGINX cut
@@ -75,6 +82,42 @@ pub(crate) struct Record {
     last_closed: Option<Instant>,
     series: Series,
     last_seq: u64,
+}
+
+/// Arrivals of one kind counted from the log between the hook and SIGQUIT
+/// (a record that straddles the hook counts for its share), and the last.
+struct Counted {
+    kind: Kind,
+    n: f64,
+    until: Instant,
+    last: Option<Instant>,
+}
+
+impl Counted {
+    fn new(kind: Kind, hook: Instant, view: &View) -> Counted {
+        Counted {
+            kind,
+            n: 0.0,
+            until: hook,
+            last: view.log.last_of(kind),
+        }
+    }
+
+    /// Takes in the log's new records (counted until SIGQUIT: `counting`).
+    fn observe(&mut self, view: &View, counting: bool) {
+        let last = view.log.last_of(self.kind);
+        if counting && let Some(last) = last.filter(|t| *t > self.until) {
+            self.n += view.log.count_after_share(self.until, self.kind);
+            self.until = last;
+        }
+        if last.is_some() {
+            self.last = last;
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.n.round() as u64
+    }
 }
 
 impl Record {
@@ -95,10 +138,13 @@ impl Record {
     }
 
     /// The wait ended, for `reason`: the open connections now are those at
-    /// SIGQUIT.
-    pub(crate) fn quit_decided(&mut self, reason: QuitReason) {
+    /// SIGQUIT. `still_arriving`: arrivals were still coming (the wait
+    /// ended on a deadline within a quiet period of the last one).
+    pub(crate) fn quit_decided(&mut self, reason: QuitReason, still_arriving: bool) {
         self.quit_reason = Some(reason);
+        self.still_arriving = still_arriving;
         self.open_at_sigquit = self.open_now.clone();
+        self.pooled_at_sigquit = self.pooled_now;
     }
 
     pub(crate) fn sigquit_sent(&mut self, at: Instant) {
@@ -170,7 +216,12 @@ impl Record {
     ) -> Record {
         let req_hook = req.clock.mono;
         Record {
-            rate_before: first.log.rate_before(req.clock.mono),
+            rate_before: first.log.rate_before(req_hook, Kind::Connections),
+            requests_rate_before: first.log.rate_before(req_hook, Kind::Requests),
+            connections: Counted::new(Kind::Connections, req_hook, first),
+            requests: Counted::new(Kind::Requests, req_hook, first),
+            requests_seen: first.requests_seen,
+            still_arriving: false,
             req,
             workers_at_start,
             signal_method,
@@ -187,14 +238,13 @@ impl Record {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            during_wait: 0.0,
-            counted_until: req_hook,
-            last_arrival: first.log.last_arrival(),
             quiet_ms: 0,
             quiet_reason: String::new(),
             quit_reason: None,
             open_now: first.sample.open.clone(),
             open_at_sigquit: BTreeMap::new(),
+            pooled_now: (first.sample.pooled_open, first.sample.pooled_idle),
+            pooled_at_sigquit: (0, 0),
             open_at_hook: first.sample.open_total(),
             recent: first
                 .sample
@@ -212,15 +262,11 @@ impl Record {
     pub(crate) fn observe(&mut self, view: &View) {
         // Arrivals come from the log: censuses and destroy events both
         // record there, a census sample holds only its own.
-        if self.sigquit.is_none() {
-            let last = view.log.last_arrival();
-            if let Some(last) = last.filter(|t| *t > self.counted_until) {
-                self.during_wait += view.log.count_after_share(self.counted_until);
-                self.counted_until = last;
-            }
-        }
-        if let Some(t) = view.log.last_arrival() {
-            self.last_arrival = Some(t);
+        let counting = self.sigquit.is_none();
+        self.connections.observe(view, counting);
+        self.requests.observe(view, counting);
+        if counting {
+            self.requests_seen = view.requests_seen;
         }
         let s = &view.sample;
         let Some(at) = s.at else { return };
@@ -233,6 +279,7 @@ impl Record {
         self.ports = view.ports.iter().copied().collect();
         self.kubelet_peers = view.kubelet_peers.iter().map(ToString::to_string).collect();
         self.open_now = s.open.clone();
+        self.pooled_now = (s.pooled_open, s.pooled_idle);
         if self.recent.len() == RECENT_CENSUSES {
             self.recent.pop_front();
         }
@@ -243,6 +290,7 @@ impl Record {
         self.series.push(SamplePoint {
             t_ms: self.req.clock.millis_since_start(at),
             arrivals: s.arrivals,
+            requests: s.requests,
             open: s.open_total(),
         });
     }
@@ -260,7 +308,22 @@ impl Record {
 
     /// New client connections between the hook and SIGQUIT.
     pub(crate) fn arrivals_during_wait(&self) -> u64 {
-        self.during_wait.round() as u64
+        self.connections.total()
+    }
+
+    /// Requests on connections already open between the hook and SIGQUIT.
+    pub(crate) fn requests_during_wait(&self) -> u64 {
+        self.requests.total()
+    }
+
+    /// Whether requests on open connections were seen.
+    pub(crate) fn requests_seen(&self) -> bool {
+        self.requests_seen
+    }
+
+    /// Whether arrivals were still coming when the wait had to end.
+    pub(crate) fn still_arriving(&self) -> bool {
+        self.still_arriving
     }
 
     /// Milliseconds from the hook to `t`.
@@ -310,12 +373,18 @@ impl Record {
             kubelet_peers: self.kubelet_peers.clone(),
             arrivals_per_second_before_hook: rate2(self.rate_before),
             arrivals_during_wait: self.arrivals_during_wait(),
-            last_arrival_at: stamp(self.last_arrival),
+            last_arrival_at: stamp(self.connections.last),
+            requests_seen: self.requests_seen,
+            requests_per_second_before_hook: rate2(self.requests_rate_before),
+            requests_during_wait: self.requests_during_wait(),
+            last_request_at: stamp(self.requests.last),
             quiet_period_ms: self.quiet_ms,
             quiet_period_reason: self.quiet_reason.clone(),
             sigquit_reason: reason,
             wait_before_sigquit_ms: self.sigquit.map_or(0, |t| clock.millis_since_start(t)),
             connections_at_sigquit: self.open_at_sigquit.clone(),
+            pooled_at_sigquit: self.pooled_at_sigquit.0,
+            pooled_idle_at_sigquit: self.pooled_at_sigquit.1,
             last_connection_closed_at: stamp(self.last_closed),
             last_connection_closed_after_sigquit_ms: match (self.sigquit, self.last_closed) {
                 (Some(q), Some(c)) => Some(ms(c.saturating_duration_since(q))),

@@ -230,7 +230,13 @@ impl<T: Target> Drain<T> {
             return self.latest;
         }
         let policy = self.rec.req().policy;
-        let q = quiet_period(&view.log, now, policy.min_delay, policy.max_delay);
+        let q = quiet_period(
+            &view.log,
+            now,
+            policy.min_delay,
+            policy.max_delay,
+            view.requests_seen,
+        );
         self.rec.set_quiet(Some(ms(q.period)), q.reason);
         sigquit_at(
             self.rec.req().clock.mono,
@@ -252,16 +258,24 @@ impl<T: Target> Drain<T> {
             let (at, reason) = self.sigquit_due(&view, now);
             self.publish(Phase::AwaitQuiet, Some(at));
             // The last look before a quiet SIGQUIT: anything accepted that
-            // this view does not account for may be an arrival. Look again
-            // (a census now) rather than quit on a stale view.
-            let stale = now >= at
-                && reason == QuitReason::Quiet
-                && self.census_alive
-                && self.monitor.accepted_since(&view);
-            if stale {
+            // this view does not account for may be an arrival, and a
+            // request on an open connection shows only in a census: one
+            // taken after the silence began, unless nothing arrived at all
+            // since the last. Look again rather than quit on a stale view.
+            let last_look = now >= at && reason == QuitReason::Quiet && self.census_alive;
+            let unseen_accept = last_look && self.monitor.accepted_since(&view);
+            let unseen_request = last_look
+                && !unseen_accept
+                && view.sample.open_total() > 0
+                && view.sample.at.is_none_or(|c| c < at)
+                && self.monitor.data_since(&view);
+            let stale = unseen_accept || unseen_request;
+            if unseen_accept {
                 self.monitor.look_now();
+            } else if unseen_request {
+                self.monitor.census_now();
             } else if now >= at {
-                self.quiet_reached(reason, now);
+                self.quiet_reached(reason, now, &view);
                 return Step::Next(Phase::Quit);
             }
             let wake = if stale { self.latest.0 } else { at };
@@ -281,22 +295,37 @@ impl<T: Target> Drain<T> {
         }
     }
 
-    fn quiet_reached(&mut self, reason: QuitReason, now: Instant) {
-        self.rec.quit_decided(reason);
+    fn quiet_reached(&mut self, reason: QuitReason, now: Instant, view: &View) {
+        // Still arriving: the wait ends on a deadline, and the last arrival
+        // came less than a quiet period before it.
+        let still_arriving = reason != QuitReason::Quiet
+            && view.log.last_arrival().is_some_and(|t| {
+                now.saturating_duration_since(t) < Duration::from_millis(self.rec.quiet_ms())
+            });
+        self.rec.quit_decided(reason, still_arriving);
         let waited = self.rec.since_hook(now);
         match reason {
             QuitReason::Quiet => tracing::info!(
                 waited_ms = waited,
                 arrivals_during_wait = self.rec.arrivals_during_wait(),
+                requests_during_wait = self.rec.requests_during_wait(),
                 quiet_period_ms = self.rec.quiet_ms(),
                 why = %self.rec.quiet_reason(),
-                "new connections have stopped: no arrival for the quiet period"
+                "traffic has stopped: no new connection and no request for the quiet period"
             ),
-            _ => tracing::warn!(
+            _ if still_arriving => tracing::warn!(
                 waited_ms = waited,
                 arrivals_during_wait = self.rec.arrivals_during_wait(),
+                requests_during_wait = self.rec.requests_during_wait(),
                 reason = %reason,
-                "new connections were still arriving, but the wait must end here (--max-delay or the budget): connections arriving after SIGQUIT are refused"
+                "traffic was still arriving, but the wait must end here (--max-delay or the budget): after SIGQUIT new connections are refused and idle keep-alive connections closed"
+            ),
+            _ => tracing::info!(
+                waited_ms = waited,
+                arrivals_during_wait = self.rec.arrivals_during_wait(),
+                requests_during_wait = self.rec.requests_during_wait(),
+                reason = %reason,
+                "the wait ends here (--max-delay or the budget); nothing arrived for a quiet period before it"
             ),
         }
     }
@@ -304,10 +333,11 @@ impl<T: Target> Drain<T> {
     fn log_waiting(&mut self, at: Instant) {
         tracing::info!(
             arrivals_during_wait = self.rec.arrivals_during_wait(),
+            requests_during_wait = self.rec.requests_during_wait(),
             open = %crate::logging::json(self.rec.open_now()),
             quiet_period_ms = self.rec.quiet_ms(),
             sigquit_in_ms = ms(at.saturating_duration_since(Instant::now())),
-            "nginx keeps serving while new connections arrive"
+            "nginx keeps serving while new connections and requests arrive"
         );
     }
 
@@ -530,6 +560,11 @@ impl<T: Target> Drain<T> {
                 .map_or(0, |q| ms(exited.saturating_duration_since(q))),
             sigterm_sent: self.rec.sigterm().is_some(),
             arrivals_during_wait: self.rec.arrivals_during_wait(),
+            requests_during_wait: self
+                .rec
+                .requests_seen()
+                .then(|| self.rec.requests_during_wait()),
+            still_arriving: self.rec.still_arriving(),
             open_at_exit: connections.open_at_exit,
             cut,
             shutdown_timeout: self.shutdown_timeout.clone(),

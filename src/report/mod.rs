@@ -236,7 +236,19 @@ pub(crate) struct TrafficReport {
     pub(crate) arrivals_per_second_before_hook: f64,
     /// New client connections between the hook and SIGQUIT.
     pub(crate) arrivals_during_wait: u64,
+    /// The last new client connection seen (before the answer).
     pub(crate) last_arrival_at: Option<String>,
+    /// Whether requests on connections already open (a balancer's
+    /// keep-alive pool) were seen: the census read `tcp_info` (netlink).
+    /// When false, the next three fields are zero and absent.
+    pub(crate) requests_seen: bool,
+    /// Requests per second on connections already open, over the minute
+    /// before the hook.
+    pub(crate) requests_per_second_before_hook: f64,
+    /// Requests on connections already open between the hook and SIGQUIT.
+    pub(crate) requests_during_wait: u64,
+    /// The last request seen on a connection already open (before SIGQUIT).
+    pub(crate) last_request_at: Option<String>,
     /// The quiet period in force when SIGQUIT was sent, and how it was chosen.
     pub(crate) quiet_period_ms: u64,
     pub(crate) quiet_period_reason: String,
@@ -245,6 +257,12 @@ pub(crate) struct TrafficReport {
     pub(crate) wait_before_sigquit_ms: u64,
     /// Open client connections per port when SIGQUIT was sent.
     pub(crate) connections_at_sigquit: BTreeMap<u16, u32>,
+    /// Of those, the connections a keep-alive pool was reusing (they
+    /// carried a request after the census first saw them), and of those,
+    /// the idle ones (nothing queued either way: NGINX closes them at once,
+    /// and a request sent on one just then fails).
+    pub(crate) pooled_at_sigquit: u32,
+    pub(crate) pooled_idle_at_sigquit: u32,
     /// When the census first saw no open client connection after SIGQUIT.
     pub(crate) last_connection_closed_at: Option<String>,
     pub(crate) last_connection_closed_after_sigquit_ms: Option<u64>,
@@ -261,6 +279,8 @@ pub(crate) struct SamplePoint {
     pub(crate) t_ms: u64,
     /// New client connections since the previous point.
     pub(crate) arrivals: u32,
+    /// Requests on connections already open since the previous point.
+    pub(crate) requests: u32,
     /// Open client connections at this point.
     pub(crate) open: u32,
 }
@@ -377,6 +397,10 @@ pub(crate) struct TrafficStatus {
     /// Open client connections per port.
     pub(crate) open: BTreeMap<u16, u32>,
     pub(crate) arrivals_per_second_last_minute: f64,
+    /// Whether requests on open connections are seen (`tcp_info`).
+    pub(crate) requests_seen: bool,
+    /// Requests on open connections per second over the last minute.
+    pub(crate) requests_per_second_last_minute: f64,
     /// Addresses learned to be the kubelet's (from its probes and hooks):
     /// their connections to NGINX never count as arrivals.
     pub(crate) kubelet_peers: Vec<String>,

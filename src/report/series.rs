@@ -11,6 +11,7 @@ pub(crate) struct Series {
     stride: u32,
     pending: u32,
     pending_arrivals: u32,
+    pending_requests: u32,
     pub(crate) every_ms: u64,
     pub(crate) points: Vec<SamplePoint>,
 }
@@ -22,6 +23,7 @@ impl Series {
             stride: 1,
             pending: 0,
             pending_arrivals: 0,
+            pending_requests: 0,
             every_ms,
             points: Vec::new(),
         }
@@ -30,15 +32,18 @@ impl Series {
     pub(crate) fn push(&mut self, p: SamplePoint) {
         self.pending += 1;
         self.pending_arrivals += p.arrivals;
+        self.pending_requests += p.requests;
         if self.pending < self.stride {
             return;
         }
         self.points.push(SamplePoint {
             arrivals: self.pending_arrivals,
+            requests: self.pending_requests,
             ..p
         });
         self.pending = 0;
         self.pending_arrivals = 0;
+        self.pending_requests = 0;
         if self.points.len() >= self.cap {
             let merged = self
                 .points
@@ -47,6 +52,7 @@ impl Series {
                     let last = c[c.len() - 1];
                     SamplePoint {
                         arrivals: c.iter().map(|x| x.arrivals).sum(),
+                        requests: c.iter().map(|x| x.requests).sum(),
                         ..last
                     }
                 })
@@ -69,6 +75,7 @@ mod tests {
             s.push(SamplePoint {
                 t_ms: i * 50,
                 arrivals: 1,
+                requests: 2,
                 open: i as u32,
             });
         }
@@ -78,6 +85,8 @@ mod tests {
             (100 - 16..=100).contains(&kept),
             "at most one stride pending: {kept}"
         );
+        let requests: u32 = s.points.iter().map(|p| p.requests).sum();
+        assert_eq!(requests, 2 * kept, "requests merge as arrivals do");
         assert!(s.every_ms > 50);
         assert!(s.points.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
     }

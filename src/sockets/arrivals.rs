@@ -83,6 +83,28 @@ pub(crate) struct ArrivalLog {
 
 /// An entry whose arrivals came from many peers.
 const MANY: u8 = u8::MAX;
+/// An entry of requests on open connections (from many peers, as far as the
+/// probe budget is concerned: the kubelet opens a connection per probe).
+const REQUESTS: u8 = u8::MAX - 1;
+
+/// What an entry of the log counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// New client connections.
+    Connections,
+    /// Requests on connections that were already open.
+    Requests,
+}
+
+impl Kind {
+    fn of(count: u8) -> Kind {
+        if count == REQUESTS {
+            Kind::Requests
+        } else {
+            Kind::Connections
+        }
+    }
+}
 
 impl ArrivalLog {
     pub(crate) fn new(since: Instant) -> ArrivalLog {
@@ -101,24 +123,58 @@ impl ArrivalLog {
 
     /// Records a sample's arrivals with who they came from, when few did.
     pub(crate) fn record_from(&mut self, a: Arrivals, peers: FewPeers) {
+        self.insert(a, peers, false);
+    }
+
+    /// Records requests on connections that were already open.
+    pub(crate) fn record_requests(&mut self, a: Arrivals) {
+        self.insert(a, None, true);
+    }
+
+    /// Records stay in the order of their `at`: one that happened before
+    /// the last recorded (requests a census dates back by `tcp_info`) goes
+    /// in its place, so that the last record is the last arrival.
+    fn insert(&mut self, a: Arrivals, peers: FewPeers, requests: bool) {
         if a.n > 0 {
-            self.entries.push_back(a);
+            // Where it goes, and where its peers go in the flat list: after
+            // every record with an `at` not later than its own.
+            let later = self
+                .entries
+                .iter()
+                .rev()
+                .take_while(|e| e.at > a.at)
+                .count();
+            let i = self.entries.len() - later;
+            let peers_after: usize = self
+                .peer_counts
+                .iter()
+                .rev()
+                .take(later)
+                .filter(|c| **c < REQUESTS)
+                .map(|c| usize::from(*c))
+                .sum();
+            let p = self.peers.len() - peers_after;
+            self.entries.insert(i, a);
             match peers {
-                Some(list) if list.len() < usize::from(MANY) => {
-                    self.peer_counts.push_back(list.len() as u8);
-                    self.peers.extend(list.iter().copied());
+                _ if requests => self.peer_counts.insert(i, REQUESTS),
+                Some(list) if list.len() < usize::from(REQUESTS) => {
+                    self.peer_counts.insert(i, list.len() as u8);
+                    for (k, peer) in list.iter().enumerate() {
+                        self.peers.insert(p + k, *peer);
+                    }
                 }
-                _ => self.peer_counts.push_back(MANY),
+                _ => self.peer_counts.insert(i, MANY),
             }
         }
+        let newest = self.entries.back().map_or(a.at, |e| e.at.max(a.at));
         while self
             .entries
             .front()
-            .is_some_and(|e| a.at.saturating_duration_since(e.at) > HISTORY)
+            .is_some_and(|e| newest.saturating_duration_since(e.at) > HISTORY)
         {
             self.entries.pop_front();
             let c = self.peer_counts.pop_front().unwrap_or(MANY);
-            if c != MANY {
+            if c < REQUESTS {
                 self.peers.drain(..usize::from(c));
             }
         }
@@ -134,6 +190,10 @@ impl ArrivalLog {
         let mut taken = 0u64;
         let mut listed = old.peers.into_iter();
         for (mut e, c) in old.entries.into_iter().zip(old.peer_counts) {
+            if c == REQUESTS {
+                self.record_requests(e);
+                continue;
+            }
             let mut peers: FewPeers =
                 (c != MANY).then(|| listed.by_ref().take(usize::from(c)).collect());
             if let Some(list) = &mut peers {
@@ -150,12 +210,25 @@ impl ArrivalLog {
         self.entries.back().map(|e| e.at)
     }
 
-    /// Arrivals recorded after `t`; a record whose span straddles `t`
-    /// counts for the share of its span after `t` (arrivals are spread
-    /// evenly over a record's span).
-    pub(crate) fn count_after_share(&self, t: Instant) -> f64 {
+    /// The records of one kind.
+    fn of_kind(&self, kind: Kind) -> impl DoubleEndedIterator<Item = &Arrivals> {
         self.entries
             .iter()
+            .zip(&self.peer_counts)
+            .filter(move |(_, c)| Kind::of(**c) == kind)
+            .map(|(e, _)| e)
+    }
+
+    /// The last arrival of one kind.
+    pub(crate) fn last_of(&self, kind: Kind) -> Option<Instant> {
+        self.of_kind(kind).next_back().map(|e| e.at)
+    }
+
+    /// Arrivals of one kind recorded after `t`; a record whose span
+    /// straddles `t` counts for the share of its span after `t` (arrivals
+    /// are spread evenly over a record's span).
+    pub(crate) fn count_after_share(&self, t: Instant, kind: Kind) -> f64 {
+        self.of_kind(kind)
             .filter(|e| e.at > t)
             .map(|e| {
                 let start = e.at.checked_sub(e.span).unwrap_or(e.at);
@@ -169,16 +242,15 @@ impl ArrivalLog {
             .sum()
     }
 
-    /// Arrivals per second over the history before `t`.
-    pub(crate) fn rate_before(&self, t: Instant) -> f64 {
+    /// Arrivals of one kind per second over the history before `t`.
+    pub(crate) fn rate_before(&self, t: Instant, kind: Kind) -> f64 {
         let span = t.saturating_duration_since(self.since).min(HISTORY);
         if span.is_zero() {
             return 0.0;
         }
         let from = t.checked_sub(span).unwrap_or(self.since);
         let n: u64 = self
-            .entries
-            .iter()
+            .of_kind(kind)
             .filter(|e| e.at > from && e.at <= t)
             .map(|e| u64::from(e.n))
             .sum();
@@ -189,6 +261,16 @@ impl ArrivalLog {
     /// `drain::quiet`).
     pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = &Arrivals> + ExactSizeIterator {
         self.entries.iter()
+    }
+
+    /// The records with what each counts, oldest first.
+    pub(crate) fn entries_with_kind(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (&Arrivals, Kind)> + ExactSizeIterator {
+        self.entries
+            .iter()
+            .zip(&self.peer_counts)
+            .map(|(e, c)| (e, Kind::of(*c)))
     }
 
     /// Samples that saw arrivals: the evidence of a rate. A burst of many
@@ -255,5 +337,34 @@ mod tests {
         assert_eq!(log.forgive_probes(kubelet, &mut budget), 4);
         assert_eq!(log.total(), 90);
         assert_eq!(log.events(), 3, "the probe-only sample is gone");
+    }
+
+    /// A record dated before the last one (requests a census dates back)
+    /// takes its place in time, peers and all: the last record is always
+    /// the last arrival.
+    #[test]
+    fn records_stay_in_the_order_of_their_time() {
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let ms = Duration::from_millis;
+        let mut log = ArrivalLog::new(t0);
+        let rec = |at, n| Arrivals {
+            at: t0 + at,
+            span: Duration::ZERO,
+            n,
+        };
+        log.record_from(rec(ms(100), 1), Some([(a, 1)].into()));
+        log.record_from(rec(ms(300), 2), Some([(b, 2)].into()));
+        log.record_from(rec(ms(200), 5), None);
+        log.record_from(rec(ms(250), 1), Some([(a, 1)].into()));
+        let at: Vec<_> = log.entries().map(|e| e.at - t0).collect();
+        assert_eq!(at, vec![ms(100), ms(200), ms(250), ms(300)]);
+        assert_eq!(log.last_arrival(), Some(t0 + ms(300)));
+        // The peers followed their records: taking back `a`'s as probes
+        // replays them in order.
+        let mut budget = ProbeBudget::default();
+        assert_eq!(log.forgive_probes(a, &mut budget), 2);
+        assert_eq!(log.total(), 7);
+        assert_eq!(log.events(), 2);
     }
 }

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
 
 use super::arrivals::{FewPeers, add_peers};
-use super::{Sock, state};
+use super::{Activity, Sock, state};
 
 /// Which local ports count as NGINX's, and which peers are not clients.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +78,14 @@ pub struct Census {
     /// to census (one map, not two, with 100k connections), and entries
     /// whose generation is older were not listed this time.
     generation: u8,
+    /// The kernel gave `tcp_info` for the open connections (netlink):
+    /// requests on open connections can be seen.
+    pub(crate) activity_seen: bool,
+    /// Open connections that carried a request after the census first saw
+    /// them (a keep-alive pool reuses them), and of those, how many were
+    /// idle (nothing queued either way: NGINX closes these at SIGQUIT).
+    pub(crate) pooled_open: u32,
+    pub(crate) pooled_idle: u32,
 }
 
 /// What the census knows of one connection (8 bytes).
@@ -96,6 +104,11 @@ pub(crate) struct ConnState {
     /// The census tick (the caller's clock) at which it was first seen
     /// open, carried over from census to census.
     pub(crate) since: u32,
+    /// The client's and NGINX's data segments so far (`tcp_info`), when
+    /// known: what the next census compares with.
+    segs: Option<(u32, u32)>,
+    /// It carried a request after the census first saw it open.
+    reused: bool,
 }
 
 const WAS_KNOWN: u8 = 1;
@@ -107,6 +120,66 @@ pub struct NewConns {
     pub n: u32,
     /// Who they came from, when few peers did.
     pub peers: FewPeers,
+    /// And the requests since then on connections already open.
+    pub requests: Requests,
+}
+
+/// Requests since an earlier census on connections that were already open
+/// then (a balancer's keep-alive pool): data the client sent, read from
+/// `tcp_info`'s counters. A connection's arrival counts its first request;
+/// these are the ones after it.
+///
+/// How many: a request is at least one data segment from the client, and on
+/// one connection the next request waits for the previous reply, so a
+/// connection carried at most `min(data segments in, data segments out + 1)`
+/// requests: a body sent in many segments counts once, a stream of replies
+/// to one request counts once. Traffic NGINX alone sends (downloads,
+/// server-sent events, WebSocket pushes) carries no client data and is
+/// never a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub n: u32,
+    /// On this many connections.
+    pub conns: u32,
+    /// The latest, in milliseconds before the census.
+    pub latest_ms_ago: Option<u32>,
+}
+
+impl Requests {
+    fn add(&mut self, n: u32, a: &Activity) {
+        if n == 0 {
+            return;
+        }
+        self.n = self.n.saturating_add(n);
+        self.conns += 1;
+        self.latest_ms_ago = Some(
+            self.latest_ms_ago
+                .map_or(a.last_data_recv_ms, |m| m.min(a.last_data_recv_ms)),
+        );
+    }
+}
+
+/// Requests a connection carried between two readings of its counters:
+/// `before` (client, NGINX data segments) or none (a new connection, whose
+/// first request is its arrival).
+fn requests_between(before: Option<(u32, u32)>, a: &Activity) -> u32 {
+    match before {
+        Some((din, dout)) => {
+            let d_in = a.data_segs_in.wrapping_sub(din);
+            let d_out = a.data_segs_out.wrapping_sub(dout);
+            // Counters only grow: a difference in the upper half is a
+            // counter that went back (another socket reusing the endpoints).
+            if d_in == 0 || d_in > u32::MAX / 2 || d_out > u32::MAX / 2 {
+                0
+            } else {
+                d_in.min(d_out.saturating_add(1))
+            }
+        }
+        None => a
+            .data_segs_in
+            .min(a.data_segs_out.saturating_add(1))
+            .saturating_sub(1),
+    }
 }
 
 impl Census {
@@ -205,6 +278,7 @@ pub(crate) struct CensusBuilder<'a> {
     tick: u32,
     /// New connections, as (id, peer): few, so kept with their peers.
     new: Vec<(ConnId, IpAddr)>,
+    requests: Requests,
 }
 
 impl<'a> CensusBuilder<'a> {
@@ -227,6 +301,9 @@ impl<'a> CensusBuilder<'a> {
         c.endpoints.clear();
         c.other_listeners.clear();
         c.time_wait_arrives = true;
+        c.activity_seen = false;
+        c.pooled_open = 0;
+        c.pooled_idle = 0;
         for s in listeners.iter().filter(|s| s.state == state::LISTEN) {
             let port = s.local.port();
             if filter.port_counts(port) {
@@ -245,6 +322,7 @@ impl<'a> CensusBuilder<'a> {
             detail,
             tick,
             new: Vec::new(),
+            requests: Requests::default(),
         }
     }
 
@@ -276,7 +354,9 @@ impl<'a> CensusBuilder<'a> {
         // A pair of endpoints counts once, even if a dump lists it twice (or
         // lists a closing socket beside a new one that reuses them): open
         // wins. `was` is its state before this census.
-        let (was, newly_open) = match self.c.conns.entry(id) {
+        // The requests it carried since the last census (with counters).
+        let mut requests = 0;
+        let (was, newly_open, pooled) = match self.c.conns.entry(id) {
             Entry::Occupied(mut e) => {
                 let st = e.get_mut();
                 if st.generation == generation {
@@ -284,33 +364,64 @@ impl<'a> CensusBuilder<'a> {
                     let newly_open = open && !st.open;
                     st.open |= open;
                     st.alive |= full;
-                    (st.was, newly_open)
+                    (st.was, newly_open, st.reused)
                 } else {
                     let was = WAS_KNOWN | if st.open { WAS_OPEN } else { 0 };
                     // Open since an earlier census that saw it open; else
                     // since now.
                     let since = if st.open { st.since } else { tick };
+                    let mut reused = st.reused && st.open;
+                    let segs = match (open, s.activity) {
+                        (true, Some(a)) => {
+                            let before = if st.open { st.segs } else { None };
+                            requests = requests_between(before, &a);
+                            reused |= before.is_some() && requests > 0;
+                            Some((a.data_segs_in, a.data_segs_out))
+                        }
+                        _ => None,
+                    };
                     *st = ConnState {
                         open,
                         alive: full || st.alive,
                         generation,
                         was,
                         since,
+                        segs,
+                        reused,
                     };
-                    (was, open)
+                    (was, open, reused)
                 }
             }
             Entry::Vacant(v) => {
+                let segs = match (open, s.activity) {
+                    (true, Some(a)) => {
+                        requests = requests_between(None, &a);
+                        Some((a.data_segs_in, a.data_segs_out))
+                    }
+                    _ => None,
+                };
                 v.insert(ConnState {
                     open,
                     alive: full,
                     generation,
                     was: 0,
                     since: tick,
+                    segs,
+                    reused: false,
                 });
-                (0, open)
+                (0, open, false)
             }
         };
+        if let Some(a) = s.activity.filter(|_| newly_open) {
+            self.c.activity_seen = true;
+            if pooled {
+                self.c.pooled_open += 1;
+                self.c.pooled_idle += u32::from(a.queued == 0);
+            }
+            if self.had_before {
+                self.requests.add(requests, &a);
+            }
+        }
         if newly_open {
             *self.c.open.entry(port).or_default() += 1;
             if self.detail {
@@ -345,6 +456,7 @@ impl<'a> CensusBuilder<'a> {
         let arrivals = NewConns {
             n: u32::try_from(self.new.len()).unwrap_or(u32::MAX),
             peers: add_peers(Some(Box::default()), self.new.iter().map(|(_, ip)| ip)),
+            requests: self.requests,
         };
         (self.c, arrivals)
     }
@@ -369,6 +481,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             rx_queue: 0,
             inode: 0,
+            activity: None,
         }
     }
 
@@ -546,6 +659,91 @@ mod tests {
         assert_eq!(new, 0, "nothing new after all");
         assert_eq!(c.conns.len(), 2);
         assert_eq!(c.endpoints.len(), 2);
+    }
+
+    /// An open connection with its `tcp_info` counters.
+    fn active(peer: &str, segs_in: u32, segs_out: u32, ago_ms: u32, queued: u32) -> Sock {
+        Sock {
+            activity: Some(Activity {
+                data_segs_in: segs_in,
+                data_segs_out: segs_out,
+                last_data_recv_ms: ago_ms,
+                queued,
+            }),
+            ..sock(state::ESTABLISHED, "10.1.0.5:80", peer)
+        }
+    }
+
+    /// Requests on connections already open are counted from their data
+    /// segments: one a request, at most one more than the replies between
+    /// (a body in many segments is not many requests), none for data NGINX
+    /// alone sent (a download); a new connection's first request is its
+    /// arrival.
+    #[test]
+    fn requests_on_open_connections_are_counted_from_tcp_info() {
+        let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
+        let mut seen = BTreeSet::new();
+        let take = |socks: &[Sock], before: Option<Census>, seen: &mut BTreeSet<u16>| {
+            Census::take_with(socks, &filter(), seen, before, (false, 0), false)
+        };
+        let pool = "10.2.0.9:40000";
+        let upload = "10.2.0.9:40001";
+        let download = "10.2.0.9:40002";
+        let (a, first) = take(
+            &[
+                l,
+                active(pool, 10, 10, 5, 0),
+                active(upload, 1, 1, 5, 0),
+                active(download, 1, 50, 900, 4096),
+            ],
+            None,
+            &mut seen,
+        );
+        assert_eq!(first.requests, Requests::default(), "no census before");
+        assert!(a.activity_seen);
+        let (b, new) = take(
+            &[
+                l,
+                // Three requests answered, the latest 30 ms ago.
+                active(pool, 13, 13, 30, 0),
+                // A body in 40 segments and one reply: at most two requests.
+                active(upload, 41, 2, 70, 0),
+                // NGINX sent 200 more segments, the client nothing.
+                active(download, 1, 250, 1900, 8192),
+                // A new connection that already carried two requests.
+                active("10.2.0.7:41000", 2, 2, 10, 0),
+            ],
+            Some(a),
+            &mut seen,
+        );
+        assert_eq!(new.n, 1, "one new connection");
+        assert_eq!(
+            new.requests,
+            Requests {
+                n: 3 + 2 + 1,
+                conns: 3,
+                latest_ms_ago: Some(10)
+            }
+        );
+        assert_eq!(b.pooled_open, 2, "the pool and the upload were reused");
+        assert_eq!(b.pooled_idle, 2);
+        // A counter that went back (the endpoints reused by another
+        // socket) is no request; the pool, busy now, is not idle.
+        let (c, new) = take(
+            &[l, active(pool, 14, 13, 0, 300), active(upload, 3, 1, 5, 0)],
+            Some(b),
+            &mut seen,
+        );
+        assert_eq!(new.requests.n, 1, "{:?}", new.requests);
+        assert_eq!((c.pooled_open, c.pooled_idle), (2, 1));
+        // From /proc (no tcp_info): nothing seen.
+        let (d, new) = take(
+            &[l, sock(state::ESTABLISHED, "10.1.0.5:80", pool)],
+            Some(c),
+            &mut seen,
+        );
+        assert_eq!(new.requests, Requests::default());
+        assert!(!d.activity_seen);
     }
 
     #[test]

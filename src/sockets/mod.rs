@@ -50,6 +50,27 @@ pub struct Sock {
     /// Receive queue; for a listener, the accept queue's current length.
     pub rx_queue: u32,
     pub inode: u32,
+    /// What the kernel's `tcp_info` says of the data it carried, when the
+    /// census asked for it (netlink, open connections); `None` from /proc.
+    pub activity: Option<Activity>,
+}
+
+/// A connection's data counters from `tcp_info` (INET_DIAG_INFO): what the
+/// census needs to see requests arriving on connections that are already
+/// open (a balancer's keep-alive pool), without NGINX's help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Segments that carried data from the client (`tcpi_data_segs_in`),
+    /// since the connection began; ACKs alone do not count.
+    pub data_segs_in: u32,
+    /// Segments that carried data to the client (`tcpi_data_segs_out`).
+    pub data_segs_out: u32,
+    /// Milliseconds since the client last sent data (`tcpi_last_data_recv`).
+    pub last_data_recv_ms: u32,
+    /// Bytes NGINX has not read yet, plus bytes it wrote that the kernel has
+    /// not sent yet (`tcpi_notsent_bytes`): zero when NGINX has taken every
+    /// request and handed every reply on, waiting for the client (idle).
+    pub queued: u32,
 }
 
 impl Sock {

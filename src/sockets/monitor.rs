@@ -2,16 +2,19 @@
 //! open connections per port, new arrivals, and the recent arrival log.
 //!
 //! Three sources, from cheap to dear:
-//! - the namespace's accept counter (`/proc/net/snmp`), read every 200 ms
-//!   while idle and every 20 ms while a drain runs: whether anything new
-//!   was accepted, at the same cost for 10 or 100 000 open connections;
+//! - the namespace's accept and segment counters (`/proc/net/snmp`), read
+//!   every 200 ms while idle and every 20 ms while a drain runs: whether
+//!   anything new was accepted, or anything arrived at all (a request on an
+//!   open connection), at the same cost for 10 or 100 000 open connections;
 //! - the kernel's TCP destroy events, read as they come: every connection
 //!   that ended, with its endpoints, so that one that opened and closed
 //!   between two censuses (a client that closes first leaves nothing
 //!   behind) is still counted;
-//! - the census, which walks every socket on NGINX's ports: taken only when
-//!   the counter shows accepts that the destroy events do not account for
-//!   (a connection that stays open), at least every 30 s while idle and
+//! - the census, which walks every socket on NGINX's ports with its
+//!   `tcp_info` (what the client sent since the last census: requests on
+//!   open connections): taken only when the counters show accepts that the
+//!   destroy events do not account for (a connection that stays open) or
+//!   segments that arrived since the last census, at least every 30 s while idle and
 //!   every 100 ms while a drain runs, and always spaced by its own cost
 //!   (50 times its duration while idle, 60 times while draining: 2 % and
 //!   1.7 % of a core at most, however many connections are open; the idle
@@ -31,6 +34,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use super::arrivals::ArrivalLog;
+use super::counters::Snmp;
 use super::sampler::{Kernel, Look, Sampler, Sources};
 use super::{ArrivalsSeen, CensusSource};
 use super::{CensusMethod, PortFilter, counters};
@@ -69,6 +73,13 @@ pub(crate) struct Sample {
     pub(crate) at: Option<Instant>,
     /// New client connections since the previous sample.
     pub(crate) arrivals: u32,
+    /// Requests since the previous sample on connections already open.
+    pub(crate) requests: u32,
+    /// Open connections that carried more than one request (a keep-alive
+    /// pool reuses them), and of those, the idle ones (nothing queued
+    /// either way: NGINX closes these at SIGQUIT).
+    pub(crate) pooled_open: u32,
+    pub(crate) pooled_idle: u32,
     pub(crate) open: BTreeMap<u16, u32>,
     pub(crate) listening: BTreeMap<u16, u32>,
     /// Each open client connection, while a drain wants detail (fast
@@ -105,6 +116,12 @@ pub(crate) struct View {
     pub(crate) accepted: Option<u64>,
     /// Whether the kernel's destroy events are watched.
     pub(crate) destroy_events: bool,
+    /// Whether requests on open connections are seen (the census reads
+    /// `tcp_info`: netlink, on a kernel that reports data segments).
+    pub(crate) requests_seen: bool,
+    /// The namespace's segment counter read just before the latest census:
+    /// if it has not moved since, nothing arrived that the census missed.
+    pub(crate) segments_at_census: Option<u64>,
 }
 
 impl View {
@@ -120,6 +137,8 @@ impl View {
             unattributed: 0,
             accepted: None,
             destroy_events: false,
+            requests_seen: false,
+            segments_at_census: None,
         }
     }
 
@@ -151,9 +170,10 @@ impl View {
     }
 }
 
-/// The namespace's accept counter, as the monitor reads it: the real one is
-/// `/proc/net/snmp`'s `PassiveOpens`; tests script it.
-pub(crate) type Counter = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+/// The namespace's accept and segment counters, as the monitor reads them:
+/// the real ones are `/proc/net/snmp`'s `PassiveOpens` and `InSegs`; tests
+/// script them.
+pub(crate) type Counter = Box<dyn Fn() -> Option<Snmp> + Send + Sync>;
 
 /// What the monitor task and its handles share.
 pub(crate) struct Shared {
@@ -163,6 +183,10 @@ pub(crate) struct Shared {
     own_accepts: AtomicU64,
     /// Asks for a look (and a census) now.
     pub(crate) poke: Notify,
+    /// The poke asks for a census whatever the counters say (the drain's
+    /// last look before a quiet SIGQUIT needs one taken after the silence
+    /// began, to see requests on open connections).
+    pub(crate) census_wanted: std::sync::atomic::AtomicBool,
     /// When the drain began and the accept counter then, for the first
     /// census after it.
     pub(crate) hook: std::sync::Mutex<Option<(Instant, Option<u64>)>>,
@@ -174,13 +198,29 @@ impl Shared {
             counter,
             own_accepts: AtomicU64::new(0),
             poke: Notify::new(),
+            census_wanted: std::sync::atomic::AtomicBool::new(false),
             hook: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The namespace's accepts, less the sidecar's own, and its segments
+    /// received: one read of the counters.
+    pub(crate) fn counters(&self) -> (Option<u64>, Option<u64>) {
+        match (self.counter)() {
+            Some(c) => (
+                Some(
+                    c.passive_opens
+                        .wrapping_sub(self.own_accepts.load(Ordering::Relaxed)),
+                ),
+                Some(c.in_segs),
+            ),
+            None => (None, None),
         }
     }
 
     /// The namespace's accepts, less the sidecar's own.
     pub(crate) fn accepted(&self) -> Option<u64> {
-        (self.counter)().map(|n| n.wrapping_sub(self.own_accepts.load(Ordering::Relaxed)))
+        self.counters().0
     }
 }
 
@@ -196,7 +236,7 @@ impl Monitor {
     /// Starts sampling. Must be called inside a tokio runtime.
     pub(crate) fn spawn(config: MonitorConfig) -> Monitor {
         let kernel = Kernel::new(&config);
-        let counter: Counter = Box::new(|| counters::passive_opens().ok());
+        let counter: Counter = Box::new(|| counters::read().ok());
         Monitor::spawn_with(config, kernel, counter)
     }
 
@@ -297,8 +337,27 @@ impl Monitor {
         }
     }
 
+    /// Whether a request on an open connection may have arrived that
+    /// `view`'s census did not see: requests are seen, and a segment
+    /// arrived since that census (read from the counter now, O(1)).
+    pub(crate) fn data_since(&self, view: &View) -> bool {
+        view.requests_seen
+            && match (view.segments_at_census, self.shared.counters().1) {
+                (Some(seen), Some(now)) => seen != now,
+                _ => true,
+            }
+    }
+
     /// Asks for a look and a census now (the drain's last look).
     pub(crate) fn look_now(&self) {
+        self.shared.poke.notify_one();
+    }
+
+    /// Asks for a census now, whatever the counters say (as soon as its
+    /// cost allows): the drain's last look when requests may have arrived
+    /// on open connections.
+    pub(crate) fn census_now(&self) {
+        self.shared.census_wanted.store(true, Ordering::Relaxed);
         self.shared.poke.notify_one();
     }
 }
@@ -325,7 +384,13 @@ async fn run<S: Sources>(
                 state.learn_kubelet(ip);
                 continue;
             }
-            () = shared.poke.notified() => look = Look::Attribute,
+            () = shared.poke.notified() => {
+                look = if shared.census_wanted.swap(false, Ordering::Relaxed) {
+                    Look::Census
+                } else {
+                    Look::Attribute
+                };
+            }
             () = state.sources.destroyed_ready() => {
                 state.read_destroyed();
                 continue;

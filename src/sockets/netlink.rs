@@ -4,32 +4,46 @@
 //! listeners (the kernel walks only its listening hash), then the other
 //! states filtered *in the kernel* by local port with an inet_diag bytecode
 //! program, so that sockets on other ports (upstream connections, clients'
-//! own ends) are never formatted or copied. Responses are read header-only
-//! (no attribute parsing): the census needs state, endpoints, queue, inode.
+//! own ends) are never formatted or copied. Of the connections, the kernel
+//! also reports `tcp_info` (INET_DIAG_INFO), from which three counters are
+//! read ([`Activity`]): the census needs state, endpoints, queues, and
+//! whether the client sent data since the last look.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 
 use netlink_packet_core::{
-    ErrorBuffer, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
-    NetlinkMessage, Parseable,
+    Emitable, ErrorBuffer, NLA_HEADER_SIZE, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NlasIterator, Parseable, parse_u32,
 };
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
+use netlink_packet_sock_diag::constants::{
+    AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY,
+};
 use netlink_packet_sock_diag::inet::{
     ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags,
 };
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NlAddr};
 
-use super::{Sock, canonical};
+use super::{Activity, Sock, canonical};
 
 // Kernel ABI (include/uapi/linux/inet_diag.h) that netlink-packet-sock-diag
 // does not export: the bytecode filter's opcodes.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
+
+// Offsets in `struct tcp_info` (include/uapi/linux/tcp.h) of the counters
+// the census reads. The kernel sends as much of the struct as it has, so a
+// shorter one (before Linux 4.6, which added the data segment counters)
+// gives no [`Activity`] rather than a wrong one.
+const TCPI_LAST_DATA_RECV: usize = 52;
+const TCPI_NOTSENT_BYTES: usize = 144;
+const TCPI_DATA_SEGS_IN: usize = 152;
+const TCPI_DATA_SEGS_OUT: usize = 156;
+const TCPI_NEEDED: usize = TCPI_DATA_SEGS_OUT + 4;
 
 pub(crate) struct Dumper {
     socket: Socket,
@@ -57,12 +71,13 @@ impl Dumper {
     /// Every listening TCP socket.
     pub(crate) fn listeners(&mut self, out: &mut impl Extend<Sock>) -> io::Result<()> {
         for family in [AF_INET, AF_INET6] {
-            self.dump(family, StateFlags::LISTEN, None, out)?;
+            self.dump(family, StateFlags::LISTEN, None, false, out)?;
         }
         Ok(())
     }
 
-    /// Every non-listening TCP socket whose local port is in `ports`.
+    /// Every non-listening TCP socket whose local port is in `ports`, with
+    /// its [`Activity`] where the kernel has one (not in TIME_WAIT).
     pub(crate) fn connections(
         &mut self,
         ports: &BTreeSet<u16>,
@@ -77,6 +92,7 @@ impl Dumper {
                 family,
                 StateFlags::all() - StateFlags::LISTEN,
                 Some(&program),
+                true,
                 out,
             )?;
         }
@@ -90,7 +106,13 @@ impl Dumper {
         out: &mut impl Extend<Sock>,
     ) -> io::Result<()> {
         for family in [AF_INET, AF_INET6] {
-            self.dump(family, StateFlags::all() - StateFlags::LISTEN, None, out)?;
+            self.dump(
+                family,
+                StateFlags::all() - StateFlags::LISTEN,
+                None,
+                false,
+                out,
+            )?;
         }
         Ok(())
     }
@@ -100,10 +122,11 @@ impl Dumper {
         family: u8,
         states: StateFlags,
         bytecode: Option<&[u8]>,
+        info: bool,
         out: &mut impl Extend<Sock>,
     ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let req = request(family, states, self.seq, bytecode);
+        let req = request(family, states, self.seq, bytecode, info);
         self.socket.send(&req, 0)?;
         loop {
             self.buf.clear();
@@ -185,8 +208,14 @@ impl std::os::fd::AsRawFd for DestroyWatch {
 }
 
 /// A dump request, with an optional bytecode filter attached as the
-/// INET_DIAG_REQ_BYTECODE attribute.
-fn request(family: u8, states: StateFlags, seq: u32, bytecode: Option<&[u8]>) -> Vec<u8> {
+/// INET_DIAG_REQ_BYTECODE attribute; with `info`, each socket's `tcp_info`.
+fn request(
+    family: u8,
+    states: StateFlags,
+    seq: u32,
+    bytecode: Option<&[u8]>,
+    info: bool,
+) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = seq;
@@ -195,7 +224,11 @@ fn request(family: u8, states: StateFlags, seq: u32, bytecode: Option<&[u8]>) ->
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions: if info {
+                ExtensionFlags::INFO
+            } else {
+                ExtensionFlags::empty()
+            },
             states,
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
@@ -270,6 +303,10 @@ pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut impl Extend<Sock>) -
                 },
                 SOCK_DIAG_BY_FAMILY => {
                     let h = InetResponseHeader::parse(payload).map_err(|e| bad(&e.to_string()))?;
+                    let activity = payload
+                        .get(h.buffer_len()..)
+                        .and_then(tcp_info)
+                        .and_then(|info| activity(info, h.recv_queue));
                     let id = &h.socket_id;
                     out.extend(std::iter::once(Sock {
                         state: h.state,
@@ -280,6 +317,7 @@ pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut impl Extend<Sock>) -
                         )),
                         rx_queue: h.recv_queue,
                         inode: h.inode,
+                        activity,
                     }));
                 }
                 _ => {}
@@ -290,6 +328,33 @@ pub fn parse_datagram(mut bytes: &[u8], seq: u32, out: &mut impl Extend<Sock>) -
         bytes = &bytes[step.min(bytes.len())..];
     }
     Ok(false)
+}
+
+/// The INET_DIAG_INFO attribute among a response's attributes, if any (a
+/// malformed attribute list ends the search: no activity, not an error).
+fn tcp_info(attrs: &[u8]) -> Option<&[u8]> {
+    NlasIterator::new(attrs)
+        .map_while(Result::ok)
+        .find(|nla| nla.kind() == INET_DIAG_INFO)
+        .and_then(|nla| {
+            let len = usize::from(nla.length());
+            nla.into_inner().get(NLA_HEADER_SIZE..len)
+        })
+}
+
+/// The census's counters from a `tcp_info`, when it is long enough to hold
+/// them; `recv_queue` (what NGINX has not read) from the response's header.
+pub(crate) fn activity(info: &[u8], recv_queue: u32) -> Option<Activity> {
+    let at = |offset: usize| parse_u32(info.get(offset..offset + 4)?).ok();
+    if info.len() < TCPI_NEEDED {
+        return None;
+    }
+    Some(Activity {
+        data_segs_in: at(TCPI_DATA_SEGS_IN)?,
+        data_segs_out: at(TCPI_DATA_SEGS_OUT)?,
+        last_data_recv_ms: at(TCPI_LAST_DATA_RECV)?,
+        queued: recv_queue.saturating_add(at(TCPI_NOTSENT_BYTES)?),
+    })
 }
 
 /// An `NLMSG_ERROR` payload (`struct nlmsgerr`: an `int error`, then the
@@ -382,6 +447,49 @@ mod tests {
             "length beyond the datagram"
         );
         assert!(out.is_empty());
+    }
+
+    /// The kernel's `tcp_info` counts a connection's requests and replies:
+    /// three exchanges on one open connection are three data segments each
+    /// way, and the last came a moment ago.
+    #[test]
+    fn tcp_info_counts_the_exchanges_on_an_open_connection() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let client = c.local_addr().unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+        }
+        let mut d = Dumper::new().expect("sock_diag works here");
+        let mut socks = Vec::new();
+        d.connections(&[port].into(), &mut socks).unwrap();
+        let server = socks
+            .iter()
+            .find(|x| x.local.port() == port && x.peer == client)
+            .expect("the accepted connection is listed");
+        let a = server.activity.expect("tcp_info for an open connection");
+        assert_eq!((a.data_segs_in, a.data_segs_out), (3, 3), "{a:?}");
+        assert!(a.last_data_recv_ms < 5_000, "{a:?}");
+        assert_eq!(a.queued, 0, "nothing pending: idle");
+    }
+
+    /// A truncated or missing `tcp_info` gives no activity, not a panic.
+    #[test]
+    fn short_tcp_info_is_no_activity() {
+        assert_eq!(activity(&[0u8; TCPI_NEEDED - 1], 0), None);
+        let mut info = [0u8; TCPI_NEEDED];
+        info[TCPI_NOTSENT_BYTES] = 2;
+        assert!(activity(&info, 1).is_some_and(|a| a.queued == 3));
+        assert_eq!(tcp_info(&[1, 2, 3]), None);
     }
 
     /// A connection whose client closes first leaves no socket behind on

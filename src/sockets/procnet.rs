@@ -66,6 +66,7 @@ pub fn parse_line(line: &str) -> Result<Sock, BadLine> {
         peer: canonical(peer),
         rx_queue,
         inode,
+        activity: None,
     })
 }
 

@@ -210,6 +210,13 @@ pub(crate) struct Sampler<S: Sources> {
     published: (u64, Option<u64>),
     published_log: Arc<ArrivalLog>,
     log_changed: bool,
+    /// The segment counter read just before the last census, and at the
+    /// last look: when they differ, something arrived since that census
+    /// (perhaps a request on an open connection, which only a census sees).
+    segments_at_census: Option<u64>,
+    segments_now: Option<u64>,
+    /// Whether censuses see requests on open connections (`tcp_info`).
+    requests_seen: bool,
     /// The last tick at which every accept was accounted for.
     last_clear: Instant,
     last_tick: Instant,
@@ -234,7 +241,9 @@ impl<S: Sources> Sampler<S> {
         shared: Arc<Shared>,
     ) -> Sampler<S> {
         let now = Instant::now();
+        let requests_seen = sources.method() == CensusMethod::Netlink;
         Sampler {
+            requests_seen,
             sources,
             filter,
             view,
@@ -250,6 +259,8 @@ impl<S: Sources> Sampler<S> {
             published: (0, None),
             published_log: Arc::new(ArrivalLog::new(now)),
             log_changed: false,
+            segments_at_census: None,
+            segments_now: None,
             last_clear: now,
             last_tick: now,
             last_census: None,
@@ -373,6 +384,9 @@ impl<S: Sources> Sampler<S> {
             )
         };
         let min_gap = self.census_cost * cost_share;
+        // Segments arrived since the last census: perhaps requests on open
+        // connections, which only a census sees (with `tcp_info`).
+        let arrived = self.requests_seen && self.segments_now != self.segments_at_census;
         let asked = match look {
             Look::Regular => false,
             Look::Attribute => self.unattributed > 0,
@@ -384,7 +398,7 @@ impl<S: Sources> Sampler<S> {
         if asked || self.accepted_at_census.is_none() {
             return true;
         }
-        since >= periodic.max(min_gap) || (self.unattributed > 0 && since >= min_gap)
+        since >= periodic.max(min_gap) || ((self.unattributed > 0 || arrived) && since >= min_gap)
     }
 
     /// One look: the accept counter and the destroy events; a census when
@@ -393,7 +407,8 @@ impl<S: Sources> Sampler<S> {
     pub(crate) fn tick(&mut self, fast: bool, look: Look) {
         self.read_destroyed();
         let at = Instant::now();
-        let accepted = self.shared.accepted();
+        let (accepted, segments) = self.shared.counters();
+        self.segments_now = segments;
         self.unattributed = match (accepted, self.accepted_at_census) {
             (Some(a), Some(k)) => a.saturating_sub(k).saturating_sub(self.ended_unseen),
             _ => 1,
@@ -473,7 +488,13 @@ impl<S: Sources> Sampler<S> {
         // wall time includes every other process's turns, and censuses
         // spaced by that would see new connections late.
         self.census_cost = self.sources.cpu_time().saturating_sub(cpu_before);
-        tracing::trace!(conns = census.conns.len(), open = %crate::logging::json(&census.open), new = new.n, cost_us = self.census_cost.as_micros() as u64, "census");
+        tracing::trace!(conns = census.conns.len(), open = %crate::logging::json(&census.open), new = new.n, requests = new.requests.n, cost_us = self.census_cost.as_micros() as u64, "census");
+        if census.open.values().any(|n| *n > 0) {
+            // Open connections without `tcp_info` (/proc, or a kernel
+            // older than 4.6): requests on them cannot be seen.
+            self.requests_seen = census.activity_seen;
+        }
+        self.segments_at_census = self.segments_now;
         let short = std::mem::take(&mut self.short);
         let mut arrivals = new.n.saturating_add(short.len() as u32);
         if self.lost_events && watched {
@@ -487,6 +508,7 @@ impl<S: Sources> Sampler<S> {
         let span = at.saturating_duration_since(self.last_clear);
         if !first {
             self.record(at, span, arrivals, add_peers(new.peers, &short));
+            self.record_requests(at, &new.requests);
         }
         self.accepted_at_census = accepted;
         self.ended_unseen = 0;
@@ -499,6 +521,9 @@ impl<S: Sources> Sampler<S> {
             seq: self.seq,
             at: Some(at),
             arrivals: if first { 0 } else { since_census },
+            requests: if first { 0 } else { new.requests.n },
+            pooled_open: census.pooled_open,
+            pooled_idle: census.pooled_idle,
             open: census.open.clone(),
             listening: census.listening.clone(),
             conns,
@@ -524,6 +549,33 @@ impl<S: Sources> Sampler<S> {
         self.log.record_from(Arrivals { at, span, n }, peers);
     }
 
+    /// Records the requests a census found on connections that were already
+    /// open at the census before (`at`): at the moment the latest one came
+    /// (`tcp_info` says how long ago, to the kernel's tick), the others
+    /// spread between the previous census and it. They are arrivals like new
+    /// connections, for the quiet rule and its history, but never the
+    /// kubelet's probes (it opens a connection for each).
+    fn record_requests(&mut self, at: Instant, r: &super::census::Requests) {
+        if r.n == 0 {
+            return;
+        }
+        let from = self.last_census.unwrap_or(at);
+        let ago = Duration::from_millis(u64::from(r.latest_ms_ago.unwrap_or(0)));
+        let latest = at.checked_sub(ago).unwrap_or(at).clamp(from, at);
+        tracing::trace!(
+            n = r.n,
+            conns = r.conns,
+            ago_ms = ago.as_millis() as u64,
+            "requests on open connections"
+        );
+        self.log_changed = true;
+        self.log.record_requests(Arrivals {
+            at: latest,
+            span: latest.saturating_duration_since(from),
+            n: r.n,
+        });
+    }
+
     /// Publishes the log (and a new census sample, if any). `accepted` is
     /// the counter value up to which every accept is accounted for, when
     /// nothing is unattributed.
@@ -538,6 +590,7 @@ impl<S: Sources> Sampler<S> {
         let ports = self.ports_seen.clone();
         let unattributed = self.unattributed;
         let watched = self.sources.watches_destroyed();
+        let (requests_seen, segments_at_census) = (self.requests_seen, self.segments_at_census);
         self.view.send_modify(|v| {
             if let Some(sample) = sample {
                 v.sample = sample;
@@ -548,6 +601,8 @@ impl<S: Sources> Sampler<S> {
             v.ports = ports;
             v.unattributed = unattributed;
             v.destroy_events = watched;
+            v.requests_seen = requests_seen;
+            v.segments_at_census = segments_at_census;
             if unattributed == 0 {
                 v.accepted = accepted;
             }

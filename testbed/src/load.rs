@@ -371,3 +371,108 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> Result<(u16, bool), 
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A balancer's warm keep-alive pool to NGINX (an L7 cloud balancer's, an
+/// ingress controller's upstream pool): connections opened once, each
+/// carrying one request at a time, reused for as long as NGINX keeps them.
+pub struct Pool {
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    conns: Vec<tokio::net::TcpStream>,
+}
+
+impl Pool {
+    /// Opens `n` connections to `addr` (from `from`) and sends one request
+    /// on each, so that they are established and used before anything
+    /// watches them.
+    pub async fn open(addr: SocketAddr, from: Option<IpAddr>, n: usize) -> Result<Pool, Failure> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut s = client::connect(from, addr).await?;
+            one_request(&mut s, addr).await?;
+            conns.push(s);
+        }
+        Ok(Pool { addr, from, conns })
+    }
+
+    /// Sends `rate` requests a second over the pool until `until` (at most
+    /// `rate` x the time left, plus one per connection): each connection
+    /// its share, staggered. As a balancer does, a connection NGINX closed
+    /// while idle is noticed before reuse and replaced by a new one, and a
+    /// request is never retried: one written to a connection NGINX closed
+    /// at that moment fails, and so does one whose new connection is
+    /// refused.
+    pub async fn run(self, rate: f64, until: impl Into<Until>) -> LoadStats {
+        let until = until.into();
+        let n = self.conns.len().max(1);
+        let every = Duration::from_secs_f64(n as f64 / rate.max(0.001));
+        let max = (until.remaining().as_secs_f64() / every.as_secs_f64()) as u64 + 1;
+        let mut tasks = JoinSet::new();
+        for (i, conn) in self.conns.into_iter().enumerate() {
+            let (addr, from, until) = (self.addr, self.from, until.clone());
+            let offset = every.mul_f64(i as f64 / n as f64);
+            tasks.spawn(async move {
+                tokio::time::sleep(offset).await;
+                pooled_connection(addr, from, conn, every, until, max).await
+            });
+        }
+        let mut stats = LoadStats::default();
+        while let Some(r) = tasks.join_next().await {
+            stats.merge(&r.unwrap_or_default());
+        }
+        stats
+    }
+}
+
+/// One connection of a [`Pool`]: a request every `every` (open loop: the
+/// next is due `every` after the last was due), until `until`.
+async fn pooled_connection(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    conn: tokio::net::TcpStream,
+    every: Duration,
+    until: Until,
+    max: u64,
+) -> LoadStats {
+    let mut stats = LoadStats::default();
+    let mut conn = Some(conn);
+    let mut due = Instant::now();
+    while !until.reached() && stats.sent < max {
+        // A balancer notices an idle connection that NGINX closed (its FIN
+        // arrived) and does not send on it.
+        if let Some(c) = &conn {
+            let mut probe = [0u8; 1];
+            match c.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => conn = None,
+            }
+        }
+        stats.sent += 1;
+        stats.last_sent = Some(Instant::now());
+        let r = async {
+            if conn.is_none() {
+                conn = Some(client::connect(from, addr).await?);
+            }
+            let stream = conn.as_mut().expect("connected");
+            tokio::time::timeout(REQUEST_LIMIT, one_request(stream, addr))
+                .await
+                .unwrap_or_else(|_| Err(Failure::Other("pooled request timed out".into())))
+        }
+        .await;
+        match r {
+            Ok((status, close)) => {
+                stats.count(Ok(status));
+                if close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                stats.count(Err(e));
+                conn = None;
+            }
+        }
+        due += every;
+        tokio::time::sleep_until(due).await;
+    }
+    stats
+}

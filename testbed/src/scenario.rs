@@ -11,8 +11,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::client::{self, Fetched};
-use super::load::{self, LoadStats, Style};
+use super::load::{self, LoadStats, Style, Until};
 use super::{Kubelet, Nginx, NginxOptions, Sidecar, Termination};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const HANG: Duration = Duration::from_secs(60);
 
@@ -83,6 +85,15 @@ pub struct Scenario {
     pub style: Style,
     /// The rate's clients connect over IPv6 (`[::1]`).
     pub ipv6: bool,
+    /// A balancer's warm keep-alive pool: this many connections, opened
+    /// (and used once) before the sidecar starts, so that no census ever
+    /// saw them arrive, as with a pool older than the arrival history.
+    pub pool_conns: usize,
+    /// Requests a second over the pool, from the start until the lag's end.
+    pub pool_rate: f64,
+    /// The pool never stops (pinned to the pod, as through a ClusterIP):
+    /// it sends until the termination is over.
+    pub pool_pinned: bool,
     pub args: Vec<String>,
 }
 
@@ -102,6 +113,9 @@ impl Default for Scenario {
             check_from: None,
             style: Style::ServerCloses,
             ipv6: false,
+            pool_conns: 0,
+            pool_rate: 0.0,
+            pool_pinned: false,
             args: Vec::new(),
         }
     }
@@ -116,6 +130,8 @@ pub struct Run {
     pub report: Value,
     pub load: LoadStats,
     pub keepalive: LoadStats,
+    /// The balancer's pool (empty without one).
+    pub pool: LoadStats,
     pub downloads_complete: usize,
     pub sigquits: usize,
     pub term: Termination,
@@ -154,6 +170,15 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     let pid_file = nginx.pid_file();
     let mut args = vec!["--nginx-pid-file", pid_file.to_str().unwrap()];
     args.extend(s.args.iter().map(String::as_str));
+    let pool = if s.pool_conns > 0 {
+        Some(
+            load::Pool::open(nginx.addr(), None, s.pool_conns)
+                .await
+                .expect("the pool connects"),
+        )
+    } else {
+        None
+    };
     let sidecar = Sidecar::spawn(bin, &args).expect("sidecar");
     wait_ready(sidecar.addr).await;
 
@@ -169,9 +194,18 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
         s.rate,
         s.clients_from,
         lag_end,
-        max,
+        if s.rate > 0.0 { max } else { 0 },
         s.style,
     ));
+    let terminated = Arc::new(AtomicBool::new(false));
+    let pool = pool.map(|p| {
+        let until = if s.pool_pinned {
+            Until::Flag(terminated.clone(), hook_at + HANG)
+        } else {
+            Until::At(lag_end)
+        };
+        tokio::spawn(p.run(s.pool_rate, until))
+    });
     let ka_until = if s.keepalive_until_hook {
         hook_at
     } else {
@@ -257,10 +291,15 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
     let kubelet = Kubelet::new(sidecar.addr, Duration::from_secs(30));
     let (term, (readyz_during_wait, status_during_wait, nginx_during_wait)) =
         tokio::join!(kubelet.terminate(&nginx), observe);
+    terminated.store(true, Ordering::Relaxed);
     let sidecar_cpu = cpu_time(sidecar.pid()).saturating_sub(cpu_before);
     let gone = kubelet_start + term.nginx_gone_after.unwrap_or(HANG);
 
     let load = load.await.unwrap();
+    let pool = match pool {
+        Some(p) => p.await.unwrap(),
+        None => LoadStats::default(),
+    };
     let mut ka = LoadStats::default();
     for k in keepalive {
         ka.merge(&k.await.unwrap());
@@ -287,6 +326,7 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
         report,
         load,
         keepalive: ka,
+        pool,
         downloads_complete: complete,
         sigquits: nginx.sigquit_count(),
         overhead: gone.saturating_duration_since(lag_end.max(last_done)),

@@ -168,6 +168,9 @@ struct FakeCensus {
     tx: watch::Sender<View>,
     log: ArrivalLog,
     seq: u64,
+    /// The arrivals are requests on open connections (a keep-alive pool),
+    /// not new connections.
+    requests: bool,
 }
 
 /// Two client connections on port 80, open since `age` before now.
@@ -188,15 +191,29 @@ impl FakeCensus {
     /// A monitor whose history holds `rate_per_tick` arrivals every 100 ms
     /// for the `history` before now.
     fn new(history: Duration, per_tick: u32) -> (Monitor, FakeCensus) {
+        FakeCensus::with(history, per_tick, false)
+    }
+
+    /// [`FakeCensus::new`] whose arrivals are requests on open connections.
+    fn pooled(history: Duration, per_tick: u32) -> (Monitor, FakeCensus) {
+        FakeCensus::with(history, per_tick, true)
+    }
+
+    fn with(history: Duration, per_tick: u32, requests: bool) -> (Monitor, FakeCensus) {
         let now = Instant::now();
         let mut log = ArrivalLog::new(now.checked_sub(history).unwrap_or(now));
         let mut t = log.since + TICK;
         while t <= now && per_tick > 0 {
-            log.record(Arrivals {
+            let a = Arrivals {
                 at: t,
                 span: TICK,
                 n: per_tick,
-            });
+            };
+            if requests {
+                log.record_requests(a);
+            } else {
+                log.record(a);
+            }
             t += TICK;
         }
         let view = View {
@@ -207,12 +224,22 @@ impl FakeCensus {
                 open: [(80, 2)].into(),
                 listening: [(80, 0)].into(),
                 conns: two_conns(Duration::from_secs(30)),
+                ..Sample::default()
             },
             log: Arc::new(log.clone()),
+            requests_seen: requests,
             ..View::empty(now, CensusMethod::Netlink, [80].into())
         };
         let (monitor, tx) = Monitor::manual(view);
-        (monitor, FakeCensus { tx, log, seq: 1 })
+        (
+            monitor,
+            FakeCensus {
+                tx,
+                log,
+                seq: 1,
+                requests,
+            },
+        )
     }
 
     /// Publishes samples every 100 ms for `how_long`, with `per_tick`
@@ -228,7 +255,12 @@ impl FakeCensus {
                 } else {
                     0
                 };
-                self.log.record(Arrivals { at, span: TICK, n });
+                let a = Arrivals { at, span: TICK, n };
+                if self.requests {
+                    self.log.record_requests(a);
+                } else {
+                    self.log.record(a);
+                }
                 self.seq += 1;
                 let log = Arc::new(self.log.clone());
                 let seq = self.seq;
@@ -236,10 +268,12 @@ impl FakeCensus {
                     v.sample = Sample {
                         seq,
                         at: Some(at),
-                        arrivals: n,
+                        arrivals: if self.requests { 0 } else { n },
+                        requests: if self.requests { n } else { 0 },
                         open: [(80, 2)].into(),
                         listening: [(80, 0)].into(),
                         conns: v.sample.conns.clone(),
+                        ..Sample::default()
                     };
                     v.log = log;
                 });
@@ -329,7 +363,12 @@ async fn an_accept_no_view_accounts_for_holds_the_quiet_sigquit() {
             accepted: Some(1000),
             ..view
         },
-        Box::new(move || Some(reader.load(Ordering::Relaxed))),
+        Box::new(move || {
+            Some(crate::sockets::counters::Snmp {
+                passive_opens: reader.load(Ordering::Relaxed),
+                in_segs: 0,
+            })
+        }),
     );
     let mut log = census.log.clone();
     tokio::spawn(async move {
@@ -366,6 +405,124 @@ async fn an_accept_no_view_accounts_for_holds_the_quiet_sigquit() {
     assert!(
         waited <= 500 + 1648 + 20,
         "SIGQUIT {waited} ms after the hook: {t:?}"
+    );
+}
+
+/// A warm keep-alive pool (a balancer's) carries 200 requests a second and
+/// no new connection: its requests hold the quit until they stop, like new
+/// connections would, and the report counts them apart.
+#[tokio::test(start_paused = true)]
+async fn requests_on_a_warm_pool_hold_the_quit_until_they_stop() {
+    let (monitor, census) = FakeCensus::pooled(Duration::from_secs(60), 20);
+    census.run(Duration::from_secs(20), Duration::from_secs(3), 20);
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(40 * MS), Answer::Ignore));
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    let waited = r.durations.hook_to_sigquit_ms.unwrap();
+    // The last request at 3.0 s, then the 250 ms floor of silence.
+    assert!(
+        (3_250..=3_350).contains(&waited),
+        "SIGQUIT {waited} ms after the hook"
+    );
+    let t = r.traffic.expect("traffic");
+    assert_eq!(t.sigquit_reason, QuitReason::Quiet);
+    assert_eq!(t.arrivals_during_wait, 0, "no new connection");
+    assert_eq!(t.requests_during_wait, 600);
+    assert!(t.requests_seen);
+    assert_eq!(t.requests_per_second_before_hook, 200.0);
+    assert!(t.last_request_at.is_some() && t.last_arrival_at.is_none());
+    assert!(
+        r.message
+            .contains("0 new connections and 600 requests on open connections"),
+        "{}",
+        r.message
+    );
+}
+
+/// A pool pinned to the pod (through a ClusterIP, conntrack keeps its
+/// connections) never stops: the wait ends at --max-delay, and the report
+/// says that requests were still arriving, never that every request
+/// finished.
+#[tokio::test(start_paused = true)]
+async fn a_pinned_pool_is_quit_at_max_delay_and_the_report_says_requests_still_came() {
+    let (monitor, census) = FakeCensus::pooled(Duration::from_secs(60), 20);
+    census.run(Duration::from_secs(40), Duration::from_secs(40), 20);
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(40 * MS), Answer::Ignore));
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    assert_eq!(r.durations.hook_to_sigquit_ms, Some(15_000));
+    let t = r.traffic.as_ref().expect("traffic");
+    assert_eq!(t.sigquit_reason, QuitReason::MaxDelay);
+    assert!(
+        r.message.contains("still arriving") && r.message.contains("ClusterIP"),
+        "{}",
+        r.message
+    );
+    assert!(
+        !r.message.contains("every in-flight request finished"),
+        "{}",
+        r.message
+    );
+}
+
+/// The last look before a quiet SIGQUIT: the views show the pool silent,
+/// but their census predates the due time and a segment arrived since (a
+/// request only a census sees). The drain asks for a census and waits; the
+/// one that shows the request moves the quit a quiet period later.
+#[tokio::test(start_paused = true)]
+async fn a_request_after_the_last_census_holds_the_quiet_sigquit() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let segments = Arc::new(AtomicU64::new(5000));
+    let (_, census) = FakeCensus::pooled(Duration::from_secs(60), 1);
+    let reader = segments.clone();
+    let view = census.tx.borrow().clone();
+    let (monitor, tx) = Monitor::manual_counting(
+        View {
+            segments_at_census: Some(5000),
+            ..view
+        },
+        Box::new(move || {
+            Some(crate::sockets::counters::Snmp {
+                passive_opens: 0,
+                in_segs: reader.load(Ordering::Relaxed),
+            })
+        }),
+    );
+    let mut log = census.log.clone();
+    tokio::spawn(async move {
+        // 200 ms after the hook a request comes on an open connection: the
+        // counter moves, no census shows it...
+        sleep(200 * MS).await;
+        segments.store(5002, Ordering::Relaxed);
+        // ...until the census the last look asked for, at 500 ms.
+        sleep(300 * MS).await;
+        log.record_requests(Arrivals {
+            at: Instant::now() - 300 * MS,
+            span: 300 * MS,
+            n: 1,
+        });
+        let log = Arc::new(log);
+        tx.send_modify(|v| {
+            v.log = log;
+            v.sample.at = Some(Instant::now());
+            v.sample.seq += 1;
+            v.segments_at_census = Some(5002);
+        });
+    });
+    let fake = Arc::new(Fake::new(Answer::ExitAfter(40 * MS), Answer::Ignore));
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    let waited = r.durations.hook_to_sigquit_ms.unwrap();
+    let t = r.traffic.expect("traffic");
+    // Without the last look: SIGQUIT at the 300 ms quiet period.
+    assert!(
+        waited >= 500,
+        "SIGQUIT {waited} ms after the hook, before the census that saw the request"
+    );
+    assert_eq!(t.requests_during_wait, 1);
+    assert!(
+        waited >= 200 + t.quiet_period_ms,
+        "a quiet period after the request: {waited} ms, {t:?}"
     );
 }
 

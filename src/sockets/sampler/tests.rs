@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::*;
+use crate::sockets::Activity;
+use crate::sockets::arrivals::Kind;
+use crate::sockets::counters::Snmp;
 use crate::sockets::monitor::{Counter, Monitor};
 use crate::sockets::state;
 
@@ -32,6 +35,7 @@ struct Script {
     world: Arc<Mutex<World>>,
     ready: Arc<Notify>,
     accepted: Arc<AtomicU64>,
+    segments: Arc<AtomicU64>,
 }
 
 impl Script {
@@ -40,6 +44,7 @@ impl Script {
             world: Arc::default(),
             ready: Arc::new(Notify::new()),
             accepted: Arc::new(AtomicU64::new(1000)),
+            segments: Arc::new(AtomicU64::new(5000)),
         };
         s.world
             .lock()
@@ -51,7 +56,13 @@ impl Script {
 
     fn counter(&self) -> Counter {
         let a = self.accepted.clone();
-        Box::new(move || Some(a.load(Ordering::Relaxed)))
+        let segs = self.segments.clone();
+        Box::new(move || {
+            Some(Snmp {
+                passive_opens: a.load(Ordering::Relaxed),
+                in_segs: segs.load(Ordering::Relaxed),
+            })
+        })
     }
 
     /// NGINX accepts a connection from `peer` that stays open.
@@ -85,6 +96,35 @@ impl Script {
         self.accepted.fetch_add(n, Ordering::Relaxed);
         self.world.lock().unwrap().overrun = true;
         self.ready.notify_one();
+    }
+
+    /// A keep-alive client opened a connection before the monitor started
+    /// (a warm pool): NGINX holds it open with its `tcp_info`.
+    fn pooled(&self, peer: &str) {
+        let mut s = sock(state::ESTABLISHED, "10.0.0.5:80", peer);
+        s.activity = Some(Activity {
+            data_segs_in: 1,
+            data_segs_out: 1,
+            last_data_recv_ms: 0,
+            queued: 0,
+        });
+        self.world.lock().unwrap().socks.push(s);
+    }
+
+    /// A request and its reply on the open connection from `peer`: its
+    /// counters move, and so does the namespace's segment counter (the
+    /// accept counter does not). `ago_ms`: how long before the next census
+    /// the kernel will say it came.
+    fn request(&self, peer: &str, ago_ms: u32) {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let mut w = self.world.lock().unwrap();
+        let s = w.socks.iter_mut().find(|s| s.peer == peer).expect("open");
+        let a = s.activity.as_mut().expect("tcp_info");
+        a.data_segs_in += 1;
+        a.data_segs_out += 1;
+        a.last_data_recv_ms = ago_ms;
+        drop(w);
+        self.segments.fetch_add(2, Ordering::Relaxed);
     }
 
     fn censuses(&self) -> u32 {
@@ -157,6 +197,7 @@ fn sock(st: u8, local: &str, peer: &str) -> Sock {
         peer: peer.parse().unwrap(),
         rx_queue: 0,
         inode: 1,
+        activity: None,
     }
 }
 
@@ -347,4 +388,44 @@ async fn the_first_census_after_the_hook_stamps_what_it_first_sees_as_before_the
         conn.first_seen < hook,
         "no accept since the hook: it was open before it"
     );
+}
+
+/// Requests on a connection that was already open (a warm keep-alive pool)
+/// move no accept counter: the segment counter asks for a census, whose
+/// `tcp_info` counts them, dated when the kernel says the latest came. With
+/// nothing arriving, no census runs.
+#[tokio::test(start_paused = true)]
+async fn requests_on_a_warm_pool_are_arrivals_dated_by_tcp_info() {
+    let k = Script::new();
+    k.pooled("10.3.0.1:50000");
+    let m = spawn(&k);
+    run_for(LOOK).await;
+    let quiet = k.censuses();
+    run_for(Duration::from_secs(5)).await;
+    assert_eq!(k.censuses(), quiet, "nothing arrived: no census");
+    assert_eq!(m.view().borrow().log.total(), 0, "the pool is no arrival");
+    assert!(m.view().borrow().requests_seen);
+    // A request a second for 3 s, each seen 40 ms after it came.
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        k.request("10.3.0.1:50000", 40);
+        sent.push(Instant::now());
+        run_for(Duration::from_secs(1)).await;
+    }
+    let v = m.view().borrow().clone();
+    assert_eq!(v.log.total(), 3, "each request once");
+    assert_eq!(v.log.last_of(Kind::Connections), None, "no new connection");
+    let last = v.log.last_of(Kind::Requests).expect("a request");
+    let census = v.sample.at.expect("a census");
+    assert_eq!(
+        census - last,
+        Duration::from_millis(40),
+        "dated by tcp_info"
+    );
+    assert!(last >= *sent.last().unwrap() - Duration::from_millis(40));
+    assert_eq!((v.sample.pooled_open, v.sample.pooled_idle), (1, 1));
+    // The view knows what the counter said at its census: nothing since.
+    assert!(!m.data_since(&v));
+    k.request("10.3.0.1:50000", 0);
+    assert!(m.data_since(&v), "a segment arrived after that census");
 }
