@@ -278,3 +278,82 @@ async fn ten_idle_keepalives_do_not_hold_the_drain() {
         "{report:#}"
     );
 }
+
+/// Streams are not requests. A warm keep-alive pool (a balancer's) goes on
+/// 1.5 s after the hook, beside three WebSocket feeds that NGINX's backend
+/// keeps pushing to and a slow download: traffic NGINX alone sends carries
+/// no client data, so only the pool holds the quit, which comes a quiet
+/// period after the pool stops, not at --max-delay; NGINX's
+/// worker_shutdown_timeout then closes the feeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_and_downloads_do_not_hold_the_quit_a_pool_does() {
+    let backend = EchoBackend::start_pushing(Duration::from_millis(100))
+        .await
+        .unwrap();
+    let nginx = Nginx::start(NginxOptions {
+        extra_main: "worker_shutdown_timeout 2s;".into(),
+        extra_server: backend.location(),
+        ..Default::default()
+    })
+    .unwrap();
+    let pool = testbed::load::Pool::open(nginx.addr(), None, 8)
+        .await
+        .expect("the pool connects");
+    let sidecar = sidecar_for(&nginx, &["--drain-timeout", "12s", "--max-delay", "6s"]);
+    wait_ready(sidecar.addr).await;
+    let mut feeds = Vec::new();
+    for _ in 0..3 {
+        feeds.push(WsClient::listen(nginx.addr(), WS_LIMIT).await.unwrap());
+    }
+    let download = client::spawn_download(nginx.addr(), "400k").await;
+    let hook_at = tokio::time::Instant::now() + Duration::from_secs(2);
+    let pool = tokio::spawn(pool.run(100.0, hook_at + Duration::from_millis(1500)));
+    tokio::time::sleep_until(hook_at).await;
+
+    let hook = client::get(sidecar.addr, "/prestop", HANG).await.unwrap();
+    let report = json(&hook);
+    let t = &report["traffic"];
+    assert_eq!(report["outcome"], "streams_closed", "{report:#}");
+    assert_eq!(t["sigquit_reason"], "quiet", "{t:#}");
+    let waited = t["wait_before_sigquit_ms"].as_u64().unwrap();
+    assert!(
+        (1500..3000).contains(&waited),
+        "SIGQUIT a quiet period after the pool stopped (1.5 s), not at --max-delay: {waited} ms"
+    );
+    assert!(t["requests_during_wait"].as_u64().unwrap() >= 75, "{t:#}");
+    let pool = pool.await.unwrap();
+    assert_eq!(pool.failed(), 0, "{pool:?}");
+    assert_eq!(
+        report["connections"]["cut_by"],
+        "nginx_worker_shutdown_timeout"
+    );
+    for f in feeds {
+        let end = f.end().await;
+        assert_ne!(end.how, "limit", "NGINX ended it: {end:?}");
+        assert!(end.exchanged >= 20, "the feed kept sending: {end:?}");
+    }
+    assert_complete(download.await.unwrap(), 1 << 20);
+}
+
+/// A WebSocket used request/response (the client sends, the backend
+/// answers, then silence) is, to the kernel, a keep-alive connection
+/// carrying requests, which a balancer's pool of one connection would be
+/// too: it counts as requests, and so holds the quit, at most --max-delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_used_request_response_counts_as_requests_up_to_max_delay() {
+    let (_backend, nginx) = nginx_with_websockets("worker_shutdown_timeout 2s;").await;
+    let sidecar = sidecar_for(&nginx, &["--drain-timeout", "10s", "--max-delay", "2s"]);
+    wait_ready(sidecar.addr).await;
+    let ws = WsClient::open(nginx.addr(), Duration::from_millis(200), WS_LIMIT)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hook = client::get(sidecar.addr, "/prestop", HANG).await.unwrap();
+    let report = json(&hook);
+    let t = &report["traffic"];
+    assert_eq!(report["outcome"], "streams_closed", "{report:#}");
+    assert_eq!(t["sigquit_reason"], "max_delay", "{t:#}");
+    assert!(t["requests_during_wait"].as_u64().unwrap() >= 5, "{t:#}");
+    let end = ws.end().await;
+    assert_ne!(end.how, "limit", "NGINX ended it: {end:?}");
+}

@@ -28,6 +28,16 @@ impl EchoBackend {
 
     /// The backend on `addr` (in a network namespace a test created).
     pub async fn start_on(addr: SocketAddr) -> io::Result<EchoBackend> {
+        EchoBackend::serve(addr, None).await
+    }
+
+    /// A backend that also pushes a message every `every` on each
+    /// WebSocket, unasked (a feed: prices, notifications, a subscription).
+    pub async fn start_pushing(every: Duration) -> io::Result<EchoBackend> {
+        EchoBackend::serve("127.0.0.1:0".parse().expect("an address"), Some(every)).await
+    }
+
+    async fn serve(addr: SocketAddr, push: Option<Duration>) -> io::Result<EchoBackend> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -36,9 +46,25 @@ impl EchoBackend {
                     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                         return;
                     };
-                    while let Some(Ok(msg)) = ws.next().await {
-                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                            return;
+                    let mut tick = tokio::time::interval(push.unwrap_or(Duration::from_secs(3600)));
+                    let mut pushed = 0u64;
+                    loop {
+                        tokio::select! {
+                            msg = ws.next() => match msg {
+                                Some(Ok(msg)) if msg.is_text() || msg.is_binary() => {
+                                    if ws.send(msg).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Some(Ok(_)) => {}
+                                _ => return,
+                            },
+                            _ = tick.tick(), if push.is_some() => {
+                                pushed += 1;
+                                if ws.send(Message::text(format!("p{pushed}"))).await.is_err() {
+                                    return;
+                                }
+                            }
                         }
                     }
                 });
@@ -92,19 +118,49 @@ impl WsClient {
         WsClient::open_from(None, nginx, every, limit).await
     }
 
-    /// [`WsClient::open`] from the local address `from`.
-    pub async fn open_from(
+    /// A client that only listens (to a [`EchoBackend::start_pushing`]
+    /// feed): it sends nothing after the upgrade; `exchanged` counts the
+    /// messages it received.
+    pub async fn listen(nginx: SocketAddr, limit: Duration) -> io::Result<WsClient> {
+        let (local, mut ws) = WsClient::upgrade(None, nginx).await?;
+        let task = tokio::spawn(async move {
+            let start = Instant::now();
+            let mut exchanged = 0u32;
+            let how = loop {
+                let Ok(next) = tokio::time::timeout_at(start + limit, ws.next()).await else {
+                    break "limit".to_string();
+                };
+                match next {
+                    Some(Ok(m)) if m.is_text() => exchanged += 1,
+                    Some(Ok(Message::Close(_))) | None => break "closed".to_string(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break format!("error: {e}"),
+                }
+            };
+            WsEnd {
+                exchanged,
+                how,
+                after: start.elapsed(),
+                at: std::time::Instant::now(),
+            }
+        });
+        Ok(WsClient { local, task })
+    }
+
+    /// Connects (from `from`) and upgrades `/ws` through NGINX.
+    async fn upgrade(
         from: Option<IpAddr>,
         nginx: SocketAddr,
-        every: Duration,
-        limit: Duration,
-    ) -> io::Result<WsClient> {
+    ) -> io::Result<(
+        SocketAddr,
+        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    )> {
         let stream = crate::client::connect(from, nginx)
             .await
             .map_err(|e| io::Error::other(format!("{e:?}")))?;
         let local = stream.local_addr()?;
         let url = format!("ws://{nginx}/ws");
-        let (mut ws, resp) = tokio_tungstenite::client_async(url, stream)
+        let (ws, resp) = tokio_tungstenite::client_async(url, stream)
             .await
             .map_err(io::Error::other)?;
         if resp.status() != 101 {
@@ -113,6 +169,17 @@ impl WsClient {
                 resp.status()
             )));
         }
+        Ok((local, ws))
+    }
+
+    /// [`WsClient::open`] from the local address `from`.
+    pub async fn open_from(
+        from: Option<IpAddr>,
+        nginx: SocketAddr,
+        every: Duration,
+        limit: Duration,
+    ) -> io::Result<WsClient> {
+        let (local, mut ws) = WsClient::upgrade(from, nginx).await?;
         let task = tokio::spawn(async move {
             let start = Instant::now();
             let mut exchanged = 0u32;
