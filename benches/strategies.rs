@@ -57,6 +57,28 @@ fn main() {
         keepalive: 4,
         grace: Duration::from_secs(30),
         style: Style::ServerCloses,
+        pool_conns: 0,
+        pool_rate: 0.0,
+    };
+    // What a balancer's warm keep-alive pool meets: no preStop, a fixed
+    // sleep, the seed's quit loop, nginx-drain.
+    let pooled_strategies = [
+        Strategy::NoPreStop,
+        Strategy::QuitPgrep { sleep_s: 5 },
+        Strategy::QuitPgrep { sleep_s: 0 },
+        Strategy::NginxDrain,
+    ];
+    // 16 connections at 200 requests/s, warm for over a minute before the
+    // deletion (the sidecar's whole history), going on for the lag: the
+    // balancer's deregistration. Two downloads in flight.
+    let pool = Traffic {
+        rate: 0.0,
+        warmup: Duration::from_secs(61),
+        keepalive: 0,
+        downloads: 2,
+        pool_conns: 16,
+        pool_rate: 200.0,
+        ..base
     };
     let cells: Vec<(String, Traffic, Vec<Strategy>)> = if quick {
         vec![(
@@ -95,6 +117,25 @@ fn main() {
                 ..base
             },
             all.to_vec(),
+        ));
+        for lag in [0, 3, 8] {
+            c.push((
+                format!("pool 16 x 200/s, lag {lag} s"),
+                Traffic {
+                    lag: Duration::from_secs(lag),
+                    ..pool
+                },
+                pooled_strategies.to_vec(),
+            ));
+        }
+        c.push((
+            "pool 16 x 200/s + 100 new/s, lag 3 s".into(),
+            Traffic {
+                rate: 100.0,
+                lag: Duration::from_secs(3),
+                ..pool
+            },
+            pooled_strategies.to_vec(),
         ));
         c.push((
             "1 per 2 s, lag 3 s".into(),

@@ -36,6 +36,8 @@ async fn the_harness_tells_a_sigterm_from_a_drain() {
         lag: Duration::from_secs(1),
         downloads: 2,
         keepalive: 2,
+        pool_conns: 2,
+        pool_rate: 20.0,
         grace: Duration::from_secs(10),
         style: Default::default(),
     };

@@ -215,6 +215,11 @@ pub(crate) struct Sampler<S: Sources> {
     /// (perhaps a request on an open connection, which only a census sees).
     segments_at_census: Option<u64>,
     segments_now: Option<u64>,
+    /// The last look at which no segment had arrived since the last census:
+    /// requests the next census finds came after it (as `last_clear` is
+    /// for accepts). Without it, requests after an idle while would be
+    /// spread back over the whole while, inventing long gaps between them.
+    segments_clear: Instant,
     /// Whether censuses see requests on open connections (`tcp_info`).
     requests_seen: bool,
     /// The last tick at which every accept was accounted for.
@@ -261,6 +266,7 @@ impl<S: Sources> Sampler<S> {
             log_changed: false,
             segments_at_census: None,
             segments_now: None,
+            segments_clear: now,
             last_clear: now,
             last_tick: now,
             last_census: None,
@@ -438,6 +444,9 @@ impl<S: Sources> Sampler<S> {
         if self.unattributed == 0 {
             self.last_clear = at;
         }
+        if self.segments_now == self.segments_at_census {
+            self.segments_clear = at;
+        }
         self.last_tick = at;
     }
 
@@ -559,7 +568,10 @@ impl<S: Sources> Sampler<S> {
         if r.n == 0 {
             return;
         }
-        let from = self.last_census.unwrap_or(at);
+        let from = self
+            .last_census
+            .map_or(at, |c| c.max(self.segments_clear))
+            .min(at);
         let ago = Duration::from_millis(u64::from(r.latest_ms_ago.unwrap_or(0)));
         let latest = at.checked_sub(ago).unwrap_or(at).clamp(from, at);
         tracing::trace!(

@@ -143,6 +143,18 @@ pub async fn open_loop(
     open_loop_with(addr, rate, from, until, max, Style::ServerCloses).await
 }
 
+/// [`open_loop`] of `GET path` (through a proxy's location, say).
+pub async fn open_loop_with_path(
+    addr: SocketAddr,
+    rate: f64,
+    from: Option<IpAddr>,
+    until: impl Into<Until>,
+    max: u64,
+    path: String,
+) -> LoadStats {
+    open_loop_inner(addr, rate, from, until, max, Style::ServerCloses, path).await
+}
+
 /// [`open_loop`], with clients that end their connections as `style` says.
 pub async fn open_loop_with(
     addr: SocketAddr,
@@ -152,6 +164,19 @@ pub async fn open_loop_with(
     max: u64,
     style: Style,
 ) -> LoadStats {
+    open_loop_inner(addr, rate, from, until, max, style, "/".into()).await
+}
+
+async fn open_loop_inner(
+    addr: SocketAddr,
+    rate: f64,
+    from: Option<IpAddr>,
+    until: impl Into<Until>,
+    max: u64,
+    style: Style,
+    path: String,
+) -> LoadStats {
+    let path: Arc<str> = path.into();
     let until = until.into();
     let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut tick = tokio::time::interval(every);
@@ -166,10 +191,11 @@ pub async fn open_loop_with(
         stats.sent += 1;
         let started = Instant::now();
         stats.last_sent = Some(started);
+        let path = path.clone();
         tasks.spawn(async move {
             let r = tokio::time::timeout(REQUEST_LIMIT, async {
                 match style {
-                    Style::ServerCloses => client::start_from(from, addr, "GET", "/", "")
+                    Style::ServerCloses => client::start_from(from, addr, "GET", &path, "")
                         .await?
                         .finish()
                         .await

@@ -63,6 +63,12 @@ pub struct Traffic {
     pub downloads: usize,
     /// Keep-alive clients, a request every 100 ms each, until the lag ends.
     pub keepalive: usize,
+    /// A balancer's warm keep-alive pool: this many connections, opened
+    /// (and used once) before anything else starts, carrying `pool_rate`
+    /// requests a second until the lag ends (the balancer's stop); its
+    /// failed requests count with the rest.
+    pub pool_conns: usize,
+    pub pool_rate: f64,
     pub grace: Duration,
     /// How the rate's clients end their connections.
     pub style: load::Style,
@@ -128,6 +134,15 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
     let addr = nginx.addr();
     // Reap the master as soon as it exits (a prompt PID 1).
     nginx.reap_in_background();
+    let pool = if t.pool_conns > 0 {
+        Some(
+            load::Pool::open(addr, None, t.pool_conns)
+                .await
+                .expect("the pool connects"),
+        )
+    } else {
+        None
+    };
     let sidecar = match strategy {
         Strategy::NginxDrain => {
             let pid_file = nginx.pid_file();
@@ -157,6 +172,7 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
     ));
     let keepalive: Vec<_> = (0..t.keepalive)
         .map(|_| tokio::spawn(load::keepalive(addr, Duration::from_millis(100), lag_end)))
+        .chain(pool.map(|p| tokio::spawn(p.run(t.pool_rate, lag_end))))
         .collect();
 
     // The census, every 100 ms, for the open-connections line.
@@ -282,8 +298,8 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
 
     let mut load = load.await.unwrap_or_default();
     for k in keepalive {
-        // Keep-alive requests count with the rest (the timeline shows the
-        // new connections only).
+        // Keep-alive and pooled requests count with the rest (the timeline
+        // shows the new connections only).
         let k = k.await.unwrap_or_default();
         let events = std::mem::take(&mut load.events);
         load.merge(&k);

@@ -347,18 +347,8 @@ pub fn run_case_for(
     let (static_name, pod_id, ip) = start_pod(rig, name, &pod, true);
     // Let the kubelet probe a few times, and NGINX settle.
     std::thread::sleep(Duration::from_secs(3));
-    let containers = rig.containers(&pod_id);
-    let by = |n: &str| {
-        containers
-            .iter()
-            .find(|c| c["status"]["metadata"]["name"] == n)
-            .cloned()
-            .unwrap_or_else(|| panic!("{name}: no container {n}"))
-    };
-    let (nginx, sidecar) = (by(nginx_container), by("nginx-drain"));
+    let (nginx, sidecar) = nginx_and_sidecar(rig, name, &pod_id, nginx_container);
     a_stranger_is_refused(rig, name, ip, &sidecar);
-    let id = |c: &Value| c["status"]["id"].as_str().unwrap().to_string();
-    let message_file = Rig::termination_log_path(&sidecar).expect("the sidecar's termination-log");
     let manifest = format!("{name}.json");
     let mut delete = rig.command("rig.sh");
     delete.args(["delete", &manifest]);
@@ -366,6 +356,35 @@ pub fn run_case_for(
         let st = delete.status();
         assert!(st.is_ok_and(|s| s.success()), "rig.sh delete");
     });
+    let seen = collect(rig, name, &static_name, &nginx, &sidecar);
+    (t, deleted, seen)
+}
+
+/// The containers of a running pod started by [`start_pod`]: its NGINX
+/// container (named `nginx_container`) and its sidecar.
+pub fn nginx_and_sidecar(
+    rig: &Rig,
+    name: &str,
+    pod_id: &str,
+    nginx_container: &str,
+) -> (Value, Value) {
+    let containers = rig.containers(pod_id);
+    let by = |n: &str| {
+        containers
+            .iter()
+            .find(|c| c["status"]["metadata"]["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: no container {n}"))
+    };
+    (by(nginx_container), by("nginx-drain"))
+}
+
+/// What a deleted pod left: waits for its NGINX and sidecar containers to
+/// exit and reads their exit codes, NGINX's log, the sidecar's report (its
+/// termination message) and the kubelet's log of it.
+pub fn collect(rig: &Rig, name: &str, static_name: &str, nginx: &Value, sidecar: &Value) -> Seen {
+    let id = |c: &Value| c["status"]["id"].as_str().unwrap().to_string();
+    let message_file = Rig::termination_log_path(sidecar).expect("the sidecar's termination-log");
     // The kubelet removes a deleted static pod's containers (their logs and
     // termination messages) right after they exit: read while they last.
     let (mut nginx_log, mut message) = (String::new(), String::new());
@@ -391,14 +410,13 @@ pub fn run_case_for(
     let report: Value = serde_json::from_str(&message).unwrap_or_else(|e| {
         panic!("{name}: the termination message is the report ({e}): {message:?}")
     });
-    let seen = Seen {
+    Seen {
         nginx_exit,
         sidecar_exit,
         nginx_log,
         report,
-        kubelet: rig.kubelet_log(&static_name),
-    };
-    (t, deleted, seen)
+        kubelet: rig.kubelet_log(static_name),
+    }
 }
 
 /// Another pod's `/prestop` (from [`CLIENT_IP`], an address on the pod

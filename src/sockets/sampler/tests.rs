@@ -429,3 +429,30 @@ async fn requests_on_a_warm_pool_are_arrivals_dated_by_tcp_info() {
     k.request("10.3.0.1:50000", 0);
     assert!(m.data_since(&v), "a segment arrived after that census");
 }
+
+/// Requests that begin after an idle while are dated after the last look
+/// that saw no segment arrive, not spread back over the whole while: the
+/// gaps between them stay what they were (a spread over the idle 5 s would
+/// have made the quiet period seconds long).
+#[tokio::test(start_paused = true)]
+async fn requests_after_an_idle_while_are_not_spread_over_it() {
+    let k = Script::new();
+    k.pooled("10.3.0.1:50000");
+    let m = spawn(&k);
+    // Between two looks, so that the first census after the idle while
+    // finds several requests.
+    run_for(Duration::from_millis(5_010)).await;
+    for _ in 0..20 {
+        k.request("10.3.0.1:50000", 0);
+        run_for(Duration::from_millis(50)).await;
+    }
+    run_for(LOOK).await;
+    let v = m.view().borrow().clone();
+    assert_eq!(v.log.total(), 20);
+    let gaps = crate::drain::quiet::gaps(&v.log);
+    let longest = gaps.iter().max().copied().unwrap_or_default();
+    assert!(
+        longest <= Duration::from_millis(200),
+        "no gap longer than a look: {gaps:?}"
+    );
+}
