@@ -390,7 +390,7 @@ pub fn collect(rig: &Rig, name: &str, static_name: &str, nginx: &Value, sidecar:
     let (mut nginx_log, mut message) = (String::new(), String::new());
     let deadline = Instant::now() + HANG;
     let (nginx_exit, sidecar_exit) = loop {
-        if let Ok(log) = rig.logs(&nginx) {
+        if let Ok(log) = rig.logs(nginx) {
             nginx_log = log;
         }
         if let Ok(m) = rig.read_inside(&message_file)
@@ -398,7 +398,7 @@ pub fn collect(rig: &Rig, name: &str, static_name: &str, nginx: &Value, sidecar:
         {
             message = m;
         }
-        if let (Some(n), Some(s)) = (rig.exit_code(&id(&nginx)), rig.exit_code(&id(&sidecar))) {
+        if let (Some(n), Some(s)) = (rig.exit_code(&id(nginx)), rig.exit_code(&id(sidecar))) {
             break (n, s);
         }
         assert!(
