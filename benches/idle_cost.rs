@@ -10,10 +10,15 @@
 //! (`/proc/net/snmp`) says when a census can find nothing new, and an idle
 //! census runs at least every 30 s.
 //!
+//! Then 20 s with a balancer's keep-alive pool among them (16 connections,
+//! 200 requests/s, no new connection): the sidecar's CPU while it watches
+//! requests on open connections (the segment counter moves, so censuses
+//! with `tcp_info` run, spaced by their cost).
+//!
 //! Then a drain with those N connections open: 100 new connections/s for
 //! 2 s before the hook and 3 s after it (a load balancer's lag), the hook,
-//! NGINX's graceful exit: the sidecar's CPU over the hook's duration, and
-//! the requests that failed.
+//! NGINX's graceful exit: the sidecar's CPU over the hook's duration, the
+//! requests that failed, and the sidecar's peak RSS (VmHWM) over its life.
 //!
 //! Run: `cargo bench --bench idle_cost [-- N...]` (default 0 1000 10000).
 //! One process may hold at most 20 000 files here and one source address has
@@ -97,12 +102,20 @@ fn hold_connections(n: usize, addr: SocketAddr) -> Vec<Child> {
     children
 }
 
+/// The time a balancer's pool runs among the idle connections.
+const POOLED: Duration = Duration::from_secs(20);
+
 fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:` for the peak).
+fn status_kib(pid: i32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
+                .find(|l| l.starts_with(field))?
                 .split_ascii_whitespace()
                 .nth(1)?
                 .parse()
@@ -176,8 +189,15 @@ fn main() {
 
     println!("sidecar {} idle for {} s", bin.display(), IDLE.as_secs());
     println!(
-        "{:>12} {:>16} {:>10} {:>18} {:>10} {:>8}",
-        "connections", "CPU % of a core", "RSS MiB", "drain CPU % core", "drain s", "failed"
+        "{:>12} {:>16} {:>10} {:>18} {:>18} {:>10} {:>8} {:>14}",
+        "connections",
+        "CPU % of a core",
+        "RSS MiB",
+        "pooled CPU % core",
+        "drain CPU % core",
+        "drain s",
+        "failed",
+        "peak RSS MiB"
     );
     let rt = testbed::runtime().expect("tokio runtime");
     for n in counts {
@@ -196,15 +216,28 @@ fn main() {
         std::thread::sleep(IDLE);
         let cpu = cpu_time(sidecar.pid()).saturating_sub(cpu0);
         let rss = rss_kib(sidecar.pid());
+        // A balancer's warm pool among the idle connections.
+        let pooled = rt.block_on(async {
+            let pool = load::Pool::open(nginx.addr(), None, 16)
+                .await
+                .expect("the pool connects");
+            let cpu0 = cpu_time(sidecar.pid());
+            let stats = pool.run(200.0, tokio::time::Instant::now() + POOLED).await;
+            assert_eq!(stats.failed(), 0, "{stats:?}");
+            cpu_time(sidecar.pid()).saturating_sub(cpu0)
+        });
         let (drain_cpu, drain_s, failed, message) = rt.block_on(drain(&nginx, &sidecar));
+        let peak = status_kib(sidecar.pid(), "VmHWM:");
         println!(
-            "{:>12} {:>16.2} {:>10.1} {:>18.2} {:>10.2} {:>8}",
+            "{:>12} {:>16.2} {:>10.1} {:>18.2} {:>18.2} {:>10.2} {:>8} {:>14.1}",
             n,
             cpu.as_secs_f64() / IDLE.as_secs_f64() * 100.0,
             rss as f64 / 1024.0,
+            pooled.as_secs_f64() / POOLED.as_secs_f64() * 100.0,
             drain_cpu,
             drain_s,
-            failed
+            failed,
+            peak as f64 / 1024.0
         );
         println!("{:>12} {message}", "");
         for mut c in held {

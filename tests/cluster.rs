@@ -640,6 +640,104 @@ fn ingress_nginx_release(c: &Cluster) -> Option<Target> {
     ))
 }
 
+/// HAProxy in the rig's network, stopped on drop.
+struct Balancer(std::process::Child);
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where HAProxy listens in the rig's network, for the L4 case.
+const L4_FRONT: &str = "127.0.0.2";
+
+/// An L4 balancer as an NLB in instance mode is: HAProxy in `mode tcp` in
+/// front of the node's NodePort of a LoadBalancer Service with
+/// `externalTrafficPolicy: Local`, health-checking kube-proxy's
+/// `healthCheckNodePort` (`inter 1s fall 3`). The chart's Deployment rolls
+/// under the usual clients, sent to HAProxy: every client connection is
+/// one connection to a pod (conntrack keeps a keep-alive client on its old
+/// pod until NGINX closes it). Returns the phase and HAProxy's log.
+fn haproxy_l4_rollout(c: &Cluster, t: &Target) -> (Phase, String) {
+    let selector =
+        c.kubectl_json(&["-n", NS, "get", "service", DEPLOYMENT])["spec"]["selector"].clone();
+    let svc = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web-l4", "namespace": NS},
+        "spec": {
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local",
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    });
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], svc.to_string().as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svc = c.kubectl_json(&["-n", NS, "get", "service", "web-l4"]);
+    let node_port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("a nodePort");
+    let health = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("a healthCheckNodePort (externalTrafficPolicy: Local)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("haproxy.cfg");
+    let node = testbed::cluster::NODE_IP;
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  log stdout format raw local0 info\n  maxconn 4096\n\
+             defaults\n  mode tcp\n  log global\n  log-format \"conn %ts %s %B\"\n\
+             timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend fe\n  bind {L4_FRONT}:80\n  default_backend nodes\n\
+             backend nodes\n  option httpchk GET /healthz\n\
+             server node {node}:{node_port} check port {health} inter 1s fall 3 rise 2\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("haproxy.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let _haproxy = Balancer(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", c.netns().display()))
+            .args(["haproxy", "-db", "-f"])
+            .arg(&config)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (apt-get install haproxy; scripts/test does)"),
+    );
+    // kube-proxy's NodePort and health check rules, and HAProxy's first
+    // checks.
+    std::thread::sleep(Duration::from_secs(3));
+    let through = Target {
+        service_ip: L4_FRONT.parse().unwrap(),
+        ..t.clone()
+    };
+    let p = rollout::run(c, &through, 3, || {
+        c.kubectl_ok(&[
+            "-n",
+            NS,
+            "rollout",
+            "restart",
+            &format!("deployment/{DEPLOYMENT}"),
+        ]);
+        rollout::rollout_status(c, t);
+        "HAProxy mode tcp -> NodePort (externalTrafficPolicy: Local): kubectl rollout restart, rollout finished".into()
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    c.kubectl_ok(&["-n", NS, "delete", "service", "web-l4"]);
+    (p, text)
+}
+
 #[test]
 fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     let Some(c) = cluster() else { return };
@@ -709,7 +807,24 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     rollout::print("evictions", &p, DOWNLOAD_BYTES);
     assert_clean("evictions", &p);
 
-    // 3. A scale-down.
+    // 3. An L4 balancer (an NLB in instance mode) in front of the node.
+    let (p, haproxy) = haproxy_l4_rollout(&c, &t);
+    rollout::print("L4 balancer rollout restart", &p, DOWNLOAD_BYTES);
+    assert_clean("L4 balancer", &p);
+    let conns: Vec<&str> = haproxy
+        .lines()
+        .filter_map(|l| l.strip_prefix("conn "))
+        .collect();
+    let failed: Vec<&&str> = conns.iter().filter(|l| l.starts_with('S')).collect();
+    println!(
+        "L4 balancer: {} connections logged by HAProxy, {} ended by a server error",
+        conns.len(),
+        failed.len()
+    );
+    assert!(conns.len() as u64 >= p.clients.load.ok, "{haproxy}");
+    assert!(failed.is_empty(), "HAProxy: {failed:?}");
+
+    // 4. A scale-down.
     let p = rollout::run(&c, &t, 2, || {
         c.kubectl_ok(&[
             "-n",
@@ -723,7 +838,7 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     rollout::print("scale 3 -> 1", &p, DOWNLOAD_BYTES);
     assert_clean("scale-down", &p);
 
-    // 4. ingress-nginx's own chart wired by the post-renderer, rolled under
+    // 5. ingress-nginx's own chart wired by the post-renderer, rolled under
     //    the same traffic through its Service. After each drain the
     //    controller's own quit finds NGINX gone ("Error during shutdown",
     //    exit 1, or 0 if its shell still held NGINX's status).
