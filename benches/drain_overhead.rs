@@ -30,6 +30,9 @@ struct Cell {
     style: Style,
     /// The short-history case: keep-alive burst until the hook, 4 downloads.
     short_history: bool,
+    /// Keep-alive clients (a request every 100 ms each) until the lag ends;
+    /// `None`: 4 with new connections, none at the low rates.
+    keepalive: Option<usize>,
 }
 
 fn cells() -> Vec<Cell> {
@@ -62,9 +65,19 @@ fn cells() -> Vec<Cell> {
                 warmup: 2,
                 style: Style::ServerCloses,
                 short_history: false,
+                keepalive: None,
             });
         }
     }
+    cells.push(Cell {
+        name: "300/s + 32 keep-alive, lag 3",
+        rate: 300.0,
+        lag: 3,
+        warmup: 2,
+        style: Style::ServerCloses,
+        short_history: false,
+        keepalive: Some(32),
+    });
     for (name, style) in [
         ("100/s HTTP/1.0, lag 3 s", Style::Http10),
         ("100/s close-first, lag 3", Style::KeepAliveOnce),
@@ -76,6 +89,7 @@ fn cells() -> Vec<Cell> {
             warmup: 2,
             style,
             short_history: false,
+            keepalive: None,
         });
     }
     cells.push(Cell {
@@ -85,6 +99,7 @@ fn cells() -> Vec<Cell> {
         warmup: 8,
         style: Style::ServerCloses,
         short_history: false,
+        keepalive: None,
     });
     cells.push(Cell {
         name: "short history (1/2 s)",
@@ -93,6 +108,7 @@ fn cells() -> Vec<Cell> {
         warmup: 1,
         style: Style::ServerCloses,
         short_history: true,
+        keepalive: None,
     });
     cells
 }
@@ -150,7 +166,9 @@ fn main() {
                     rate: cell.rate,
                     lag: Duration::from_secs(cell.lag),
                     warmup: Duration::from_secs(cell.warmup),
-                    keepalive: if cell.short_history {
+                    keepalive: if let Some(k) = cell.keepalive {
+                        k
+                    } else if cell.short_history {
                         8
                     } else if cell.rate >= 1.0 {
                         4
