@@ -4,7 +4,7 @@
 //!
 //! Runs inside a network namespace of its own (as root), so that the
 //! sockets counted are exactly the ones it opens.
-//! Run: `cargo bench --bench census`.
+//! Run: `cargo bench --bench census [-- N...]` (default 1000 10000).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +18,11 @@ fn median_ms(mut v: Vec<Duration>) -> f64 {
 }
 
 fn main() {
-    netns::enter(false);
+    let args = netns::enter(false);
+    let counts: Vec<usize> = {
+        let v: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+        if v.is_empty() { vec![1_000, 10_000] } else { v }
+    };
     // Room for 10k client sockets in this process.
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
@@ -42,7 +46,7 @@ fn main() {
         "{:>12} {:>14} {:>14} {:>14}",
         "connections", "netlink ms", "/proc ms", "ss -tan ms"
     );
-    for target in [1_000usize, 10_000] {
+    for target in counts {
         while held.len() < target {
             match std::net::TcpStream::connect(nginx.addr()) {
                 Ok(s) => held.push(s),

@@ -205,7 +205,7 @@ impl<'a> Episode<'a> {
     }
 
     pub(crate) fn gaps(&self) -> Vec<Duration> {
-        gaps_of(self.entries())
+        gaps_of(self.entries(), self.log.requests_unseen_after)
     }
 
     /// Looks that saw arrivals in this episode.
@@ -222,15 +222,20 @@ impl<'a> Episode<'a> {
 /// Gaps between consecutive arrivals of the whole log.
 #[cfg(test)]
 pub(crate) fn gaps(log: &ArrivalLog) -> Vec<Duration> {
-    gaps_of(log.entries_with_kind())
+    gaps_of(log.entries_with_kind(), log.requests_unseen_after)
 }
 
 /// Gaps between consecutive arrivals, placing a record's `n` arrivals
 /// evenly over its span (a census only says how many new connections came,
 /// not when; a destroy event's record has no span; of requests on open
 /// connections, `tcp_info` dates the latest, at the record's end); the most
-/// recent [`MAX_GAPS`].
-fn gaps_of<'a>(entries: impl Iterator<Item = (&'a Arrivals, Kind)>) -> Vec<Duration> {
+/// recent [`MAX_GAPS`]. A gap across `unseen_after` (the latest census,
+/// when it found requests: more may have come after it, unseen yet) is not
+/// known to be one and is left out.
+fn gaps_of<'a>(
+    entries: impl Iterator<Item = (&'a Arrivals, Kind)>,
+    unseen_after: Option<Instant>,
+) -> Vec<Duration> {
     let mut times: Vec<Instant> = Vec::new();
     for (e, kind) in entries {
         let start = e.at.checked_sub(e.span).unwrap_or(e.at);
@@ -248,6 +253,7 @@ fn gaps_of<'a>(entries: impl Iterator<Item = (&'a Arrivals, Kind)>) -> Vec<Durat
     times.sort_unstable();
     let mut gaps: Vec<Duration> = times
         .windows(2)
+        .filter(|w| unseen_after.is_none_or(|u| !(w[0] <= u && u < w[1])))
         .map(|w| w[1].saturating_duration_since(w[0]))
         .collect();
     if gaps.len() > MAX_GAPS {
@@ -268,7 +274,12 @@ pub(crate) fn longest_gap_between_events(log: &ArrivalLog) -> Duration {
         .max(last.at.checked_sub(HISTORY).unwrap_or(log.since));
     let mut longest = Duration::ZERO;
     for e in log.entries() {
-        longest = longest.max(e.at.saturating_duration_since(prev));
+        let unknown = log
+            .requests_unseen_after
+            .is_some_and(|u| prev <= u && u < e.at);
+        if !unknown {
+            longest = longest.max(e.at.saturating_duration_since(prev));
+        }
         prev = e.at;
     }
     longest
@@ -461,6 +472,43 @@ mod tests {
         );
         assert_eq!(q.period, MIN);
         assert_eq!(q.typical_gap, None);
+    }
+
+    /// Requests a dear census (100k connections: seconds apart) has seen
+    /// up to its moment, then new connections that the destroy events
+    /// stamp as they come: the silence between the last request seen and
+    /// the first connection is not known to be one while requests may have
+    /// gone on unseen since that census, and does not stretch the quiet
+    /// period; once a later census finds none, it is a real gap again.
+    #[test]
+    fn a_silence_after_a_census_that_saw_requests_is_not_yet_a_gap() {
+        let t0 = Instant::now();
+        let mut log = ArrivalLog::new(t0);
+        // Requests at 200/s for 10 s, in census records 2 s apart.
+        for k in 1..=5u32 {
+            log.record_requests(Arrivals {
+                at: t0 + Duration::from_secs(2 * u64::from(k)),
+                span: Duration::from_secs(2),
+                n: 400,
+            });
+        }
+        let census = t0 + Duration::from_secs(10);
+        log.requests_unseen_after = Some(census);
+        // New connections at 100/s from 4 s after that census.
+        let mut t = census + Duration::from_secs(4);
+        for _ in 0..100 {
+            t += 10 * MS;
+            log.record(Arrivals {
+                at: t,
+                span: Duration::ZERO,
+                n: 1,
+            });
+        }
+        let q = quiet_period(&log, t, MIN, MAX, true);
+        assert_eq!(q.period, MIN, "{}", q.reason);
+        log.requests_unseen_after = None;
+        let q = quiet_period(&log, t, MIN, MAX, true);
+        assert!(q.period > Duration::from_secs(10), "{}", q.reason);
     }
 
     #[test]

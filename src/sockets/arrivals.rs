@@ -79,6 +79,11 @@ pub(crate) struct ArrivalLog {
     /// drain: thousands of entries at hundreds of connections a second)
     /// copies as plain memory.
     peers: VecDeque<(IpAddr, u32)>,
+    /// The latest census, when it found requests on open connections: they
+    /// may have gone on after it, unseen until the next census (seconds
+    /// later when a census is dear), so a silence across this moment is not
+    /// known to be one.
+    pub(crate) requests_unseen_after: Option<Instant>,
 }
 
 /// An entry whose arrivals came from many peers.
@@ -113,6 +118,7 @@ impl ArrivalLog {
             entries: VecDeque::new(),
             peer_counts: VecDeque::new(),
             peers: VecDeque::new(),
+            requests_unseen_after: None,
         }
     }
 
@@ -186,7 +192,8 @@ impl ArrivalLog {
     /// theirs. Returns how many were taken back. (Rare: once per address
     /// learned; the log is rebuilt.)
     pub(crate) fn forgive_probes(&mut self, ip: IpAddr, budget: &mut ProbeBudget) -> u64 {
-        let old = std::mem::replace(self, ArrivalLog::new(self.since));
+        let mut old = std::mem::replace(self, ArrivalLog::new(self.since));
+        self.requests_unseen_after = old.requests_unseen_after.take();
         let mut taken = 0u64;
         let mut listed = old.peers.into_iter();
         for (mut e, c) in old.entries.into_iter().zip(old.peer_counts) {

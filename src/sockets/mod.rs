@@ -126,6 +126,11 @@ pub enum CensusMethod {
 pub struct Source {
     netlink: Option<netlink::Dumper>,
     pub(crate) method: CensusMethod,
+    /// Whether IPv6 connections are dumped (see `Dumper::connections`):
+    /// unknown until the first census, then from the first IPv6 listener
+    /// or connection on a counted port on, for good (connections outlive
+    /// their listener, which SIGQUIT closes).
+    v6: Option<bool>,
 }
 
 impl Source {
@@ -149,7 +154,11 @@ impl Source {
         } else {
             CensusMethod::Proc
         };
-        Source { netlink, method }
+        Source {
+            netlink,
+            method,
+            v6: None,
+        }
     }
 
     /// Takes one census: the listeners, then the connections on the ports
@@ -196,8 +205,15 @@ impl Source {
                     )
                     .time_wait_arrives(time_wait_arrives);
                     let ports = b.ports().clone();
-                    match d.connections(&ports, &mut b) {
-                        Ok(()) => {
+                    let v6_listener = listeners.iter().any(|s| {
+                        s.state == state::LISTEN
+                            && s.local.is_ipv6()
+                            && filter.port_counts(s.local.port())
+                    });
+                    let v6 = self.v6 != Some(false) || v6_listener;
+                    match d.connections(&ports, v6, &mut b) {
+                        Ok(listed_v6) => {
+                            self.v6 = Some(self.v6 == Some(true) || v6_listener || listed_v6 > 0);
                             let done = b.finish();
                             *ports_seen = seen;
                             return Ok(done);
@@ -252,6 +268,42 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The census dumps IPv6 connections only where an IPv6 listener
+    /// counts (an accepted socket has its listener's family), and then
+    /// finds them; IPv4 ones always.
+    #[test]
+    fn ipv6_connections_are_dumped_once_an_ipv6_listener_counts() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c4 = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let _s4 = v4.accept().unwrap();
+        let mut src = Source::new(CensusMethod::Netlink);
+        let only = |ports: &[u16]| PortFilter {
+            only: ports.iter().copied().collect(),
+            ..Default::default()
+        };
+        let p4 = v4.local_addr().unwrap().port();
+        let mut seen = BTreeSet::new();
+        let c = src.census(&only(&[p4]), &mut seen).unwrap();
+        assert_eq!(c.open.get(&p4), Some(&1));
+        assert_eq!(src.v6, Some(false), "no IPv6 listener counts: not dumped");
+        let Ok(v6) = std::net::TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 on this machine
+        };
+        let _c6 = std::net::TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        let _s6 = v6.accept().unwrap();
+        let p6 = v6.local_addr().unwrap().port();
+        let c = src.census(&only(&[p4, p6]), &mut seen).unwrap();
+        assert_eq!(c.open.get(&p6), Some(&1), "the IPv6 connection is found");
+        assert_eq!(src.v6, Some(true));
+        drop(v6);
+        let c = src.census(&only(&[p4, p6]), &mut seen).unwrap();
+        assert_eq!(
+            c.open.get(&p6),
+            Some(&1),
+            "its listener closed (SIGQUIT), the connection is still dumped"
+        );
+    }
 
     /// Both sources see a listener and a connection this test makes.
     #[test]
