@@ -175,7 +175,11 @@ const REREAD_GATEWAYS: Duration = Duration::from_secs(1);
 /// wiring problem (the hook would be refused at the first rollout).
 pub(crate) struct Access {
     cidrs: Vec<IpNet>,
-    kubelet: Option<KubeletAddresses>,
+    /// The addresses the kubelet calls this pod from: admitted with
+    /// `--allow-kubelet`, and the only ones (with `--allow-cidr`) a request
+    /// with the kubelet's User-Agent is believed from, whatever the rule.
+    kubelet: KubeletAddresses,
+    allow_kubelet: bool,
     seen: Mutex<KubeletSeen>,
 }
 
@@ -184,6 +188,26 @@ struct KubeletAddresses {
     /// When the gateways were last read, and what they were.
     gateways: Mutex<(Instant, Vec<IpAddr>)>,
     read_gateways: Box<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
+}
+
+impl KubeletAddresses {
+    /// `peer` is loopback, the node's, or a default gateway of the pod (the
+    /// routing tables read again, at most once a second, for a peer they
+    /// did not hold: a CNI may add the route after the sidecar started).
+    fn contains(&self, peer: IpAddr) -> bool {
+        let peer = unmapped(peer);
+        if peer.is_loopback() || self.node.contains(&peer) {
+            return true;
+        }
+        let mut g = self.gateways.lock().unwrap_or_else(|e| e.into_inner());
+        if g.1.contains(&peer) {
+            return true;
+        }
+        if g.0.elapsed() >= REREAD_GATEWAYS {
+            *g = (Instant::now(), (self.read_gateways)());
+        }
+        g.1.contains(&peer)
+    }
 }
 
 /// What the kubelet's own requests showed of the access rule.
@@ -213,26 +237,27 @@ impl Access {
         node: Vec<IpAddr>,
         read_gateways: Box<dyn Fn() -> Vec<IpAddr> + Send + Sync>,
     ) -> Access {
-        let kubelet = allow_kubelet.then(|| KubeletAddresses {
+        let kubelet = KubeletAddresses {
             node: node.into_iter().map(unmapped).collect(),
             gateways: Mutex::new((Instant::now(), read_gateways())),
             read_gateways,
-        });
+        };
         Access {
             cidrs,
             kubelet,
+            allow_kubelet,
             seen: Mutex::default(),
         }
     }
 
     /// Anyone may call.
     pub(crate) fn is_open(&self) -> bool {
-        self.cidrs.is_empty() && self.kubelet.is_none()
+        self.cidrs.is_empty() && !self.allow_kubelet
     }
 
     /// Only the kubelet's addresses (and `--allow-cidr`) may call.
     pub(crate) fn kubelet_only(&self) -> bool {
-        self.kubelet.is_some()
+        self.allow_kubelet
     }
 
     /// True when `peer` may call `/prestop` and `/status`.
@@ -240,25 +265,23 @@ impl Access {
         if self.is_open() {
             return true;
         }
-        // The ranges' match is `peer_allowed`'s (fuzzed in tests/fuzz.rs).
-        if !self.cidrs.is_empty() && peer_allowed(&self.cidrs, peer) {
-            return true;
-        }
-        let peer = unmapped(peer);
-        let Some(k) = &self.kubelet else {
-            return false;
-        };
-        if peer.is_loopback() || k.node.contains(&peer) {
-            return true;
-        }
-        let mut g = k.gateways.lock().unwrap_or_else(|e| e.into_inner());
-        if g.1.contains(&peer) {
-            return true;
-        }
-        if g.0.elapsed() >= REREAD_GATEWAYS {
-            *g = (Instant::now(), (k.read_gateways)());
-        }
-        g.1.contains(&peer)
+        self.in_cidrs(peer) || (self.allow_kubelet && self.kubelet.contains(peer))
+    }
+
+    /// `peer` is in `--allow-cidr`. (The ranges' match is `peer_allowed`'s,
+    /// fuzzed in tests/fuzz.rs.)
+    fn in_cidrs(&self, peer: IpAddr) -> bool {
+        !self.cidrs.is_empty() && peer_allowed(&self.cidrs, peer)
+    }
+
+    /// Whether a request with the kubelet's User-Agent from `peer` may be
+    /// believed: `peer` is one of the addresses the kubelet calls this pod
+    /// from (loopback, the node's, a default gateway) or in `--allow-cidr`.
+    /// Whatever the access rule: with open access, any pod could otherwise
+    /// send that User-Agent and have its own connections to NGINX taken for
+    /// the kubelet's probes.
+    pub(crate) fn may_be_kubelet(&self, peer: IpAddr) -> bool {
+        self.in_cidrs(peer) || self.kubelet.contains(peer)
     }
 
     /// A request with the kubelet's User-Agent came from `peer`; true when
@@ -278,16 +301,16 @@ impl Access {
     /// The rule names at least one address the kubelet could call from
     /// (loopback aside).
     pub(crate) fn knows_an_address(&self) -> bool {
+        let k = &self.kubelet;
         !self.cidrs.is_empty()
-            || self.kubelet.as_ref().is_some_and(|k| {
-                !k.node.is_empty()
+            || (self.allow_kubelet
+                && (!k.node.is_empty()
                     || !k
                         .gateways
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .1
-                        .is_empty()
-            })
+                        .is_empty()))
     }
 
     pub(crate) fn kubelet_seen(&self) -> KubeletSeen {
@@ -310,7 +333,8 @@ impl Access {
             }
         };
         let mut parts = Vec::new();
-        if let Some(k) = &self.kubelet {
+        if self.allow_kubelet {
+            let k = &self.kubelet;
             let g = k.gateways.lock().unwrap_or_else(|e| e.into_inner());
             parts.push(format!(
                 "the kubelet's addresses (node: {}; default gateway: {}; loopback)",
@@ -374,6 +398,31 @@ mod tests {
             "{}",
             access.describe()
         );
+    }
+
+    /// With open access anyone may call, but a request that says it is the
+    /// kubelet's (its User-Agent) is believed only from where the kubelet
+    /// calls: another pod cannot make its own connections look like probes.
+    #[test]
+    fn only_the_kubelets_addresses_may_be_the_kubelet_whatever_the_rule() {
+        let open = Access::with_gateways(
+            Vec::new(),
+            false,
+            vec![ip("192.168.5.7")],
+            Box::new(|| vec![ip("10.244.1.1")]),
+        );
+        assert!(open.is_open() && open.admits(ip("10.244.1.9")));
+        for kubelet in [
+            "10.244.1.1",
+            "192.168.5.7",
+            "127.0.0.1",
+            "::ffff:10.244.1.1",
+        ] {
+            assert!(open.may_be_kubelet(ip(kubelet)), "{kubelet}");
+        }
+        assert!(!open.may_be_kubelet(ip("10.244.1.9")), "another pod");
+        let cidr = Access::new(vec!["10.214.1.1/32".parse().unwrap()], false, Vec::new());
+        assert!(cidr.may_be_kubelet(ip("10.214.1.1")));
     }
 
     #[test]

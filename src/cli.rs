@@ -87,7 +87,7 @@ pub struct InjectArgs {
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub margin: u32,
     /// The sidecar's --max-delay (the longest wait for traffic to stop).
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_delay: Duration,
     /// The sidecar's port (hook, probes, metrics).
     #[arg(long, default_value_t = 10266, value_name = "PORT")]
@@ -323,9 +323,25 @@ impl From<FailureAnswer> for OnFailure {
     }
 }
 
+/// The longest duration any flag takes: a day, far beyond any grace period
+/// a kubelet keeps a pod for, and far from overflowing the monotonic clock
+/// when added to now (a value like `100000000y` would panic there).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration no longer than [`MAX_DURATION`]; `how` shows the form.
+fn bounded_duration(s: &str, how: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}: {how}"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s} is longer than {}, which no grace period comes near: {how}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{e}: write a duration such as 25s or 1m30s"))?;
+    let d = bounded_duration(s, "write a duration such as 25s or 1m30s")?;
     if d < MIN_DRAIN_TIMEOUT {
         return Err(format!(
             "{s} is shorter than {}: a drain needs time to quit gracefully and to escalate",
@@ -336,7 +352,7 @@ fn parse_drain_timeout(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}: write a duration such as 250ms or 15s"))
+    bounded_duration(s, "write a duration such as 250ms or 15s")
 }
 
 /// An address (`10.0.0.1`, `::1`) or a network (`10.0.0.0/8`).
@@ -348,7 +364,7 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 
 /// A duration that may be zero.
 fn parse_linger(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}: a duration such as 10s, or 0s"))
+    bounded_duration(s, "write a duration such as 10s, or 0s")
 }
 
 /// An address and a port; a bare port or address says which form is meant.
@@ -405,6 +421,17 @@ mod tests {
                 .unwrap_err()
                 .contains("shorter")
         );
+    }
+
+    /// Durations that would overflow the clock when added to now are
+    /// refused with the limit, not a panic at the hook.
+    #[test]
+    fn huge_durations_are_refused_not_a_panic() {
+        for parse in [parse_drain_timeout, parse_duration, parse_linger] {
+            let e = parse("100000000y").unwrap_err();
+            assert!(e.contains("longer than 1day"), "{e}");
+            assert!(parse("24h").is_ok());
+        }
     }
 
     #[test]

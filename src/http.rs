@@ -277,15 +277,22 @@ pub(crate) async fn serve(
 const KUBELET_AGENTS: [&[u8]; 2] = [b"kube-probe/", b"kube-lifecycle/"];
 
 /// The kubelet's probes and hooks (by their User-Agent) reveal its address:
-/// its probes of NGINX are not clients (see `sockets::probes`). Only from peers
-/// the access rule admits; one it refuses is remembered (a kubelet the rule
-/// would refuse is a wiring problem). A hook without the kubelet's
-/// User-Agent (a person with curl, a script) teaches nothing: its address
-/// may be a client's.
+/// its probes of NGINX are not clients (see `sockets::probes`). Only from
+/// peers the access rule admits and that may be the kubelet (loopback, the
+/// node's address, a default gateway, `--allow-cidr`): a User-Agent is
+/// anyone's to send. A kubelet request the rule refuses is remembered (a
+/// kubelet the rule would refuse is a wiring problem). A hook without the
+/// kubelet's User-Agent (a person with curl, a script) teaches nothing: its
+/// address may be a client's.
 fn learn_kubelet(ctx: &Ctx<'_>) {
-    let admitted = ctx.opts.access.note_kubelet(ctx.conn.peer.ip());
+    let peer = ctx.conn.peer.ip();
+    let admitted = ctx.opts.access.note_kubelet(peer);
     if ctx.opts.learn_kubelet && admitted {
-        ctx.handle.learn_kubelet(ctx.conn.peer.ip());
+        if ctx.opts.access.may_be_kubelet(peer) {
+            ctx.handle.learn_kubelet(peer);
+        } else {
+            tracing::debug!(%peer, "a request with the kubelet's User-Agent from an address the kubelet does not call from (not loopback, the node's address, a default gateway or --allow-cidr): not taken for the kubelet's");
+        }
     }
 }
 

@@ -712,3 +712,45 @@ async fn a_pinned_pool_is_quit_at_max_delay_and_reported() {
         r.pool
     );
 }
+
+/// A request with the kubelet's User-Agent is believed only from an address
+/// the kubelet calls from (loopback, the node's, a default gateway,
+/// `--allow-cidr`): with open access, another pod sending it is not taken
+/// for the kubelet, whose probes would then not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_pod_cannot_pass_for_the_kubelet() {
+    if in_own_netns("another_pod_cannot_pass_for_the_kubelet") {
+        return;
+    }
+    let stranger: std::net::IpAddr = "10.9.9.9".parse().unwrap();
+    let st = Command::new("ip")
+        .args(["addr", "add", "10.9.9.9/32", "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip addr add");
+    let nginx = Nginx::start(NginxOptions::default()).unwrap();
+    let sidecar = testbed::Sidecar::for_nginx(bin(), &nginx, &[]).unwrap();
+    testbed::scenario::wait_ready(sidecar.addr).await;
+    for from in [stranger, testbed::client::KUBELET_ADDR] {
+        let probe = testbed::client::start_from(
+            Some(from),
+            sidecar.addr,
+            "GET",
+            "/healthz",
+            "User-Agent: kube-probe/1.32\r\n",
+        )
+        .await
+        .unwrap();
+        probe.finish().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = testbed::client::get(sidecar.addr, "/status", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(
+        status["traffic"]["kubelet_peers"],
+        serde_json::json!([testbed::client::KUBELET_ADDR.to_string()]),
+        "{status:#}"
+    );
+}
