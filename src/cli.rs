@@ -129,6 +129,16 @@ pub struct ServeArgs {
     #[arg(long, env = "NGINX_DRAIN_NGINX_PID_FILE", value_name = "PATH")]
     pub nginx_pid_file: Option<PathBuf>,
 
+    /// How long after the sidecar starts NGINX may take to appear. Until
+    /// then a hook with no NGINX to drain answers not_running (a pod deleted
+    /// while it starts); after it, no master found is a blocking wiring
+    /// problem (`nginx_found`: the pod does not turn Ready, `/wiring` says
+    /// why) and a hook answers `error`: a wrong --nginx-pid-file, no shared
+    /// PID namespace or a master with another title would otherwise stop
+    /// NGINX with no drain and call it a success.
+    #[arg(long, env = "NGINX_DRAIN_NGINX_START_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub nginx_start_timeout: Duration,
+
     /// The whole budget of one drain, counted from the hook's arrival:
     /// graceful quit, escalation to SIGTERM and the answer all fit in it.
     /// Keep it below terminationGracePeriodSeconds (default 30s) by a few

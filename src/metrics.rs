@@ -127,11 +127,7 @@ impl Metrics {
             undrained.clone(),
         );
         let wiring = Family::<CheckLabel, Gauge>::default();
-        r.register(
-            "wiring_problems",
-            "1 for each wiring check that fails now (shared_pid_namespace, signal_permission, listen_reachable, census, destroy_events, budget, worker_shutdown_timeout; see /status for the fix), 0 otherwise",
-            wiring.clone(),
-        );
+        r.register("wiring_problems", wiring_help(), wiring.clone());
         r.register(
             "build",
             "nginx-drain's version",
@@ -242,4 +238,17 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"));
     }
+}
+
+/// The wiring gauge's help, listing every check (from the one list of them,
+/// so that it cannot drift).
+fn wiring_help() -> String {
+    let checks: Vec<&str> = crate::wiring::Check::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    format!(
+        "1 for each wiring check that fails now ({}; see /status for the fix), 0 otherwise",
+        checks.join(", ")
+    )
 }

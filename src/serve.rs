@@ -197,6 +197,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
             },
             worker_shutdown_timeout: args.worker_shutdown_timeout,
             metrics_linger: args.metrics_linger,
+            nginx_start_timeout: args.nginx_start_timeout,
             wiring: drain::WiringConfig {
                 listen: listener.local_addr().unwrap_or(args.listen),
                 // The downward API's pod IP, and whether this runs in a pod

@@ -47,6 +47,8 @@ pub enum Check {
     WorkerShutdownTimeout,
     /// `--allow-kubelet` admits the address the kubelet calls from.
     HookAccess,
+    /// An NGINX master was found within `--nginx-start-timeout`.
+    NginxFound,
 }
 words!(Check {
     SharedPidNamespace => "shared_pid_namespace",
@@ -57,10 +59,11 @@ words!(Check {
     Budget => "budget",
     WorkerShutdownTimeout => "worker_shutdown_timeout",
     HookAccess => "hook_access",
+    NginxFound => "nginx_found",
 });
 
 impl Check {
-    pub const ALL: [Check; 8] = [
+    pub const ALL: [Check; 9] = [
         Check::SharedPidNamespace,
         Check::SignalPermission,
         Check::ListenReachable,
@@ -69,6 +72,7 @@ impl Check {
         Check::Budget,
         Check::WorkerShutdownTimeout,
         Check::HookAccess,
+        Check::NginxFound,
     ];
 
     /// The hook cannot work at all while this fails.
@@ -79,6 +83,7 @@ impl Check {
                 | Check::SignalPermission
                 | Check::ListenReachable
                 | Check::HookAccess
+                | Check::NginxFound
         )
     }
 }
@@ -115,6 +120,31 @@ pub(crate) struct Observed {
     /// With `--allow-kubelet`: the rule and what the kubelet's requests
     /// showed of it.
     pub(crate) hook_access: Option<HookAccess>,
+    /// No NGINX master found since the sidecar started, for longer than
+    /// `--nginx-start-timeout`.
+    pub(crate) nginx_missing: Option<NginxMissing>,
+}
+
+/// NGINX not found for longer than it may take to start.
+#[derive(Debug, Clone)]
+pub(crate) struct NginxMissing {
+    /// How long it has been searched for.
+    pub(crate) searched: Duration,
+    /// What the last search found instead.
+    pub(crate) why: String,
+}
+
+/// The `nginx_found` problem in words, with the fix.
+pub(crate) fn nginx_missing_message(m: &NginxMissing) -> String {
+    format!(
+        "no nginx master found in the {} since the sidecar started{}: check that the pod shares its PID namespace (shareProcessNamespace: true), that --nginx-pid-file names the file of NGINX's `pid` directive (as the sidecar sees it, through its own mounts), and that the master's title starts with \"nginx: master process\"; if NGINX takes longer to start here, raise --nginx-start-timeout",
+        humantime::format_duration(Duration::from_secs(m.searched.as_secs())),
+        if m.why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", m.why)
+        }
+    )
 }
 
 /// The kubelet-only access rule as the checks see it.
@@ -173,6 +203,9 @@ pub(crate) fn problems(o: &Observed) -> Vec<Problem> {
                 port = o.listen.port()
             ),
         );
+    }
+    if let Some(m) = &o.nginx_missing {
+        fail(Check::NginxFound, nginx_missing_message(m));
     }
     if o.census == CensusSource::Unavailable {
         fail(
@@ -283,11 +316,36 @@ mod tests {
                     refused: Vec::new(),
                 },
             }),
+            nginx_missing: None,
         }
     }
 
     fn checks(o: &Observed) -> Vec<Check> {
         problems(o).iter().map(|p| p.check).collect()
+    }
+
+    /// No master found for longer than NGINX may take to start blocks the
+    /// pod's readiness, with the places to look.
+    #[test]
+    fn nginx_never_found_is_a_blocking_problem() {
+        let p = problems(&Observed {
+            nginx_missing: Some(NginxMissing {
+                searched: Duration::from_millis(61_500),
+                why: "no process titled \"nginx: master process\"".into(),
+            }),
+            ..good()
+        });
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].check, Check::NginxFound);
+        assert!(p[0].blocking);
+        assert!(
+            p[0].message.contains("in the 1m 1s since")
+                && p[0].message.contains("shareProcessNamespace")
+                && p[0].message.contains("--nginx-pid-file")
+                && p[0].message.contains("--nginx-start-timeout"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]

@@ -214,6 +214,59 @@ async fn hook_answers_not_running_when_the_pid_file_is_missing() {
     assert!(took < Duration::from_secs(2), "answered in {took:?}");
 }
 
+/// NGINX never found (here: a pid file it never writes) once NGINX has had
+/// its start window (`--nginx-start-timeout`) is no success: `/wiring`
+/// fails with the places to look, so the pod never turns Ready, and a hook
+/// answers `error` (here 500; by default a reset) instead of a
+/// `not_running` that would let NGINX be stopped with no drain.
+#[tokio::test]
+async fn nginx_never_found_after_its_start_window_is_a_failure_not_a_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("nginx.pid");
+    let sidecar = Sidecar::spawn(
+        bin(),
+        &[
+            "--nginx-pid-file",
+            pid_file.to_str().unwrap(),
+            "--nginx-start-timeout",
+            "1s",
+            "--on-failure",
+            "status",
+        ],
+    )
+    .unwrap();
+    // Within the window: NGINX may still be starting.
+    let r = get(sidecar.addr, "/wiring").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Then: a blocking problem, found by the wiring checks (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wiring = loop {
+        let r = get(sidecar.addr, "/wiring").await;
+        if r.status == 503 {
+            break r.text();
+        }
+        assert!(Instant::now() < deadline, "/wiring stayed {}", r.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        wiring.contains("nginx_found")
+            && wiring.contains("shareProcessNamespace")
+            && wiring.contains("does not exist"),
+        "{wiring}"
+    );
+    let hook = get(sidecar.addr, "/prestop").await;
+    assert_eq!(hook.status, 500);
+    let report = json(&hook);
+    assert_eq!(report["outcome"], "error", "{report:#}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("no nginx master found"),
+        "{report:#}"
+    );
+}
+
 #[tokio::test]
 async fn a_pid_file_naming_another_process_is_never_signalled() {
     let mut sleeper = Bystander::spawn();

@@ -61,6 +61,8 @@ pub(crate) struct Config {
     pub(crate) wiring: WiringConfig,
     /// `--metrics-linger`.
     pub(crate) metrics_linger: Duration,
+    /// `--nginx-start-timeout`: how long NGINX may take to appear.
+    pub(crate) nginx_start_timeout: Duration,
 }
 
 /// What the wiring checks need to know of the pod (see `crate::wiring`).
@@ -176,6 +178,8 @@ pub(crate) fn spawn(
         shutdown_timeout: None,
         problems: Vec::new(),
         linger: None,
+        started: Instant::now(),
+        ever_found: false,
     };
     let task = tokio::spawn(owner.run());
     (
@@ -217,6 +221,10 @@ struct Owner {
     problems: Vec<Problem>,
     /// Until when the sidecar stays up after its exit was decided.
     linger: Option<Instant>,
+    /// When the owner started, and whether it ever found a master: one
+    /// never found after `--nginx-start-timeout` is a wiring problem.
+    started: Instant,
+    ever_found: bool,
 }
 
 impl Owner {
@@ -383,6 +391,7 @@ impl Owner {
                 self.master = Some(Arc::new(handle));
                 self.drain = None;
                 self.last_problem = None;
+                self.ever_found = true;
                 self.snapshot.send_modify(|s| {
                     s.state = if quitting {
                         State::Quitting
@@ -436,6 +445,22 @@ impl Owner {
         }
     }
 
+    /// How long NGINX has been searched for and why it was not found, once
+    /// that is longer than `--nginx-start-timeout` and no master was ever
+    /// found.
+    fn nginx_missing(&self) -> Option<wiring::NginxMissing> {
+        let searched = self.started.elapsed();
+        (!self.ever_found && searched > self.config.nginx_start_timeout).then(|| {
+            wiring::NginxMissing {
+                searched,
+                why: self
+                    .last_problem
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.message().to_string()),
+            }
+        })
+    }
+
     /// Runs the wiring checks on what is known now, publishes the problems
     /// and logs each one that appeared (with its fix) or went away.
     fn check_wiring(&mut self) {
@@ -463,6 +488,7 @@ impl Owner {
                 knows_an_address: w.access.knows_an_address(),
                 seen: w.access.kubelet_seen(),
             }),
+            nginx_missing: self.nginx_missing(),
         });
         if problems == self.problems {
             return;
@@ -505,9 +531,33 @@ impl Owner {
                     .problems
                     .iter()
                     .find(|p| p.check == Check::SharedPidNamespace)
-                    .map(|p| NotFound::Unusable(format!("nothing was drained: {}", p.message)));
+                    .map(|p| NotFound::Unusable(format!("nothing was drained: {}", p.message)))
+                    .or_else(|| {
+                        // Never found, and no longer starting: the sidecar
+                        // looks in the wrong place.
+                        self.nginx_missing().map(|m| {
+                            NotFound::Unusable(format!(
+                                "nothing was drained: {}",
+                                wiring::nginx_missing_message(&m)
+                            ))
+                        })
+                    });
                 let problem = miswired
-                    .or_else(|| self.last_problem.clone())
+                    .or_else(|| {
+                        self.last_problem.clone().map(|p| match p {
+                            // Within --nginx-start-timeout: NGINX may not
+                            // have started yet (a pod deleted while it
+                            // starts), nothing to drain.
+                            NotFound::NotRunning(m) if !self.ever_found => {
+                                NotFound::NotRunning(format!(
+                                    "{m} (no nginx master yet, {} ms after the sidecar started; --nginx-start-timeout {})",
+                                    ms(self.started.elapsed()),
+                                    humantime::format_duration(self.config.nginx_start_timeout)
+                                ))
+                            }
+                            p => p,
+                        })
+                    })
                     .unwrap_or_else(|| {
                         NotFound::NotRunning("the nginx master has exited".to_string())
                     });
