@@ -219,6 +219,19 @@ impl Metrics {
     }
 }
 
+/// The wiring gauge's help, listing every check (from the one list of them,
+/// so that it cannot drift).
+fn wiring_help() -> String {
+    let checks: Vec<&str> = crate::wiring::Check::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    format!(
+        "1 for each wiring check that fails now ({}; see /status for the fix), 0 otherwise",
+        checks.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,17 +251,4 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"));
     }
-}
-
-/// The wiring gauge's help, listing every check (from the one list of them,
-/// so that it cannot drift).
-fn wiring_help() -> String {
-    let checks: Vec<&str> = crate::wiring::Check::ALL
-        .iter()
-        .map(|c| c.as_str())
-        .collect();
-    format!(
-        "1 for each wiring check that fails now ({}; see /status for the fix), 0 otherwise",
-        checks.join(", ")
-    )
 }
