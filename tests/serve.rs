@@ -432,6 +432,25 @@ async fn sigint_with_no_nginx_exits_at_once() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A hook right after NGINX restarted (before the sidecar's next rescan,
+/// 500 ms) drains the new master: the old master's stored report is not
+/// the answer, or the new one would be stopped with no drain.
+#[tokio::test]
+async fn a_hook_right_after_a_restart_drains_the_new_master() {
+    let mut first = nginx(NginxOptions::default());
+    let sidecar = sidecar_for(&first, &[]);
+    wait_ready(sidecar.addr).await;
+    assert_eq!(
+        json(&get(sidecar.addr, "/prestop").await)["outcome"],
+        "drained"
+    );
+    first.wait_exit(HANG).unwrap();
+    let second = first.restart().unwrap();
+    let report = json(&get(sidecar.addr, "/prestop").await);
+    assert_eq!(report["master_pid"], second.pid(), "{report:#}");
+    assert_eq!(report["outcome"], "drained");
+}
+
 #[tokio::test]
 async fn a_restarted_nginx_is_found_and_drained_again() {
     let mut first = nginx(NginxOptions::default());

@@ -512,6 +512,14 @@ impl Owner {
     }
 
     fn on_prestop(&mut self, peer: String, reply: oneshot::Sender<ReportRx>) {
+        // A finished drain whose master is gone answers only if no new
+        // master has started since (NGINX restarted within the 500 ms
+        // between two rescans): look now, or the new master would be
+        // stopped with no drain while the hook got the old report.
+        let finished = self.drain.as_ref().is_some_and(|d| d.task.is_none());
+        if finished && self.master.as_ref().is_none_or(|m| m.has_exited()) {
+            self.refresh();
+        }
         if let Some(d) = &self.drain {
             tracing::info!(%peer, "preStop hook received: joining the drain in progress (or its result)");
             let _ = reply.send(d.report.clone());
