@@ -169,26 +169,28 @@ impl Source {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
     ) -> io::Result<Census> {
-        self.census_since(filter, ports_seen, None, false, 0, true)
+        self.census_since(filter, ports_seen, &mut None, false, 0, true)
             .map(|(c, _)| c)
     }
 
     /// [`Source::census`], with the connections new since `before` (see
-    /// [`Census::take_since`]). Every listener, then every other socket on a
-    /// counted port: by netlink the port filter runs in the kernel and the
-    /// connections stream into the census as they are parsed (a dump is
-    /// never held whole). `time_wait_arrives`: see
-    /// [`CensusBuilder::time_wait_arrives`].
+    /// [`Census::take_since`]), which it takes and updates in place. Every
+    /// listener, then every other socket on a counted port: by netlink the
+    /// port filter runs in the kernel and the connections stream into the
+    /// census as they are parsed (a dump is never held whole).
+    /// `time_wait_arrives`: see [`CensusBuilder::time_wait_arrives`]. When
+    /// no census can be taken, `before` is left for the next attempt (as
+    /// far as a failed dump got: still a good `before`), so that what
+    /// arrives in between is still new to it and ages are kept.
     pub fn census_since(
         &mut self,
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
-        before: Option<Census>,
+        before: &mut Option<Census>,
         detail: bool,
         tick: u32,
         time_wait_arrives: bool,
     ) -> io::Result<(Census, NewConns)> {
-        let mut before = before;
         if let Some(d) = &mut self.netlink {
             let mut listeners = Vec::new();
             let failed = match d.listeners(&mut listeners) {
@@ -219,7 +221,7 @@ impl Source {
                             return Ok(done);
                         }
                         Err(e) => {
-                            before = Some(b.abandon());
+                            *before = Some(b.abandon());
                             e
                         }
                     }
@@ -234,7 +236,7 @@ impl Source {
             &socks,
             filter,
             ports_seen,
-            before,
+            before.take(),
             (detail, tick),
             time_wait_arrives,
         ))

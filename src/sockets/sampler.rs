@@ -57,12 +57,13 @@ pub(crate) trait Sources {
     fn read_destroyed(&mut self, out: &mut Vec<Sock>) -> io::Result<bool>;
     /// Stops watching the destroy events (they failed).
     fn stop_destroyed(&mut self);
-    /// A census, updating `before` in place (see `Source::census_since`).
+    /// A census, taking `before` and updating it in place, or leaving it
+    /// when none can be taken (see `Source::census_since`).
     fn census(
         &mut self,
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
-        before: Option<Census>,
+        before: &mut Option<Census>,
         detail: bool,
         tick: u32,
         time_wait_arrives: bool,
@@ -146,7 +147,7 @@ impl Sources for Kernel {
         &mut self,
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
-        before: Option<Census>,
+        before: &mut Option<Census>,
         detail: bool,
         tick: u32,
         time_wait_arrives: bool,
@@ -470,11 +471,12 @@ impl<S: Sources> Sampler<S> {
             _ => tick,
         };
         let cpu_before = self.sources.cpu_time();
-        // The previous census is updated in place (one map, not two).
+        // The previous census is updated in place (one map, not two); kept
+        // when no census can be taken.
         let taken = self.sources.census(
             &self.filter,
             &mut self.ports_seen,
-            self.prev.take(),
+            &mut self.prev,
             fast,
             tick,
             !watched,

@@ -28,6 +28,8 @@ struct World {
     /// The kernel dropped destroy events (the socket's receive buffer
     /// overflowed): the next read reports it, as ENOBUFS does.
     overrun: bool,
+    /// The next this many censuses fail.
+    failing: u32,
 }
 
 #[derive(Clone)]
@@ -166,7 +168,7 @@ impl Sources for Script {
         &mut self,
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
-        before: Option<Census>,
+        before: &mut Option<Census>,
         detail: bool,
         tick: u32,
         time_wait_arrives: bool,
@@ -175,11 +177,15 @@ impl Sources for Script {
         let w = &mut *guard;
         w.censuses += 1;
         w.cpu += w.census_cpu;
+        if w.failing > 0 {
+            w.failing -= 1;
+            return Err(io::Error::other("the census failed (scripted)"));
+        }
         Ok(Census::take_with(
             &w.socks,
             filter,
             ports_seen,
-            before,
+            before.take(),
             (detail, tick),
             time_wait_arrives,
         ))
@@ -455,4 +461,31 @@ async fn requests_after_an_idle_while_are_not_spread_over_it() {
         longest <= Duration::from_millis(200),
         "no gap longer than a look: {gaps:?}"
     );
+}
+
+/// A census that fails keeps the one before it: a connection that opens
+/// while censuses fail is an arrival at the next census that works, and
+/// the connections open all along keep their first sighting.
+#[tokio::test(start_paused = true)]
+async fn a_failed_census_keeps_the_one_before() {
+    let k = Script::new();
+    k.open("10.1.0.7:40000");
+    let m = spawn(&k);
+    run_for(LOOK).await;
+    let first_seen = |v: &View| {
+        v.sample
+            .conns
+            .iter()
+            .find(|c| c.peer == "10.1.0.7:40000".parse::<SocketAddr>().unwrap())
+            .map(|c| c.first_seen)
+    };
+    m.set_fast(true);
+    run_for(LOOK).await;
+    let before = first_seen(&m.view().borrow()).expect("seen open");
+    k.world.lock().unwrap().failing = 3;
+    k.open("10.1.0.8:40001");
+    run_for(LOOK * 4).await;
+    let v = m.view().borrow().clone();
+    assert_eq!(v.log.total(), 1, "counted once the census works again");
+    assert_eq!(first_seen(&v), Some(before), "its age is kept");
 }
