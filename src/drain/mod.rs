@@ -194,6 +194,9 @@ pub(crate) fn spawn(
 
 struct Drain {
     report: ReportRx,
+    /// Where its report goes: the task sends through it, and the owner too
+    /// if the task fails, so that hooks already waiting get an answer.
+    publish: Arc<watch::Sender<Option<Arc<Report>>>>,
     task: Option<JoinHandle<Report>>,
     /// When its hook arrived (the grace period runs from about then).
     hook: Instant,
@@ -581,6 +584,8 @@ impl Owner {
             }
         };
         let (tx, rx) = watch::channel(None);
+        let publish = Arc::new(tx);
+        let tx = publish.clone();
         let req = record::Request {
             id: id.clone(),
             clock,
@@ -610,6 +615,7 @@ impl Owner {
         });
         self.drain = Some(Drain {
             report: rx.clone(),
+            publish,
             task: Some(task),
             hook: clock.mono,
         });
@@ -624,19 +630,9 @@ impl Owner {
         let report = match joined {
             Ok(r) => Arc::new(r),
             Err(e) => {
-                // Only a bug can get here; answer the waiting hooks anyway.
-                let msg = format!("the drain task failed: {e}; please report this as a bug");
-                tracing::error!("{msg}");
-                let clock = Clock::now();
-                let r = Arc::new(immediate_report(
-                    drain_id(clock.wall, std::process::id()),
-                    clock,
-                    String::new(),
-                    &NotFound::Unusable(msg),
-                    self.config.drain_timeout,
-                ));
+                let r = failed_drain_report(&e, self.config.drain_timeout);
                 (self.on_report)(&r);
-                drain.report = watch::channel(Some(r.clone())).1;
+                drain.publish.send_replace(Some(r.clone()));
                 r
             }
         };
@@ -670,6 +666,22 @@ impl Owner {
             s.last_report = Some(report.clone());
         });
     }
+}
+
+/// The report of a drain task that failed (a panic: only a bug gets
+/// here), sent on the drain's own channel so that the hooks already
+/// waiting on it are answered `error`, not "shutting down".
+fn failed_drain_report(e: &tokio::task::JoinError, timeout: Duration) -> Arc<Report> {
+    let msg = format!("the drain task failed: {e}; please report this as a bug");
+    tracing::error!("{msg}");
+    let clock = Clock::now();
+    Arc::new(immediate_report(
+        drain_id(clock.wall, std::process::id()),
+        clock,
+        String::new(),
+        &NotFound::Unusable(msg),
+        timeout,
+    ))
 }
 
 /// The report for a hook that found nothing to drain.
@@ -725,6 +737,94 @@ fn drain_id(wall: SystemTime, pid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An owner with no NGINX to find (a pid file that does not exist).
+    fn owner() -> Owner {
+        let dir = std::env::temp_dir().join("nginx-drain-owner-test-none");
+        let census = MonitorConfig {
+            method: crate::sockets::CensusMethod::Proc,
+            filter: Default::default(),
+        };
+        let (monitor, _) = Monitor::manual(crate::sockets::monitor::View::empty(
+            Instant::now(),
+            crate::sockets::CensusMethod::Proc,
+            Default::default(),
+        ));
+        let (_, commands) = mpsc::channel(1);
+        let (_, shutdown) = watch::channel(false);
+        Owner {
+            config: Config {
+                locator: Locator::PidFile(dir.join("nginx.pid")),
+                drain_timeout: Duration::from_secs(25),
+                policy: WaitPolicy {
+                    min_delay: Duration::from_millis(100),
+                    max_delay: Duration::from_secs(15),
+                },
+                census,
+                worker_shutdown_timeout: None,
+                wiring: WiringConfig {
+                    listen: "[::]:10266".parse().unwrap(),
+                    pod_ip: None,
+                    in_pod: false,
+                    grace_period: None,
+                    access: Arc::new(crate::auth::Access::new(Vec::new(), false, Vec::new())),
+                },
+                metrics_linger: Duration::ZERO,
+                nginx_start_timeout: Duration::from_secs(60),
+            },
+            monitor,
+            on_report: Arc::new(|_: &Report| {}),
+            commands,
+            snapshot: Arc::new(watch::channel(Snapshot::initial(String::new())).0),
+            master: None,
+            drain: None,
+            last_problem: None,
+            shutdown,
+            exit_by: None,
+            signal: None,
+            shutdown_timeout: None,
+            problems: Vec::new(),
+            linger: None,
+            started: Instant::now(),
+            ever_found: false,
+        }
+    }
+
+    /// A drain task that panics: the hooks already waiting on its report
+    /// (as `Handle::prestop` waits) get an `error` report, not a closed
+    /// channel, which the HTTP layer answers "shutting down".
+    #[tokio::test]
+    async fn hooks_waiting_on_a_drain_that_panics_get_an_error_report() {
+        let mut owner = owner();
+        let (tx, rx) = watch::channel(None::<Arc<Report>>);
+        let publish = Arc::new(tx);
+        let in_task = publish.clone();
+        let task = tokio::spawn(async move {
+            let _keep = in_task;
+            if std::hint::black_box(true) {
+                panic!("a bug");
+            }
+            unreachable!()
+        });
+        let waiting = tokio::spawn({
+            let mut rx = rx.clone();
+            async move {
+                let r = rx.wait_for(Option::is_some).await.ok()?;
+                r.clone()
+            }
+        });
+        owner.drain = Some(Drain {
+            report: rx,
+            publish,
+            task: None,
+            hook: Instant::now(),
+        });
+        let joined = task.await;
+        owner.on_drain_finished(joined);
+        let r = waiting.await.unwrap().expect("answered, not closed");
+        assert_eq!(r.outcome, Outcome::Error);
+        assert!(r.message.contains("the drain task failed"), "{}", r.message);
+    }
 
     #[test]
     fn the_drain_id_holds_both_the_time_and_the_pid() {
