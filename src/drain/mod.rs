@@ -821,7 +821,11 @@ mod tests {
         });
         let joined = task.await;
         owner.on_drain_finished(joined);
-        let r = waiting.await.unwrap().expect("answered, not closed");
+        let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("answered in time")
+            .unwrap()
+            .expect("answered, not closed");
         assert_eq!(r.outcome, Outcome::Error);
         assert!(r.message.contains("the drain task failed"), "{}", r.message);
     }
