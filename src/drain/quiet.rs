@@ -50,6 +50,14 @@
 //! wait by itself: the percentile is taken over the arrivals after it, so
 //! that the old silence does not dominate it.
 //!
+//! **Two sources.** New connections and requests on connections already
+//! open (a balancer's keep-alive pool) are two arrival processes, often at
+//! very different rates and each stopping when its own router stops: a
+//! pool at 80 requests a second beside one new connection every 2 s. Merged,
+//! the pool's gaps would make a 2 s silence of new connections look final.
+//! So each kind is judged against its own gaps, and SIGQUIT waits until
+//! both are quiet (the later of their due times).
+//!
 //! Pure functions over instants and counts: tested without NGINX.
 
 use std::time::Duration;
@@ -78,40 +86,61 @@ pub(crate) struct Quiet {
     pub(crate) reason: String,
 }
 
-/// Chooses the quiet period from the log as of `now`. `requests_seen`:
-/// the log holds requests on open connections too (said in the reason).
-pub(crate) fn quiet_period(
-    log: &ArrivalLog,
-    now: Instant,
-    min: Duration,
-    max: Duration,
-    requests_seen: bool,
-) -> Quiet {
-    let observed = now.saturating_duration_since(log.since).min(HISTORY);
-    let total = log.total();
+/// The arrivals of one kind, oldest first: new connections, or requests on
+/// connections already open. Each kind is judged against its own gaps (see
+/// "Two sources" in the module's doc).
+pub(crate) struct Stream {
+    /// When observation began.
+    since: Instant,
+    entries: Vec<Arrivals>,
+    kind: Kind,
+}
+
+impl Stream {
+    pub(crate) fn of(log: &ArrivalLog, kind: Kind) -> Stream {
+        Stream {
+            since: log.since,
+            entries: log
+                .entries_with_kind()
+                .filter(|(_, k)| *k == kind)
+                .map(|(e, _)| *e)
+                .collect(),
+            kind,
+        }
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.n)).sum()
+    }
+
+    pub(crate) fn last_arrival(&self) -> Option<Instant> {
+        self.entries.last().map(|e| e.at)
+    }
+}
+
+/// Chooses the quiet period of one kind of arrival as of `now`.
+pub(crate) fn quiet_period(stream: &Stream, now: Instant, min: Duration, max: Duration) -> Quiet {
+    let observed = now.saturating_duration_since(stream.since).min(HISTORY);
+    let total = stream.total();
     if total == 0 {
-        let (what, unseen) = if requests_seen {
-            (" and no request on an open one", "")
-        } else {
-            (
-                "",
-                " (requests on open connections are not seen without netlink's tcp_info)",
-            )
-        };
         return Quiet {
             period: min,
             typical_gap: None,
             reason: format!(
-                "no client connection{what} in the last {:.1} s{unseen}: nothing to wait for (--min-delay)",
+                "no {} in the last {:.1} s: nothing to wait for (--min-delay)",
+                match stream.kind {
+                    Kind::Connections => "client connection",
+                    Kind::Requests => "request on an open connection",
+                },
                 observed.as_secs_f64()
             ),
         };
     }
-    let events = log.events();
+    let events = stream.entries.len();
     // A silence longer than --max-delay would have ended any wait: the
     // traffic before it is another episode, and one such silence must not
     // dominate the time-weighted percentile of the current one.
-    let episode = Episode::of(log, max);
+    let episode = Episode::of(stream, max);
     let (gap, how) = if episode.events().saturating_sub(1) >= MIN_GAPS_FOR_PERCENTILE {
         let gaps = episode.gaps();
         let all = time_weighted_percentile(&gaps, GAP_PERCENTILE);
@@ -136,13 +165,19 @@ pub(crate) fn quiet_period(
         // Few events: the longest gap between them, counting the observed
         // silence before the first. The silence since the last arrival is
         // what is being judged, so it must not inflate the estimate.
-        let span = log
+        let span = stream
             .last_arrival()
-            .map_or(observed, |last| last.saturating_duration_since(log.since))
+            .map_or(observed, |last| {
+                last.saturating_duration_since(stream.since)
+            })
             .min(HISTORY);
+        let what = match stream.kind {
+            Kind::Connections => "connections",
+            Kind::Requests => "requests",
+        };
         let how = if total > events as u64 {
             format!(
-                "longest of {events} gaps between {events} looks with arrivals ({total} connections) in {:.1} s: too little evidence for a rate, a burst counts once",
+                "longest of {events} gaps between {events} looks with arrivals ({total} {what}) in {:.1} s: too little evidence for a rate, a burst counts once",
                 span.as_secs_f64()
             )
         } else {
@@ -151,7 +186,7 @@ pub(crate) fn quiet_period(
                 span.as_secs_f64()
             )
         };
-        (longest_gap_between_events(log), how)
+        (longest_gap_between_events(stream), how)
     };
     let raw = gap * GAP_MULTIPLIER;
     let period = raw.clamp(min, max);
@@ -176,19 +211,20 @@ pub(crate) fn quiet_period(
 /// At most this many gaps are reconstructed (the most recent).
 const MAX_GAPS: usize = 1024;
 
-/// The part of a log from its last silence longer than `--max-delay` on:
-/// the current episode of traffic (the whole log when there was none). A
-/// view of the log, not a copy: it is asked on every look of a drain.
+/// The part of a stream from its last silence longer than `--max-delay`
+/// on: the current episode of traffic (the whole stream when there was
+/// none).
 pub(crate) struct Episode<'a> {
-    log: &'a ArrivalLog,
-    from: usize,
+    entries: &'a [Arrivals],
+    kind: Kind,
 }
 
 impl<'a> Episode<'a> {
-    pub(crate) fn of(log: &'a ArrivalLog, longer_than: Duration) -> Episode<'a> {
-        let from = log
-            .entries()
-            .zip(log.entries().skip(1))
+    pub(crate) fn of(stream: &'a Stream, longer_than: Duration) -> Episode<'a> {
+        let e = &stream.entries;
+        let from = e
+            .iter()
+            .zip(e.iter().skip(1))
             .enumerate()
             .filter(|(_, (a, b))| {
                 let b_start = b.at.checked_sub(b.span).unwrap_or(b.at);
@@ -197,63 +233,57 @@ impl<'a> Episode<'a> {
             .map(|(i, _)| i + 1)
             .next_back()
             .unwrap_or(0);
-        Episode { log, from }
-    }
-
-    fn entries(&self) -> impl Iterator<Item = (&'a Arrivals, Kind)> {
-        self.log.entries_with_kind().skip(self.from)
+        Episode {
+            entries: &e[from..],
+            kind: stream.kind,
+        }
     }
 
     pub(crate) fn gaps(&self) -> Vec<Duration> {
-        gaps_of(self.entries(), self.log.requests_unseen_after)
+        gaps_of(self.entries, self.kind)
     }
 
     /// Looks that saw arrivals in this episode.
     pub(crate) fn events(&self) -> usize {
-        self.log.events() - self.from
+        self.entries.len()
     }
 
     #[cfg(test)]
     fn total(&self) -> u64 {
-        self.entries().map(|(e, _)| u64::from(e.n)).sum()
+        self.entries.iter().map(|e| u64::from(e.n)).sum()
     }
 }
 
-/// Gaps between consecutive arrivals of the whole log.
+/// Gaps between consecutive arrivals of one kind in the log.
 #[cfg(test)]
-pub(crate) fn gaps(log: &ArrivalLog) -> Vec<Duration> {
-    gaps_of(log.entries_with_kind(), log.requests_unseen_after)
+pub(crate) fn gaps(log: &ArrivalLog, kind: Kind) -> Vec<Duration> {
+    let s = Stream::of(log, kind);
+    gaps_of(&s.entries, kind)
 }
 
 /// Gaps between consecutive arrivals, placing a record's `n` arrivals
 /// evenly over its span (a census only says how many new connections came,
 /// not when; a destroy event's record has no span; of requests on open
 /// connections, `tcp_info` dates the latest, at the record's end); the most
-/// recent [`MAX_GAPS`]. A gap across `unseen_after` (the latest census,
-/// when it found requests: more may have come after it, unseen yet) is not
-/// known to be one and is left out.
-fn gaps_of<'a>(
-    entries: impl Iterator<Item = (&'a Arrivals, Kind)>,
-    unseen_after: Option<Instant>,
-) -> Vec<Duration> {
+/// recent [`MAX_GAPS`].
+fn gaps_of(entries: &[Arrivals], kind: Kind) -> Vec<Duration> {
+    let offset = match kind {
+        Kind::Connections => 0.5,
+        Kind::Requests => 1.0,
+    };
     let mut times: Vec<Instant> = Vec::new();
-    for (e, kind) in entries {
+    for e in entries {
         let start = e.at.checked_sub(e.span).unwrap_or(e.at);
-        let offset = match kind {
-            Kind::Connections => 0.5,
-            Kind::Requests => 1.0,
-        };
         for k in 0..e.n {
             let frac = (f64::from(k) + offset) / f64::from(e.n);
             times.push(start + e.span.mul_f64(frac));
         }
     }
-    // Records are in the order of their ends; their spans may overlap (a
-    // census's requests and a destroy event's connection).
+    // Records are in the order of their ends; a census's record spans back
+    // over destroy events recorded meanwhile.
     times.sort_unstable();
     let mut gaps: Vec<Duration> = times
         .windows(2)
-        .filter(|w| unseen_after.is_none_or(|u| !(w[0] <= u && u < w[1])))
         .map(|w| w[1].saturating_duration_since(w[0]))
         .collect();
     if gaps.len() > MAX_GAPS {
@@ -263,23 +293,18 @@ fn gaps_of<'a>(
 }
 
 /// The longest gap between two looks that saw arrivals, counting the
-/// observed silence before the first (from the log's start, at most the
+/// observed silence before the first (from the stream's start, at most the
 /// history's minute before the last).
-pub(crate) fn longest_gap_between_events(log: &ArrivalLog) -> Duration {
-    let Some(last) = log.entries().next_back() else {
+pub(crate) fn longest_gap_between_events(stream: &Stream) -> Duration {
+    let Some(last) = stream.entries.last() else {
         return Duration::ZERO;
     };
-    let mut prev = log
+    let mut prev = stream
         .since
-        .max(last.at.checked_sub(HISTORY).unwrap_or(log.since));
+        .max(last.at.checked_sub(HISTORY).unwrap_or(stream.since));
     let mut longest = Duration::ZERO;
-    for e in log.entries() {
-        let unknown = log
-            .requests_unseen_after
-            .is_some_and(|u| prev <= u && u < e.at);
-        if !unknown {
-            longest = longest.max(e.at.saturating_duration_since(prev));
-        }
+    for e in &stream.entries {
+        longest = longest.max(e.at.saturating_duration_since(prev));
         prev = e.at;
     }
     longest
@@ -332,6 +357,10 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const MIN: Duration = Duration::from_millis(250);
+
+    fn conns(log: &ArrivalLog) -> Stream {
+        Stream::of(log, Kind::Connections)
+    }
     const MAX: Duration = Duration::from_secs(15);
 
     /// A log of `secs` seconds of samples every `every`, `per_sample` arrivals
@@ -355,7 +384,7 @@ mod tests {
         let t0 = Instant::now();
         // 100/s sampled every 50 ms: 5 per sample, 10 ms apart.
         let log = steady(t0, 10, 50 * MS, 5);
-        let q = quiet_period(&log, t0 + Duration::from_secs(10), MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t0 + Duration::from_secs(10), MIN, MAX);
         assert_eq!(q.typical_gap, Some(10 * MS));
         assert_eq!(
             q.period, MIN,
@@ -370,7 +399,7 @@ mod tests {
     fn one_every_two_seconds_waits_three_gaps() {
         let t0 = Instant::now();
         let log = steady(t0, 30, Duration::from_secs(2), 1);
-        let q = quiet_period(&log, t0 + Duration::from_secs(30), MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t0 + Duration::from_secs(30), MIN, MAX);
         assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
     }
 
@@ -388,7 +417,7 @@ mod tests {
         // Judged at 4 s and at 10 s: the silence since the last arrival
         // does not change the estimate (gaps of 1 s and 2 s before it).
         for now in [4, 10] {
-            let q = quiet_period(&log, t0 + Duration::from_secs(now), MIN, MAX, true);
+            let q = quiet_period(&conns(&log), t0 + Duration::from_secs(now), MIN, MAX);
             assert_eq!(q.typical_gap, Some(Duration::from_secs(2)));
             assert_eq!(q.period, Duration::from_secs(6));
         }
@@ -407,7 +436,7 @@ mod tests {
             span: 200 * MS,
             n: 12,
         });
-        let q = quiet_period(&log, t0 + Duration::from_secs(1), MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t0 + Duration::from_secs(1), MIN, MAX);
         assert_eq!(q.period, Duration::from_millis(2400), "{}", q.reason);
         assert!(q.reason.contains("a burst counts once"), "{}", q.reason);
         // The next arrival 2 s later is more evidence, and is waited for.
@@ -416,7 +445,7 @@ mod tests {
             span: 200 * MS,
             n: 1,
         });
-        let q = quiet_period(&log, t0 + Duration::from_secs(3), MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t0 + Duration::from_secs(3), MIN, MAX);
         assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
         // A stray request between them does not pull the estimate down.
         log.record(Arrivals {
@@ -424,7 +453,7 @@ mod tests {
             span: 200 * MS,
             n: 1,
         });
-        let q = quiet_period(&log, t0 + Duration::from_millis(3_100), MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t0 + Duration::from_millis(3_100), MIN, MAX);
         assert_eq!(q.period, Duration::from_secs(6), "{}", q.reason);
     }
 
@@ -435,7 +464,7 @@ mod tests {
         // quiet period follows the new rate, not the minute's.
         let t0 = Instant::now();
         let mut log = steady(t0, 20, 33 * MS, 1);
-        let steady_q = quiet_period(&log, t0 + Duration::from_secs(20), MIN, MAX, true);
+        let steady_q = quiet_period(&conns(&log), t0 + Duration::from_secs(20), MIN, MAX);
         assert_eq!(steady_q.typical_gap, Some(33 * MS), "{}", steady_q.reason);
         let mut t = t0 + Duration::from_secs(20);
         for _ in 0..16 {
@@ -446,7 +475,7 @@ mod tests {
                 n: 1,
             });
         }
-        let q = quiet_period(&log, t, MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t, MIN, MAX);
         assert_eq!(q.typical_gap, Some(83 * MS), "{}", q.reason);
         assert!(q.reason.contains("last 16 gaps"), "{}", q.reason);
     }
@@ -455,7 +484,7 @@ mod tests {
     fn rare_arrivals_are_capped_at_max_delay() {
         let t0 = Instant::now();
         let log = steady(t0, 60, Duration::from_secs(20), 1);
-        let q = quiet_period(&log, t0 + Duration::from_secs(60), MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t0 + Duration::from_secs(60), MIN, MAX);
         assert_eq!(q.period, MAX);
         assert!(q.reason.contains("capped"));
     }
@@ -464,51 +493,44 @@ mod tests {
     fn no_traffic_means_min_delay() {
         let t0 = Instant::now();
         let q = quiet_period(
-            &ArrivalLog::new(t0),
+            &conns(&ArrivalLog::new(t0)),
             t0 + Duration::from_secs(5),
             MIN,
             MAX,
-            true,
         );
         assert_eq!(q.period, MIN);
         assert_eq!(q.typical_gap, None);
     }
 
-    /// Requests a dear census (100k connections: seconds apart) has seen
-    /// up to its moment, then new connections that the destroy events
-    /// stamp as they come: the silence between the last request seen and
-    /// the first connection is not known to be one while requests may have
-    /// gone on unseen since that census, and does not stretch the quiet
-    /// period; once a later census finds none, it is a real gap again.
+    /// Each kind of arrival is judged against its own gaps: a balancer's
+    /// pool at 80 requests a second that stops does not make one new
+    /// connection every 2 s look like 12 ms apart (merged, the quiet period
+    /// would be 0.4 s, and the next connection refused); and requests a
+    /// dear census saw up to its moment do not make a silence of new
+    /// connections meanwhile (merged, a gap of seconds).
     #[test]
-    fn a_silence_after_a_census_that_saw_requests_is_not_yet_a_gap() {
+    fn each_kind_of_arrival_is_judged_against_its_own_gaps() {
         let t0 = Instant::now();
         let mut log = ArrivalLog::new(t0);
-        // Requests at 200/s for 10 s, in census records 2 s apart.
-        for k in 1..=5u32 {
+        for k in 1..=50u32 {
             log.record_requests(Arrivals {
-                at: t0 + Duration::from_secs(2 * u64::from(k)),
-                span: Duration::from_secs(2),
-                n: 400,
+                at: t0 + 20 * MS * k,
+                span: 20 * MS,
+                n: 2,
             });
         }
-        let census = t0 + Duration::from_secs(10);
-        log.requests_unseen_after = Some(census);
-        // New connections at 100/s from 4 s after that census.
-        let mut t = census + Duration::from_secs(4);
-        for _ in 0..100 {
-            t += 10 * MS;
+        for s in [0u64, 2] {
             log.record(Arrivals {
-                at: t,
+                at: t0 + Duration::from_millis(500) + Duration::from_secs(s),
                 span: Duration::ZERO,
                 n: 1,
             });
         }
-        let q = quiet_period(&log, t, MIN, MAX, true);
-        assert_eq!(q.period, MIN, "{}", q.reason);
-        log.requests_unseen_after = None;
-        let q = quiet_period(&log, t, MIN, MAX, true);
-        assert!(q.period > Duration::from_secs(10), "{}", q.reason);
+        let now = t0 + Duration::from_millis(2_600);
+        let c = quiet_period(&conns(&log), now, MIN, MAX);
+        assert_eq!(c.period, Duration::from_secs(6), "{}", c.reason);
+        let r = quiet_period(&Stream::of(&log, Kind::Requests), now, MIN, MAX);
+        assert_eq!(r.period, MIN, "{}", r.reason);
     }
 
     #[test]
@@ -536,7 +558,7 @@ mod tests {
                 n: 20,
             });
         }
-        let q = quiet_period(&log, t0 + Duration::from_secs(60), MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t0 + Duration::from_secs(60), MIN, MAX);
         assert!(q.period >= Duration::from_secs(10), "{}", q.reason);
     }
 
@@ -561,12 +583,12 @@ mod tests {
                 n: 2,
             });
         }
-        let q = quiet_period(&log, t, MIN, MAX, true);
+        let q = quiet_period(&conns(&log), t, MIN, MAX);
         assert_eq!(q.typical_gap, Some(10 * MS), "{}", q.reason);
         assert_eq!(q.period, MIN, "{}", q.reason);
         // The same history without the long silence keeps every gap.
         assert_eq!(
-            Episode::of(&log, Duration::from_secs(60)).total(),
+            Episode::of(&conns(&log), Duration::from_secs(60)).total(),
             log.total()
         );
     }

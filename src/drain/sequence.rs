@@ -33,7 +33,7 @@ use tokio::time::{Instant, Interval, sleep_until};
 
 use super::budget::{Budget, latest_sigquit};
 use super::outcome::{AtExit, Cut, classify, cut_moment};
-use super::quiet::{QuitReason, quiet_period, sigquit_at};
+use super::quiet::{Quiet, QuitReason, Stream, quiet_period, sigquit_at};
 use super::record::{Record, Request};
 use super::target::{Child, Target};
 use crate::nginx::config::ShutdownTimeout;
@@ -41,6 +41,7 @@ use crate::nginx::{Sig, SignalError, Worker, is_quitting};
 use crate::report::{
     CUT_PEERS_LISTED, ConnectionsReport, CutConn, DrainPhase, Outcome, Report, Snapshot, ms,
 };
+use crate::sockets::arrivals::Kind;
 use crate::sockets::monitor::{Monitor, OpenConn, View};
 
 /// How often a progress line is logged.
@@ -220,7 +221,9 @@ impl<T: Target> Drain<T> {
         });
     }
 
-    /// When SIGQUIT is due as of the latest census, and why.
+    /// When SIGQUIT is due as of the latest census, and why: once new
+    /// connections and requests on open connections have each been quiet
+    /// for their own quiet period (the later of the two).
     fn sigquit_due(&mut self, view: &View, now: Instant) -> (Instant, QuitReason) {
         if view.is_blind() {
             self.rec.set_quiet(
@@ -230,22 +233,72 @@ impl<T: Target> Drain<T> {
             return self.latest;
         }
         let policy = self.rec.req().policy;
-        let q = quiet_period(
-            &view.log,
-            now,
-            policy.min_delay,
-            policy.max_delay,
-            view.requests_seen,
-        );
-        self.rec.set_quiet(Some(ms(q.period)), q.reason);
-        sigquit_at(
-            self.rec.req().clock.mono,
-            view.log.last_arrival(),
-            q.period,
-            policy.min_delay,
-            self.latest.0,
-            self.latest.1,
-        )
+        let hook = self.rec.req().clock.mono;
+        let kinds: &[Kind] = if view.requests_seen {
+            &[Kind::Connections, Kind::Requests]
+        } else {
+            &[Kind::Connections]
+        };
+        let mut judged: Vec<(Instant, QuitReason, Quiet, Kind)> = Vec::new();
+        let mut idle = Vec::new();
+        for &kind in kinds {
+            let stream = Stream::of(&view.log, kind);
+            let q = quiet_period(&stream, now, policy.min_delay, policy.max_delay);
+            if stream.total() == 0 {
+                idle.push(q.reason);
+                continue;
+            }
+            let (at, reason) = sigquit_at(
+                hook,
+                stream.last_arrival(),
+                q.period,
+                policy.min_delay,
+                self.latest.0,
+                self.latest.1,
+            );
+            judged.push((at, reason, q, kind));
+        }
+        let Some((at, reason, q, kind)) = judged.iter().max_by_key(|j| j.0).cloned() else {
+            // Nothing arrived of either kind: nothing to wait for.
+            let words = if view.requests_seen {
+                "no client connection and no request on an open one"
+            } else {
+                "no client connection (requests on open connections are not seen without netlink's tcp_info)"
+            };
+            let observed = now.saturating_duration_since(view.log.since).as_secs_f64();
+            self.rec.set_quiet(
+                Some(ms(policy.min_delay)),
+                format!(
+                    "{words} in the last {:.1} s: nothing to wait for (--min-delay)",
+                    observed.min(60.0)
+                ),
+            );
+            return sigquit_at(
+                hook,
+                None,
+                policy.min_delay,
+                policy.min_delay,
+                self.latest.0,
+                self.latest.1,
+            );
+        };
+        let label = |k: Kind| match k {
+            Kind::Connections => "new connections",
+            Kind::Requests => "requests on open connections",
+        };
+        let mut words = format!("{}: {}", label(kind), q.reason);
+        for (_, _, other, k) in judged.iter().filter(|j| j.3 != kind) {
+            words.push_str(&format!(
+                "; {} (quiet sooner): {} ms",
+                label(*k),
+                ms(other.period)
+            ));
+        }
+        for other in &idle {
+            words.push_str(&format!("; {other}"));
+        }
+        self.rec.set_quiet(Some(ms(q.period)), words);
+        (at, reason)
     }
 
     /// NGINX keeps serving until new connections stop arriving (or the

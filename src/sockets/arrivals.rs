@@ -79,11 +79,6 @@ pub(crate) struct ArrivalLog {
     /// drain: thousands of entries at hundreds of connections a second)
     /// copies as plain memory.
     peers: VecDeque<(IpAddr, u32)>,
-    /// The latest census, when it found requests on open connections: they
-    /// may have gone on after it, unseen until the next census (seconds
-    /// later when a census is dear), so a silence across this moment is not
-    /// known to be one.
-    pub(crate) requests_unseen_after: Option<Instant>,
 }
 
 /// An entry whose arrivals came from many peers.
@@ -118,7 +113,6 @@ impl ArrivalLog {
             entries: VecDeque::new(),
             peer_counts: VecDeque::new(),
             peers: VecDeque::new(),
-            requests_unseen_after: None,
         }
     }
 
@@ -192,8 +186,7 @@ impl ArrivalLog {
     /// theirs. Returns how many were taken back. (Rare: once per address
     /// learned; the log is rebuilt.)
     pub(crate) fn forgive_probes(&mut self, ip: IpAddr, budget: &mut ProbeBudget) -> u64 {
-        let mut old = std::mem::replace(self, ArrivalLog::new(self.since));
-        self.requests_unseen_after = old.requests_unseen_after.take();
+        let old = std::mem::replace(self, ArrivalLog::new(self.since));
         let mut taken = 0u64;
         let mut listed = old.peers.into_iter();
         for (mut e, c) in old.entries.into_iter().zip(old.peer_counts) {
@@ -264,6 +257,7 @@ impl ArrivalLog {
         n as f64 / span.as_secs_f64()
     }
 
+    #[cfg(test)]
     /// The records, oldest first (the quiet rule's statistics read them:
     /// `drain::quiet`).
     pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = &Arrivals> + ExactSizeIterator {
@@ -280,12 +274,14 @@ impl ArrivalLog {
             .map(|(e, c)| (e, Kind::of(*c)))
     }
 
+    #[cfg(test)]
     /// Samples that saw arrivals: the evidence of a rate. A burst of many
     /// connections within one sample is one event.
     pub(crate) fn events(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.n)).sum()
     }

@@ -521,11 +521,6 @@ impl<S: Sources> Sampler<S> {
             self.record(at, span, arrivals, add_peers(new.peers, &short));
             self.record_requests(at, &new.requests);
         }
-        let unseen_after = (new.requests.n > 0).then_some(at);
-        if self.log.requests_unseen_after != unseen_after {
-            self.log.requests_unseen_after = unseen_after;
-            self.log_changed = true;
-        }
         self.accepted_at_census = accepted;
         self.ended_unseen = 0;
         self.unattributed = 0;

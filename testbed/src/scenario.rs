@@ -194,7 +194,7 @@ pub async fn run(bin: &Path, s: Scenario) -> Run {
         s.rate,
         s.clients_from,
         lag_end,
-        if s.rate > 0.0 { max } else { 0 },
+        max,
         s.style,
     ));
     let terminated = Arc::new(AtomicBool::new(false));

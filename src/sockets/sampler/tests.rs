@@ -286,7 +286,7 @@ async fn destroy_events_are_stamped_when_read_not_spread_over_a_look() {
         k.end(&format!("10.1.0.9:{}", 41000 + i), true);
         run_for(Duration::from_millis(300)).await;
     }
-    let gaps = crate::drain::quiet::gaps(&m.view().borrow().log);
+    let gaps = crate::drain::quiet::gaps(&m.view().borrow().log, Kind::Connections);
     assert_eq!(
         gaps,
         vec![Duration::from_millis(300); 2],
@@ -455,7 +455,7 @@ async fn requests_after_an_idle_while_are_not_spread_over_it() {
     run_for(LOOK).await;
     let v = m.view().borrow().clone();
     assert_eq!(v.log.total(), 20);
-    let gaps = crate::drain::quiet::gaps(&v.log);
+    let gaps = crate::drain::quiet::gaps(&v.log, Kind::Requests);
     let longest = gaps.iter().max().copied().unwrap_or_default();
     assert!(
         longest <= Duration::from_millis(200),
