@@ -108,6 +108,50 @@ async fn nginx_killed_mid_drain_is_nginx_died_within_a_second_never_drained() {
     nginx.wait_exit(HANG);
 }
 
+/// Case 1b: the whole tree SIGKILLed at once (as a container's cgroup is),
+/// mid-drain, a download in flight: however the exits are ordered (the
+/// workers may be gone before the master), the answer is never a success
+/// that says every request finished, and when the kernel shows the
+/// master's exit status (root here) it is `nginx_died`, killed by SIGKILL.
+/// The report never contradicts itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_killed_at_once_mid_drain_is_never_drained_with_every_request_finished() {
+    for run in 0..8 {
+        let mut nginx = Nginx::start(NginxOptions {
+            blob_bytes: 2 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let sidecar = sidecar_for(&nginx, &["--on-failure", "status"]);
+        wait_ready(sidecar.addr).await;
+        let download = client::spawn_download(nginx.addr(), "20k").await;
+        let addr = sidecar.addr;
+        let hook = std::thread::spawn(move || raw_get(addr, "/prestop"));
+        wait_until("SIGQUIT", || nginx.sigquit_count() == 1);
+        std::thread::sleep(Duration::from_millis(1400));
+        let mut pids: Vec<i32> = nginx.workers().iter().map(|w| w.pid).collect();
+        pids.push(nginx.pid());
+        for p in pids {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        let report = body_json(&hook.join().unwrap().unwrap());
+        let outcome = report["outcome"].as_str().unwrap();
+        let message = report["message"].as_str().unwrap();
+        let exit = report["exit_status"].as_str().unwrap_or("");
+        println!("run {run}: {outcome}, exit {exit:?}: {message}");
+        assert!(
+            !(outcome == "drained" && message.contains("every in-flight request finished")),
+            "run {run}: {report:#}"
+        );
+        if exit.starts_with("killed") {
+            assert_eq!(outcome, "nginx_died", "run {run}: {report:#}");
+        }
+        let cut = download.await.unwrap();
+        assert!(cut.is_err(), "the download was cut: {cut:?}");
+        nginx.wait_exit(HANG);
+    }
+}
+
 /// Case 2: the pid in a stale pid file is given to another process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recycled_pid_is_never_signalled() {

@@ -711,6 +711,7 @@ fn immediate_report(
         sigquit_at: None,
         sigterm_at: None,
         exited_at: None,
+        exit_status: None,
         answered_at: clock.stamp(now),
         durations: Durations {
             hook_to_sigquit_ms: None,

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::budget::{max_worker_shutdown_timeout, worker_shutdown_rule};
 use crate::nginx::config::ShutdownTimeout;
+use crate::nginx::process::ExitStatus;
 use crate::report::{CutBy, Outcome};
 
 /// How much earlier than SIGQUIT + worker_shutdown_timeout an exit may
@@ -72,8 +73,11 @@ pub(crate) struct AtExit {
     /// Arrivals were still coming when the wait had to end (--max-delay or
     /// the budget): some met NGINX closing.
     pub(crate) still_arriving: bool,
-    /// Open in the last census before the exit.
+    /// Open in the last census before the exit, and how long before it.
     pub(crate) open_at_exit: u32,
+    pub(crate) last_census_before_exit_ms: Option<u64>,
+    /// How the master exited, when the kernel showed it.
+    pub(crate) exit: ExitStatus,
     pub(crate) cut: Cut,
     pub(crate) shutdown_timeout: ShutdownTimeout,
     pub(crate) drain_timeout: Duration,
@@ -148,6 +152,32 @@ pub(crate) fn classify(o: &AtExit) -> (Outcome, String) {
             ),
         );
     }
+    // The kernel's word, when it gives it: a master killed (SIGKILL, the
+    // OOM killer) or exiting on an error did not quit gracefully, even if
+    // its workers died with it and left nothing behind.
+    match o.exit {
+        ExitStatus::Signal(_) => {
+            return (
+                Outcome::NginxDied,
+                format!(
+                    "nginx master pid {pid} was {}: not drained; requests in flight ({} connection{} open in the last census) were cut",
+                    o.exit,
+                    o.open_at_exit,
+                    plural(o.open_at_exit)
+                ),
+            );
+        }
+        ExitStatus::Code(c) if c != 0 => {
+            return (
+                Outcome::NginxDied,
+                format!(
+                    "nginx master pid {pid} ended with {} (an error, not a graceful quit): not drained; see NGINX's error log",
+                    o.exit
+                ),
+            );
+        }
+        _ => {}
+    }
     if o.sigquit_after_hook_ms.is_none() && !o.already_quitting {
         return (
             Outcome::NginxDied,
@@ -205,6 +235,20 @@ pub(crate) fn classify(o: &AtExit) -> (Outcome, String) {
             "; {n} connection{} still open in the last census before the exit may have been closed by nginx's worker_shutdown_timeout, which nginx-drain could not read ({why})",
             plural(n)
         ),
+        // Still open in the last census: a graceful exit comes after the
+        // last request ends, so they ended in between; but workers killed
+        // look the same from here (their master then exits 0 too, its
+        // children gone), so it is said, not claimed.
+        (_, n) if n > 0 => format!(
+            "; {n} connection{} open in the last census, {} ms before the exit, ended in between (NGINX exits gracefully only after its last request), unless its workers were killed{}",
+            plural(n),
+            o.last_census_before_exit_ms.unwrap_or(0),
+            if o.exit == ExitStatus::Unknown {
+                " (the master's exit status could not be read here)"
+            } else {
+                ""
+            }
+        ),
         _ => "; every in-flight request finished".to_string(),
     };
     let seen = match o.requests_during_wait {
@@ -241,6 +285,8 @@ mod tests {
             requests_during_wait: Some(0),
             still_arriving: false,
             open_at_exit: 0,
+            last_census_before_exit_ms: Some(20),
+            exit: ExitStatus::Code(0),
             cut: Cut::default(),
             shutdown_timeout: ShutdownTimeout::Set(Duration::from_secs(4)),
             drain_timeout: Duration::from_secs(25),
@@ -430,5 +476,72 @@ mod tests {
             cut_moment(q, Some(at(2_000)), at(2_010), &wst),
             Some((CutBy::Sigterm, at(2_000)))
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever was seen, the verdict never contradicts it: `drained`
+        /// only with nothing cut, no SIGTERM and no worker left; a master
+        /// the kernel saw killed is never a success; "every in-flight
+        /// request finished" only when no connection was open at the exit
+        /// or the exit was seen graceful.
+        #[test]
+        fn the_verdict_never_contradicts_what_was_seen(
+            workers_left in 0usize..3,
+            sigquit in proptest::option::of(0u64..20_000),
+            already_quitting: bool,
+            sigterm_sent: bool,
+            open_at_exit in 0u32..4,
+            cut_total in 0u32..4,
+            cut_by_timer: bool,
+            exit in 0u8..4,
+            timeout_known in 0u8..3,
+            still_arriving: bool,
+        ) {
+            let cut = Cut {
+                by: (cut_total > 0).then_some(if cut_by_timer {
+                    CutBy::NginxWorkerShutdownTimeout
+                } else {
+                    CutBy::Sigterm
+                }),
+                total: cut_total,
+                before_hook: cut_total / 2,
+                youngest_ms: 1_000,
+                oldest_ms: 2_000,
+            };
+            let o = AtExit {
+                workers_left,
+                sigquit_after_hook_ms: sigquit,
+                already_quitting,
+                sigterm_sent,
+                open_at_exit,
+                cut,
+                still_arriving,
+                exit: match exit {
+                    0 => ExitStatus::Code(0),
+                    1 => ExitStatus::Code(1),
+                    2 => ExitStatus::Signal(9),
+                    _ => ExitStatus::Unknown,
+                },
+                shutdown_timeout: match timeout_known {
+                    0 => ShutdownTimeout::Set(Duration::from_secs(5)),
+                    1 => ShutdownTimeout::Unset,
+                    _ => ShutdownTimeout::Unknown("unreadable".into()),
+                },
+                ..graceful()
+            };
+            let (outcome, msg) = classify(&o);
+            if outcome == Outcome::Drained {
+                proptest::prop_assert!(!o.sigterm_sent && o.workers_left == 0, "{msg}");
+                proptest::prop_assert!(o.cut.by != Some(CutBy::NginxWorkerShutdownTimeout), "{msg}");
+            }
+            if matches!(o.exit, ExitStatus::Signal(_)) {
+                proptest::prop_assert!(!outcome.is_success(), "{outcome:?}: {msg}");
+            }
+            if msg.contains("every in-flight request finished") {
+                proptest::prop_assert!(outcome.is_success(), "{msg}");
+                proptest::prop_assert!(o.open_at_exit == 0, "{msg}");
+                proptest::prop_assert!(!o.still_arriving, "{msg}");
+            }
+        }
     }
 }

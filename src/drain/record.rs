@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use crate::nginx::Worker;
+use crate::nginx::process::ExitStatus;
 use crate::report::{
     ArrivalsSeen, CensusSource, Clock, ConnectionsReport, DrainPhase, Durations, Outcome, Progress,
     QuitReason, Report, SamplePoint, Series, SignalMethod, TrafficReport, ms, rate2,
@@ -51,6 +52,7 @@ pub(crate) struct Record {
     sigquit: Option<Instant>,
     sigterm: Option<Instant>,
     exited: Option<Instant>,
+    exit_status: Option<ExitStatus>,
     // Traffic.
     census: CensusSource,
     arrivals_seen: ArrivalsSeen,
@@ -157,8 +159,9 @@ impl Record {
 
     /// The master exited at `at`; after a SIGQUIT, NGINX had closed every
     /// connection by then.
-    pub(crate) fn nginx_exited(&mut self, at: Instant) {
+    pub(crate) fn nginx_exited(&mut self, at: Instant, status: ExitStatus) {
         self.exited = Some(at);
+        self.exit_status = Some(status);
         if self.last_closed.is_none() && self.sigquit.is_some() {
             self.last_closed = Some(at);
         }
@@ -230,6 +233,7 @@ impl Record {
             sigquit: None,
             sigterm: None,
             exited: None,
+            exit_status: None,
             census: first.census_label(),
             arrivals_seen: first.arrivals_label(),
             ports: first.ports.iter().copied().collect(),
@@ -407,6 +411,7 @@ impl Record {
             sigquit_at: stamp(self.sigquit),
             sigterm_at: stamp(self.sigterm),
             exited_at: stamp(self.exited),
+            exit_status: self.exit_status.map(|e| e.to_string()),
             answered_at: clock.stamp(now),
             durations: Durations {
                 hook_to_sigquit_ms: self.sigquit.map(|t| clock.millis_since_start(t)),

@@ -511,7 +511,7 @@ impl<T: Target> Drain<T> {
         self.monitor.set_fast(false);
         let left = self.still_running();
         self.publish_done(None);
-        self.rec.finish(outcome, msg, left, None)
+        checked(self.rec.finish(outcome, msg, left, None))
     }
 
     /// The drain is over: `/status` shows it as done, with what NGINX cut.
@@ -599,7 +599,8 @@ impl<T: Target> Drain<T> {
     fn finish(mut self) -> Report {
         self.monitor.set_fast(false);
         let exited = Instant::now();
-        self.rec.nginx_exited(exited);
+        let exit = self.target.exit_status();
+        self.rec.nginx_exited(exited, exit);
         let left = self.still_running();
         let (cut, connections) = self.connections_at_exit(exited);
         let seen = AtExit {
@@ -619,6 +620,8 @@ impl<T: Target> Drain<T> {
                 .then(|| self.rec.requests_during_wait()),
             still_arriving: self.rec.still_arriving(),
             open_at_exit: connections.open_at_exit,
+            last_census_before_exit_ms: connections.last_census_before_exit_ms,
+            exit,
             cut,
             shutdown_timeout: self.shutdown_timeout.clone(),
             drain_timeout: self.rec.req().timeout,
@@ -641,8 +644,19 @@ impl<T: Target> Drain<T> {
         }
         self.remaining.clear();
         self.publish_done(Some(connections.cut));
-        self.rec.finish(outcome, msg, left, Some(connections))
+        checked(self.rec.finish(outcome, msg, left, Some(connections)))
     }
+}
+
+/// A report that contradicts itself is a bug: it is logged (and fails
+/// the tests), never sent as it is without a word.
+fn checked(report: Report) -> Report {
+    let wrong = report.contradictions();
+    for c in &wrong {
+        tracing::error!(drain_id = %report.drain_id, "the report contradicts itself ({c}); please report this as a bug");
+    }
+    debug_assert!(wrong.is_empty(), "{wrong:?}: {report:?}");
+    report
 }
 
 #[cfg(test)]

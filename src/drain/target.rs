@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::nginx::config::{ShutdownTimeout, shutdown_timeout};
-use crate::nginx::process::ChildWatch;
+use crate::nginx::process::{ChildWatch, ExitStatus};
 use crate::nginx::{Master, MasterHandle, Sig, SignalError, SignalMethod, Worker, workers};
 
 /// A boxed future borrowed from its owner.
@@ -43,6 +43,8 @@ pub(crate) trait Target: Send + Sync + 'static {
     fn signal(&self, sig: Sig) -> Result<(), SignalError>;
     /// Resolves when the master has exited.
     fn exited(&self) -> impl Future<Output = ()> + Send;
+    /// How the master exited, once it has, as far as it can be seen.
+    fn exit_status(&self) -> ExitStatus;
     /// The master's children now, each with a watch on its exit.
     fn children(&self) -> Vec<Child>;
     /// The master's `worker_shutdown_timeout`, from its configuration.
@@ -70,6 +72,9 @@ impl Target for MasterHandle {
     }
     fn exited(&self) -> impl Future<Output = ()> + Send {
         MasterHandle::exited(self)
+    }
+    fn exit_status(&self) -> ExitStatus {
+        MasterHandle::exit_status(self)
     }
     /// Current workers and old ones still finishing requests after a
     /// reload; a child that is already gone is left out.

@@ -113,12 +113,71 @@ impl Pidfd {
 }
 
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+static PROC_READ_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Why `pidfd_open` failed, in words that name the cause and the fix.
+fn pidfd_open_failure(e: &std::io::Error) -> String {
+    use nix::errno::Errno;
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOSYS) => "pidfd_open is not in this kernel (Linux < 5.3)".into(),
+        Some(Errno::EPERM | Errno::EACCES) => {
+            "pidfd_open was refused (a seccomp profile blocks it: allow pidfd_open and pidfd_send_signal)".into()
+        }
+        Some(Errno::EMFILE | Errno::ENFILE) => {
+            "pidfd_open failed: no file descriptor left (the sidecar's or the node's file limit is reached; raise the container's nofile limit)".into()
+        }
+        _ => format!("pidfd_open failed ({e})"),
+    }
+}
 
 /// The one handle through which the drain signals the master and learns of
 /// its exit.
 pub(crate) struct MasterHandle {
     master: Master,
     pidfd: Option<Pidfd>,
+    /// The kernel lets this process read the master's exit status (what it
+    /// checks to show `/proc/PID/environ`): the same UID and a dumpable
+    /// master, or CAP_SYS_PTRACE. Asked once, while the master runs.
+    exit_readable: bool,
+}
+
+/// How the master exited, as far as it could be seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    /// `exit(code)`: 0 after a graceful quit.
+    Code(i32),
+    /// Killed by this signal (SIGKILL: 9).
+    Signal(i32),
+    /// Not seen: the kernel hides it from this process, or the zombie was
+    /// reaped before it could be read.
+    Unknown,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal(s) => {
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {s}"));
+                write!(f, "killed by {name}")
+            }
+            ExitStatus::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+impl ExitStatus {
+    /// From a `waitpid` status word.
+    pub(crate) fn from_wait(status: i32) -> ExitStatus {
+        let sig = status & 0x7f;
+        if sig == 0 {
+            ExitStatus::Code((status >> 8) & 0xff)
+        } else {
+            ExitStatus::Signal(sig)
+        }
+    }
 }
 
 impl std::fmt::Debug for MasterHandle {
@@ -146,13 +205,19 @@ impl MasterHandle {
                 if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         error = %e,
-                        "pidfd_open is unavailable (Linux < 5.3 or blocked by seccomp): falling back to kill(2) after an identity check, and to checking /proc every 10ms for the exit"
+                        "{}: falling back to kill(2) after an identity check, and to checking /proc every 10ms for the exit",
+                        pidfd_open_failure(&e)
                     );
                 }
                 None
             }
         };
-        let handle = MasterHandle { master, pidfd };
+        let exit_readable = std::fs::File::open(format!("/proc/{pid}/environ")).is_ok();
+        let handle = MasterHandle {
+            master,
+            pidfd,
+            exit_readable,
+        };
         // The check *after* opening the pidfd is what ties the pidfd to the
         // process we identified: had the pid been recycled in between, its
         // start time would differ.
@@ -247,8 +312,42 @@ impl MasterHandle {
                 Ok(info) => {
                     info.stat.is_zombie() || info.stat.start_ticks != self.master.id.start_ticks
                 }
-                Err(_) => true,
+                // Gone from /proc: exited and reaped.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) if e.raw_os_error() == Some(libc_esrch()) => true,
+                // Anything else (EACCES, EMFILE) says nothing of the master:
+                // taking it for an exit would end the drain as if NGINX had
+                // quit.
+                Err(e) => {
+                    if !PROC_READ_LOGGED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            pid = self.master.id.pid,
+                            error = %e,
+                            "cannot read the nginx master's /proc entry to see whether it exited; still taking it to run"
+                        );
+                    }
+                    false
+                }
             },
+        }
+    }
+
+    /// How the master exited, read from its zombie's `/proc/PID/stat` when
+    /// the kernel shows it here and the zombie is not reaped yet (only
+    /// once it has exited; `Unknown` otherwise).
+    pub(crate) fn exit_status(&self) -> ExitStatus {
+        if !self.exit_readable {
+            return ExitStatus::Unknown;
+        }
+        match read_proc(self.master.id.pid) {
+            Ok(info)
+                if info.stat.is_zombie() && info.stat.start_ticks == self.master.id.start_ticks =>
+            {
+                info.stat
+                    .exit_code
+                    .map_or(ExitStatus::Unknown, ExitStatus::from_wait)
+            }
+            _ => ExitStatus::Unknown,
         }
     }
 

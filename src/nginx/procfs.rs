@@ -17,6 +17,10 @@ pub struct Stat {
     /// it names one process for the machine's uptime: a recycled pid gets a
     /// later start time.
     pub start_ticks: u64,
+    /// Field 52 (Linux 3.5+): the exit status as `waitpid` reports it, for
+    /// a zombie; 0 while the process runs, and 0 too for a reader the
+    /// kernel does not let trace it. `None` when the field is missing.
+    pub exit_code: Option<i32>,
 }
 
 impl Stat {
@@ -64,12 +68,14 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
     let start_ticks = field(22)?
         .parse::<u64>()
         .map_err(|_| ParseError("stat: starttime is not a number".into()))?;
+    let exit_code = rest.get(52 - 3).and_then(|v| v.parse::<i32>().ok());
     Ok(Stat {
         pid,
         comm,
         state,
         ppid,
         start_ticks,
+        exit_code,
     })
 }
 
@@ -124,10 +130,28 @@ mod tests {
                 comm: "nginx".into(),
                 state: 'S',
                 ppid: 2266,
-                start_ticks: 12500
+                start_ticks: 12500,
+                exit_code: None,
             }
         );
         assert!(!s.is_zombie());
+    }
+
+    /// A zombie's exit status (field 52): killed by SIGKILL is 9.
+    #[test]
+    fn the_exit_status_of_a_zombie() {
+        let fields: Vec<String> = (3..=52)
+            .map(|n| match n {
+                3 => "Z".to_string(),
+                22 => "99".to_string(),
+                52 => "9".to_string(),
+                _ => "0".to_string(),
+            })
+            .collect();
+        let s = parse_stat(&format!("7 (nginx) {}", fields.join(" "))).unwrap();
+        assert!(s.is_zombie());
+        assert_eq!(s.exit_code, Some(9));
+        assert_eq!(s.start_ticks, 99);
     }
 
     #[test]

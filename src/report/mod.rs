@@ -303,6 +303,11 @@ pub(crate) struct Report {
     pub(crate) sigquit_at: Option<String>,
     pub(crate) sigterm_at: Option<String>,
     pub(crate) exited_at: Option<String>,
+    /// How the master exited, when the kernel showed it (its zombie's
+    /// status): `exit status 0` after a graceful quit, `killed by SIGKILL`,
+    /// or `unknown` (the kernel hides it from the sidecar, or the zombie was
+    /// reaped first); null when it did not exit during the drain.
+    pub(crate) exit_status: Option<String>,
     pub(crate) answered_at: String,
     pub(crate) durations: Durations,
     pub(crate) drain_timeout_ms: u64,
@@ -316,6 +321,78 @@ pub(crate) struct Report {
 impl Report {
     pub(crate) fn http_status(&self) -> u16 {
         if self.outcome.is_success() { 200 } else { 500 }
+    }
+
+    /// Where the report contradicts itself (nothing, when it is right): an
+    /// outcome its own facts rule out, or a sentence they do not support.
+    /// The drain checks every report it makes; the tests check every report
+    /// they see.
+    pub(crate) fn contradictions(&self) -> Vec<String> {
+        let mut wrong = Vec::new();
+        let cut = self.connections.as_ref().map_or(0, |c| c.cut);
+        let open_at_exit = self.connections.as_ref().map_or(0, |c| c.open_at_exit);
+        let killed = self
+            .exit_status
+            .as_deref()
+            .is_some_and(|e| e.starts_with("killed"));
+        match self.outcome {
+            Outcome::Drained => {
+                if self.sigterm_at.is_some() {
+                    wrong.push("drained, yet SIGTERM was sent".to_string());
+                }
+                if !self.workers_left.is_empty() {
+                    wrong.push("drained, yet workers were left".into());
+                }
+                if cut > 0 {
+                    wrong.push(format!("drained, yet {cut} connections were cut"));
+                }
+            }
+            Outcome::StreamsClosed => {
+                let by_timer = self
+                    .connections
+                    .as_ref()
+                    .is_some_and(|c| c.cut_by == Some(CutBy::NginxWorkerShutdownTimeout));
+                if cut == 0 || !by_timer {
+                    wrong.push("streams_closed, yet nothing was cut by NGINX's timer".into());
+                }
+            }
+            Outcome::Forced if self.sigterm_at.is_none() => {
+                wrong.push("forced, yet no SIGTERM was sent".into());
+            }
+            _ => {}
+        }
+        if killed && matches!(self.outcome, Outcome::Drained | Outcome::StreamsClosed) {
+            wrong.push(format!(
+                "{}, yet the master was {}",
+                self.outcome.as_str(),
+                self.exit_status.as_deref().unwrap_or("?")
+            ));
+        }
+        if self.message.contains("every in-flight request finished") {
+            if !self.outcome.is_success() {
+                wrong.push("says every request finished, and failed".into());
+            }
+            if open_at_exit > 0 {
+                wrong.push(format!(
+                    "says every request finished, yet {open_at_exit} connections were open in the last census before the exit"
+                ));
+            }
+        }
+        if let Some(t) = &self.traffic {
+            if self.message.contains(" 0 new connections") && t.arrivals_during_wait > 0 {
+                wrong.push(format!(
+                    "says 0 new connections, and counted {}",
+                    t.arrivals_during_wait
+                ));
+            }
+            if t.requests_during_wait > 0
+                && self.message.contains("new connections in that time")
+                && !self.message.contains("requests on open connections")
+            {
+                wrong.push("names new connections only, and requests came on open ones".into());
+            }
+        }
+        wrong
     }
 }
 

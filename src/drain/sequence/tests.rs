@@ -10,6 +10,7 @@ use super::*;
 use crate::drain::WaitPolicy;
 use crate::drain::target::{BoxFuture, ExitWatch};
 use crate::nginx::config::ShutdownTimeout;
+use crate::nginx::process::ExitStatus;
 use crate::nginx::{Master, ProcId};
 use crate::report::{CensusSource, Clock, CutBy, DrainPhase, QuitReason, SignalMethod};
 use crate::sockets::CensusMethod;
@@ -38,6 +39,8 @@ struct Fake {
     deny: bool,
     shutdown_timeout: ShutdownTimeout,
     sent: Mutex<Vec<(Sig, Instant)>>,
+    /// How the master exits, as the kernel would show it.
+    exit_status: Mutex<ExitStatus>,
 }
 
 struct FakeChild(watch::Receiver<bool>);
@@ -83,6 +86,7 @@ impl Fake {
             deny: false,
             shutdown_timeout: ShutdownTimeout::Unset,
             sent: Mutex::new(Vec::new()),
+            exit_status: Mutex::new(ExitStatus::Code(0)),
         }
     }
 
@@ -119,6 +123,9 @@ impl Fake {
 impl Target for Fake {
     fn master(&self) -> &Master {
         &self.master
+    }
+    fn exit_status(&self) -> ExitStatus {
+        *self.exit_status.lock().unwrap()
     }
     fn signal_method(&self) -> SignalMethod {
         SignalMethod::Pidfd
@@ -548,6 +555,37 @@ async fn a_master_that_ignores_sigterm_too_is_answered_timeout_before_the_budget
     assert!(r.message.contains("SIGKILL"), "{}", r.message);
 }
 
+/// The whole tree killed at once (SIGKILL to master and workers): no
+/// worker is left behind, yet the kernel's exit status says it was killed,
+/// and the report says so; a report never says "every in-flight request
+/// finished" while connections were open at an exit it could not see.
+#[tokio::test(start_paused = true)]
+async fn a_tree_killed_at_once_is_nginx_died_and_an_unseen_exit_claims_nothing() {
+    let fake = Arc::new(Fake::new(Answer::Ignore, Answer::Ignore));
+    *fake.exit_status.lock().unwrap() = ExitStatus::Signal(9);
+    let monitor = quiet_monitor();
+    fake.exit_later(Duration::from_millis(1500), true);
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::NginxDied, "{}", r.message);
+    assert!(r.message.contains("killed by SIGKILL"), "{}", r.message);
+    assert_eq!(r.exit_status.as_deref(), Some("killed by SIGKILL"));
+    assert!(r.contradictions().is_empty(), "{:?}", r.contradictions());
+    // The same exit, its status unseen: drained, as a graceful exit would
+    // be, but the two connections the last census saw are not claimed.
+    let fake = Arc::new(Fake::new(Answer::Ignore, Answer::Ignore));
+    *fake.exit_status.lock().unwrap() = ExitStatus::Unknown;
+    fake.exit_later(Duration::from_millis(1500), true);
+    let r = drain(&fake, quiet_monitor(), Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::Drained, "{}", r.message);
+    assert!(
+        !r.message.contains("every in-flight request finished")
+            && r.message.contains("unless its workers were killed"),
+        "{}",
+        r.message
+    );
+    assert!(r.contradictions().is_empty(), "{:?}", r.contradictions());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_master_killed_with_its_workers_alive_is_nginx_died_not_drained() {
     let fake = Arc::new(Fake::new(Answer::Ignore, Answer::Ignore));
@@ -718,8 +756,12 @@ async fn connections_that_finish_before_nginxs_timer_are_not_cut() {
     let c = r.connections.unwrap();
     assert_eq!((c.open_at_exit, c.cut), (2, 0));
     assert!(c.cut_peers.is_empty() && c.cut_by.is_none());
+    // Open in the last census: said to have ended before the exit, as a
+    // graceful exit implies, not claimed (killed workers look the same).
     assert!(
-        r.message.contains("every in-flight request finished"),
+        r.message.contains("2 connections open in the last census")
+            && r.message.contains("ended in between")
+            && !r.message.contains("every in-flight request finished"),
         "{}",
         r.message
     );
