@@ -126,6 +126,9 @@ pub enum CensusMethod {
 pub struct Source {
     netlink: Option<netlink::Dumper>,
     pub(crate) method: CensusMethod,
+    /// `--census netlink`: never /proc, even when netlink fails (no census
+    /// then, and the wiring check says so).
+    netlink_only: bool,
     /// Whether IPv6 connections are dumped (see `Dumper::connections`):
     /// unknown until the first census, then from the first IPv6 listener
     /// or connection on a counted port on, for good (connections outlive
@@ -144,12 +147,13 @@ impl Source {
                     None
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "NETLINK_SOCK_DIAG refused and --census netlink was given: connection counts unavailable");
+                    tracing::error!(error = %e, "NETLINK_SOCK_DIAG refused and --census netlink was given: no connection census (every drain waits --max-delay); allow NETLINK_SOCK_DIAG in the seccomp profile, or use --census auto to count from /proc/net/tcp");
                     None
                 }
             },
         };
-        let method = if netlink.is_some() {
+        let netlink_only = method == CensusMethod::Netlink;
+        let method = if netlink.is_some() || netlink_only {
             CensusMethod::Netlink
         } else {
             CensusMethod::Proc
@@ -157,6 +161,7 @@ impl Source {
         Source {
             netlink,
             method,
+            netlink_only,
             v6: None,
         }
     }
@@ -227,9 +232,22 @@ impl Source {
                     }
                 }
             };
+            if self.netlink_only {
+                return Err(io::Error::new(
+                    failed.kind(),
+                    format!(
+                        "NETLINK_SOCK_DIAG dump failed ({failed}) and --census netlink allows no other source"
+                    ),
+                ));
+            }
             tracing::warn!(error = %failed, "NETLINK_SOCK_DIAG dump failed: counting connections from /proc/net/tcp and /proc/net/tcp6 from now on");
             self.netlink = None;
             self.method = CensusMethod::Proc;
+        } else if self.netlink_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "NETLINK_SOCK_DIAG is refused and --census netlink allows no other source: allow it in the seccomp profile, or use --census auto",
+            ));
         }
         let socks = procnet::dump()?;
         Ok(Census::take_with(
@@ -270,6 +288,33 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--census netlink` with netlink refused: no census at all (an
+    /// error that says why), never the /proc fallback it excludes; `auto`
+    /// falls back.
+    #[test]
+    fn netlink_only_never_falls_back_to_proc() {
+        let refused = |netlink_only: bool| Source {
+            netlink: None,
+            method: if netlink_only {
+                CensusMethod::Netlink
+            } else {
+                CensusMethod::Proc
+            },
+            netlink_only,
+            v6: None,
+        };
+        let mut seen = BTreeSet::new();
+        let e = refused(true)
+            .census(&PortFilter::default(), &mut seen)
+            .unwrap_err();
+        assert!(e.to_string().contains("--census netlink"), "{e}");
+        assert!(
+            refused(false)
+                .census(&PortFilter::default(), &mut seen)
+                .is_ok()
+        );
+    }
 
     /// The census dumps IPv6 connections only where an IPv6 listener
     /// counts (an accepted socket has its listener's family), and then
