@@ -16,7 +16,7 @@ use crate::report::{
     QuitReason, Report, SamplePoint, Series, SignalMethod, TrafficReport, ms, rate2,
 };
 use crate::sockets::arrivals::Kind;
-use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenConn, View};
+use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenDetail, View};
 
 /// How many recent censuses' connection lists are kept.
 pub(crate) const RECENT_CENSUSES: usize = 8;
@@ -78,12 +78,35 @@ pub(crate) struct Record {
     pooled_at_sigquit: (u32, u32),
     open_at_hook: u32,
     /// The open connections of the latest censuses (at most
-    /// [`RECENT_CENSUSES`]), with when each was taken: the moment NGINX cut
-    /// connections may lie a little before its exit.
-    recent: std::collections::VecDeque<(Instant, Arc<Vec<OpenConn>>)>,
+    /// [`RECENT_CENSUSES`], each summed up: bounded in size), with when each
+    /// was taken: the moment NGINX cut connections may lie a little before
+    /// its exit.
+    recent: std::collections::VecDeque<CensusOpen>,
     last_closed: Option<Instant>,
     series: Series,
     last_seq: u64,
+}
+
+/// The open connections of one census, as the drain keeps them.
+#[derive(Debug, Clone)]
+pub(crate) struct CensusOpen {
+    pub(crate) at: Instant,
+    pub(crate) per_port: BTreeMap<u16, u32>,
+    pub(crate) detail: Arc<OpenDetail>,
+}
+
+impl CensusOpen {
+    fn of(at: Instant, s: &crate::sockets::monitor::Sample) -> CensusOpen {
+        CensusOpen {
+            at,
+            per_port: s.open.clone(),
+            detail: s.detail.clone().unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn total(&self) -> u32 {
+        self.per_port.values().sum()
+    }
 }
 
 /// Arrivals of one kind counted from the log between the hook and SIGQUIT
@@ -253,7 +276,7 @@ impl Record {
             recent: first
                 .sample
                 .at
-                .map(|at| (at, first.sample.conns.clone()))
+                .map(|at| CensusOpen::of(at, &first.sample))
                 .into_iter()
                 .collect(),
             last_closed: None,
@@ -287,7 +310,7 @@ impl Record {
         if self.recent.len() == RECENT_CENSUSES {
             self.recent.pop_front();
         }
-        self.recent.push_back((at, s.conns.clone()));
+        self.recent.push_back(CensusOpen::of(at, s));
         if self.sigquit.is_some() && self.last_closed.is_none() && s.open_total() == 0 {
             self.last_closed = Some(at);
         }
@@ -301,11 +324,11 @@ impl Record {
 
     /// The latest census taken at or before `t` (the oldest kept when none
     /// is), with its connections.
-    pub(crate) fn census_before(&self, t: Instant) -> Option<(Instant, Arc<Vec<OpenConn>>)> {
+    pub(crate) fn census_before(&self, t: Instant) -> Option<CensusOpen> {
         self.recent
             .iter()
             .rev()
-            .find(|(at, _)| *at <= t)
+            .find(|c| c.at <= t)
             .or(self.recent.front())
             .cloned()
     }

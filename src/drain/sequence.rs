@@ -42,7 +42,7 @@ use crate::report::{
     CUT_PEERS_LISTED, ConnectionsReport, CutConn, DrainPhase, Outcome, Report, Snapshot, ms,
 };
 use crate::sockets::arrivals::Kind;
-use crate::sockets::monitor::{Monitor, OpenConn, View};
+use crate::sockets::monitor::{Monitor, View};
 
 /// How often a progress line is logged.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -545,52 +545,52 @@ impl<T: Target> Drain<T> {
         );
         // The connections open just before NGINX cut them, or just before
         // it exited.
-        let (census_at, open) = self
-            .rec
-            .census_before(moment.map_or(exited, |(_, at)| at))
-            .unwrap_or((exited, Arc::default()));
-        let by = moment.map(|(by, _)| by).filter(|_| !open.is_empty());
-        let hook = self.rec.req().clock.mono;
-        let age = |c: &OpenConn| ms(exited.saturating_duration_since(c.first_seen));
-        let mut cut: Vec<&OpenConn> = if by.is_some() {
-            open.iter().collect()
-        } else {
-            Vec::new()
+        let open = self.rec.census_before(moment.map_or(exited, |(_, at)| at));
+        let census_at = open.as_ref().map_or(exited, |c| c.at);
+        let total = open.as_ref().map_or(0, |c| c.total());
+        let by = moment.map(|(by, _)| by).filter(|_| total > 0);
+        let age = |first_seen: Instant| ms(exited.saturating_duration_since(first_seen));
+        let summary = match (&open, by) {
+            (Some(c), Some(by)) => Cut {
+                by: Some(by),
+                total,
+                before_hook: c.detail.before_hook.min(total),
+                youngest_ms: c.detail.youngest.map_or(0, age),
+                oldest_ms: c.detail.oldest.first().map_or(0, |o| age(o.first_seen)),
+            },
+            _ => Cut::default(),
         };
-        cut.sort_by_key(|c| c.first_seen);
-        let mut per_port = BTreeMap::new();
-        for c in &cut {
-            *per_port.entry(c.local.port()).or_insert(0u32) += 1;
-        }
-        let summary = Cut {
-            by,
-            total: cut.len() as u32,
-            before_hook: cut.iter().filter(|c| c.first_seen < hook).count() as u32,
-            youngest_ms: cut.last().map_or(0, |c| age(c)),
-            oldest_ms: cut.first().map_or(0, |c| age(c)),
+        let cut_peers = match (&open, by) {
+            (Some(c), Some(_)) => c
+                .detail
+                .oldest
+                .iter()
+                .take(CUT_PEERS_LISTED)
+                .map(|o| CutConn {
+                    peer: o.peer.to_string(),
+                    port: o.local.port(),
+                    age_ms: age(o.first_seen),
+                    open_before_hook: o.first_seen < self.rec.req().clock.mono,
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         let report = ConnectionsReport {
             open_at_hook: self.rec.open_at_hook(),
             open_at_sigquit: self.rec.open_at_sigquit().values().sum(),
-            open_at_exit: open.len() as u32,
+            open_at_exit: total,
             last_census_before_exit_ms: Some(ms(exited.saturating_duration_since(census_at))),
             worker_shutdown_timeout: self.shutdown_timeout.to_string(),
             cut: summary.total,
-            cut_by: by,
-            cut_per_port: per_port,
+            cut_by: summary.by,
+            cut_per_port: match (&open, by) {
+                (Some(c), Some(_)) => c.per_port.clone(),
+                _ => BTreeMap::new(),
+            },
             cut_open_before_hook: summary.before_hook,
             cut_youngest_ms: (summary.total > 0).then_some(summary.youngest_ms),
             cut_oldest_ms: (summary.total > 0).then_some(summary.oldest_ms),
-            cut_peers: cut
-                .iter()
-                .take(CUT_PEERS_LISTED)
-                .map(|c| CutConn {
-                    peer: c.peer.to_string(),
-                    port: c.local.port(),
-                    age_ms: age(c),
-                    open_before_hook: c.first_seen < hook,
-                })
-                .collect(),
+            cut_peers,
         };
         (summary, report)
     }

@@ -197,8 +197,9 @@ pub(crate) struct ConnectionsReport {
     pub(crate) cut_peers: Vec<CutConn>,
 }
 
-/// At most this many cut connections are listed by peer.
-pub(crate) const CUT_PEERS_LISTED: usize = 20;
+/// At most this many cut connections are listed by peer (as many as a
+/// census keeps by name).
+pub(crate) const CUT_PEERS_LISTED: usize = crate::sockets::census::OLDEST_KEPT;
 
 /// One cut connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -65,9 +65,10 @@ pub struct Census {
     /// TIME_WAIT included (so short connections that NGINX closed between
     /// two samples are still seen), with whether it is open and since when.
     pub(crate) conns: FxHashMap<ConnId, ConnState>,
-    /// The open connections' endpoints, when the census was taken with
-    /// detail (during a drain); empty otherwise.
-    pub(crate) endpoints: Vec<(ConnId, ConnKey)>,
+    /// The open connections summed up for a drain's report, when the
+    /// census was taken with detail (during a drain): bounded in size
+    /// however many connections are open.
+    pub(crate) detail: Option<Detail>,
     /// Listening ports that do not count (`--port` names others, or the
     /// sidecar's own): their connections' ends still account for accepts.
     pub(crate) other_listeners: BTreeSet<u16>,
@@ -113,6 +114,49 @@ pub(crate) struct ConnState {
 
 const WAS_KNOWN: u8 = 1;
 const WAS_OPEN: u8 = 2;
+
+/// How many of the oldest open connections a census with detail keeps by
+/// name (the report lists at most this many cut connections).
+pub(crate) const OLDEST_KEPT: usize = 20;
+
+/// The open connections of a census with detail, summed up: how many were
+/// first seen before the drain's hook, the youngest's first sighting, and
+/// the [`OLDEST_KEPT`] oldest by name. A few hundred bytes where the list
+/// of 100k connections would be 8 MB a census.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Detail {
+    /// First seen before this tick (the drain's hook).
+    pub(crate) hook_tick: u32,
+    pub(crate) before_hook: u32,
+    /// The latest first sighting (tick).
+    pub(crate) youngest: Option<u32>,
+    /// The oldest, oldest first: (first sighting, endpoints).
+    pub(crate) oldest: Vec<(u32, ConnKey)>,
+}
+
+impl Detail {
+    fn new(hook_tick: u32) -> Detail {
+        Detail {
+            hook_tick,
+            ..Default::default()
+        }
+    }
+
+    /// Takes in one open connection first seen at `since`.
+    fn add(&mut self, since: u32, key: ConnKey) {
+        self.before_hook += u32::from(since < self.hook_tick);
+        self.youngest = Some(self.youngest.map_or(since, |y| y.max(since)));
+        // Kept sorted, oldest first, bounded: a connection younger than
+        // every kept one when full is passed by (no heap of 100k).
+        if self.oldest.len() == OLDEST_KEPT && self.oldest.last().is_some_and(|(s, _)| *s <= since)
+        {
+            return;
+        }
+        let at = self.oldest.partition_point(|(s, _)| *s <= since);
+        self.oldest.insert(at, (since, key));
+        self.oldest.truncate(OLDEST_KEPT);
+    }
+}
 
 /// The connections new since an earlier census.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -188,12 +232,13 @@ impl Census {
     /// extended with today's listeners.
     #[cfg(any(test, feature = "testbed"))]
     pub fn take(socks: &[Sock], filter: &PortFilter, ports_seen: &mut BTreeSet<u16>) -> Census {
-        Census::take_since(socks, filter, ports_seen, None, false, 0).0
+        Census::take_since(socks, filter, ports_seen, None, None, 0).0
     }
 
     /// [`Census::take`], and the connections new since `before` (none
-    /// without one), with who they came from; with `detail`, the open
-    /// connections' endpoints too. `tick` is the caller's clock: what a
+    /// without one), with who they came from; with `detail` (the drain's
+    /// hook, as a tick), the open connections summed up ([`Detail`]).
+    /// `tick` is the caller's clock: what a
     /// connection first seen open now is stamped with.
     #[cfg(any(test, feature = "testbed"))]
     pub fn take_since(
@@ -201,7 +246,7 @@ impl Census {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
         before: Option<&Census>,
-        detail: bool,
+        detail: Option<u32>,
         tick: u32,
     ) -> (Census, NewConns) {
         Census::take_with(
@@ -222,7 +267,7 @@ impl Census {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
         before: Option<Census>,
-        (detail, tick): (bool, u32),
+        (detail, tick): (Option<u32>, u32),
         time_wait_arrives: bool,
     ) -> (Census, NewConns) {
         let listeners: Vec<Sock> = socks
@@ -273,7 +318,6 @@ pub(crate) struct CensusBuilder<'a> {
     ports: &'a BTreeSet<u16>,
     /// There was a previous census to compare with.
     had_before: bool,
-    detail: bool,
     /// The caller's clock, for connections first seen now.
     tick: u32,
     /// New connections, as (id, peer): few, so kept with their peers.
@@ -290,7 +334,7 @@ impl<'a> CensusBuilder<'a> {
         filter: &'a PortFilter,
         ports_seen: &'a mut BTreeSet<u16>,
         before: Option<Census>,
-        detail: bool,
+        detail: Option<u32>,
         tick: u32,
     ) -> CensusBuilder<'a> {
         let had_before = before.is_some();
@@ -298,7 +342,7 @@ impl<'a> CensusBuilder<'a> {
         c.generation = c.generation.wrapping_add(1);
         c.listening.clear();
         c.open.clear();
-        c.endpoints.clear();
+        c.detail = detail.map(Detail::new);
         c.other_listeners.clear();
         c.time_wait_arrives = true;
         c.activity_seen = false;
@@ -319,7 +363,6 @@ impl<'a> CensusBuilder<'a> {
             filter,
             ports: ports_seen,
             had_before,
-            detail,
             tick,
             new: Vec::new(),
             requests: Requests::default(),
@@ -424,8 +467,9 @@ impl<'a> CensusBuilder<'a> {
         }
         if newly_open {
             *self.c.open.entry(port).or_default() += 1;
-            if self.detail {
-                self.c.endpoints.push((id, (s.local, s.peer)));
+            if let Some(d) = &mut self.c.detail {
+                let since = self.c.conns.get(&id).map_or(tick, |st| st.since);
+                d.add(since, (s.local, s.peer));
             }
         }
         if self.had_before {
@@ -498,23 +542,22 @@ mod tests {
         let listen = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
         let old = sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.9:40000");
         let mut seen = BTreeSet::new();
-        let (a, none) = Census::take_since(&[listen, old], &filter(), &mut seen, None, false, 1);
+        let (a, none) = Census::take_since(&[listen, old], &filter(), &mut seen, None, None, 1);
         assert_eq!(none.n, 0, "no earlier census: nothing is new");
         let fresh = sock(state::ESTABLISHED, "10.1.0.5:80", "10.2.0.7:41000");
         let short = sock(state::TIME_WAIT, "10.1.0.5:80", "10.2.0.7:41001");
         let socks = [listen, old, fresh, fresh, short];
-        let (b, new) = Census::take_since(&socks, &filter(), &mut seen, Some(&a), true, 2);
+        let (b, new) = Census::take_since(&socks, &filter(), &mut seen, Some(&a), Some(2), 2);
         assert_eq!(new.n, 2, "the listed-twice one counts once");
         assert_eq!(
             new.peers.as_deref(),
             Some(&[("10.2.0.7".parse().unwrap(), 2)][..])
         );
         assert_eq!(b.arrivals_since(&a), 2);
-        assert_eq!(
-            b.endpoints.len(),
-            2,
-            "with detail: the open ones' endpoints"
-        );
+        let d = b.detail.as_ref().expect("with detail");
+        assert_eq!(d.oldest.len(), 2, "the open ones by name, oldest first");
+        assert_eq!(d.oldest[0].1.1, old.peer, "first seen at 1");
+        assert_eq!((d.before_hook, d.youngest), (1, Some(2)));
     }
 
     #[test]
@@ -594,7 +637,7 @@ mod tests {
         let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
         let mut seen = BTreeSet::new();
         let take = |socks: &[Sock], before: Option<&Census>, seen: &mut BTreeSet<u16>| {
-            Census::take_with(socks, &filter(), seen, before.cloned(), (false, 0), false)
+            Census::take_with(socks, &filter(), seen, before.cloned(), (None, 0), false)
         };
         let (a, _) = take(&[l], None, &mut seen);
         let est = sock(state::ESTABLISHED, "1.1.1.1:80", "2.2.2.2:1");
@@ -614,7 +657,7 @@ mod tests {
             &filter(),
             &mut seen,
             Some(a.clone()),
-            (false, 0),
+            (None, 0),
             true,
         );
         assert_eq!(new.n, 2);
@@ -633,7 +676,7 @@ mod tests {
         // Builds a census; `complete: false` abandons it after the sockets.
         let build = |socks: &[Sock], before: Option<Census>, tick, complete: bool| {
             let mut seen = BTreeSet::new();
-            let mut b = CensusBuilder::new(&[l], &f, &mut seen, before, true, tick);
+            let mut b = CensusBuilder::new(&[l], &f, &mut seen, before, Some(tick), tick);
             b.extend(socks.iter().copied());
             if complete {
                 let (c, new) = b.finish();
@@ -658,7 +701,31 @@ mod tests {
         let (c, new) = build(&[c2, c3], Some(half), 7, true);
         assert_eq!(new, 0, "nothing new after all");
         assert_eq!(c.conns.len(), 2);
-        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.detail.map(|d| d.oldest.len()), Some(2));
+    }
+
+    /// With 100 000 connections open, a census with detail keeps the 20
+    /// oldest by name and counts the rest: bounded, whatever the number.
+    #[test]
+    fn detail_keeps_the_oldest_and_counts_the_rest() {
+        let mut d = Detail::new(500);
+        let key = |i: u32| -> ConnKey {
+            (
+                "10.1.0.5:80".parse().unwrap(),
+                SocketAddr::new([10, 9, (i >> 8) as u8, i as u8].into(), 40000),
+            )
+        };
+        for i in (0..1000u32).rev() {
+            d.add(i, key(i));
+        }
+        assert_eq!(d.oldest.len(), OLDEST_KEPT);
+        assert!(
+            d.oldest
+                .iter()
+                .enumerate()
+                .all(|(k, (s, _))| *s == k as u32)
+        );
+        assert_eq!((d.before_hook, d.youngest), (500, Some(999)));
     }
 
     /// An open connection with its `tcp_info` counters.
@@ -684,7 +751,7 @@ mod tests {
         let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
         let mut seen = BTreeSet::new();
         let take = |socks: &[Sock], before: Option<Census>, seen: &mut BTreeSet<u16>| {
-            Census::take_with(socks, &filter(), seen, before, (false, 0), false)
+            Census::take_with(socks, &filter(), seen, before, (None, 0), false)
         };
         let pool = "10.2.0.9:40000";
         let upload = "10.2.0.9:40001";

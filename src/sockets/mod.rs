@@ -174,7 +174,7 @@ impl Source {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
     ) -> io::Result<Census> {
-        self.census_since(filter, ports_seen, &mut None, false, 0, true)
+        self.census_since(filter, ports_seen, &mut None, None, 0, true)
             .map(|(c, _)| c)
     }
 
@@ -192,7 +192,7 @@ impl Source {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
         before: &mut Option<Census>,
-        detail: bool,
+        detail: Option<u32>,
         tick: u32,
         time_wait_arrives: bool,
     ) -> io::Result<(Census, NewConns)> {

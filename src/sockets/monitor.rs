@@ -66,6 +66,20 @@ pub(crate) struct OpenConn {
     pub(crate) first_seen: Instant,
 }
 
+/// The open client connections of a census taken during a drain, summed
+/// up for its report (see `census::Detail`): bounded in size however many
+/// connections are open. The total and the counts per port are the
+/// sample's `open`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct OpenDetail {
+    /// First seen before the drain's hook.
+    pub(crate) before_hook: u32,
+    /// The youngest one's first sighting.
+    pub(crate) youngest: Option<Instant>,
+    /// The oldest ones, oldest first (at most `census::OLDEST_KEPT`).
+    pub(crate) oldest: Vec<OpenConn>,
+}
+
 /// One census, reduced.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Sample {
@@ -82,9 +96,9 @@ pub(crate) struct Sample {
     pub(crate) pooled_idle: u32,
     pub(crate) open: BTreeMap<u16, u32>,
     pub(crate) listening: BTreeMap<u16, u32>,
-    /// Each open client connection, while a drain wants detail (fast
-    /// sampling); empty otherwise, to keep idle samples cheap.
-    pub(crate) conns: Arc<Vec<OpenConn>>,
+    /// The open client connections summed up, while a drain runs (fast
+    /// sampling); none otherwise.
+    pub(crate) detail: Option<Arc<OpenDetail>>,
 }
 
 impl Sample {

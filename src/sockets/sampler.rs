@@ -24,7 +24,9 @@ use tokio::time::Instant;
 
 use super::arrivals::{ArrivalLog, Arrivals, FewPeers, add_peers, take_probes};
 use super::census::conn_id;
-use super::monitor::{FAST_CENSUS_EVERY, MonitorConfig, OpenConn, Sample, Shared, TICK, View};
+use super::monitor::{
+    FAST_CENSUS_EVERY, MonitorConfig, OpenConn, OpenDetail, Sample, Shared, TICK, View,
+};
 use super::netlink::DestroyWatch;
 use super::probes::{self, ProbeBudget};
 use super::{Census, CensusMethod, NewConns, PortFilter, Sock, Source};
@@ -64,7 +66,7 @@ pub(crate) trait Sources {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
         before: &mut Option<Census>,
-        detail: bool,
+        detail: Option<u32>,
         tick: u32,
         time_wait_arrives: bool,
     ) -> io::Result<(Census, NewConns)>;
@@ -148,7 +150,7 @@ impl Sources for Kernel {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
         before: &mut Option<Census>,
-        detail: bool,
+        detail: Option<u32>,
         tick: u32,
         time_wait_arrives: bool,
     ) -> io::Result<(Census, NewConns)> {
@@ -235,6 +237,8 @@ pub(crate) struct Sampler<S: Sources> {
     prev: Option<Census>,
     /// The clock of the census's first sightings: ticks of [`TICK`] since.
     epoch: Instant,
+    /// The latest drain's hook on that clock.
+    hook_tick: Option<u32>,
     seq: u64,
     failing: bool,
 }
@@ -276,6 +280,7 @@ impl<S: Sources> Sampler<S> {
             log: ArrivalLog::new(now),
             prev: None,
             epoch: now,
+            hook_tick: None,
             seq: 0,
             failing: false,
         }
@@ -452,32 +457,33 @@ impl<S: Sources> Sampler<S> {
     }
 
     fn census(&mut self, fast: bool, at: Instant, accepted: Option<u64>) {
-        let tick =
-            u32::try_from(at.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis())
-                .unwrap_or(u32::MAX);
+        let tick = self.tick_of(at);
         let watched = self.sources.watches_destroyed();
         let first = self.prev.is_none();
         // The first census after the hook: if nothing was accepted since
         // the hook, every connection it sees for the first time was
         // accepted before it, and is stamped so.
-        let tick = match self.shared.hook.lock().map(|mut h| h.take()) {
-            Ok(Some((hook, at_hook))) if at_hook.is_some() && at_hook == accepted => {
-                let hook_tick = u32::try_from(
-                    hook.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis(),
-                )
-                .unwrap_or(u32::MAX);
-                tick.min(hook_tick.saturating_sub(1))
+        let mark = self.shared.hook.lock().ok().and_then(|mut h| h.take());
+        if let Some((hook, _)) = mark {
+            self.hook_tick = Some(self.tick_of(hook));
+        }
+        let tick = match mark {
+            Some((hook, at_hook)) if at_hook.is_some() && at_hook == accepted => {
+                tick.min(self.tick_of(hook).saturating_sub(1))
             }
             _ => tick,
         };
         let cpu_before = self.sources.cpu_time();
         // The previous census is updated in place (one map, not two); kept
         // when no census can be taken.
+        // While a drain runs, the open connections summed up against its
+        // hook (for what the report says of connections NGINX cut).
+        let detail = fast.then(|| self.hook_tick.unwrap_or(tick));
         let taken = self.sources.census(
             &self.filter,
             &mut self.ports_seen,
             &mut self.prev,
-            fast,
+            detail,
             tick,
             !watched,
         );
@@ -526,7 +532,7 @@ impl<S: Sources> Sampler<S> {
         self.unattributed = 0;
         self.last_census = Some(at);
         self.seq += 1;
-        let conns = self.track_open(&census, fast);
+        let detail = self.open_detail(&census);
         let since_census = std::mem::take(&mut self.since_census);
         let sample = Sample {
             seq: self.seq,
@@ -537,7 +543,7 @@ impl<S: Sources> Sampler<S> {
             pooled_idle: census.pooled_idle,
             open: census.open.clone(),
             listening: census.listening.clone(),
-            conns,
+            detail,
         };
         self.prev = Some(census);
         self.publish(Some(sample), accepted);
@@ -623,23 +629,29 @@ impl<S: Sources> Sampler<S> {
         });
     }
 
-    /// While a drain wants detail, the open connections with their first
-    /// sightings (kept in the census itself: 8 bytes a connection).
-    fn track_open(&self, census: &Census, detail: bool) -> Arc<Vec<OpenConn>> {
-        if !detail {
-            return Arc::default();
-        }
-        Arc::new(
-            census
-                .endpoints
+    /// The census's clock: ticks of [`TICK`] since the sampler began.
+    fn tick_of(&self, at: Instant) -> u32 {
+        u32::try_from(at.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis())
+            .unwrap_or(u32::MAX)
+    }
+
+    /// The census's detail (while a drain runs) on the monotonic clock.
+    fn open_detail(&self, census: &Census) -> Option<Arc<OpenDetail>> {
+        let d = census.detail.as_ref()?;
+        let at = |tick: u32| self.epoch + TICK * tick;
+        Some(Arc::new(OpenDetail {
+            before_hook: d.before_hook,
+            youngest: d.youngest.map(at),
+            oldest: d
+                .oldest
                 .iter()
-                .map(|&(id, (local, peer))| OpenConn {
+                .map(|&(since, (local, peer))| OpenConn {
                     local,
                     peer,
-                    first_seen: self.epoch + TICK * census.conns.get(&id).map_or(0, |c| c.since),
+                    first_seen: at(since),
                 })
                 .collect(),
-        )
+        }))
     }
 }
 

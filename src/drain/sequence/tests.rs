@@ -15,7 +15,7 @@ use crate::nginx::{Master, ProcId};
 use crate::report::{CensusSource, Clock, CutBy, DrainPhase, QuitReason, SignalMethod};
 use crate::sockets::CensusMethod;
 use crate::sockets::arrivals::{ArrivalLog, Arrivals};
-use crate::sockets::monitor::{OpenConn, Sample};
+use crate::sockets::monitor::{OpenConn, OpenDetail, Sample};
 
 const MS: Duration = Duration::from_millis(1);
 const TICK: Duration = Duration::from_millis(100);
@@ -180,18 +180,21 @@ struct FakeCensus {
     requests: bool,
 }
 
-/// Two client connections on port 80, open since `age` before now.
-fn two_conns(age: Duration) -> Arc<Vec<OpenConn>> {
+/// Two client connections on port 80, open since `age` before now (before
+/// any hook the tests make).
+fn two_conns(age: Duration) -> Arc<OpenDetail> {
     let since = Instant::now() - age;
-    Arc::new(
-        [41_000, 41_001]
+    Arc::new(OpenDetail {
+        before_hook: 2,
+        youngest: Some(since),
+        oldest: [41_000, 41_001]
             .map(|p| OpenConn {
                 local: "127.0.0.1:80".parse().unwrap(),
                 peer: format!("10.0.0.9:{p}").parse().unwrap(),
                 first_seen: since,
             })
             .to_vec(),
-    )
+    })
 }
 
 impl FakeCensus {
@@ -230,7 +233,7 @@ impl FakeCensus {
                 arrivals: per_tick,
                 open: [(80, 2)].into(),
                 listening: [(80, 0)].into(),
-                conns: two_conns(Duration::from_secs(30)),
+                detail: Some(two_conns(Duration::from_secs(30))),
                 ..Sample::default()
             },
             log: Arc::new(log.clone()),
@@ -279,7 +282,7 @@ impl FakeCensus {
                         requests: if self.requests { n } else { 0 },
                         open: [(80, 2)].into(),
                         listening: [(80, 0)].into(),
-                        conns: v.sample.conns.clone(),
+                        detail: v.sample.detail.clone(),
                         ..Sample::default()
                     };
                     v.log = log;

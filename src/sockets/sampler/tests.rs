@@ -169,7 +169,7 @@ impl Sources for Script {
         filter: &PortFilter,
         ports_seen: &mut BTreeSet<u16>,
         before: &mut Option<Census>,
-        detail: bool,
+        detail: Option<u32>,
         tick: u32,
         time_wait_arrives: bool,
     ) -> io::Result<(Census, NewConns)> {
@@ -384,12 +384,13 @@ async fn the_first_census_after_the_hook_stamps_what_it_first_sees_as_before_the
     m.set_fast(true);
     run_for(LOOK).await;
     let v = m.view().borrow().clone();
-    let conn = v
-        .sample
-        .conns
+    let detail = v.sample.detail.clone().expect("detail during a drain");
+    let conn = detail
+        .oldest
         .iter()
         .find(|c| c.peer == "10.1.2.3:46000".parse::<SocketAddr>().unwrap())
         .expect("the census at the hook lists it");
+    assert_eq!(detail.before_hook, 1, "counted as open before the hook");
     assert!(
         conn.first_seen < hook,
         "no accept since the hook: it was open before it"
@@ -474,7 +475,9 @@ async fn a_failed_census_keeps_the_one_before() {
     run_for(LOOK).await;
     let first_seen = |v: &View| {
         v.sample
-            .conns
+            .detail
+            .as_ref()?
+            .oldest
             .iter()
             .find(|c| c.peer == "10.1.0.7:40000".parse::<SocketAddr>().unwrap())
             .map(|c| c.first_seen)
