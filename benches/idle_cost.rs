@@ -124,6 +124,35 @@ fn status_kib(pid: i32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `/readyz`'s answer times, asked every 20 ms until `until`: median, p99
+/// and the longest, in milliseconds.
+async fn readyz_latencies(addr: SocketAddr, until: tokio::time::Instant) -> String {
+    let mut took = Vec::new();
+    while tokio::time::Instant::now() < until && took.len() < 5_000 {
+        let t = std::time::Instant::now();
+        if testbed::client::get(addr, "/readyz", Duration::from_secs(10))
+            .await
+            .is_ok()
+        {
+            took.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    took.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        took.get(((took.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    format!(
+        "{} answers, median {:.2} ms, p99 {:.2} ms, longest {:.2} ms",
+        took.len(),
+        at(0.5),
+        at(0.99),
+        took.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
 /// A drain under 100 new connections/s that go on 3 s after the hook:
 /// the sidecar's CPU over the hook (% of a core), the hook's duration, and
 /// the failed requests.
@@ -151,8 +180,15 @@ async fn drain(nginx: &Nginx, sidecar: &Sidecar) -> (f64, f64, u64, String) {
         .ok()
         .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h.body).ok())
         .map(|r| {
+            let t = |f: &str| r[f].as_str().and_then(|s| humantime::parse_rfc3339(s).ok());
+            let answer_after_exit = match (t("exited_at"), t("answered_at")) {
+                (Some(e), Some(a)) => a.duration_since(e).map_or("?".to_string(), |d| {
+                    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+                }),
+                _ => "?".into(),
+            };
             format!(
-                "{} [quiet: {}]",
+                "{} [quiet: {}] [hook answered {answer_after_exit} after NGINX's exit]",
                 r["message"].as_str().unwrap_or("?"),
                 r["traffic"]["quiet_period_reason"].as_str().unwrap_or("?")
             )
@@ -216,15 +252,23 @@ fn main() {
         std::thread::sleep(IDLE);
         let cpu = cpu_time(sidecar.pid()).saturating_sub(cpu0);
         let rss = rss_kib(sidecar.pid());
-        // A balancer's warm pool among the idle connections.
-        let pooled = rt.block_on(async {
+        // A balancer's warm pool among the idle connections: censuses run
+        // (the segment counter moves); `/readyz` asked every 20 ms
+        // meanwhile says whether the sidecar's one runtime thread waits
+        // for them.
+        let (pooled, readyz) = rt.block_on(async {
             let pool = load::Pool::open(nginx.addr(), None, 16)
                 .await
                 .expect("the pool connects");
             let cpu0 = cpu_time(sidecar.pid());
-            let stats = pool.run(200.0, tokio::time::Instant::now() + POOLED).await;
+            let until = tokio::time::Instant::now() + POOLED;
+            let probe = tokio::spawn(readyz_latencies(sidecar.addr, until));
+            let stats = pool.run(200.0, until).await;
             assert_eq!(stats.failed(), 0, "{stats:?}");
-            cpu_time(sidecar.pid()).saturating_sub(cpu0)
+            (
+                cpu_time(sidecar.pid()).saturating_sub(cpu0),
+                probe.await.unwrap(),
+            )
         });
         let (drain_cpu, drain_s, failed, message) = rt.block_on(drain(&nginx, &sidecar));
         let peak = status_kib(sidecar.pid(), "VmHWM:");
@@ -240,6 +284,7 @@ fn main() {
             peak as f64 / 1024.0
         );
         println!("{:>12} {message}", "");
+        println!("{:>12} /readyz while censuses run: {readyz}", "");
         for mut c in held {
             drop(c.stdin.take());
             let _ = c.wait();

@@ -422,7 +422,7 @@ async fn run<S: Sources>(
             }
         }
         let fast_now = *fast.borrow();
-        state.tick(fast_now, look);
+        state.tick(fast_now, look).await;
         next = Instant::now() + every;
     }
 }

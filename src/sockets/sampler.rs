@@ -59,26 +59,68 @@ pub(crate) trait Sources {
     fn read_destroyed(&mut self, out: &mut Vec<Sock>) -> io::Result<bool>;
     /// Stops watching the destroy events (they failed).
     fn stop_destroyed(&mut self);
-    /// A census, taking `before` and updating it in place, or leaving it
-    /// when none can be taken (see `Source::census_since`).
-    fn census(
-        &mut self,
-        filter: &PortFilter,
-        ports_seen: &mut BTreeSet<u16>,
-        before: &mut Option<Census>,
-        detail: Option<u32>,
-        tick: u32,
-        time_wait_arrives: bool,
-    ) -> io::Result<(Census, NewConns)>;
-    /// The CPU time this thread has used (what a census costs is measured
-    /// with it).
-    fn cpu_time(&self) -> Duration;
+    /// A census of `job` (see `Source::census_since`), off the caller's
+    /// thread where it is real: what it found, and the job given back with
+    /// its state updated (or kept, when no census could be taken).
+    fn census(&mut self, job: CensusJob) -> impl Future<Output = CensusDone> + Send + '_;
+}
+
+/// What one census needs, owned, so that it can run on another thread: the
+/// filter, the ports seen so far and the census before it, which it updates
+/// in place.
+pub(crate) struct CensusJob {
+    pub(crate) filter: PortFilter,
+    pub(crate) ports_seen: BTreeSet<u16>,
+    pub(crate) before: Option<Census>,
+    /// The drain's hook (tick), when a drain wants detail.
+    pub(crate) detail: Option<u32>,
+    pub(crate) tick: u32,
+    pub(crate) time_wait_arrives: bool,
+}
+
+/// A census done: the job back, what it found, and its CPU cost (on the
+/// thread that took it).
+pub(crate) struct CensusDone {
+    pub(crate) job: CensusJob,
+    pub(crate) result: io::Result<(Census, NewConns)>,
+    pub(crate) cpu: Duration,
+}
+
+impl CensusJob {
+    /// Takes the census from `source`, on the calling thread.
+    pub(crate) fn run(mut self, source: &mut Source) -> CensusDone {
+        let cpu_before = thread_cpu_time();
+        let result = source.census_since(
+            &self.filter,
+            &mut self.ports_seen,
+            &mut self.before,
+            self.detail,
+            self.tick,
+            self.time_wait_arrives,
+        );
+        CensusDone {
+            cpu: thread_cpu_time().saturating_sub(cpu_before),
+            job: self,
+            result,
+        }
+    }
+}
+
+/// The CPU time the calling thread has used: what a census costs.
+fn thread_cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// The real kernel: the census source (netlink or /proc) and the destroy
 /// events, when it gives them.
 pub(crate) struct Kernel {
-    source: Source,
+    /// The census source; lent to the blocking thread while a census runs
+    /// there, so that the runtime's one thread (the hook's answer, `/readyz`,
+    /// the drain's timers) never waits for a dump of 100k sockets.
+    source: Option<Source>,
+    method: CensusMethod,
     /// The kernel's destroy events, when it gives them (not with `--census
     /// proc`); without them, connections that open and close between two
     /// censuses with the client closing first go unseen.
@@ -108,13 +150,17 @@ impl Kernel {
             );
             None
         };
-        Kernel { source, destroyed }
+        Kernel {
+            method: source.method,
+            source: Some(source),
+            destroyed,
+        }
     }
 }
 
 impl Sources for Kernel {
     fn method(&self) -> CensusMethod {
-        self.source.method
+        self.method
     }
 
     fn watches_destroyed(&self) -> bool {
@@ -145,23 +191,31 @@ impl Sources for Kernel {
         self.destroyed = None;
     }
 
-    fn census(
-        &mut self,
-        filter: &PortFilter,
-        ports_seen: &mut BTreeSet<u16>,
-        before: &mut Option<Census>,
-        detail: Option<u32>,
-        tick: u32,
-        time_wait_arrives: bool,
-    ) -> io::Result<(Census, NewConns)> {
-        self.source
-            .census_since(filter, ports_seen, before, detail, tick, time_wait_arrives)
-    }
-
-    fn cpu_time(&self) -> Duration {
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-            .map(Duration::from)
-            .unwrap_or_default()
+    async fn census(&mut self, job: CensusJob) -> CensusDone {
+        let Some(mut source) = self.source.take() else {
+            // Only a census that panicked leaves no source: no census then.
+            return CensusDone {
+                job,
+                result: Err(io::Error::other("the census source was lost")),
+                cpu: Duration::ZERO,
+            };
+        };
+        match tokio::task::spawn_blocking(move || {
+            let done = job.run(&mut source);
+            (source, done)
+        })
+        .await
+        {
+            Ok((source, done)) => {
+                self.method = source.method;
+                self.source = Some(source);
+                done
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the census thread failed: no census from now on; please report this as a bug");
+                std::future::pending().await
+            }
+        }
     }
 }
 
@@ -416,7 +470,7 @@ impl<S: Sources> Sampler<S> {
     /// One look: the accept counter and the destroy events; a census when
     /// something is unattributed (spaced by its cost) or one is due; then
     /// the view.
-    pub(crate) fn tick(&mut self, fast: bool, look: Look) {
+    pub(crate) async fn tick(&mut self, fast: bool, look: Look) {
         self.read_destroyed();
         let at = Instant::now();
         let (accepted, segments) = self.shared.counters();
@@ -426,7 +480,7 @@ impl<S: Sources> Sampler<S> {
             _ => 1,
         };
         if self.census_due(fast, look, at) {
-            self.census(fast, at, accepted);
+            self.census(fast, at, accepted).await;
         } else {
             let short = std::mem::take(&mut self.short);
             if !short.is_empty() {
@@ -456,7 +510,7 @@ impl<S: Sources> Sampler<S> {
         self.last_tick = at;
     }
 
-    fn census(&mut self, fast: bool, at: Instant, accepted: Option<u64>) {
+    async fn census(&mut self, fast: bool, at: Instant, accepted: Option<u64>) {
         let tick = self.tick_of(at);
         let watched = self.sources.watches_destroyed();
         let first = self.prev.is_none();
@@ -473,21 +527,28 @@ impl<S: Sources> Sampler<S> {
             }
             _ => tick,
         };
-        let cpu_before = self.sources.cpu_time();
-        // The previous census is updated in place (one map, not two); kept
-        // when no census can be taken.
         // While a drain runs, the open connections summed up against its
         // hook (for what the report says of connections NGINX cut).
         let detail = fast.then(|| self.hook_tick.unwrap_or(tick));
-        let taken = self.sources.census(
-            &self.filter,
-            &mut self.ports_seen,
-            &mut self.prev,
+        // The previous census is updated in place (one map, not two); kept
+        // when no census can be taken. It runs on another thread.
+        let job = CensusJob {
+            filter: self.filter.clone(),
+            ports_seen: std::mem::take(&mut self.ports_seen),
+            before: self.prev.take(),
             detail,
             tick,
-            !watched,
-        );
-        let (census, new) = match taken {
+            time_wait_arrives: !watched,
+        };
+        let done = self.sources.census(job).await;
+        self.ports_seen = done.job.ports_seen;
+        self.prev = done.job.before;
+        // What it found, it found by now (a census of 100k sockets takes a
+        // quarter of a second): arrivals are recorded at its end, never
+        // earlier than they may have come; the sample is as fresh as its
+        // start (what came after may be unseen).
+        let at_end = Instant::now();
+        let (census, new) = match done.result {
             Ok(c) => {
                 self.failing = false;
                 c
@@ -504,7 +565,7 @@ impl<S: Sources> Sampler<S> {
         // What it cost the CPU, not the wall clock: on a busy machine the
         // wall time includes every other process's turns, and censuses
         // spaced by that would see new connections late.
-        self.census_cost = self.sources.cpu_time().saturating_sub(cpu_before);
+        self.census_cost = done.cpu;
         tracing::trace!(conns = census.conns.len(), open = %crate::logging::json(&census.open), new = new.n, requests = new.requests.n, cost_us = self.census_cost.as_micros() as u64, "census");
         if census.open.values().any(|n| *n > 0) {
             // Open connections without `tcp_info` (/proc, or a kernel
@@ -522,10 +583,10 @@ impl<S: Sources> Sampler<S> {
         self.lost_events = false;
         // Anything new arrived after the last tick that had nothing
         // unaccounted for.
-        let span = at.saturating_duration_since(self.last_clear);
+        let span = at_end.saturating_duration_since(self.last_clear);
         if !first {
-            self.record(at, span, arrivals, add_peers(new.peers, &short));
-            self.record_requests(at, &new.requests);
+            self.record(at_end, span, arrivals, add_peers(new.peers, &short));
+            self.record_requests(at_end, &new.requests);
         }
         self.accepted_at_census = accepted;
         self.ended_unseen = 0;

@@ -24,7 +24,6 @@ struct World {
     censuses: u32,
     /// CPU time each census costs.
     census_cpu: Duration,
-    cpu: Duration,
     /// The kernel dropped destroy events (the socket's receive buffer
     /// overflowed): the next read reports it, as ENOBUFS does.
     overrun: bool,
@@ -164,35 +163,32 @@ impl Sources for Script {
 
     fn stop_destroyed(&mut self) {}
 
-    fn census(
-        &mut self,
-        filter: &PortFilter,
-        ports_seen: &mut BTreeSet<u16>,
-        before: &mut Option<Census>,
-        detail: Option<u32>,
-        tick: u32,
-        time_wait_arrives: bool,
-    ) -> io::Result<(Census, NewConns)> {
+    async fn census(&mut self, mut job: CensusJob) -> CensusDone {
         let mut guard = self.world.lock().unwrap();
         let w = &mut *guard;
         w.censuses += 1;
-        w.cpu += w.census_cpu;
+        let cpu = w.census_cpu;
         if w.failing > 0 {
             w.failing -= 1;
-            return Err(io::Error::other("the census failed (scripted)"));
+            return CensusDone {
+                job,
+                result: Err(io::Error::other("the census failed (scripted)")),
+                cpu,
+            };
         }
-        Ok(Census::take_with(
+        let result = Census::take_with(
             &w.socks,
-            filter,
-            ports_seen,
-            before.take(),
-            (detail, tick),
-            time_wait_arrives,
-        ))
-    }
-
-    fn cpu_time(&self) -> Duration {
-        self.world.lock().unwrap().cpu
+            &job.filter,
+            &mut job.ports_seen,
+            job.before.take(),
+            (job.detail, job.tick),
+            job.time_wait_arrives,
+        );
+        CensusDone {
+            job,
+            result: Ok(result),
+            cpu,
+        }
     }
 }
 
