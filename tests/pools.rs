@@ -6,7 +6,11 @@
 //! - **L7, like an ALB**: HAProxy from Debian with `http-reuse always` (a
 //!   warm pool) and active health checks of the sidecar's `/readyz` (`inter
 //!   1s fall 3`), which fails as soon as the drain starts: HAProxy marks the
-//!   pod down about 3 s later and its pool stops. No request may fail by
+//!   pod down about 3 s later and its pool stops. Its pool churns: HAProxy
+//!   closes idle connections and opens new ones as requests need them
+//!   (`pool-purge-delay 1s`; 5 s by default), so new connections from the
+//!   balancer keep arriving until it stops (they are its pool's requests,
+//!   not new clients: the drain must not wait out their sparse gaps). No request may fail by
 //!   HAProxy's own log, every download must arrive whole, and the old pod
 //!   must be gone within about a second of HAProxy marking it down.
 //! - **Proxy pool, like an ingress controller**: an NGINX front proxy with
@@ -245,8 +249,8 @@ fn haproxy_l7(rig: &Rig, work: &Path) {
              backend pods\n  balance roundrobin\n  http-reuse always\n\
              option httpchk GET /readyz\n  http-check expect status 200\n\
              source {CLIENT_IP}\n\
-             server {} {}:80 check port 10266 inter 1s fall 3 rise 2\n\
-             server {} {}:80 check port 10266 inter 1s fall 3 rise 2\n",
+             server {} {}:80 check port 10266 inter 1s fall 3 rise 2 pool-purge-delay 1s\n\
+             server {} {}:80 check port 10266 inter 1s fall 3 rise 2 pool-purge-delay 1s\n",
             a.name, a.ip, b.name, b.ip
         ),
     )
