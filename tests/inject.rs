@@ -420,3 +420,131 @@ fn inject_works_as_a_helm_post_renderer_plugin() {
         "{sidecar}"
     );
 }
+
+/// kubectl from the Kubernetes binaries `scripts/kube` builds
+/// (NGINX_DRAIN_KUBE_BIN); None, loudly, without them (under CI: fails).
+fn kubectl() -> Option<std::path::PathBuf> {
+    match std::env::var_os("NGINX_DRAIN_KUBE_BIN") {
+        Some(dir) => Some(Path::new(&dir).join("kubectl")),
+        None => support::skip_or_fail(
+            "inject's YAML cases read by kubectl",
+            "no Kubernetes binaries: NGINX_DRAIN_KUBE_BIN (scripts/test sets it)",
+        ),
+    }
+}
+
+/// The objects of a stream as kubectl reads them (`kubectl label --local
+/// -o json`: kubectl's own stream reader and YAML-to-JSON, no server; the
+/// label it adds taken off again). A `List`'s items come out one by one.
+fn kubectl_reads(kubectl: &Path, yaml: &str) -> Vec<Value> {
+    use std::io::Write as _;
+    let mut child = Command::new(kubectl)
+        .args([
+            "label",
+            "--local",
+            "-f",
+            "-",
+            "-o",
+            "json",
+            "nginx-drain-probe=1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl cannot read:\n{yaml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .map(|o| {
+            let mut o = o.unwrap();
+            let labels = o["metadata"]["labels"].as_object_mut().unwrap();
+            labels.remove("nginx-drain-probe");
+            if labels.is_empty() {
+                o["metadata"].as_object_mut().unwrap().remove("labels");
+            }
+            o
+        })
+        .collect()
+}
+
+/// Manifests as people write them (`support/yaml_cases.rs`): inject
+/// changes only what it wires, byte for byte around it, and what it writes
+/// reads, to the real kubectl, as the input plus the wiring: the same as
+/// inject wiring kubectl's own reading of the input (so inject read every
+/// value as kubectl does: octal modes, YAML 1.1 booleans, merge keys,
+/// tags). Each case's own checks on what kubectl reads.
+#[test]
+fn manifests_are_edited_without_loss_and_read_as_kubectl_reads_them() {
+    let Some(kubectl) = kubectl() else { return };
+    for case in support::yaml_cases::YAML_CASES {
+        let out = run_inject(case.text, &[]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{}: {err}", case.name);
+        let output = String::from_utf8(out.stdout).unwrap();
+        if let Err(e) = support::yaml_cases::only_inserted(case.text, case.replaced, &output) {
+            panic!("{}: {e}\n--- output:\n{output}", case.name);
+        }
+        for says in case.says {
+            assert!(
+                err.contains(says),
+                "{}: notes lack {says:?}: {err}",
+                case.name
+            );
+        }
+        assert!(!err.contains("written anew"), "{}: {err}", case.name);
+        if !case.kubectl {
+            // kubectl's stream reader splits a `%YAML` directive from its
+            // document (and fails): the directive stays where it was.
+            assert!(
+                output.starts_with("%YAML 1.1\n---\n"),
+                "{}: {output}",
+                case.name
+            );
+            let again = run_inject(&output, &[]);
+            assert_eq!(again.stdout, output.as_bytes(), "{}: twice", case.name);
+            println!(
+                "{}: edited in place (kubectl cannot read a %YAML stream)",
+                case.name
+            );
+            continue;
+        }
+        let read = kubectl_reads(&kubectl, &output);
+        let as_json: String = kubectl_reads(&kubectl, case.text)
+            .iter()
+            .map(|o| format!("---\n{o}\n"))
+            .collect();
+        let expected = kubectl_reads(&kubectl, &support::renders::inject(&as_json));
+        assert_eq!(
+            read, expected,
+            "{}: reads otherwise than kubectl's reading wired\n{output}",
+            case.name
+        );
+        for (i, pointer, want) in case.reads {
+            let want: Value = serde_json::from_str(want).unwrap();
+            assert_eq!(
+                read[*i].pointer(pointer),
+                Some(&want),
+                "{}: {pointer}\n{output}",
+                case.name
+            );
+        }
+        println!(
+            "{}: {} objects read by kubectl as the input plus the wiring; {} bytes added, the rest untouched",
+            case.name,
+            read.len(),
+            output.len() as i64 - case.text.len() as i64
+        );
+    }
+}

@@ -21,6 +21,7 @@
 pub(crate) mod controllers;
 pub(crate) mod emit;
 pub(crate) mod stream;
+pub mod yaml;
 
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ pub enum InjectError {
     )]
     Yaml {
         index: usize,
-        source: serde_norway::Error,
+        source: yaml::ParseError,
     },
     #[error("{0}")]
     Refused(String),
@@ -80,41 +81,60 @@ pub struct Injected {
     pub notes: Vec<String>,
 }
 
+/// A ConfigMap of the stream, as it was: a controller reads its NGINX
+/// settings from one, in its own namespace.
+struct ConfigMap {
+    namespace: Option<String>,
+    name: String,
+    data: Value,
+}
+
 /// Injects the sidecar into every workload of `input` that runs NGINX.
 pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
     let mut docs = stream::split(input);
+    let mut trees = Vec::with_capacity(docs.len());
     let mut values: Vec<Option<Value>> = Vec::with_capacity(docs.len());
     for (index, d) in docs.iter().enumerate() {
-        let v: Value = serde_norway::from_str(&d.text)
-            .map_err(|source| InjectError::Yaml { index, source })?;
-        values.push((!v.is_null()).then_some(v));
+        let tree = yaml::parse(&d.full()).map_err(|source| InjectError::Yaml { index, source })?;
+        values.push(tree.as_ref().map(|t| t.root.value.clone()));
+        trees.push(tree);
     }
     let mut changed = vec![false; docs.len()];
     let mut notes = Vec::new();
-    // The ConfigMaps of the stream, by name, as they were: a workload's
-    // controller reads its NGINX settings from one.
-    let configmaps: Vec<(String, Value)> = values
-        .iter()
-        .flatten()
-        .filter(|v| v["kind"].as_str() == Some("ConfigMap"))
-        .filter_map(|v| {
-            Some((
-                v["metadata"]["name"].as_str()?.to_string(),
-                v["data"].clone(),
-            ))
-        })
-        .collect();
+    let mut configmaps = Vec::new();
+    for v in values.iter().flatten() {
+        for_each_object(v, &mut |o| {
+            if o["kind"].as_str() == Some("ConfigMap")
+                && let Some(name) = o["metadata"]["name"].as_str()
+            {
+                configmaps.push(ConfigMap {
+                    namespace: o["metadata"]["namespace"].as_str().map(str::to_string),
+                    name: name.to_string(),
+                    data: o["data"].clone(),
+                });
+            }
+        });
+    }
     let mut ctx = Ctx {
         opts,
         notes: &mut notes,
         configmaps: &configmaps,
         edits: Vec::new(),
+        namespace: None,
+        container_found: false,
     };
     for (i, v) in values.iter_mut().enumerate() {
         let Some(v) = v else { continue };
         if wire_object(v, &mut ctx)? {
             changed[i] = true;
         }
+    }
+    if let Some(name) = &opts.container
+        && !ctx.container_found
+    {
+        return Err(InjectError::Refused(format!(
+            "--container {name}: no workload in the input has a container of that name: give the name of the NGINX container (see the `containers:` of the Deployment or DaemonSet), or leave --container out to find it by its image"
+        )));
     }
     let config_edits = std::mem::take(&mut ctx.edits);
     for edit in config_edits {
@@ -125,13 +145,38 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
             continue;
         }
         let v = values[i].as_ref().expect("a changed document has a value");
-        let body = emit::document(v);
-        d.text = format!("{}{body}", d.leading_comments());
+        let tree = trees[i].as_ref().expect("a changed document has a tree");
+        match yaml::splice(&d.full(), tree, v) {
+            Ok(text) => {
+                d.separator.clear();
+                d.text = text;
+            }
+            Err(why) => {
+                // Written anew, as a whole: what it reads as is right,
+                // its comments and formatting are lost, and the user told.
+                let body = emit::document(v);
+                d.text = format!("{}{body}", d.leading_comments());
+                notes.push(format!(
+                    "document {i} ({}): written anew, without its comments and formatting: {why}",
+                    label(v)
+                ));
+            }
+        }
     }
     Ok(Injected {
         output: stream::join(&docs),
         notes,
     })
+}
+
+/// Calls `f` on `v` and, for a `List`, on each of its items.
+fn for_each_object(v: &Value, f: &mut impl FnMut(&Value)) {
+    f(v);
+    if v["kind"].as_str() == Some("List") {
+        for item in seq(v, "items") {
+            for_each_object(item, f);
+        }
+    }
 }
 
 /// `Kind/namespace/name` for messages.
@@ -148,16 +193,22 @@ fn label(obj: &Value) -> String {
 struct Ctx<'a> {
     opts: &'a Options,
     notes: &'a mut Vec<String>,
-    /// The stream's ConfigMaps (name, data) before any edit.
-    configmaps: &'a [(String, Value)],
+    /// The stream's ConfigMaps before any edit.
+    configmaps: &'a [ConfigMap],
     /// ConfigMap keys to change once every workload is wired.
     edits: Vec<ConfigEdit>,
+    /// The namespace of the workload being wired (None: not set, the one
+    /// it is applied to).
+    namespace: Option<String>,
+    /// `--container` named a container of some workload.
+    container_found: bool,
 }
 
 /// Wires one object (a `List`'s items each); true when it changed.
 fn wire_object(obj: &mut Value, ctx: &mut Ctx<'_>) -> Result<bool, InjectError> {
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
     let what = label(obj);
+    ctx.namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
     match kind.as_str() {
         "List" => {
             let mut any = false;
@@ -168,12 +219,22 @@ fn wire_object(obj: &mut Value, ctx: &mut Ctx<'_>) -> Result<bool, InjectError> 
             }
             Ok(any)
         }
-        "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" => {
+        // An Argo Rollout with a pod template is rolled like a Deployment;
+        // one with a `workloadRef` uses the Deployment it names (wired
+        // where it is in the input).
+        "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Rollout" => {
             let Some(pod) = obj
                 .get_mut("spec")
                 .and_then(|s| s.get_mut("template"))
                 .and_then(|t| t.get_mut("spec"))
             else {
+                if kind == "Rollout" && !obj["spec"]["workloadRef"].is_null() {
+                    ctx.notes.push(format!(
+                        "{what}: takes its pods from {} {} (workloadRef): that Deployment is wired where it is in the input",
+                        obj["spec"]["workloadRef"]["kind"].as_str().unwrap_or("Deployment"),
+                        obj["spec"]["workloadRef"]["name"].as_str().unwrap_or("?")
+                    ));
+                }
                 return Ok(false);
             };
             wire_pod(pod, &what, ctx)
@@ -185,7 +246,51 @@ fn wire_object(obj: &mut Value, ctx: &mut Ctx<'_>) -> Result<bool, InjectError> 
             wire_pod(pod, &what, ctx)
         }
         "NginxProxy" => wire_nginx_proxy(obj, &what, ctx.opts, ctx.notes),
-        _ => Ok(false),
+        // They run to completion and take no traffic: an NGINX image there
+        // runs a one-off command (Kong's database migrations).
+        "Job" | "CronJob" => Ok(false),
+        _ => match runs_nginx(obj, ctx.opts, "") {
+            None => Ok(false),
+            Some((path, container)) => Err(InjectError::Refused(format!(
+                "{what}: runs NGINX (container {container} at {path}), but inject does not know the kind {kind}: wire it by hand (README: Wiring by hand), or give inject the Deployment, DaemonSet or StatefulSet that it makes, or leave it out of inject's input"
+            ))),
+        },
+    }
+}
+
+/// Where an object of a kind inject does not know runs an NGINX image: the
+/// path of the `containers` list and the container's name.
+fn runs_nginx(v: &Value, opts: &Options, path: &str) -> Option<(String, String)> {
+    match v {
+        Value::Mapping(m) => {
+            if let Some(containers) = m.get("containers").and_then(Value::as_sequence) {
+                for c in containers {
+                    let name = c["name"].as_str().unwrap_or("?");
+                    let named = opts.container.as_deref() == Some(name);
+                    let image = c["image"].as_str().and_then(Controller::of_image).is_some();
+                    if named || (opts.container.is_none() && image) {
+                        return Some((format!("{path}.containers"), name.to_string()));
+                    }
+                }
+            }
+            m.iter().find_map(|(k, v)| {
+                let k = k.as_str()?;
+                if k == "metadata" || k == "status" {
+                    return None;
+                }
+                let sub = if path.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{path}.{k}")
+                };
+                runs_nginx(v, opts, &sub)
+            })
+        }
+        Value::Sequence(s) => s
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| runs_nginx(v, opts, &format!("{path}[{i}]"))),
+        _ => None,
     }
 }
 
@@ -253,16 +358,36 @@ fn find_nginx(
     pod: &Value,
     what: &str,
     opts: &Options,
+    notes: &mut Vec<String>,
+    found_named: &mut bool,
 ) -> Result<Option<(usize, Controller)>, InjectError> {
     let containers = seq(pod, "containers");
     if let Some(name) = &opts.container {
-        return Ok(containers
+        let Some(i) = containers
             .iter()
             .position(|c| c["name"].as_str() == Some(name))
-            .map(|i| {
-                let image = containers[i]["image"].as_str().unwrap_or_default();
-                (i, Controller::of_image(image).unwrap_or(Controller::Nginx))
-            }));
+        else {
+            if containers
+                .iter()
+                .any(|c| c["image"].as_str().and_then(Controller::of_image).is_some())
+            {
+                let names: Vec<&str> = containers
+                    .iter()
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                notes.push(format!(
+                    "{what}: left as it is: no container named {name} (it has {})",
+                    names.join(", ")
+                ));
+            }
+            return Ok(None);
+        };
+        *found_named = true;
+        let image = containers[i]["image"].as_str().unwrap_or_default();
+        return Ok(Some((
+            i,
+            Controller::of_image(image).unwrap_or(Controller::Nginx),
+        )));
     }
     let found: Vec<(usize, Controller)> = containers
         .iter()
@@ -288,6 +413,8 @@ fn find_nginx(
 /// A ConfigMap key to set, once every workload is wired.
 #[derive(Debug)]
 struct ConfigEdit {
+    /// The ConfigMap's namespace (None: not set) and name.
+    namespace: Option<String>,
     name: String,
     key: &'static str,
     value: String,
@@ -295,12 +422,43 @@ struct ConfigEdit {
     was: String,
 }
 
-/// The controller's ConfigMap name from its args (`--configmap=$(POD_NAMESPACE)/NAME`).
-fn configmap_name(container: &Value, arg: &str) -> Option<String> {
+/// The controller's ConfigMap from its args
+/// (`--configmap=$(POD_NAMESPACE)/NAME`): its namespace when the arg names
+/// one other than the pod's own, and its name.
+fn configmap_name(container: &Value, arg: &str) -> Option<(Option<String>, String)> {
     seq(container, "args").iter().find_map(|a| {
         let (flag, value) = a.as_str()?.split_once('=')?;
-        (flag == arg).then(|| value.rsplit('/').next().unwrap_or(value).to_string())
+        if flag != arg {
+            return None;
+        }
+        Some(match value.rsplit_once('/') {
+            Some((ns, name)) if !ns.starts_with("$(") => (Some(ns.to_string()), name.to_string()),
+            Some((_, name)) => (None, name.to_string()),
+            None => (None, value.to_string()),
+        })
     })
+}
+
+/// Whether two namespaces can be the same: equal, or either not set (the
+/// one the stream is applied to).
+fn same_namespace(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// The stream's ConfigMap `name` in `namespace`: the one whose namespace
+/// is exactly that, else one whose namespace may be.
+fn find_configmap<'a>(
+    configmaps: &'a [ConfigMap],
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<&'a ConfigMap> {
+    let named = || configmaps.iter().filter(|c| c.name == name);
+    named()
+        .find(|c| c.namespace.as_deref() == namespace)
+        .or_else(|| named().find(|c| same_namespace(c.namespace.as_deref(), namespace)))
 }
 
 /// Seconds in an NGINX/Go duration as the controllers take it (`240s`,
@@ -319,17 +477,39 @@ fn apply_config_edit(
     changed: &mut [bool],
     notes: &mut Vec<String>,
 ) {
-    for (i, v) in values.iter_mut().enumerate() {
-        let Some(cm) = v else { continue };
-        if cm["kind"].as_str() == Some("ConfigMap")
-            && cm["metadata"]["name"].as_str() == Some(edit.name.as_str())
+    fn visit(v: &mut Value, edit: &ConfigEdit, done: &mut bool) {
+        if v["kind"].as_str() == Some("List") {
+            if let Some(items) = v.get_mut("items").and_then(Value::as_sequence_mut) {
+                for item in items {
+                    visit(item, edit, done);
+                }
+            }
+            return;
+        }
+        if !*done
+            && v["kind"].as_str() == Some("ConfigMap")
+            && v["metadata"]["name"].as_str() == Some(edit.name.as_str())
+            && v["metadata"]["namespace"].as_str() == edit.namespace.as_deref()
         {
-            set(entry(cm, "data"), edit.key, s(&edit.value));
+            set(entry(v, "data"), edit.key, s(&edit.value));
+            *done = true;
+        }
+    }
+    let mut done = false;
+    for (i, v) in values.iter_mut().enumerate() {
+        let Some(v) = v else { continue };
+        visit(v, edit, &mut done);
+        if done {
             changed[i] = true;
             notes.push(format!(
-                "ConfigMap {}: set {} to {} (was {}): NGINX closes WebSockets and streams by then, inside the drain budget",
-                edit.name, edit.key, edit.value, edit.was
+                "ConfigMap {}{}: set {} to {} (was {}): NGINX closes WebSockets and streams by then, inside the drain budget",
+                edit.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default(),
+                edit.name,
+                edit.key,
+                edit.value,
+                edit.was
             ));
+            return;
         }
     }
 }
@@ -346,15 +526,32 @@ fn worker_shutdown(
     ctx: &mut Ctx<'_>,
 ) -> Option<u64> {
     let key = controller.shutdown_timeout_key()?;
-    let name = configmap_name(nginx, key.arg)?;
+    let (in_arg, name) = configmap_name(nginx, key.arg)?;
+    let namespace = in_arg.or_else(|| ctx.namespace.clone());
     let limit_secs = limit.as_secs();
-    let Some((_, data)) = ctx.configmaps.iter().find(|(n, _)| *n == name) else {
+    let Some(cm) = find_configmap(ctx.configmaps, namespace.as_deref(), &name) else {
+        let elsewhere: Vec<&str> = ctx
+            .configmaps
+            .iter()
+            .filter(|c| c.name == name)
+            .filter_map(|c| c.namespace.as_deref())
+            .collect();
+        let where_ = if elsewhere.is_empty() {
+            "is not in the input".to_string()
+        } else {
+            format!(
+                "is not in the input in namespace {} (only in {})",
+                namespace.as_deref().unwrap_or("?"),
+                elsewhere.join(", ")
+            )
+        };
         ctx.notes.push(format!(
-            "{what}: its ConfigMap {name} is not in the input: make sure its {} is at most {limit_secs}s (the drain budget's limit), or NGINX's timer closes long-lived connections only after the sidecar escalates",
+            "{what}: its ConfigMap {name} {where_}: make sure its {} is at most {limit_secs}s (the drain budget's limit), or NGINX's timer closes long-lived connections only after the sidecar escalates",
             key.key
         ));
         return None;
     };
+    let (name, namespace, data) = (cm.name.clone(), cm.namespace.clone(), &cm.data);
     let text = data[key.key].as_str();
     let current = text.and_then(seconds).or(key.default);
     match current {
@@ -364,6 +561,7 @@ fn worker_shutdown(
         Some(c) if c <= limit_secs as f64 => {
             let value = format!("{}s", c.ceil() as u64);
             ctx.edits.push(ConfigEdit {
+                namespace,
                 name,
                 key: key.key,
                 value,
@@ -373,6 +571,7 @@ fn worker_shutdown(
         }
         _ => {
             ctx.edits.push(ConfigEdit {
+                namespace,
                 name,
                 key: key.key,
                 value: format!("{limit_secs}s"),
@@ -453,7 +652,8 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
             .push(format!("{what}: already has {SIDECAR}: left as it is"));
         return Ok(false);
     }
-    let Some((idx, controller)) = find_nginx(pod, what, opts)? else {
+    let Some((idx, controller)) = find_nginx(pod, what, opts, ctx.notes, &mut ctx.container_found)?
+    else {
         return Ok(false);
     };
     let nginx = &seq(pod, "containers")[idx];
@@ -580,9 +780,22 @@ fn grace_and_budget(
     opts: &Options,
     in_spec: Option<i64>,
 ) -> Result<(i64, i64), InjectError> {
-    let grace = opts
-        .grace_period
-        .map_or_else(|| in_spec.unwrap_or(30), i64::from);
+    let grace = match (opts.grace_period, in_spec) {
+        (Some(g), _) => i64::from(g),
+        (None, Some(g)) if g < 0 => {
+            return Err(InjectError::Refused(format!(
+                "{what}: terminationGracePeriodSeconds {g} is negative (the API server takes it as 1 s): give --grace-period with the seconds the pod may take to stop"
+            )));
+        }
+        (None, Some(g)) => g,
+        (None, None) => 30,
+    };
+    // The sidecar refuses durations over a day (a typo, not a plan).
+    if grace > 86_400 {
+        return Err(InjectError::Refused(format!(
+            "{what}: a grace period of {grace} s is over a day, longer than the sidecar accepts: give --grace-period with at most 86400"
+        )));
+    }
     let budget = grace - i64::from(opts.margin);
     if budget < 3 {
         return Err(InjectError::Refused(format!(

@@ -18,7 +18,11 @@ fn opts() -> Options {
 fn docs(out: &str) -> Vec<Value> {
     stream::split(out)
         .iter()
-        .map(|d| serde_norway::from_str(&d.text).unwrap())
+        .map(|d| {
+            yaml::parse(&d.full())
+                .unwrap()
+                .map_or(Value::Null, |t| t.root.value)
+        })
         .collect()
 }
 
@@ -221,6 +225,24 @@ fn what_cannot_work_is_refused_with_the_fix() {
             "--hook-port",
         ),
         ("kind: [".to_string(), "is not valid YAML"),
+        (
+            plain(
+                "        - {name: nginx, image: 'nginx:1.27', securityContext: {runAsUser: 101}}\n",
+                "      terminationGracePeriodSeconds: -9223372036854775808\n",
+            ),
+            "is negative (the API server takes it as 1 s): give --grace-period",
+        ),
+        (
+            plain(
+                "        - {name: nginx, image: 'nginx:1.27', securityContext: {runAsUser: 101}}\n",
+                "      terminationGracePeriodSeconds: 9223372036854775807\n",
+            ),
+            "is over a day",
+        ),
+        (
+            "apiVersion: apps.kruise.io/v1alpha1\nkind: CloneSet\nmetadata: {name: edge}\nspec:\n  template:\n    spec:\n      containers: [{name: web, image: 'nginx:1.27'}]\n".to_string(),
+            "CloneSet edge: runs NGINX (container web at spec.template.spec.containers), but inject does not know the kind CloneSet: wire it by hand",
+        ),
     ];
     for (input, fix) in cases {
         let e = inject(&input, &opts()).unwrap_err().to_string();
@@ -240,6 +262,79 @@ fn what_cannot_work_is_refused_with_the_fix() {
     let c = &seq(&d[0]["spec"]["template"]["spec"], "initContainers")[0];
     assert_eq!(c["securityContext"]["runAsUser"], Value::from(0));
     assert_eq!(c["securityContext"]["runAsNonRoot"], Value::from(false));
+}
+
+/// `--container` naming no container of any workload is an error that says
+/// so; a workload without it is left alone, with a note when it runs
+/// NGINX.
+#[test]
+fn a_container_name_that_matches_nothing_is_an_error() {
+    let two = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      containers: [{name: web, image: 'nginx:1.27'}]\n---\nkind: Deployment\nmetadata: {name: b}\nspec:\n  template:\n    spec:\n      containers: [{name: proxy, image: 'nginx:1.27'}]\n";
+    let o = |name: &str| Options {
+        container: Some(name.into()),
+        uid: Some(0),
+        ..opts()
+    };
+    let e = inject(two, &o("ngnix")).unwrap_err().to_string();
+    assert!(
+        e.contains("--container ngnix: no workload in the input has a container of that name"),
+        "{e}"
+    );
+    let out = inject(two, &o("proxy")).unwrap();
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n
+                .contains("Deployment a: left as it is: no container named proxy (it has web)")),
+        "{:?}",
+        out.notes
+    );
+    let d = docs(&out.output);
+    assert!(d[0]["spec"]["template"]["spec"]["initContainers"].is_null());
+    assert!(!d[1]["spec"]["template"]["spec"]["initContainers"].is_null());
+}
+
+/// The controller's ConfigMap is found inside a `List`, and in the
+/// workload's own namespace, not by its name alone.
+#[test]
+fn configmaps_are_found_in_lists_and_in_their_namespace() {
+    let controller = |ns: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: edge, namespace: {ns}}}\nspec:\n  template:\n    spec:\n      containers:\n      - {{name: controller, image: 'registry.k8s.io/ingress-nginx/controller:v1.15.1', args: ['--configmap=$(POD_NAMESPACE)/edge']}}\n"
+        )
+    };
+    let input = format!(
+        "kind: List\nitems:\n- {{kind: ConfigMap, metadata: {{name: edge, namespace: b}}, data: {{worker-shutdown-timeout: 5s}}}}\n- {{kind: ConfigMap, metadata: {{name: edge, namespace: a}}, data: {{}}}}\n---\n{}---\n{}",
+        controller("a"),
+        controller("b")
+    );
+    let out = inject(&input, &opts()).unwrap();
+    let d = docs(&out.output);
+    let items = seq(&d[0], "items");
+    assert_eq!(
+        items[0]["data"]["worker-shutdown-timeout"],
+        Value::from("5s")
+    );
+    assert_eq!(
+        items[1]["data"]["worker-shutdown-timeout"],
+        Value::from("6s")
+    );
+    let told = |doc: &Value| {
+        args(&seq(&doc["spec"]["template"]["spec"], "initContainers")[0])
+            .into_iter()
+            .find(|a| a.starts_with("--worker-shutdown-timeout"))
+    };
+    assert_eq!(told(&d[1]).as_deref(), Some("--worker-shutdown-timeout=6s"));
+    assert_eq!(told(&d[2]).as_deref(), Some("--worker-shutdown-timeout=5s"));
+}
+
+/// Jobs run to completion and take no traffic: Kong's migrations run its
+/// image, and pass through untouched.
+#[test]
+fn jobs_running_an_nginx_image_are_left_alone() {
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: kong-migrations}\nspec:\n  template:\n    spec:\n      containers: [{name: migrations, image: 'kong:3.9', args: [kong, migrations, up]}]\n";
+    let out = inject(job, &opts()).unwrap();
+    assert_eq!(out.output, job);
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod kubelet_rig;
 pub mod pod_rules;
 pub mod renders;
+pub mod yaml_cases;
 
 /// Says loudly that the calling test did not run, and why, and records it
 /// in the file `NGINX_DRAIN_SKIPPED` names (scripts/test sets it), so that
