@@ -308,3 +308,151 @@ proptest! {
         prop_assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     }
 }
+
+/// Lines that manifests are made of, and some that break them: anchors,
+/// aliases, merges, tags, flow and block collections, block scalars,
+/// document markers, directives, tabs and any other text.
+fn manifest_lines() -> impl Strategy<Value = String> {
+    let line = prop_oneof![
+        4 => prop::sample::select(vec![
+            "apiVersion: apps/v1", "kind: Deployment", "kind: List", "kind: ConfigMap", "kind: Pod",
+            "kind: CloneSet", "metadata: {name: web, namespace: a}", "items:", "- kind: Deployment",
+            "spec:", "  template:", "    spec:", "      containers:", "      - name: nginx",
+            "        image: nginx:1.27", "        securityContext: {runAsUser: 101}",
+            "      - {name: nginx, image: 'nginx:1.27', ports: [{containerPort: 80}]}",
+            "      terminationGracePeriodSeconds: 0644", "      shareProcessNamespace: no",
+            "        lifecycle:", "          preStop:", "            exec: {command: [sleep, '5']}",
+            "        args: [--configmap=$(POD_NAMESPACE)/c]", "data:", "  worker-shutdown-timeout: 10s",
+            "base: &b {runAsUser: 101}", "  <<: *b", "<<: [*b]", "x: !!str 0644", "y: !!int 12",
+            "z: !custom {a: 1}", "s: |+", "  kept", "", "f: >-", "  folded", "---", "--- # doc", "...",
+            "%YAML 1.1", "? complex", ": value", "- - nested", "  -", "key:", "\tindented",
+            "a: [1, 2,", "  3]", "b: {c: d,", "  e: f}", "# comment", "q: 'it''s'", "r: \"\\u00e9\"",
+        ]).prop_map(str::to_string),
+        1 => ".{0,20}",
+    ];
+    prop::collection::vec(line, 0..24).prop_map(|l| l.join("\n"))
+}
+
+proptest! {
+    /// `inject` reads any stream without panicking; what it writes, it
+    /// reads again, and injecting it again changes nothing.
+    #[test]
+    fn inject_reads_any_stream_and_is_idempotent(text in manifest_lines()) {
+        let opts = nginx_drain::inject::Options {
+            image: "nginx-drain:fuzz".into(),
+            container: None,
+            uid: Some(101),
+            ports: Vec::new(),
+            native: true,
+            grace_period: None,
+            margin: 5,
+            max_delay: Duration::from_secs(15),
+            hook_port: 10266,
+            allow_cidrs: Vec::new(),
+        };
+        if let Ok(out) = nginx_drain::inject::inject(&text, &opts) {
+            let again = nginx_drain::inject::inject(&out.output, &opts)
+                .map_err(|e| TestCaseError::fail(format!("its own output refused: {e}\n{}", out.output)))?;
+            prop_assert_eq!(again.output, out.output);
+        }
+    }
+}
+
+/// A Deployment written in one of the many ways people write one: block or
+/// flow lists and mappings, k8s-style or indented lists, anchors and
+/// merges, an existing preStop or an empty `lifecycle:`, comments and
+/// blank lines between lines, CRLF, no final line break.
+fn written_deployment() -> impl Strategy<Value = String> {
+    (
+        0usize..3,
+        0usize..4,
+        0usize..4,
+        0usize..3,
+        prop::collection::vec(prop::sample::select(vec!["", "# c", "  # indented", "\t", "   "]), 12),
+        any::<bool>(),
+        any::<bool>(),
+        0usize..3,
+    )
+        .prop_map(|(list, container, lifecycle, sc, gaps, crlf, final_break, grace)| {
+            // The container's keys at column 0, nested ones indented.
+            let lc = match lifecycle {
+                0 => String::new(),
+                1 => "\nlifecycle:\n  preStop:\n    exec: {command: [sleep, '5']}".into(),
+                2 => "\nlifecycle:".into(),
+                _ => "\nlifecycle: {preStop: {exec: {command: [/wait-shutdown]}}}".into(),
+            };
+            let sc = match sc {
+                0 => "\nsecurityContext: {runAsUser: 101}",
+                1 => "\nsecurityContext:\n  runAsUser: 101 # the image's user",
+                _ => "\nsecurityContext:\n  <<: *sc",
+            };
+            let body = format!("name: nginx\nimage: nginx:1.27{sc}{lc}");
+            let item = |dash: &str| {
+                let pad = " ".repeat(dash.len());
+                let anchor = if container == 1 { format!("&nginx\n{pad}") } else { String::new() };
+                format!("      containers:\n{dash}{anchor}{}", body.replace('\n', &format!("\n{pad}")))
+            };
+            let containers = match (list, container) {
+                (_, 3) => "      containers: [{name: nginx, image: 'nginx:1.27', securityContext: {runAsUser: 101}}]".to_string(),
+                (0, _) => item("      - "),
+                (1, _) => item("        - "),
+                (_, _) => item("      -   "),
+            };
+            let grace = ["", "      terminationGracePeriodSeconds: 60\n", "      terminationGracePeriodSeconds: 0100\n"][grace];
+            let lines = [
+                "apiVersion: apps/v1".to_string(),
+                "kind: Deployment".into(),
+                "metadata: {name: web}".into(),
+                "x-defaults:".into(),
+                "  sc: &sc {runAsUser: 101, allowPrivilegeEscalation: false}".into(),
+                "spec:".into(),
+                "  template:".into(),
+                "    spec:".into(),
+                format!("{grace}{containers}"),
+                "      volumes: [{name: c, configMap: {name: c, defaultMode: 0644}}]".into(),
+            ];
+            let mut text = String::new();
+            for (i, l) in lines.iter().enumerate() {
+                text.push_str(l);
+                text.push('\n');
+                if !gaps[i].is_empty() && i + 1 < lines.len() && !lines[i].ends_with(':') {
+                    text.push_str(gaps[i]);
+                    text.push('\n');
+                }
+            }
+            if !final_break {
+                text.pop();
+            }
+            if crlf {
+                text = text.replace('\n', "\r\n");
+            }
+            text
+        })
+}
+
+proptest! {
+    /// However a Deployment is written, inject wires it without writing it
+    /// anew, keeps all its text, and injecting again changes nothing.
+    #[test]
+    fn inject_wires_any_way_a_deployment_is_written(text in written_deployment()) {
+        let opts = nginx_drain::inject::Options {
+            image: "nginx-drain:fuzz".into(),
+            container: None,
+            uid: None,
+            ports: Vec::new(),
+            native: true,
+            grace_period: None,
+            margin: 5,
+            max_delay: Duration::from_secs(15),
+            hook_port: 10266,
+            allow_cidrs: Vec::new(),
+        };
+        let out = nginx_drain::inject::inject(&text, &opts)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        prop_assert!(out.output.contains("nginx-drain:fuzz"), "{}", out.output);
+        prop_assert!(!out.notes.iter().any(|n| n.contains("written anew")), "{:?}\n{}\n{}", out.notes, text, out.output);
+        let again = nginx_drain::inject::inject(&out.output, &opts)
+            .map_err(|e| TestCaseError::fail(format!("its own output refused: {e}\n{}", out.output)))?;
+        prop_assert_eq!(&again.output, &out.output);
+    }
+}
