@@ -326,6 +326,40 @@ fn server_side_dry_run(c: &Cluster) {
     );
 }
 
+/// Manifests as people write them (`support/yaml_cases.rs`: octal modes,
+/// anchors and merges, tags, Lists, namespaces, CRLF), wired by `inject`
+/// and handed to the API server as inject wrote them (`kubectl create
+/// --dry-run=server -f -`: kubectl reads the YAML, the server validates):
+/// accepted. Not the `%YAML` case (kubectl cannot read that stream) nor the
+/// Argo Rollout (no CRD here).
+fn inject_cases_dry_run(c: &Cluster) {
+    let mut accepted = 0;
+    for case in support::yaml_cases::YAML_CASES {
+        if !(case.kubectl && case.served) {
+            continue;
+        }
+        let wired = renders::inject(case.text);
+        for ns in case.namespaces {
+            let _ = c.kubectl_stdin(&["create", "namespace", ns], b"");
+        }
+        // Objects that name no namespace go to one of their own.
+        let mut args = vec!["create", "--dry-run=server", "-f", "-"];
+        if case.namespaces.is_empty() {
+            let _ = c.kubectl_stdin(&["create", "namespace", "inject-cases"], b"");
+            args.extend(["-n", "inject-cases"]);
+        }
+        let out = c.kubectl_stdin(&args, wired.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}: the API server refused what inject wrote: {}\n{wired}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        accepted += 1;
+    }
+    println!("inject's YAML cases: {accepted} outputs accepted by the API server (dry run)");
+}
+
 /// POSTs an Eviction for `pod`; Ok on 201, Err(what the API said) else.
 fn evict(c: &Cluster, pod: &str) -> Result<(), String> {
     let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
@@ -745,6 +779,7 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     // 0. Every render the tests make, accepted by the API server; inject
     //    keeps the upstream charts' Pod Security verdict.
     server_side_dry_run(&c);
+    inject_cases_dry_run(&c);
     inject_adds_no_pod_security_violation(&c);
     helm_upgrade_with_the_post_renderer_keeps_the_release(&c);
     let t = install(&c);
