@@ -110,7 +110,9 @@ pub(crate) struct Observed {
     pub(crate) signal: Option<Result<(), String>>,
     pub(crate) census_method: CensusMethod,
     pub(crate) census: CensusSource,
-    pub(crate) arrivals_seen: ArrivalsSeen,
+    /// What the monitor sees of arrivals; None before its first census
+    /// (it has not said yet whether it watches the destroy events).
+    pub(crate) arrivals_seen: Option<ArrivalsSeen>,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_delay: Duration,
     /// `--grace-period` (the pod's terminationGracePeriodSeconds), when given.
@@ -213,7 +215,7 @@ pub(crate) fn problems(o: &Observed) -> Vec<Problem> {
             "no connection census can be taken (netlink and /proc/net/tcp both failed): every drain waits --max-delay before SIGQUIT; allow NETLINK_SOCK_DIAG in the seccomp profile, or make /proc/net/tcp readable".into(),
         );
     }
-    if o.census_method != CensusMethod::Proc && o.arrivals_seen == ArrivalsSeen::CensusOnly {
+    if o.census_method != CensusMethod::Proc && o.arrivals_seen == Some(ArrivalsSeen::CensusOnly) {
         fail(
             Check::DestroyEvents,
             "the kernel's TCP destroy events are not available (NETLINK_SOCK_DIAG refused?): connections that clients close between two censuses go uncounted and the quiet period may be judged on too few arrivals; allow NETLINK_SOCK_DIAG sockets in the seccomp profile".into(),
@@ -301,7 +303,7 @@ mod tests {
             signal: Some(Ok(())),
             census_method: CensusMethod::Auto,
             census: CensusSource::Netlink,
-            arrivals_seen: ArrivalsSeen::EveryConnection,
+            arrivals_seen: Some(ArrivalsSeen::EveryConnection),
             drain_timeout: Duration::from_secs(25),
             max_delay: Duration::from_secs(15),
             grace_period: Some(Duration::from_secs(30)),
@@ -410,7 +412,7 @@ mod tests {
             ),
             (
                 Observed {
-                    arrivals_seen: ArrivalsSeen::CensusOnly,
+                    arrivals_seen: Some(ArrivalsSeen::CensusOnly),
                     ..good()
                 },
                 Check::DestroyEvents,
@@ -494,9 +496,16 @@ mod tests {
         let chosen = Observed {
             census_method: CensusMethod::Proc,
             census: CensusSource::Proc,
-            arrivals_seen: ArrivalsSeen::CensusOnly,
+            arrivals_seen: Some(ArrivalsSeen::CensusOnly),
             ..good()
         };
         assert!(problems(&chosen).is_empty());
+        // Before the monitor's first census: not known yet, no warning
+        // (it was logged at every start, then cleared).
+        let starting = Observed {
+            arrivals_seen: None,
+            ..good()
+        };
+        assert!(problems(&starting).is_empty());
     }
 }

@@ -470,7 +470,10 @@ impl Owner {
         let view = self.monitor.view();
         let (census, arrivals_seen) = {
             let v = view.borrow();
-            (v.census_label(), v.arrivals_label())
+            // Before the first census the monitor has not said whether
+            // it watches the destroy events.
+            let started = v.sample.seq > 0 || v.error.is_some();
+            (v.census_label(), started.then(|| v.arrivals_label()))
         };
         let w = &self.config.wiring;
         let problems = wiring::problems(&wiring::Observed {
