@@ -91,6 +91,8 @@ pub(crate) struct Record {
 #[derive(Debug, Clone)]
 pub(crate) struct CensusOpen {
     pub(crate) at: Instant,
+    /// When the census ended (see `Sample::done`).
+    pub(crate) done: Instant,
     pub(crate) per_port: BTreeMap<u16, u32>,
     pub(crate) detail: Arc<OpenDetail>,
 }
@@ -99,6 +101,7 @@ impl CensusOpen {
     fn of(at: Instant, s: &crate::sockets::monitor::Sample) -> CensusOpen {
         CensusOpen {
             at,
+            done: s.done.unwrap_or(at).max(at),
             per_port: s.open.clone(),
             detail: s.detail.clone().unwrap_or_default(),
         }
@@ -322,13 +325,15 @@ impl Record {
         });
     }
 
-    /// The latest census taken at or before `t` (the oldest kept when none
-    /// is), with its connections.
+    /// The latest census that ended at or before `t`, with its
+    /// connections: what was open just before `t` (one that ended after
+    /// may have listed the socket table after `t`). The oldest kept when
+    /// none did.
     pub(crate) fn census_before(&self, t: Instant) -> Option<CensusOpen> {
         self.recent
             .iter()
             .rev()
-            .find(|c| c.at <= t)
+            .find(|c| c.done <= t)
             .or(self.recent.front())
             .cloned()
     }

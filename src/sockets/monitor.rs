@@ -84,7 +84,13 @@ pub(crate) struct OpenDetail {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Sample {
     pub(crate) seq: u64,
+    /// When the census began: what it counts as arrived came by then.
     pub(crate) at: Option<Instant>,
+    /// When it ended: what it saw open was open at some moment between
+    /// `at` and this (a dump of 100k sockets takes a quarter of a second,
+    /// on another thread), so it says a connection was still open before
+    /// a moment only if it ended before that moment.
+    pub(crate) done: Option<Instant>,
     /// New client connections since the previous sample.
     pub(crate) arrivals: u32,
     /// Requests since the previous sample on connections already open.

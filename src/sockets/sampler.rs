@@ -626,6 +626,7 @@ impl<S: Sources> Sampler<S> {
         let sample = Sample {
             seq: self.seq,
             at: Some(at),
+            done: Some(at_end),
             arrivals: if first { 0 } else { since_census },
             requests: if first { 0 } else { new.requests.n },
             pooled_open: census.pooled_open,

@@ -292,6 +292,37 @@ impl FakeCensus {
     }
 }
 
+impl FakeCensus {
+    /// Publishes a sample every 100 ms for `how_long`, each census ending
+    /// `lag` after it began (a dump on another thread) and listing the two
+    /// connections open until NGINX closes them at `closes_at`.
+    fn run_slow(mut self, how_long: Duration, lag: Duration, closes_at: Instant) {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval_at(start + TICK, TICK);
+            while start.elapsed() < how_long {
+                let at = tick.tick().await;
+                self.seq += 1;
+                let seq = self.seq;
+                let open = if at + lag >= closes_at { 0 } else { 2 };
+                // Published when the census is done.
+                tokio::time::sleep_until(at + lag).await;
+                self.tx.send_modify(|v| {
+                    v.sample = Sample {
+                        seq,
+                        at: Some(at),
+                        done: Some(at + lag),
+                        open: [(80, open)].into(),
+                        listening: [(80, 0)].into(),
+                        detail: v.sample.detail.clone(),
+                        ..Sample::default()
+                    };
+                });
+            }
+        });
+    }
+}
+
 fn request(timeout: Duration, max_delay: Duration) -> Request {
     Request {
         id: "test".into(),
@@ -714,6 +745,38 @@ async fn status_shows_each_phase_as_the_drain_moves() {
             DrainPhase::AwaitExit,
             DrainPhase::Done
         ]
+    );
+}
+
+/// A census that began before NGINX's timer fired but listed the sockets
+/// after it (a slow dump, off the runtime thread) saw the streams closed:
+/// it is no evidence of what was open before the timer, the one that
+/// ended before it is (the WebSocket case in CI: "drained" where the timer
+/// had cut it).
+#[tokio::test(start_paused = true)]
+async fn what_the_timer_cut_is_judged_by_a_census_that_ended_before_it() {
+    let start = Instant::now();
+    let (monitor, census) = FakeCensus::new(Duration::ZERO, 0);
+    // SIGQUIT at the 250 ms minimum, the timer 4 s later; the master's
+    // exit 100 ms after that, after a census that began before the timer
+    // and ended after it.
+    census.run_slow(
+        Duration::from_secs(60),
+        80 * MS,
+        start + Duration::from_millis(4_250),
+    );
+    let mut fake = Fake::new(
+        Answer::ExitAfter(Duration::from_millis(4_100)),
+        Answer::Ignore,
+    );
+    fake.shutdown_timeout = ShutdownTimeout::Set(Duration::from_secs(4));
+    let fake = Arc::new(fake);
+    let r = drain(&fake, monitor, Duration::from_secs(25)).await;
+    assert_eq!(r.outcome, Outcome::StreamsClosed, "{}", r.message);
+    let c = r.connections.expect("connections");
+    assert_eq!(
+        (c.cut, c.cut_by),
+        (2, Some(CutBy::NginxWorkerShutdownTimeout))
     );
 }
 
