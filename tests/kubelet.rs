@@ -235,7 +235,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             killed("nginx-drain") >= killed("nginx"),
             "the sidecar stopped after nginx"
         );
-        assert_no_warning_from_probes(name, k);
+        assert_no_warning_from_probes(name, &seen);
         println!(
             "{name}: timeline: manifest deleted at {:?} (test clock); kubelet ran the hook at {}; hook received {}; SIGQUIT {}; nginx exit {}; kubelet: hook completed at {}; stopping nginx at {:.3}, the sidecar at {:.3} (s of the day); nginx exit code {}; sidecar exit code {}",
             deleted,
@@ -291,7 +291,7 @@ fn a_real_kubelet_terminates_the_charts_pod_without_dropping_anything() {
             seen.sidecar_exit, 0,
             "the sidecar's own SIGTERM: exit 0 once nginx is gone"
         );
-        assert_no_warning_from_probes(name, &seen.kubelet);
+        assert_no_warning_from_probes(name, &seen);
     }
 
     // 3. A budget too short for a download: forced inside the budget, the

@@ -285,6 +285,8 @@ pub struct Seen {
     pub nginx_exit: i64,
     pub sidecar_exit: i64,
     pub nginx_log: String,
+    /// The sidecar's log (its wiring problems, when a probe failed).
+    pub sidecar_log: String,
     /// The sidecar's termination message.
     pub report: Value,
     pub kubelet: Vec<String>,
@@ -388,10 +390,14 @@ pub fn collect(rig: &Rig, name: &str, static_name: &str, nginx: &Value, sidecar:
     // The kubelet removes a deleted static pod's containers (their logs and
     // termination messages) right after they exit: read while they last.
     let (mut nginx_log, mut message) = (String::new(), String::new());
+    let mut sidecar_log = String::new();
     let deadline = Instant::now() + HANG;
     let (nginx_exit, sidecar_exit) = loop {
         if let Ok(log) = rig.logs(nginx) {
             nginx_log = log;
+        }
+        if let Ok(log) = rig.logs(sidecar) {
+            sidecar_log = log;
         }
         if let Ok(m) = rig.read_inside(&message_file)
             && !m.is_empty()
@@ -414,6 +420,7 @@ pub fn collect(rig: &Rig, name: &str, static_name: &str, nginx: &Value, sidecar:
         nginx_exit,
         sidecar_exit,
         nginx_log,
+        sidecar_log,
         report,
         kubelet: rig.kubelet_log(static_name),
     }
@@ -467,31 +474,46 @@ pub fn line<'a>(lines: &'a [String], what: &str, container: &str) -> Option<&'a 
 }
 
 /// No probe warning from the sidecar's probes at any time, nor from
-/// NGINX's once the hook ran (a drain must not look like an unhealthy pod).
-/// The kubelet (1.37) probes a container the moment it starts, before NGINX
-/// (or a regular-container sidecar) listens: a "connection refused" before
-/// the hook is the kubelet's race with the start-up, not the drain's doing;
-/// any other sidecar probe failure (a 503 from /wiring) counts.
-pub fn assert_no_warning_from_probes(name: &str, kubelet: &[String]) {
+/// NGINX's once the hook ran (a drain must not look like an unhealthy pod)
+/// until NGINX exited: after that the kubelet may probe a container whose
+/// process is gone before its status says so (a "connection refused" the
+/// drain cannot prevent). The kubelet (1.37) probes a container the moment
+/// it starts, before NGINX (or a regular-container sidecar) listens: a
+/// "connection refused" before the hook is the kubelet's race with the
+/// start-up, not the drain's doing; any other sidecar probe failure (a 503
+/// from /wiring) counts, and the sidecar's log of wiring problems is shown.
+pub fn assert_no_warning_from_probes(name: &str, seen: &Seen) {
+    let kubelet = &seen.kubelet;
     let hook = kubelet
         .iter()
         .find(|l| l.contains("Running preStop hook"))
         .and_then(|l| rig::kubelet_log_time(l))
         .unwrap_or(f64::MAX);
+    let exited = seen.report["exited_at"]
+        .as_str()
+        .and_then(rig::rfc3339_time)
+        .unwrap_or(f64::MAX);
     let unhealthy: Vec<&String> = kubelet
         .iter()
         .filter(|l| l.contains("reason=\"Unhealthy\"") || l.contains("Probe failed"))
         .filter(|l| {
-            let at_start = l.contains("connect: connection refused")
-                && rig::kubelet_log_time(l).is_some_and(|t| t < hook);
-            (l.contains("nginx-drain") && !at_start)
-                || l.contains("Liveness")
-                || rig::kubelet_log_time(l).is_some_and(|t| t >= hook)
+            let t = rig::kubelet_log_time(l);
+            let at_start = l.contains("connect: connection refused") && t.is_some_and(|t| t < hook);
+            let after_exit = !l.contains("nginx-drain") && t.is_some_and(|t| t >= exited);
+            !after_exit
+                && ((l.contains("nginx-drain") && !at_start)
+                    || l.contains("Liveness")
+                    || t.is_some_and(|t| t >= hook))
         })
+        .collect();
+    let wiring: Vec<&str> = seen
+        .sidecar_log
+        .lines()
+        .filter(|l| l.contains("wiring") || l.contains("WARN") || l.contains("ERROR"))
         .collect();
     assert!(
         unhealthy.is_empty(),
-        "{name}: probe warnings: {unhealthy:#?}"
+        "{name}: probe warnings: {unhealthy:#?}\nthe sidecar's wiring log: {wiring:#?}"
     );
 }
 
