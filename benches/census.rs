@@ -9,7 +9,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nginx_drain::sockets::{Census, CensusMethod, PortFilter, Source};
+use nginx_drain::sockets::{Census, PortFilter, Source};
+use nginx_drain::vocab::CensusMethod;
 use testbed::{Nginx, NginxOptions, netns};
 
 fn median_ms(mut v: Vec<Duration>) -> f64 {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
+use crate::vocab::unmapped;
+
 /// The identity of the file's current content, as far as `stat` can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Version {
@@ -147,14 +149,6 @@ pub fn bearer(header: &[u8]) -> Option<&[u8]> {
 pub fn peer_allowed(allowed: &[IpNet], peer: IpAddr) -> bool {
     let peer = unmapped(peer);
     allowed.is_empty() || allowed.iter().any(|n| n.contains(&peer))
-}
-
-/// An IPv4 peer of a dual-stack listener arrives as `::ffff:a.b.c.d`.
-fn unmapped(peer: IpAddr) -> IpAddr {
-    match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// How long a read of the routing tables stands before a peer it does not

@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::drain::budget::MIN_DRAIN_TIMEOUT;
-use crate::http::OnFailure;
-use crate::sockets::CensusMethod;
+use crate::budget::MIN_DRAIN_TIMEOUT;
+use crate::vocab::LogFormat;
+use crate::vocab::{CensusMethod, OnFailure};
 
 /// The default hook port. No common Kubernetes component or exporter uses
 /// 10266; 9099 (an obvious choice) is Calico's health port, which collides
@@ -212,8 +212,8 @@ pub struct ServeArgs {
 
     /// Where the connection census comes from: `auto` (netlink, falling back
     /// to /proc/net/tcp when netlink is refused), `netlink` or `proc`.
-    #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = CensusFlag::Auto)]
-    pub census: CensusFlag,
+    #[arg(long, env = "NGINX_DRAIN_CENSUS", value_enum, default_value_t = CensusMethod::Auto)]
+    pub census: CensusMethod,
 
     /// Require `Authorization: Bearer <token>` on /prestop and /status, with
     /// the token read from this file (a mounted Secret; re-read when it
@@ -257,8 +257,8 @@ pub struct ServeArgs {
     /// `reset` closes the hook's connection with a TCP reset so that the
     /// kubelet records a FailedPreStopHook event (it ignores status codes);
     /// `status` answers 500 with the report.
-    #[arg(long, env = "NGINX_DRAIN_ON_FAILURE", value_enum, default_value_t = FailureAnswer::Reset)]
-    pub on_failure: FailureAnswer,
+    #[arg(long, env = "NGINX_DRAIN_ON_FAILURE", value_enum, default_value_t = OnFailure::Reset)]
+    pub on_failure: OnFailure,
 
     /// Write each final report as JSON to this file, atomically (e.g. the
     /// container's terminationMessagePath, /dev/termination-log).
@@ -287,51 +287,36 @@ pub struct LogArgs {
     pub log_level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// `--census`: the flag's words. The sockets module has its own type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CensusFlag {
-    /// NETLINK_SOCK_DIAG, falling back to /proc when netlink is refused.
-    Auto,
-    /// NETLINK_SOCK_DIAG only.
-    Netlink,
-    /// /proc/net/tcp and /proc/net/tcp6 only.
-    Proc,
-}
-
-impl From<CensusFlag> for CensusMethod {
-    fn from(c: CensusFlag) -> CensusMethod {
-        match c {
-            CensusFlag::Auto => CensusMethod::Auto,
-            CensusFlag::Netlink => CensusMethod::Netlink,
-            CensusFlag::Proc => CensusMethod::Proc,
+/// The words a flag takes for a vocabulary type, each with its help (what
+/// `--help` lists): clap knows the types here, and only here.
+macro_rules! flag_words {
+    ($t:ty { $($v:ident => $help:literal),* $(,)? }) => {
+        impl ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                <$t>::ALL
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.as_str()).help(match self {
+                    $(<$t>::$v => $help),*
+                }))
+            }
         }
-    }
+    };
 }
 
-/// `--on-failure`: the flag's words. The HTTP module has its own type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FailureAnswer {
-    /// Answer 500 with the report.
-    Status,
-    /// Reset the connection (TCP RST, no response), so that the kubelet
-    /// records a FailedPreStopHook event: it ignores status codes.
-    Reset,
-}
-
-impl From<FailureAnswer> for OnFailure {
-    fn from(f: FailureAnswer) -> OnFailure {
-        match f {
-            FailureAnswer::Status => OnFailure::Status,
-            FailureAnswer::Reset => OnFailure::Reset,
-        }
-    }
-}
+flag_words!(CensusMethod {
+    Auto => "NETLINK_SOCK_DIAG, falling back to /proc when netlink is refused",
+    Netlink => "NETLINK_SOCK_DIAG only",
+    Proc => "/proc/net/tcp and /proc/net/tcp6 only",
+});
+flag_words!(OnFailure {
+    Status => "Answer 500 with the report",
+    Reset => "Reset the connection (TCP RST, no response), so that the kubelet records a FailedPreStopHook event: it ignores status codes",
+});
+flag_words!(LogFormat {
+    Text => "For humans",
+    Json => "One JSON object a line, for log pipelines",
+});
 
 /// The longest duration any flag takes: a day, far beyond any grace period
 /// a kubelet keeps a pod for, and far from overflowing the monotonic clock

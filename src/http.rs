@@ -41,6 +41,7 @@ use tokio::sync::{Notify, watch};
 use crate::auth::{Access, TokenFile};
 use crate::drain::Handle;
 use crate::metrics::Metrics;
+use crate::vocab::OnFailure;
 
 /// A client must send its request head within this time (slowloris).
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,17 +58,6 @@ const MAX_HEADERS: usize = 64;
 const EVICT_MIN_AGE: Duration = Duration::from_secs(1);
 
 pub(crate) type Body = Full<Bytes>;
-
-/// What to do with the hook's connection when a drain did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OnFailure {
-    /// Answer 500 with the report.
-    Status,
-    /// Reset the connection (TCP RST, no response), so that the kubelet
-    /// records a FailedPreStopHook event: it ignores status codes.
-    Reset,
-}
-words!(OnFailure { Status => "status", Reset => "reset" });
 
 /// Access and behaviour of the HTTP surface.
 #[derive(Debug, Clone)]

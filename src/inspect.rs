@@ -18,6 +18,7 @@ use clap::Parser;
 use serde_json::Value;
 
 use crate::cli::{Cli, Command, InspectArgs, ServeArgs};
+use crate::vocab::Check;
 
 /// Why asking the sidecar failed, with what to do.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +171,7 @@ pub fn check(args: &InspectArgs) -> Result<u8, InspectError> {
     }
     println!("nginx-drain check: the sidecar at {}", t.addr);
     let problems = s["problems"].as_array().cloned().unwrap_or_default();
-    for check in crate::wiring::Check::ALL {
+    for check in Check::ALL {
         match problems.iter().find(|p| p["check"] == check.as_str()) {
             Some(p) => println!(
                 "  FAIL  {check}{}: {}",

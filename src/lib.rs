@@ -23,10 +23,17 @@
 /// Writes an enum's snake_case name (its JSON word) for logs and text.
 macro_rules! words {
     ($t:ty { $($v:ident => $w:literal),* $(,)? }) => {
+        #[allow(dead_code)]
         impl $t {
+            /// Every value, in order.
+            pub const ALL: &'static [Self] = &[$(Self::$v),*];
             /// The word the JSON and the logs use.
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$v => $w),* }
+            }
+            /// The value a word names.
+            pub fn from_word(word: &str) -> Option<Self> {
+                match word { $($w => Some(Self::$v),)* _ => None }
             }
         }
         impl std::fmt::Display for $t {
@@ -36,6 +43,9 @@ macro_rules! words {
         }
     };
 }
+
+pub mod budget;
+pub mod vocab;
 
 pub mod auth;
 pub mod cli;

@@ -20,28 +20,24 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::cli::{LogArgs, LogFormat};
+use crate::vocab::LogFormat;
 
-pub fn init(args: &LogArgs) {
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Sets up logging to stderr in `format`, at `level` (a level or a filter
+/// the flags checked).
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match args.log_format {
+    let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson { pod: pod_fields() })
             .try_init(),
     };
-}
-
-/// A value logged as a field (`ports = %logging::json(&ports)`): JSON text,
-/// which JSON lines embed as a value and text lines show as it is.
-pub(crate) fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| format!("\"unserializable: {e}\""))
 }
 
 /// An error that stops the sidecar before logging is set up (bad flags),

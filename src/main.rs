@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            logging::init(&args.log);
+            logging::init(args.log.log_format, &args.log.log_level);
             match serve::main(&args) {
                 Ok(()) => ExitCode::from(serve::exit::OK),
                 Err(e) => {

@@ -14,6 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::report::{Report, Snapshot};
+use crate::vocab::Check;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -28,7 +29,7 @@ struct CutByLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabel {
-    /// A wiring check (`crate::wiring::Check`).
+    /// A wiring check (`Check`).
     check: String,
 }
 
@@ -192,7 +193,7 @@ impl Metrics {
     /// Renders OpenMetrics text, with the gauges taken from `snapshot`.
     pub(crate) fn render(&self, snapshot: &Snapshot) -> String {
         self.master_up.set(i64::from(snapshot.master_running()));
-        for check in crate::wiring::Check::ALL {
+        for &check in Check::ALL {
             let failing = snapshot.problems.iter().any(|p| p.check == check);
             self.wiring
                 .get_or_create(&CheckLabel {
@@ -222,10 +223,7 @@ impl Metrics {
 /// The wiring gauge's help, listing every check (from the one list of them,
 /// so that it cannot drift).
 fn wiring_help() -> String {
-    let checks: Vec<&str> = crate::wiring::Check::ALL
-        .iter()
-        .map(|c| c.as_str())
-        .collect();
+    let checks: Vec<&str> = Check::ALL.iter().map(|c| c.as_str()).collect();
     format!(
         "1 for each wiring check that fails now ({}; see /status for the fix), 0 otherwise",
         checks.join(", ")

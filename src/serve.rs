@@ -208,7 +208,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
                 access: access.clone(),
             },
             census: MonitorConfig {
-                method: args.census.into(),
+                method: args.census,
                 filter: PortFilter {
                     only: args.ports.iter().copied().collect(),
                     exclude: [own_port].into(),
@@ -220,7 +220,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
             token,
             metrics_token,
             access: access.clone(),
-            on_failure: args.on_failure.into(),
+            on_failure: args.on_failure,
             max_connections: fit_file_limit(args.max_connections as usize),
             learn_kubelet: args.ignore_kubelet,
         },
@@ -306,14 +306,14 @@ pub async fn run(
     } = prepared;
     let listener = TcpListener::from_std(listener).map_err(Error::Listener)?;
     let local = listener.local_addr().ok();
-    let words = |v: Vec<String>| crate::logging::json(&v);
+    let words = |v: Vec<String>| crate::vocab::json(&v);
     tracing::info!(
         listen = %local.map_or_else(|| "unknown".to_string(), |a| a.to_string()),
         nginx = %config.locator.describe(),
         drain_timeout = %humantime::format_duration(config.drain_timeout),
         min_delay = %humantime::format_duration(config.policy.min_delay),
         max_delay = %humantime::format_duration(config.policy.max_delay),
-        ports = %crate::logging::json(&config.census.filter.only),
+        ports = %crate::vocab::json(&config.census.filter.only),
         ignore_peers = %words(config.census.filter.ignore_peers.iter().map(|n| n.to_string()).collect()),
         token = http_opts.token.as_ref().map(|t| t.path().display().to_string()),
         hook_access = %http_opts.access.describe(),

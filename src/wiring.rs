@@ -20,81 +20,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::auth::KubeletSeen;
-use crate::drain::budget;
+use crate::budget;
 use crate::nginx::config::ShutdownTimeout;
-use crate::sockets::{ArrivalsSeen, CensusMethod, CensusSource};
-
-/// A thing the checks look at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Check {
-    /// The pod shares one PID namespace: the sidecar can see NGINX.
-    SharedPidNamespace,
-    /// The sidecar may signal the NGINX master (same UID, or CAP_KILL).
-    SignalPermission,
-    /// The kubelet can reach the hook on `--listen`.
-    ListenReachable,
-    /// A connection census can be taken.
-    Census,
-    /// The kernel's destroy events are watched (every connection counted).
-    DestroyEvents,
-    /// The drain's budget ends before the pod's grace period.
-    Budget,
-    /// NGINX's `worker_shutdown_timeout` fits the budget.
-    WorkerShutdownTimeout,
-    /// `--allow-kubelet` admits the address the kubelet calls from.
-    HookAccess,
-    /// An NGINX master was found within `--nginx-start-timeout`.
-    NginxFound,
-}
-words!(Check {
-    SharedPidNamespace => "shared_pid_namespace",
-    SignalPermission => "signal_permission",
-    ListenReachable => "listen_reachable",
-    Census => "census",
-    DestroyEvents => "destroy_events",
-    Budget => "budget",
-    WorkerShutdownTimeout => "worker_shutdown_timeout",
-    HookAccess => "hook_access",
-    NginxFound => "nginx_found",
-});
-
-impl Check {
-    pub const ALL: [Check; 9] = [
-        Check::SharedPidNamespace,
-        Check::SignalPermission,
-        Check::ListenReachable,
-        Check::Census,
-        Check::DestroyEvents,
-        Check::Budget,
-        Check::WorkerShutdownTimeout,
-        Check::HookAccess,
-        Check::NginxFound,
-    ];
-
-    /// The hook cannot work at all while this fails.
-    pub fn is_blocking(self) -> bool {
-        matches!(
-            self,
-            Check::SharedPidNamespace
-                | Check::SignalPermission
-                | Check::ListenReachable
-                | Check::HookAccess
-                | Check::NginxFound
-        )
-    }
-}
-
-/// A failed check and its fix, in words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub check: Check,
-    pub blocking: bool,
-    pub message: String,
-}
+use crate::vocab::{ArrivalsSeen, CensusMethod, CensusSource, Check, Problem};
 
 /// What the checks look at.
 #[derive(Debug, Clone)]

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use nginx_drain::sockets::{Census, CensusMethod, PortFilter, Source, state};
+use nginx_drain::sockets::{Census, PortFilter, Source, state};
+use nginx_drain::vocab::CensusMethod;
 use testbed::Nginx;
 use testbed::NginxOptions;
 use testbed::load::{self, Style};

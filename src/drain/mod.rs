@@ -16,7 +16,6 @@
 //! `ReportSink` (metrics, report file) sees every final report before any
 //! hook does; the sidecar never exits while a drain runs.
 
-pub(crate) mod budget;
 pub(crate) mod outcome;
 pub(crate) mod quiet;
 pub(crate) mod record;
@@ -36,10 +35,11 @@ use tracing::Instrument;
 
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Locator, MasterHandle, NotFound, is_quitting, workers};
-use crate::report::{Clock, Durations, Outcome, Report, Snapshot, State, TrafficStatus, ms, rate2};
+use crate::report::{Clock, Durations, Report, Snapshot, State, TrafficStatus, ms, rate2};
 use crate::sockets::arrivals::Kind;
 use crate::sockets::monitor::{Monitor, MonitorConfig};
-use crate::wiring::{self, Check, Problem};
+use crate::vocab::{Check, Outcome, Problem};
+use crate::wiring::{self};
 
 /// How often the owner looks for a master while it has none (NGINX starting,
 /// or restarted after a drain). Not on the drain path.
@@ -438,12 +438,12 @@ impl Owner {
     fn log_fitting_shutdown_timeout(&self) {
         let (timeout, max_delay) = (self.config.drain_timeout, self.config.policy.max_delay);
         if let Some(t @ ShutdownTimeout::Set(d)) = &self.shutdown_timeout
-            && *d <= budget::max_worker_shutdown_timeout(timeout, max_delay)
+            && *d <= crate::budget::max_worker_shutdown_timeout(timeout, max_delay)
         {
             tracing::info!(
                 worker_shutdown_timeout = %t,
                 "nginx closes connections that never end by themselves (WebSockets, streams) inside the budget ({})",
-                budget::worker_shutdown_rule(timeout, max_delay)
+                crate::budget::worker_shutdown_rule(timeout, max_delay)
             );
         }
     }
@@ -746,12 +746,12 @@ mod tests {
     fn owner() -> Owner {
         let dir = std::env::temp_dir().join("nginx-drain-owner-test-none");
         let census = MonitorConfig {
-            method: crate::sockets::CensusMethod::Proc,
+            method: crate::vocab::CensusMethod::Proc,
             filter: Default::default(),
         };
         let (monitor, _) = Monitor::manual(crate::sockets::monitor::View::empty(
             Instant::now(),
-            crate::sockets::CensusMethod::Proc,
+            crate::vocab::CensusMethod::Proc,
             Default::default(),
         ));
         let (_, commands) = mpsc::channel(1);

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::budget::{max_worker_shutdown_timeout, worker_shutdown_rule};
+use crate::budget::{max_worker_shutdown_timeout, worker_shutdown_rule};
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::process::ExitStatus;
-use crate::report::{CutBy, Outcome};
+use crate::vocab::{CutBy, Outcome};
 
 /// How much earlier than SIGQUIT + worker_shutdown_timeout an exit may
 /// come and still be the timer's (signal delivery, timer granularity).

@@ -64,8 +64,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub(crate) use crate::report::QuitReason;
 use crate::sockets::arrivals::{ArrivalLog, Arrivals, HISTORY, Kind};
+pub(crate) use crate::vocab::QuitReason;
 
 /// The quiet period is this many typical gaps.
 pub(crate) const GAP_MULTIPLIER: u32 = 3;

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use crate::nginx::Worker;
 use crate::nginx::process::ExitStatus;
 use crate::report::{
-    ArrivalsSeen, CensusSource, Clock, ConnectionsReport, DrainPhase, Durations, Outcome, Progress,
-    QuitReason, Report, SamplePoint, Series, SignalMethod, TrafficReport, ms, rate2,
+    Clock, ConnectionsReport, Durations, Progress, Report, SamplePoint, Series, TrafficReport, ms,
+    rate2,
 };
 use crate::sockets::arrivals::Kind;
 use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenDetail, View};
+use crate::vocab::{ArrivalsSeen, CensusSource, DrainPhase, Outcome, QuitReason, SignalMethod};
 
 /// How many recent censuses' connection lists are kept.
 pub(crate) const RECENT_CENSUSES: usize = 8;

@@ -31,18 +31,17 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, sleep_until};
 
-use super::budget::{Budget, latest_sigquit};
 use super::outcome::{AtExit, Cut, classify, cut_moment};
-use super::quiet::{Quiet, QuitReason, Stream, quiet_period, sigquit_at};
+use super::quiet::{Quiet, Stream, quiet_period, sigquit_at};
 use super::record::{Record, Request};
 use super::target::{Child, Target};
+use crate::budget::{Budget, latest_sigquit};
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Sig, SignalError, Worker, is_quitting};
-use crate::report::{
-    CUT_PEERS_LISTED, ConnectionsReport, CutConn, DrainPhase, Outcome, Report, Snapshot, ms,
-};
+use crate::report::{CUT_PEERS_LISTED, ConnectionsReport, CutConn, Report, Snapshot, ms};
 use crate::sockets::arrivals::Kind;
 use crate::sockets::monitor::{Monitor, View};
+use crate::vocab::{DrainPhase, Outcome, QuitReason};
 
 /// How often a progress line is logged.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -387,7 +386,7 @@ impl<T: Target> Drain<T> {
         tracing::info!(
             arrivals_during_wait = self.rec.arrivals_during_wait(),
             requests_during_wait = self.rec.requests_during_wait(),
-            open = %crate::logging::json(self.rec.open_now()),
+            open = %crate::vocab::json(self.rec.open_now()),
             quiet_period_ms = self.rec.quiet_ms(),
             sigquit_in_ms = ms(at.saturating_duration_since(Instant::now())),
             "nginx keeps serving while new connections and requests arrive"
@@ -403,7 +402,7 @@ impl<T: Target> Drain<T> {
                 tracing::info!(
                     pid = self.pid(),
                     method = %self.rec.signal_method(),
-                    open = %crate::logging::json(self.rec.open_at_sigquit()),
+                    open = %crate::vocab::json(self.rec.open_at_sigquit()),
                     "SIGQUIT sent: nginx stops accepting and finishes in-flight requests"
                 );
                 Step::Next(Phase::AwaitExit)
@@ -453,7 +452,7 @@ impl<T: Target> Drain<T> {
                     tracing::info!(
                         pid = self.pid(),
                         workers_remaining = self.remaining.len(),
-                        open = %crate::logging::json(self.rec.open_now()),
+                        open = %crate::vocab::json(self.rec.open_now()),
                         budget_left_ms = ms(self.budget.left(Instant::now())),
                         "waiting for nginx to finish in-flight requests"
                     );
@@ -486,7 +485,7 @@ impl<T: Target> Drain<T> {
                 tracing::warn!(
                     pid = self.pid(),
                     workers_remaining = self.remaining.len(),
-                    open = %crate::logging::json(self.rec.open_now()),
+                    open = %crate::vocab::json(self.rec.open_now()),
                     budget_left_ms = ms(self.budget.left(Instant::now())),
                     "graceful quit did not finish within the budget: SIGTERM sent (fast shutdown) so that nginx is gone before the grace period ends"
                 );
@@ -638,7 +637,7 @@ impl<T: Target> Drain<T> {
                 pid = seen.master_pid,
                 outcome = outcome.as_str(),
                 cut = connections.cut,
-                cut_peers = %crate::logging::json(&connections.cut_peers.iter().map(|c| c.peer.as_str()).collect::<Vec<_>>()),
+                cut_peers = %crate::vocab::json(&connections.cut_peers.iter().map(|c| c.peer.as_str()).collect::<Vec<_>>()),
                 "{msg}"
             ),
         }

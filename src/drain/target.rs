@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use crate::nginx::config::{ShutdownTimeout, shutdown_timeout};
 use crate::nginx::process::{ChildWatch, ExitStatus};
-use crate::nginx::{Master, MasterHandle, Sig, SignalError, SignalMethod, Worker, workers};
+use crate::nginx::{Master, MasterHandle, Sig, SignalError, Worker, workers};
+use crate::vocab::SignalMethod;
 
 /// A boxed future borrowed from its owner.
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

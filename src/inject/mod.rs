@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde_norway::{Mapping, Value};
 
-use crate::drain::budget::max_worker_shutdown_timeout;
+use crate::budget::max_worker_shutdown_timeout;
 use controllers::{Controller, describe_hook, is_client_port};
 
 /// The sidecar's container name: how `inject` recognises its own work.

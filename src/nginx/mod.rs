@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub(crate) use process::{MasterHandle, Sig, SignalError, SignalMethod};
+pub(crate) use process::{MasterHandle, Sig, SignalError};
 use procfs::{Stat, parse_cmdline, parse_pid_file, parse_stat};
 
 /// The title nginx gives its master process (OpenResty's is the same).

@@ -15,6 +15,7 @@
 //! were not checked against the identified master just before, and never by
 //! pid when a pidfd exists.
 
+use crate::vocab::SignalMethod;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,23 +23,11 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
-use serde::Serialize;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::procfs::parse_status_uid;
 use super::{Master, NotFound, ProcId, identify, read_proc};
-
-/// How signals reach the master.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum SignalMethod {
-    /// Through a pidfd: never to a recycled pid.
-    Pidfd,
-    /// `kill(2)` after an identity check, on kernels without pidfds.
-    Kill,
-}
-words!(SignalMethod { Pidfd => "pidfd", Kill => "kill" });
 
 /// How often the fallback (no pidfd) checks `/proc` for the exit.
 const FALLBACK_EXIT_CHECK: Duration = Duration::from_millis(10);

@@ -19,104 +19,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::nginx::{Master, Worker};
-
-/// How a drain ended. `drained`, `streams_closed` and `not_running` are
-/// successes ([`Outcome::is_success`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// NGINX quit gracefully: every worker finished and the master exited,
-    /// and no connection was cut.
-    Drained,
-    /// NGINX quit gracefully, but closed connections that had not ended by
-    /// themselves (WebSockets, streams) at its `worker_shutdown_timeout`, as
-    /// the operator configured it. A success: the hook is answered 200.
-    StreamsClosed,
-    /// The graceful quit did not finish in the budget; NGINX was stopped
-    /// with SIGTERM (fast shutdown) before the budget ended.
-    Forced,
-    /// NGINX was still running when the budget ended, even after SIGTERM.
-    Timeout,
-    /// There was no NGINX master to drain.
-    NotRunning,
-    /// The master exited while its workers were still running: it was killed
-    /// (e.g. SIGKILL, OOM), so in-flight requests may have been cut.
-    NginxDied,
-    /// The sidecar could not act (permissions, a pid file naming another
-    /// process, several masters).
-    Error,
-}
-
-impl Outcome {
-    pub(crate) fn is_success(self) -> bool {
-        matches!(
-            self,
-            Outcome::Drained | Outcome::StreamsClosed | Outcome::NotRunning
-        )
-    }
-    /// The outcome's name in JSON, logs and metrics: written once, here.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Drained => "drained",
-            Outcome::StreamsClosed => "streams_closed",
-            Outcome::Forced => "forced",
-            Outcome::Timeout => "timeout",
-            Outcome::NotRunning => "not_running",
-            Outcome::NginxDied => "nginx_died",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-impl Serialize for Outcome {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-/// Who ended the connections that were still open when NGINX exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum CutBy {
-    /// NGINX itself, when its `worker_shutdown_timeout` fired after SIGQUIT.
-    NginxWorkerShutdownTimeout,
-    /// NGINX's fast shutdown after the sidecar's SIGTERM (the escalation).
-    Sigterm,
-}
-
-/// Why SIGQUIT went out when it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum QuitReason {
-    /// No new connection for the quiet period.
-    Quiet,
-    /// `--max-delay` after the hook, arrivals or not.
-    MaxDelay,
-    /// The budget needs the rest of its time for the graceful quit.
-    Budget,
-    /// NGINX was already shutting down: nothing to wait for.
-    AlreadyQuitting,
-}
-words!(QuitReason { Quiet => "quiet", MaxDelay => "max_delay", Budget => "budget", AlreadyQuitting => "already_quitting" });
-
-pub(crate) use crate::nginx::SignalMethod;
-pub(crate) use crate::sockets::{ArrivalsSeen, CensusSource};
-
-/// What a drain is doing, as `/status` says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum DrainPhase {
-    /// NGINX serves while new connections still arrive.
-    AwaitQuiet,
-    /// SIGQUIT is being sent.
-    Quit,
-    /// Waiting for NGINX to exit.
-    AwaitExit,
-    /// SIGTERM was sent: the budget is nearly spent.
-    Forcing,
-    /// Over; the counts are final.
-    Done,
-}
-words!(DrainPhase { AwaitQuiet => "await_quiet", Quit => "quit", AwaitExit => "await_exit", Forcing => "forcing", Done => "done" });
+use crate::vocab::{
+    ArrivalsSeen, CensusSource, CutBy, DrainPhase, Outcome, Problem, QuitReason, SignalMethod,
+};
 
 /// Maps monotonic instants to wall-clock time, anchored once at the hook's
 /// arrival. All decisions use the monotonic clock; a wall-clock jump during a
@@ -447,7 +352,7 @@ pub(crate) enum State {
 pub(crate) struct Snapshot {
     /// The wiring checks that fail now, each with its fix
     /// (`crate::wiring`).
-    pub(crate) problems: Vec<crate::wiring::Problem>,
+    pub(crate) problems: Vec<Problem>,
     pub(crate) state: State,
     /// Why the sidecar is in this state, in words.
     pub(crate) detail: String,

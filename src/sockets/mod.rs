@@ -16,11 +16,10 @@ pub mod procnet;
 pub mod routes;
 pub(crate) mod sampler;
 
+use crate::vocab::CensusMethod;
 use std::collections::BTreeSet;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-
-use serde::Serialize;
+use std::net::SocketAddr;
 
 pub(crate) use census::CensusBuilder;
 pub use census::{Census, NewConns, PortFilter};
@@ -81,43 +80,6 @@ impl Sock {
             state::ESTABLISHED | state::SYN_RECV | state::NEW_SYN_RECV | state::CLOSE_WAIT
         )
     }
-}
-
-/// Where the connection counts come from, as the report and `/status` say
-/// (what [`CensusMethod`] turned out to be).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CensusSource {
-    /// NETLINK_SOCK_DIAG.
-    Netlink,
-    /// /proc/net/tcp and tcp6, the fallback.
-    Proc,
-    /// No census can be taken.
-    Unavailable,
-}
-words!(CensusSource { Netlink => "netlink", Proc => "proc", Unavailable => "unavailable" });
-
-/// Which arrivals are seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ArrivalsSeen {
-    /// Censuses and the kernel's destroy events: every connection.
-    EveryConnection,
-    /// Censuses alone: connections that clients closed first between two
-    /// censuses are not seen.
-    CensusOnly,
-}
-words!(ArrivalsSeen { EveryConnection => "every_connection", CensusOnly => "census_only" });
-
-/// Where the census comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CensusMethod {
-    /// NETLINK_SOCK_DIAG, falling back to /proc when netlink is refused.
-    Auto,
-    /// NETLINK_SOCK_DIAG only.
-    Netlink,
-    /// /proc/net/tcp and /proc/net/tcp6 only.
-    Proc,
 }
 
 /// A source of socket dumps. Netlink is tried first (fast, ~4 ms for 10k
@@ -275,16 +237,6 @@ impl Source {
 
 /// `::ffff:a.b.c.d` (an IPv4 client on a dual-stack socket) as `a.b.c.d`,
 /// so that peer ranges and ports match whatever the socket family.
-pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@
 //! the kernel; this module holds the task that drives it, the handle the
 //! drain and the HTTP server use, and the view it publishes.
 
+use crate::vocab::{ArrivalsSeen, CensusMethod, CensusSource};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,8 +37,8 @@ use tokio::time::Instant;
 use super::arrivals::ArrivalLog;
 use super::counters::Snmp;
 use super::sampler::{Kernel, Look, Sampler, Sources};
-use super::{ArrivalsSeen, CensusSource};
-use super::{CensusMethod, PortFilter, counters};
+
+use super::{PortFilter, counters};
 
 /// How often the accept counter is read while idle.
 pub(crate) const IDLE_EVERY: Duration = Duration::from_millis(200);
@@ -296,7 +297,7 @@ impl Monitor {
     pub(crate) fn learn_kubelet(&self, ip: IpAddr) {
         let _ = self
             .learn
-            .send(super::canonical(std::net::SocketAddr::new(ip, 0)).ip());
+            .send(crate::vocab::canonical(std::net::SocketAddr::new(ip, 0)).ip());
     }
 
     /// A monitor with no sampling task: the caller publishes the views.

@@ -9,6 +9,7 @@
 //! read ([`Activity`]): the census needs state, endpoints, queues, and
 //! whether the client sent data since the last look.
 
+use crate::vocab::canonical;
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use netlink_packet_sock_diag::inet::{
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NlAddr};
 
-use super::{Activity, Sock, canonical};
+use super::{Activity, Sock};
 
 // Kernel ABI (include/uapi/linux/inet_diag.h) that netlink-packet-sock-diag
 // does not export: the bytecode filter's opcodes.

@@ -1,10 +1,11 @@
 //! The fallback census: /proc/net/tcp and /proc/net/tcp6 of this network
 //! namespace. About 4x slower than netlink, but always readable.
 
+use crate::vocab::canonical;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{Sock, canonical};
+use super::Sock;
 
 /// Why a line of /proc/net/tcp{,6} was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

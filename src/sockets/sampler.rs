@@ -11,6 +11,7 @@
 //! connection counts once; censuses are spaced by their own CPU cost; the
 //! kubelet's probes are budgeted, not ignored (`probes`).
 
+use crate::vocab::CensusMethod;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
@@ -29,7 +30,7 @@ use super::monitor::{
 };
 use super::netlink::DestroyWatch;
 use super::probes::{self, ProbeBudget};
-use super::{Census, CensusMethod, NewConns, PortFilter, Sock, Source};
+use super::{Census, NewConns, PortFilter, Sock, Source};
 
 /// Censuses are at least this many times their own CPU cost apart while
 /// idle (at most 2 % of a core)...
@@ -593,7 +594,7 @@ impl<S: Sources> Sampler<S> {
         // wall time includes every other process's turns, and censuses
         // spaced by that would see new connections late.
         self.census_cost = done.cpu;
-        tracing::trace!(conns = census.conns.len(), open = %crate::logging::json(&census.open), new = new.n, requests = new.requests.n, cost_us = self.census_cost.as_micros() as u64, "census");
+        tracing::trace!(conns = census.conns.len(), open = %crate::vocab::json(&census.open), new = new.n, requests = new.requests.n, cost_us = self.census_cost.as_micros() as u64, "census");
         if census.open.values().any(|n| *n > 0) {
             // Open connections without `tcp_info` (/proc, or a kernel
             // older than 4.6): requests on them cannot be seen.

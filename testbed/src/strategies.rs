@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use super::client::{self, Failure};
 use super::load::{self, LoadStats};
 use super::{Nginx, NginxOptions, Sidecar};
-use nginx_drain::sockets::{CensusMethod, PortFilter, Source};
+use nginx_drain::sockets::{PortFilter, Source};
+use nginx_drain::vocab::CensusMethod;
 
 /// A preStop strategy.
 #[derive(Debug, Clone, Copy, PartialEq)]

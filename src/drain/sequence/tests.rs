@@ -12,8 +12,9 @@ use crate::drain::target::{BoxFuture, ExitWatch};
 use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::process::ExitStatus;
 use crate::nginx::{Master, ProcId};
-use crate::report::{CensusSource, Clock, CutBy, DrainPhase, QuitReason, SignalMethod};
-use crate::sockets::CensusMethod;
+use crate::report::Clock;
+use crate::vocab::{CensusMethod, CensusSource, CutBy, DrainPhase, QuitReason, SignalMethod};
+
 use crate::sockets::arrivals::{ArrivalLog, Arrivals};
 use crate::sockets::monitor::{OpenConn, OpenDetail, Sample};
 

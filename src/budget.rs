@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::report::QuitReason;
+use crate::vocab::QuitReason;
 
 /// Time we keep between giving up and the end of the budget, to write the
 /// answer before the kubelet stops waiting.
