@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::nginx::{Locator, PidFileError};
 use crate::report::Report;
 use crate::sockets::PortFilter;
-use crate::sockets::monitor::MonitorConfig;
+use crate::sockets::view::MonitorConfig;
 use crate::{drain, http};
 
 /// Exit codes, as in linkerd-await: each means one thing. [`Error::exit_code`]

@@ -37,7 +37,8 @@ use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Locator, MasterHandle, NotFound, is_quitting, workers};
 use crate::report::{Clock, Durations, Report, Snapshot, State, TrafficStatus, ms, rate2};
 use crate::sockets::arrivals::Kind;
-use crate::sockets::monitor::{Monitor, MonitorConfig};
+use crate::sockets::monitor::Monitor;
+use crate::sockets::view::MonitorConfig;
 use crate::vocab::{Check, Outcome, Problem};
 use crate::wiring::{self};
 
@@ -749,7 +750,7 @@ mod tests {
             method: crate::vocab::CensusMethod::Proc,
             filter: Default::default(),
         };
-        let (monitor, _) = Monitor::manual(crate::sockets::monitor::View::empty(
+        let (monitor, _) = Monitor::manual(crate::sockets::view::View::empty(
             Instant::now(),
             crate::vocab::CensusMethod::Proc,
             Default::default(),

@@ -16,7 +16,7 @@ use crate::report::{
     rate2,
 };
 use crate::sockets::arrivals::Kind;
-use crate::sockets::monitor::{FAST_CENSUS_EVERY, OpenDetail, View};
+use crate::sockets::view::{FAST_CENSUS_EVERY, OpenDetail, View};
 use crate::vocab::{ArrivalsSeen, CensusSource, DrainPhase, Outcome, QuitReason, SignalMethod};
 
 /// How many recent censuses' connection lists are kept.
@@ -99,7 +99,7 @@ pub(crate) struct CensusOpen {
 }
 
 impl CensusOpen {
-    fn of(at: Instant, s: &crate::sockets::monitor::Sample) -> CensusOpen {
+    fn of(at: Instant, s: &crate::sockets::view::Sample) -> CensusOpen {
         CensusOpen {
             at,
             done: s.done.unwrap_or(at).max(at),

@@ -40,7 +40,8 @@ use crate::nginx::config::ShutdownTimeout;
 use crate::nginx::{Sig, SignalError, Worker, is_quitting};
 use crate::report::{CUT_PEERS_LISTED, ConnectionsReport, CutConn, Report, Snapshot, ms};
 use crate::sockets::arrivals::Kind;
-use crate::sockets::monitor::{Monitor, View};
+use crate::sockets::monitor::Monitor;
+use crate::sockets::view::View;
 use crate::vocab::{DrainPhase, Outcome, QuitReason};
 
 /// How often a progress line is logged.

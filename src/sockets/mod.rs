@@ -15,6 +15,7 @@ pub(crate) mod probes;
 pub mod procnet;
 pub mod routes;
 pub(crate) mod sampler;
+pub(crate) mod view;
 
 use crate::vocab::CensusMethod;
 use std::collections::BTreeSet;

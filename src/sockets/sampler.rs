@@ -25,11 +25,11 @@ use tokio::time::Instant;
 
 use super::arrivals::{ArrivalLog, Arrivals, FewPeers, add_peers, take_probes};
 use super::census::conn_id;
-use super::monitor::{
-    FAST_CENSUS_EVERY, MonitorConfig, OpenConn, OpenDetail, Sample, Shared, TICK, View,
-};
 use super::netlink::DestroyWatch;
 use super::probes::{self, ProbeBudget};
+use super::view::{
+    FAST_CENSUS_EVERY, MonitorConfig, OpenConn, OpenDetail, Sample, Shared, TICK, View,
+};
 use super::{Census, NewConns, PortFilter, Sock, Source};
 
 /// Censuses are at least this many times their own CPU cost apart while

@@ -16,7 +16,7 @@ use crate::report::Clock;
 use crate::vocab::{CensusMethod, CensusSource, CutBy, DrainPhase, QuitReason, SignalMethod};
 
 use crate::sockets::arrivals::{ArrivalLog, Arrivals};
-use crate::sockets::monitor::{OpenConn, OpenDetail, Sample};
+use crate::sockets::view::{OpenConn, OpenDetail, Sample};
 
 const MS: Duration = Duration::from_millis(1);
 const TICK: Duration = Duration::from_millis(100);

@@ -13,8 +13,9 @@ use super::*;
 use crate::sockets::Activity;
 use crate::sockets::arrivals::Kind;
 use crate::sockets::counters::Snmp;
-use crate::sockets::monitor::{Counter, Monitor};
+use crate::sockets::monitor::Monitor;
 use crate::sockets::state;
+use crate::sockets::view::Counter;
 
 /// What the scripted kernel holds.
 #[derive(Default)]
