@@ -61,7 +61,7 @@ pub(crate) type Body = Full<Bytes>;
 
 /// Access and behaviour of the HTTP surface.
 #[derive(Debug, Clone)]
-pub(crate) struct Options {
+pub(crate) struct Config {
     /// Required bearer token for `/prestop` and `/status`.
     pub(crate) token: Option<Arc<TokenFile>>,
     /// Required bearer token for `/metrics`.
@@ -76,9 +76,9 @@ pub(crate) struct Options {
     pub(crate) learn_kubelet: bool,
 }
 
-impl Default for Options {
+impl Default for Config {
     fn default() -> Self {
-        Options {
+        Config {
             token: None,
             metrics_token: None,
             access: Arc::new(Access::new(Vec::new(), false, Vec::new())),
@@ -185,7 +185,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     handle: Handle,
     metrics: Arc<Metrics>,
-    opts: Options,
+    opts: Config,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -225,7 +225,7 @@ pub(crate) async fn serve(
                     let opts = opts2.clone();
                     let busy = Busy::new(&slot2);
                     async move {
-                        let ctx = Ctx { conn, handle: &handle, metrics: &metrics, opts: &opts };
+                        let ctx = Exchange { conn, handle: &handle, metrics: &metrics, opts: &opts };
                         let r = route(req, ctx).await;
                         drop(busy);
                         r
@@ -274,7 +274,7 @@ const KUBELET_AGENTS: [&[u8]; 2] = [b"kube-probe/", b"kube-lifecycle/"];
 /// kubelet the rule would refuse is a wiring problem). A hook without the
 /// kubelet's User-Agent (a person with curl, a script) teaches nothing: its
 /// address may be a client's.
-fn learn_kubelet(ctx: &Ctx<'_>) {
+fn learn_kubelet(ctx: &Exchange<'_>) {
     let peer = ctx.conn.peer.ip();
     let admitted = ctx.opts.access.note_kubelet(peer);
     if ctx.opts.learn_kubelet && admitted {
@@ -296,17 +296,17 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
 }
 
 /// What every handler needs.
-pub(crate) struct Ctx<'a> {
+pub(crate) struct Exchange<'a> {
     pub(crate) conn: Conn,
     pub(crate) handle: &'a Handle,
     pub(crate) metrics: &'a Metrics,
-    pub(crate) opts: &'a Options,
+    pub(crate) opts: &'a Config,
 }
 
 /// Routes one request.
 pub(crate) async fn route(
     req: Request<Incoming>,
-    ctx: Ctx<'_>,
+    ctx: Exchange<'_>,
 ) -> Result<Response<Body>, ResetConnection> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -441,7 +441,10 @@ fn refusal(
 /// or 403 counts as a successful hook, it goes on to stop NGINX, and NGINX
 /// takes the fast shutdown. So with `--on-failure reset` the refusal resets
 /// the connection too and the kubelet records FailedPreStopHook.
-fn refused_hook(ctx: &Ctx<'_>, refusal: Response<Body>) -> Result<Response<Body>, ResetConnection> {
+fn refused_hook(
+    ctx: &Exchange<'_>,
+    refusal: Response<Body>,
+) -> Result<Response<Body>, ResetConnection> {
     let status = refusal.status();
     ctx.metrics.observe_hook(status.as_str());
     let fix = if status == StatusCode::FORBIDDEN {
@@ -469,7 +472,7 @@ fn refused_hook(ctx: &Ctx<'_>, refusal: Response<Body>) -> Result<Response<Body>
 
 /// `/prestop`: start or join the drain and answer with its report (or, on
 /// failure with `--on-failure reset`, reset the connection).
-async fn prestop(ctx: &Ctx<'_>) -> Result<Response<Body>, ResetConnection> {
+async fn prestop(ctx: &Exchange<'_>) -> Result<Response<Body>, ResetConnection> {
     let peer = ctx.conn.peer;
     let resp = match ctx.handle.prestop(peer).await {
         Some(report) if !report.outcome.is_success() && ctx.opts.on_failure == OnFailure::Reset => {

@@ -42,7 +42,7 @@ pub enum InspectError {
 }
 
 /// Where the sidecar serves and the token its hook needs.
-struct Target {
+struct Sidecar {
     addr: SocketAddr,
     token: Option<String>,
 }
@@ -82,9 +82,9 @@ fn serve_args() -> Result<ServeArgs, InspectError> {
     Err(InspectError::NoServer)
 }
 
-fn target(args: &InspectArgs) -> Result<Target, InspectError> {
+fn target(args: &InspectArgs) -> Result<Sidecar, InspectError> {
     if let Some(addr) = args.url {
-        return Ok(Target {
+        return Ok(Sidecar {
             addr,
             token: read_token(args.token_file.as_ref())?,
         });
@@ -96,25 +96,25 @@ fn target(args: &InspectArgs) -> Result<Target, InspectError> {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
-    Ok(Target {
+    Ok(Sidecar {
         addr: SocketAddr::new(ip, serve.listen.port()),
         token: read_token(args.token_file.as_ref().or(serve.token_file.as_ref()))?,
     })
 }
 
+/// The token the sidecar serves with, read as the sidecar reads it (one
+/// token, surrounding whitespace dropped, an empty file refused).
 fn read_token(path: Option<&PathBuf>) -> Result<Option<String>, InspectError> {
     path.map(|p| {
-        std::fs::read_to_string(p)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| {
-                InspectError::Args(format!("cannot read the token file {}: {e}", p.display()))
-            })
+        crate::auth::read_token(p)
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .map_err(|e| InspectError::Args(e.to_string()))
     })
     .transpose()
 }
 
 /// GET `path` (HTTP/1.1, `Connection: close`); the status and body.
-fn get(t: &Target, path: &str) -> Result<(u16, String), InspectError> {
+fn get(t: &Sidecar, path: &str) -> Result<(u16, String), InspectError> {
     let unreachable = |error| InspectError::Unreachable {
         addr: t.addr.to_string(),
         error,
@@ -145,7 +145,7 @@ fn get(t: &Target, path: &str) -> Result<(u16, String), InspectError> {
     Ok((status, body.to_string()))
 }
 
-fn status_json(t: &Target) -> Result<Value, InspectError> {
+fn status_json(t: &Sidecar) -> Result<Value, InspectError> {
     let (status, body) = get(t, "/status")?;
     if status != 200 {
         return Err(InspectError::Refused {

@@ -60,19 +60,7 @@ fn injected(args: &nginx_drain::cli::InjectArgs) -> ExitCode {
         eprintln!("nginx-drain inject: cannot read {from}: {e}");
         return ExitCode::from(serve::exit::CONFIG);
     }
-    let opts = nginx_drain::inject::Options {
-        image: args.image.clone(),
-        container: args.container.clone(),
-        uid: args.uid,
-        ports: args.ports.clone(),
-        native: args.native,
-        grace_period: args.grace_period,
-        margin: args.margin,
-        max_delay: args.max_delay,
-        hook_port: args.hook_port,
-        allow_cidrs: args.allow_cidrs.clone(),
-    };
-    match nginx_drain::inject::inject(&input, &opts) {
+    match nginx_drain::inject::inject(&input, args) {
         Ok(done) => {
             for n in &done.notes {
                 eprintln!("nginx-drain inject: {n}");

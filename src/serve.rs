@@ -102,7 +102,7 @@ pub struct ListenError {
 #[derive(Debug)]
 pub struct Prepared {
     pub(crate) drain: drain::Config,
-    pub(crate) http: http::Options,
+    pub(crate) http: http::Config,
     pub listener: std::net::TcpListener,
     /// Where to write each final report (atomically), if anywhere.
     pub report_file: Option<PathBuf>,
@@ -216,7 +216,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
                 },
             },
         },
-        http: http::Options {
+        http: http::Config {
             token,
             metrics_token,
             access: access.clone(),

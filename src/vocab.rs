@@ -6,6 +6,7 @@
 //! ARCHITECTURE.md).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -247,4 +248,28 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 /// which JSON lines embed as a value and text lines show as it is.
 pub(crate) fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| format!("\"unserializable: {e}\""))
+}
+
+/// An NGINX time (`worker_shutdown_timeout 240s;`, and the controllers'
+/// ConfigMap keys that become one): `30s`, `1m30s`, `500ms`, or a bare
+/// number of seconds.
+pub(crate) fn parse_nginx_time(v: &str) -> Option<Duration> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse().ok().map(Duration::from_secs);
+    }
+    humantime::parse_duration(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_times() {
+        assert_eq!(parse_nginx_time("240s"), Some(Duration::from_secs(240)));
+        assert_eq!(parse_nginx_time("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_nginx_time("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_nginx_time("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_nginx_time("soon"), None);
+    }
 }

@@ -193,7 +193,8 @@ pub(crate) fn spawn(
     )
 }
 
-struct Drain {
+/// The drain in flight: where its report comes and goes, and whom it drains.
+struct InFlight {
     report: ReportRx,
     /// Where its report goes: the task sends through it, and the owner too
     /// if the task fails, so that hooks already waiting get an answer.
@@ -212,7 +213,7 @@ struct Owner {
     /// The master being watched; kept after its exit until a new one appears.
     master: Option<Arc<MasterHandle>>,
     /// The drain of `master`, running or finished.
-    drain: Option<Drain>,
+    drain: Option<InFlight>,
     /// The last "not found" reason, logged once per change.
     last_problem: Option<NotFound>,
     shutdown: watch::Receiver<bool>,
@@ -617,7 +618,7 @@ impl Owner {
             s.state = State::Draining;
             s.detail = "a drain is in progress".to_string();
         });
-        self.drain = Some(Drain {
+        self.drain = Some(InFlight {
             report: rx.clone(),
             publish,
             task: Some(task),
@@ -818,7 +819,7 @@ mod tests {
                 r.clone()
             }
         });
-        owner.drain = Some(Drain {
+        owner.drain = Some(InFlight {
             report: rx,
             publish,
             task: None,

@@ -47,31 +47,10 @@ use crate::vocab::{DrainPhase, Outcome, QuitReason};
 /// How often a progress line is logged.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// The states of one drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    AwaitQuiet,
-    Quit,
-    AwaitExit,
-    Forcing,
-}
-
-impl Phase {
-    /// The phase as `/status` names it.
-    pub(crate) fn reported(self) -> DrainPhase {
-        match self {
-            Phase::AwaitQuiet => DrainPhase::AwaitQuiet,
-            Phase::Quit => DrainPhase::Quit,
-            Phase::AwaitExit => DrainPhase::AwaitExit,
-            Phase::Forcing => DrainPhase::Forcing,
-        }
-    }
-}
-
 /// What a phase ended with.
 enum Step {
     /// Go on with this phase.
-    Next(Phase),
+    Next(DrainPhase),
     /// The master exited.
     Exited,
     /// The drain is over without an exit (an error, or the budget ran out).
@@ -86,13 +65,15 @@ pub(crate) async fn run<T: Target>(
     snapshot: Arc<watch::Sender<Snapshot>>,
     monitor: Monitor,
 ) -> Report {
-    let mut drain = Drain::start(target, req, snapshot, monitor);
+    let mut drain = Running::start(target, req, snapshot, monitor);
     let mut phase = drain.first_phase();
     loop {
         let step = match phase {
-            Phase::AwaitQuiet => drain.await_quiet().await,
-            Phase::Quit => drain.quit(),
-            Phase::AwaitExit | Phase::Forcing => drain.await_exit(phase).await,
+            DrainPhase::AwaitQuiet => drain.await_quiet().await,
+            DrainPhase::Quit => drain.quit(),
+            DrainPhase::AwaitExit | DrainPhase::Forcing => drain.await_exit(phase).await,
+            // The end is a step's (`Exited`, `GiveUp`), never a next phase.
+            DrainPhase::Done => return drain.finish(),
         };
         match step {
             Step::Next(next) => phase = next,
@@ -103,7 +84,7 @@ pub(crate) async fn run<T: Target>(
 }
 
 /// One drain in progress: what it acts on, what it watches, what it saw.
-struct Drain<T> {
+struct Running<T> {
     target: Arc<T>,
     budget: Budget,
     /// The latest SIGQUIT, and why it would go out then.
@@ -123,13 +104,13 @@ struct Drain<T> {
     rec: Record,
 }
 
-impl<T: Target> Drain<T> {
+impl<T: Target> Running<T> {
     fn start(
         target: Arc<T>,
         req: Request,
         snapshot: Arc<watch::Sender<Snapshot>>,
         monitor: Monitor,
-    ) -> Drain<T> {
+    ) -> Running<T> {
         let budget = Budget::new(req.clock.mono, req.timeout);
         let latest = latest_sigquit(&budget, req.timeout, req.policy.max_delay);
         let master = target.master().clone();
@@ -166,7 +147,7 @@ impl<T: Target> Drain<T> {
             workers,
             &first,
         );
-        Drain {
+        Running {
             target,
             budget,
             latest,
@@ -192,24 +173,24 @@ impl<T: Target> Drain<T> {
 
     /// AwaitQuiet, unless NGINX is already quitting: then there is nothing
     /// to wait for and no SIGQUIT to send.
-    fn first_phase(&mut self) -> Phase {
+    fn first_phase(&mut self) -> DrainPhase {
         if is_quitting(self.rec.workers_at_start()) {
             self.rec.already_quitting();
             tracing::info!(
                 pid = self.pid(),
                 "nginx is already shutting down: not waiting for traffic, not sending another SIGQUIT"
             );
-            Phase::AwaitExit
+            DrainPhase::AwaitExit
         } else {
-            Phase::AwaitQuiet
+            DrainPhase::AwaitQuiet
         }
     }
 
     /// Publishes the drain's progress for `/status`.
-    fn publish(&self, phase: Phase, due: Option<Instant>) {
+    fn publish(&self, phase: DrainPhase, due: Option<Instant>) {
         let now = Instant::now();
         let progress = self.rec.progress(
-            phase.reported(),
+            phase,
             self.budget.left(now),
             self.remaining.values().cloned().collect(),
             due,
@@ -309,7 +290,7 @@ impl<T: Target> Drain<T> {
             self.rec.observe(&view);
             let now = Instant::now();
             let (at, reason) = self.sigquit_due(&view, now);
-            self.publish(Phase::AwaitQuiet, Some(at));
+            self.publish(DrainPhase::AwaitQuiet, Some(at));
             // The last look before a quiet SIGQUIT: anything accepted that
             // this view does not account for may be an arrival, and a
             // request on an open connection shows only in a census: one
@@ -329,7 +310,7 @@ impl<T: Target> Drain<T> {
                 self.monitor.census_now();
             } else if now >= at {
                 self.quiet_reached(reason, now, &view);
-                return Step::Next(Phase::Quit);
+                return Step::Next(DrainPhase::Quit);
             }
             let wake = if stale { self.latest.0 } else { at };
             tokio::select! {
@@ -396,7 +377,7 @@ impl<T: Target> Drain<T> {
 
     /// Sends the one SIGQUIT: graceful shutdown.
     fn quit(&mut self) -> Step {
-        self.publish(Phase::Quit, None);
+        self.publish(DrainPhase::Quit, None);
         match self.target.signal(Sig::Quit) {
             Ok(()) => {
                 self.rec.sigquit_sent(Instant::now());
@@ -406,7 +387,7 @@ impl<T: Target> Drain<T> {
                     open = %crate::vocab::json(self.rec.open_at_sigquit()),
                     "SIGQUIT sent: nginx stops accepting and finishes in-flight requests"
                 );
-                Step::Next(Phase::AwaitExit)
+                Step::Next(DrainPhase::AwaitExit)
             }
             Err(SignalError::Exited(_)) => Step::Exited,
             Err(e) => {
@@ -419,7 +400,7 @@ impl<T: Target> Drain<T> {
 
     /// Waits for the master's exit; at `escalate_at` sends SIGTERM (once)
     /// and goes on as Forcing; at `give_up_at` answers `timeout`.
-    async fn await_exit(&mut self, phase: Phase) -> Step {
+    async fn await_exit(&mut self, phase: DrainPhase) -> Step {
         loop {
             self.publish(phase, None);
             tokio::select! {
@@ -437,9 +418,9 @@ impl<T: Target> Drain<T> {
                         self.observe_after_quit();
                     }
                 }
-                _ = sleep_until(self.budget.escalate_at), if phase == Phase::AwaitExit => {
+                _ = sleep_until(self.budget.escalate_at), if phase == DrainPhase::AwaitExit => {
                     self.escalate();
-                    return Step::Next(Phase::Forcing);
+                    return Step::Next(DrainPhase::Forcing);
                 }
                 _ = sleep_until(self.budget.give_up_at) => {
                     let msg = format!(

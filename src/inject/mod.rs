@@ -28,37 +28,11 @@ use std::time::Duration;
 use serde_norway::{Mapping, Value};
 
 use crate::budget::max_worker_shutdown_timeout;
+use crate::cli::InjectArgs;
 use controllers::{Controller, describe_hook, is_client_port};
 
 /// The sidecar's container name: how `inject` recognises its own work.
 pub(crate) const SIDECAR: &str = "nginx-drain";
-
-/// What to inject, from the command line.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The sidecar's image.
-    pub image: String,
-    /// The NGINX container, by name (otherwise found by its image).
-    pub container: Option<String>,
-    /// The UID NGINX's master runs as (otherwise from the pod spec or the
-    /// controller's known default).
-    pub uid: Option<i64>,
-    /// NGINX's client ports (otherwise the NGINX container's ports that are
-    /// not metrics, admin, status or webhook ports).
-    pub ports: Vec<u16>,
-    /// A native sidecar (Kubernetes 1.29+) or a regular container.
-    pub native: bool,
-    /// The pod's terminationGracePeriodSeconds (otherwise kept, or 30).
-    pub grace_period: Option<u32>,
-    /// Seconds of the grace period kept back from the drain budget.
-    pub margin: u32,
-    /// The sidecar's `--max-delay`.
-    pub max_delay: Duration,
-    /// The sidecar's port (hook, probes, metrics).
-    pub hook_port: u16,
-    /// The sidecar's `--allow-cidr`s, besides the kubelet's addresses.
-    pub allow_cidrs: Vec<ipnet::IpNet>,
-}
 
 /// Why a stream cannot be injected. Each names the object and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +64,7 @@ struct ConfigMap {
 }
 
 /// Injects the sidecar into every workload of `input` that runs NGINX.
-pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
+pub fn inject(input: &str, opts: &InjectArgs) -> Result<Injected, InjectError> {
     let mut docs = stream::split(input);
     let mut trees = Vec::with_capacity(docs.len());
     let mut values: Vec<Option<Value>> = Vec::with_capacity(docs.len());
@@ -115,7 +89,7 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
             }
         });
     }
-    let mut ctx = Ctx {
+    let mut ctx = Wiring {
         opts,
         notes: &mut notes,
         configmaps: &configmaps,
@@ -190,8 +164,8 @@ fn label(obj: &Value) -> String {
 }
 
 /// What wiring one object needs besides the object.
-struct Ctx<'a> {
-    opts: &'a Options,
+struct Wiring<'a> {
+    opts: &'a InjectArgs,
     notes: &'a mut Vec<String>,
     /// The stream's ConfigMaps before any edit.
     configmaps: &'a [ConfigMap],
@@ -205,7 +179,7 @@ struct Ctx<'a> {
 }
 
 /// Wires one object (a `List`'s items each); true when it changed.
-fn wire_object(obj: &mut Value, ctx: &mut Ctx<'_>) -> Result<bool, InjectError> {
+fn wire_object(obj: &mut Value, ctx: &mut Wiring<'_>) -> Result<bool, InjectError> {
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
     let what = label(obj);
     ctx.namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
@@ -260,7 +234,7 @@ fn wire_object(obj: &mut Value, ctx: &mut Ctx<'_>) -> Result<bool, InjectError> 
 
 /// Where an object of a kind inject does not know runs an NGINX image: the
 /// path of the `containers` list and the container's name.
-fn runs_nginx(v: &Value, opts: &Options, path: &str) -> Option<(String, String)> {
+fn runs_nginx(v: &Value, opts: &InjectArgs, path: &str) -> Option<(String, String)> {
     match v {
         Value::Mapping(m) => {
             if let Some(containers) = m.get("containers").and_then(Value::as_sequence) {
@@ -357,7 +331,7 @@ fn has_sidecar(pod: &Value) -> bool {
 fn find_nginx(
     pod: &Value,
     what: &str,
-    opts: &Options,
+    opts: &InjectArgs,
     notes: &mut Vec<String>,
     found_named: &mut bool,
 ) -> Result<Option<(usize, Controller)>, InjectError> {
@@ -461,14 +435,10 @@ fn find_configmap<'a>(
         .or_else(|| named().find(|c| same_namespace(c.namespace.as_deref(), namespace)))
 }
 
-/// Seconds in an NGINX/Go duration as the controllers take it (`240s`,
-/// `1m30s`, `10`): None when unreadable.
+/// Seconds in an NGINX time as the controllers take it (`240s`, `1m30s`,
+/// `10`): None when unreadable.
 fn seconds(text: &str) -> Option<f64> {
-    let t = text.trim();
-    if let Ok(n) = t.parse::<f64>() {
-        return Some(n);
-    }
-    humantime::parse_duration(t).ok().map(|d| d.as_secs_f64())
+    crate::vocab::parse_nginx_time(text.trim()).map(|d| d.as_secs_f64())
 }
 
 fn apply_config_edit(
@@ -523,7 +493,7 @@ fn worker_shutdown(
     controller: Controller,
     limit: Duration,
     what: &str,
-    ctx: &mut Ctx<'_>,
+    ctx: &mut Wiring<'_>,
 ) -> Option<u64> {
     let key = controller.shutdown_timeout_key()?;
     let (in_arg, name) = configmap_name(nginx, key.arg)?;
@@ -598,7 +568,7 @@ fn worker_shutdown_env(
     controller: Controller,
     limit: Duration,
     what: &str,
-    ctx: &mut Ctx<'_>,
+    ctx: &mut Wiring<'_>,
 ) -> Option<(u64, Option<String>)> {
     let var = controller.shutdown_timeout_env()?;
     let limit_secs = limit.as_secs();
@@ -645,7 +615,7 @@ fn set_env(container: &mut Value, name: &str, value: &str) {
 }
 
 /// Wires one pod spec; true when it changed.
-fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, InjectError> {
+fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Wiring<'_>) -> Result<bool, InjectError> {
     let opts = ctx.opts;
     if has_sidecar(pod) {
         ctx.notes
@@ -777,7 +747,7 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Ctx<'_>) -> Result<bool, Inje
 /// Kubernetes' 30 s) and the drain budget it leaves; refused under 3 s.
 fn grace_and_budget(
     what: &str,
-    opts: &Options,
+    opts: &InjectArgs,
     in_spec: Option<i64>,
 ) -> Result<(i64, i64), InjectError> {
     let grace = match (opts.grace_period, in_spec) {
@@ -827,7 +797,7 @@ fn set_drain_hook(lifecycle: &mut Value, port: u16) -> Option<String> {
 
 /// The sidecar container.
 fn sidecar(
-    opts: &Options,
+    opts: &InjectArgs,
     budget: i64,
     grace: i64,
     ports: &[u16],
@@ -936,7 +906,7 @@ fn sidecar(
 fn wire_nginx_proxy(
     obj: &mut Value,
     what: &str,
-    opts: &Options,
+    opts: &InjectArgs,
     notes: &mut Vec<String>,
 ) -> Result<bool, InjectError> {
     let Some(k8s) = obj.get_mut("spec").and_then(|s| s.get_mut("kubernetes")) else {

@@ -122,7 +122,7 @@ pub(crate) fn shutdown_timeout(master: &Master) -> ShutdownTimeout {
     };
     match reader.main_directive(conf, "worker_shutdown_timeout", 0) {
         Ok(None) => ShutdownTimeout::Unset,
-        Ok(Some((v, file))) => match parse_time(&v) {
+        Ok(Some((v, file))) => match crate::vocab::parse_nginx_time(&v) {
             Some(d) => ShutdownTimeout::Set(d),
             None => ShutdownTimeout::Unknown(format!(
                 "worker_shutdown_timeout {v:?} in {} is not a time",
@@ -305,14 +305,6 @@ pub(crate) fn top_level(text: &str, name: &str) -> Option<String> {
         .next_back()
 }
 
-/// An nginx time: `30s`, `1m30s`, `500ms`, or a bare number of seconds.
-pub(crate) fn parse_time(v: &str) -> Option<Duration> {
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        return v.parse().ok().map(Duration::from_secs);
-    }
-    humantime::parse_duration(v).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,15 +334,6 @@ http {
             ),
             None
         );
-    }
-
-    #[test]
-    fn nginx_times() {
-        assert_eq!(parse_time("240s"), Some(Duration::from_secs(240)));
-        assert_eq!(parse_time("10"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_time("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_time("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_time("soon"), None);
     }
 
     fn master(title: &str) -> Master {
