@@ -188,13 +188,13 @@ fn assert_clean_with(name: &str, p: &Phase, nginx_exits: &[i64]) {
     }
 }
 
-/// The manifest README gives for wiring by hand (the YAML block after "The
-/// wiring by hand"), as users copy it.
+/// The manifest docs/controllers.md gives for wiring by hand (the YAML
+/// block after "The wiring by hand"), as users copy it.
 fn readme_manifest() -> String {
-    let readme = std::fs::read_to_string("README.md").unwrap();
+    let readme = std::fs::read_to_string("docs/controllers.md").unwrap();
     let from = readme
         .find("The wiring by hand")
-        .expect("README's manifest section");
+        .expect("docs/controllers.md's manifest section");
     let block = &readme[from..];
     let start = block.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
     let end = start + block[start..].find("```").unwrap();
@@ -205,7 +205,7 @@ fn readme_manifest() -> String {
 const NOT_SERVED: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
 
 /// Every render the chart tests check (the chart's value sets, each overlay
-/// on its upstream chart) and README's manifest, created with `kubectl create --dry-run=server`,
+/// on its upstream chart) and docs/controllers.md's manifest, created with `kubectl create --dry-run=server`,
 /// each in a namespace of its own that enforces and warns `restricted`:
 /// accepted, and no Pod Security warning for a workload's template. Each
 /// pod template is also created as a Pod (`--dry-run=server`), where the
@@ -224,7 +224,7 @@ fn server_side_dry_run(c: &Cluster) {
                 .map(|r| (r.case, r.yaml)),
         );
     }
-    all.push(("README's manifest".into(), readme_manifest()));
+    all.push(("docs/controllers.md's manifest".into(), readme_manifest()));
     let mut pods = 0;
     for (n, (case, yaml)) in all.iter().enumerate() {
         let ns = format!("dry-run-{n}");

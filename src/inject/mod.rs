@@ -226,7 +226,7 @@ fn wire_object(obj: &mut Value, ctx: &mut Wiring<'_>) -> Result<bool, InjectErro
         _ => match runs_nginx(obj, ctx.opts, "") {
             None => Ok(false),
             Some((path, container)) => Err(InjectError::Refused(format!(
-                "{what}: runs NGINX (container {container} at {path}), but inject does not know the kind {kind}: wire it by hand (README: Wiring by hand), or give inject the Deployment, DaemonSet or StatefulSet that it makes, or leave it out of inject's input"
+                "{what}: runs NGINX (container {container} at {path}), but inject does not know the kind {kind}: wire it by hand (docs/controllers.md: the wiring by hand), or give inject the Deployment, DaemonSet or StatefulSet that it makes, or leave it out of inject's input"
             ))),
         },
     }
@@ -882,7 +882,7 @@ fn sidecar(
             ("containerPort", Value::from(opts.hook_port)),
         ])]),
     );
-    // Readiness is the wiring: 503 while miswired (see the README).
+    // Readiness is the wiring: 503 while miswired (docs/operations.md).
     set(&mut c, "readinessProbe", probe("/wiring"));
     set(&mut c, "livenessProbe", probe("/healthz"));
     set(

@@ -45,7 +45,7 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let args = DemoArgs::parse();
-    logging::init(&args.log);
+    logging::init(args.log.log_format, &args.log.log_level);
     let rt = match testbed::runtime() {
         Ok(rt) => rt,
         Err(e) => {
