@@ -307,8 +307,21 @@ impl Access {
                         .is_empty()))
     }
 
+    /// What the kubelet's requests showed, judged by the rule as it is
+    /// now: an address refused before the CNI added the pod's default
+    /// route (the kubelet probes as soon as the container starts) is
+    /// admitted once the route is read, and is no wiring problem then.
     pub(crate) fn kubelet_seen(&self) -> KubeletSeen {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let before = seen.refused.len();
+        seen.refused.retain(|p| !self.admits(*p));
+        if seen.refused.len() < before {
+            seen.admitted = true;
+            let mut kept = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            kept.admitted = true;
+            kept.refused.retain(|p| seen.refused.contains(p));
+        }
+        seen
     }
 
     /// The rule in words, for logs and refusals.
@@ -383,9 +396,20 @@ mod tests {
         for refused in ["10.244.1.9", "192.168.5.8", "::ffff:10.244.1.9"] {
             assert!(!access.admits(ip(refused)), "{refused}");
         }
-        // A route added after the start is found on a later miss.
+        // The kubelet probed before the CNI added the route: refused then.
+        assert!(!access.note_kubelet(ip("::ffff:10.244.1.254")));
+        assert_eq!(access.kubelet_seen().refused, [ip("10.244.1.254")]);
+        // A route added after the start is found on a later miss, and the
+        // kubelet's earlier refusal is no wiring problem any more.
         gateways.lock().unwrap().push(ip("10.244.1.254"));
         std::thread::sleep(REREAD_GATEWAYS);
+        assert_eq!(
+            access.kubelet_seen(),
+            KubeletSeen {
+                admitted: true,
+                refused: Vec::new()
+            }
+        );
         assert!(access.admits(ip("10.244.1.254")));
         assert!(
             access.describe().contains("10.244.1.254"),

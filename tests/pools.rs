@@ -9,10 +9,11 @@
 //!   pod down about 3 s later and its pool stops. Its pool churns: HAProxy
 //!   closes idle connections and opens new ones as requests need them
 //!   (`pool-purge-delay 1s`; 5 s by default), so new connections from the
-//!   balancer keep arriving until it stops (they are its pool's requests,
-//!   not new clients: the drain must not wait out their sparse gaps). No request may fail by
-//!   HAProxy's own log, every download must arrive whole, and the old pod
-//!   must be gone within about a second of HAProxy marking it down.
+//!   balancer keep arriving until it stops; they are judged as new
+//!   connections (from one address, a balancer's cannot be told from
+//!   clients behind SNAT). No request may fail by HAProxy's own log, every
+//!   download must arrive whole, and the quiet rule (not `--max-delay`)
+//!   must end the wait.
 //! - **Proxy pool, like an ingress controller**: an NGINX front proxy with
 //!   `upstream { ... keepalive 32; }`, no retry of a request once sent
 //!   (`proxy_next_upstream off`, as for a POST), which drops the pod from
@@ -330,8 +331,13 @@ fn haproxy_l7(rig: &Rig, work: &Path) {
         "haproxy: SIGQUIT {:.3} s and NGINX gone {gone_after_down:.3} s after HAProxy marked the pod down",
         secs_between(down, sigquit)
     );
+    // HAProxy's pool churns (pool-purge-delay 1s): its new connections are
+    // judged as new connections, so the quit waits about three of their
+    // gaps after the last one; the quiet rule, never --max-delay, ends it.
+    // (The time is a benchmark's figure; this bound only catches a hang.)
+    assert_eq!(r["traffic"]["sigquit_reason"], "quiet", "{r:#}");
     assert!(
-        gone_after_down < 1.5,
+        gone_after_down < 10.0,
         "the old pod gone {gone_after_down:.3} s after HAProxy marked it down"
     );
     assert!(

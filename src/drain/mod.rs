@@ -491,10 +491,12 @@ impl Owner {
             max_delay: self.config.policy.max_delay,
             grace_period: w.grace_period,
             shutdown_timeout: self.shutdown_timeout.clone(),
+            // `seen` first: judging it may read the routes again, which
+            // the rule's description then shows.
             hook_access: w.access.kubelet_only().then(|| wiring::HookAccess {
-                rule: w.access.describe(),
-                knows_an_address: w.access.knows_an_address(),
                 seen: w.access.kubelet_seen(),
+                knows_an_address: w.access.knows_an_address(),
+                rule: w.access.describe(),
             }),
             nginx_missing: self.nginx_missing(),
         });

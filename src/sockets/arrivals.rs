@@ -206,36 +206,6 @@ impl ArrivalLog {
         taken
     }
 
-    /// Moves the new connections from `ip` (a peer just found to hold a
-    /// keep-alive pool) to requests: they opened its pool, and its new
-    /// connections come and stop with its requests (see
-    /// `Census::pool_peers`). Samples of many peers cannot tell and keep
-    /// theirs. Returns how many moved. (Rare: once per pooling address.)
-    pub(crate) fn pool_found(&mut self, ip: IpAddr) -> u64 {
-        let old = std::mem::replace(self, ArrivalLog::new(self.since));
-        let mut moved = 0u64;
-        let mut listed = old.peers.into_iter();
-        for (mut e, c) in old.entries.into_iter().zip(old.peer_counts) {
-            if c == REQUESTS {
-                self.record_requests(e);
-                continue;
-            }
-            let mut peers: Option<Vec<(IpAddr, u32)>> =
-                (c != MANY).then(|| listed.by_ref().take(usize::from(c)).collect());
-            if let Some(list) = &mut peers
-                && let Some(i) = list.iter().position(|(p, _)| *p == ip)
-            {
-                let (_, k) = list.remove(i);
-                let k = k.min(e.n);
-                e.n -= k;
-                moved += u64::from(k);
-                self.record_requests(Arrivals { n: k, ..e });
-            }
-            self.record_from(e, peers.map(Vec::into_boxed_slice));
-        }
-        moved
-    }
-
     pub(crate) fn last_arrival(&self) -> Option<Instant> {
         self.entries.back().map(|e| e.at)
     }
@@ -370,66 +340,6 @@ mod tests {
         assert_eq!(log.forgive_probes(kubelet, &mut budget), 4);
         assert_eq!(log.total(), 90);
         assert_eq!(log.events(), 3, "the probe-only sample is gone");
-    }
-
-    /// A peer found to hold a pool: its new connections so far opened its
-    /// pool, and become requests of it, in place; other peers' stay new
-    /// connections, and a sample of many peers cannot tell.
-    #[test]
-    fn a_pooling_peers_connections_become_requests_of_its_pool() {
-        let t0 = Instant::now();
-        let balancer: IpAddr = "10.2.0.9".parse().unwrap();
-        let client: IpAddr = "10.2.0.7".parse().unwrap();
-        let s = Duration::from_millis(200);
-        let mut log = ArrivalLog::new(t0);
-        let at = |k: u32| t0 + s * k;
-        log.record_from(
-            Arrivals {
-                at: at(1),
-                span: s,
-                n: 2,
-            },
-            Some([(balancer, 2)].into()),
-        );
-        log.record_from(
-            Arrivals {
-                at: at(2),
-                span: s,
-                n: 3,
-            },
-            Some([(balancer, 1), (client, 2)].into()),
-        );
-        log.record_requests(Arrivals {
-            at: at(3),
-            span: s,
-            n: 7,
-        });
-        log.record_from(
-            Arrivals {
-                at: at(4),
-                span: s,
-                n: 30,
-            },
-            None,
-        );
-        assert_eq!(log.pool_found(balancer), 3);
-        assert_eq!(log.total(), 2 + 3 + 7 + 30, "nothing lost");
-        assert_eq!(log.last_of(Kind::Connections), Some(at(4)));
-        let kinds: Vec<(u32, Kind)> = log.entries_with_kind().map(|(e, k)| (e.n, k)).collect();
-        assert_eq!(
-            kinds,
-            [
-                (2, Kind::Requests),
-                (1, Kind::Requests),
-                (2, Kind::Connections),
-                (7, Kind::Requests),
-                (30, Kind::Connections)
-            ]
-        );
-        // The client's peers are still known (the kubelet's probes can
-        // still be taken back from such a record).
-        assert_eq!(log.pool_found(client), 2);
-        assert_eq!(log.pool_found(client), 0);
     }
 
     /// A record dated before the last one (requests a census dates back)

@@ -87,13 +87,6 @@ pub struct Census {
     /// idle (nothing queued either way: NGINX closes these at SIGQUIT).
     pub(crate) pooled_open: u32,
     pub(crate) pooled_idle: u32,
-    /// The peers that held a pooled connection open at this census (a
-    /// balancer's address; few). A new connection from one is a request of
-    /// its pool, not a new client: a balancer that pools opens another
-    /// connection only for a request its pool cannot take at once, or when
-    /// it has closed an idle one (HAProxy's `pool-purge-delay`), so its new
-    /// connections stop when its requests do.
-    pub(crate) pool_peers: Vec<IpAddr>,
 }
 
 /// What the census knows of one connection (8 bytes).
@@ -121,11 +114,6 @@ pub(crate) struct ConnState {
 
 const WAS_KNOWN: u8 = 1;
 const WAS_OPEN: u8 = 2;
-
-/// At most this many pool peers are remembered (a pool is a balancer's or
-/// an ingress controller's: a few addresses; a crowd of keep-alive clients
-/// beyond this is judged as new connections).
-const MAX_POOL_PEERS: usize = 64;
 
 /// How many of the oldest open connections a census with detail keeps by
 /// name (the report lists at most this many cut connections).
@@ -202,20 +190,6 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// A new connection from a peer that holds a pool: its first request.
-    /// `counted`: its later requests were counted already (and with them
-    /// the connection).
-    fn add_pool_connection(&mut self, a: Option<&Activity>, counted: bool) {
-        self.n = self.n.saturating_add(1);
-        self.conns += u32::from(!counted);
-        if let Some(a) = a {
-            self.latest_ms_ago = Some(
-                self.latest_ms_ago
-                    .map_or(a.last_data_recv_ms, |m| m.min(a.last_data_recv_ms)),
-            );
-        }
-    }
-
     fn add(&mut self, n: u32, a: &Activity) {
         if n == 0 {
             return;
@@ -349,8 +323,6 @@ pub(crate) struct CensusBuilder<'a> {
     /// New connections, as (id, peer): few, so kept with their peers.
     new: Vec<(ConnId, IpAddr)>,
     requests: Requests,
-    /// The peers holding a pooled connection in this census.
-    pool_peers: Vec<IpAddr>,
 }
 
 impl<'a> CensusBuilder<'a> {
@@ -394,7 +366,6 @@ impl<'a> CensusBuilder<'a> {
             tick,
             new: Vec::new(),
             requests: Requests::default(),
-            pool_peers: Vec::new(),
         }
     }
 
@@ -489,10 +460,6 @@ impl<'a> CensusBuilder<'a> {
             if pooled {
                 self.c.pooled_open += 1;
                 self.c.pooled_idle += u32::from(a.queued == 0);
-                if !self.pool_peers.contains(&s.peer.ip()) && self.pool_peers.len() < MAX_POOL_PEERS
-                {
-                    self.pool_peers.push(s.peer.ip());
-                }
             }
             if self.had_before {
                 self.requests.add(requests, &a);
@@ -511,10 +478,7 @@ impl<'a> CensusBuilder<'a> {
             } else {
                 open && was & WAS_OPEN == 0
             };
-            if is_new && self.c.pool_peers.contains(&s.peer.ip()) {
-                self.requests
-                    .add_pool_connection(s.activity.as_ref().filter(|_| open), requests > 0);
-            } else if is_new {
+            if is_new {
                 self.new.push((id, s.peer.ip()));
             }
         }
@@ -531,7 +495,6 @@ impl<'a> CensusBuilder<'a> {
         let generation = self.c.generation;
         // Connections no longer listed are gone.
         self.c.conns.retain(|_, st| st.generation == generation);
-        self.c.pool_peers = std::mem::take(&mut self.pool_peers);
         self.new.sort_unstable_by_key(|(id, _)| *id);
         self.new.dedup_by_key(|(id, _)| *id);
         let arrivals = NewConns {
@@ -848,56 +811,6 @@ mod tests {
         );
         assert_eq!(new.requests, Requests::default());
         assert!(!d.activity_seen);
-    }
-
-    /// A balancer that pools opens a new connection for a request its pool
-    /// cannot take, or after closing an idle one: from a peer that holds a
-    /// pooled connection, a new connection is a request of its pool (its
-    /// requests' silence says it stopped); from another peer, a client.
-    #[test]
-    fn a_new_connection_from_a_pooling_peer_is_a_request_of_its_pool() {
-        let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
-        let mut seen = BTreeSet::new();
-        let take = |socks: &[Sock], before: Option<Census>, seen: &mut BTreeSet<u16>| {
-            Census::take_with(socks, &filter(), seen, before, (None, 0), false)
-        };
-        let pool = "10.2.0.9:40000";
-        let (a, _) = take(&[l, active(pool, 1, 1, 5, 0)], None, &mut seen);
-        assert!(a.pool_peers.is_empty());
-        let (b, new) = take(&[l, active(pool, 4, 4, 5, 0)], Some(a), &mut seen);
-        assert_eq!((new.n, new.requests.n), (0, 3));
-        assert_eq!(b.pool_peers, ["10.2.0.9".parse::<IpAddr>().unwrap()]);
-        let (c, new) = take(
-            &[
-                l,
-                active(pool, 4, 4, 900, 0),
-                // The balancer's new connection, with a second request.
-                active("10.2.0.9:40001", 2, 2, 20, 0),
-                // One it opened and closed again: its destroy event
-                // reports it (see the monitor).
-                sock(state::TIME_WAIT, "10.1.0.5:80", "10.2.0.9:40002"),
-                // A client of its own.
-                active("10.2.0.7:41000", 1, 1, 10, 0),
-            ],
-            Some(b),
-            &mut seen,
-        );
-        assert_eq!(new.n, 1, "the other peer's connection is new");
-        assert_eq!(
-            new.peers.as_deref(),
-            Some(&[("10.2.0.7".parse().unwrap(), 1)][..])
-        );
-        assert_eq!(
-            new.requests,
-            Requests {
-                n: 2,
-                conns: 1,
-                latest_ms_ago: Some(20)
-            },
-            "two requests on the balancer's new connection"
-        );
-        // Its pool idle for a census: still a pool (it holds the connection).
-        assert_eq!(c.pool_peers.len(), 1);
     }
 
     #[test]

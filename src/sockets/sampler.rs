@@ -259,10 +259,6 @@ pub(crate) struct Sampler<S: Sources> {
     kubelet: Vec<(IpAddr, ProbeBudget)>,
     /// Arrivals from destroy events not recorded yet, by peer.
     short: Vec<IpAddr>,
-    /// Of those, the ones from a peer holding a pool: requests.
-    pool_short: u32,
-    /// The peers found holding a keep-alive pool so far.
-    pools_known: Vec<IpAddr>,
     /// Accepts not accounted for at the last tick.
     unattributed: u64,
     /// Arrivals recorded since the last census (its sample's count).
@@ -322,8 +318,6 @@ impl<S: Sources> Sampler<S> {
             accepted_at_census: None,
             ended_unseen: 0,
             short: Vec::new(),
-            pool_short: 0,
-            pools_known: Vec::new(),
             kubelet: Vec::new(),
             unattributed: 0,
             since_census: 0,
@@ -360,10 +354,6 @@ impl<S: Sources> Sampler<S> {
         let mut budget = ProbeBudget::default();
         let taken = self.log.forgive_probes(ip, &mut budget);
         self.kubelet.push((ip, budget));
-        // Not a balancer's pool from now on (see `pools_found`).
-        if let Some(prev) = &mut self.prev {
-            prev.pool_peers.retain(|p| *p != ip);
-        }
         tracing::info!(
             peer = %ip,
             probes_taken_back = taken,
@@ -413,15 +403,6 @@ impl<S: Sources> Sampler<S> {
                 add_peers(Some(Box::default()), &short),
             );
         }
-        if self.pool_short > 0 {
-            let n = std::mem::take(&mut self.pool_short);
-            self.log_changed = true;
-            self.log.record_requests(Arrivals {
-                at: Instant::now(),
-                span: Duration::ZERO,
-                n,
-            });
-        }
     }
 
     /// Accounts for the connections that ended (see [`Sampler::read_destroyed`]).
@@ -448,15 +429,7 @@ impl<S: Sources> Sampler<S> {
             }
             self.ended_unseen += 1;
             tracing::trace!(local = %s.local, peer = %s.peer, state = s.state, counted, "ended unseen");
-            if !(counted && self.filter.peer_counts(&s.peer)) {
-                continue;
-            }
-            if prev.pool_peers.contains(&s.peer.ip()) {
-                // A pooling balancer's connection, opened and closed
-                // between two censuses: a request of its pool (see
-                // `Census::pool_peers`).
-                self.pool_short += 1;
-            } else {
+            if counted && self.filter.peer_counts(&s.peer) {
                 self.short.push(s.peer.ip());
             }
         }
@@ -576,7 +549,7 @@ impl<S: Sources> Sampler<S> {
         // earlier than they may have come; the sample is as fresh as its
         // start (what came after may be unseen).
         let at_end = Instant::now();
-        let (mut census, new) = match done.result {
+        let (census, new) = match done.result {
             Ok(c) => {
                 self.failing = false;
                 c
@@ -616,7 +589,6 @@ impl<S: Sources> Sampler<S> {
             self.record(at_end, span, arrivals, add_peers(new.peers, &short));
             self.record_requests(at_end, &new.requests);
         }
-        self.pools_found(&mut census);
         self.accepted_at_census = accepted;
         self.ended_unseen = 0;
         self.unattributed = 0;
@@ -655,29 +627,6 @@ impl<S: Sources> Sampler<S> {
         self.since_census = self.since_census.saturating_add(n);
         self.log_changed |= n > 0;
         self.log.record_from(Arrivals { at, span, n }, peers);
-    }
-
-    /// A peer newly found holding a keep-alive pool: its new connections
-    /// so far opened its pool, and are requests of it (see
-    /// `Census::pool_peers`). Never the kubelet's address: it opens a
-    /// connection per probe, and clients a node masquerades to its address
-    /// are not one balancer.
-    fn pools_found(&mut self, census: &mut Census) {
-        let kubelet = &self.kubelet;
-        census
-            .pool_peers
-            .retain(|ip| !kubelet.iter().any(|(k, _)| k == ip));
-        for ip in &census.pool_peers {
-            if self.pools_known.contains(ip) {
-                continue;
-            }
-            let moved = self.log.pool_found(*ip);
-            self.log_changed |= moved > 0;
-            tracing::debug!(peer = %ip, moved, "a peer holds a keep-alive pool: its new connections count as its requests");
-            if self.pools_known.len() < 64 {
-                self.pools_known.push(*ip);
-            }
-        }
     }
 
     /// Records the requests a census found on connections that were already

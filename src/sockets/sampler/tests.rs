@@ -113,14 +113,6 @@ impl Script {
         self.world.lock().unwrap().socks.push(s);
     }
 
-    /// A new connection from `peer` that carried its first request, with
-    /// `tcp_info` (netlink).
-    fn open_active(&self, peer: &str) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        self.pooled(peer);
-        self.segments.fetch_add(2, Ordering::Relaxed);
-    }
-
     /// A request and its reply on the open connection from `peer`: its
     /// counters move, and so does the namespace's segment counter (the
     /// accept counter does not). `ago_ms`: how long before the next census
@@ -496,48 +488,4 @@ async fn a_failed_census_keeps_the_one_before() {
     let v = m.view().borrow().clone();
     assert_eq!(v.log.total(), 1, "counted once the census works again");
     assert_eq!(first_seen(&v), Some(before), "its age is kept");
-}
-
-/// A balancer's pool: its first connection is a new connection until a
-/// census sees it carry a second request; from then on it was the pool's
-/// opening, and the balancer's new connections (opened for requests its
-/// pool cannot take, or after closing idle ones) are requests of its pool.
-/// Another peer's connection stays a new client.
-#[tokio::test(start_paused = true)]
-async fn a_balancers_new_connections_are_requests_of_its_pool() {
-    let k = Script::new();
-    let m = spawn(&k);
-    run_for(LOOK).await;
-    k.open_active("10.3.0.1:50000");
-    run_for(LOOK * 2).await;
-    let v = m.view().borrow().clone();
-    assert_eq!(v.log.total(), 1);
-    assert!(
-        v.log.last_of(Kind::Connections).is_some(),
-        "a new connection, so far"
-    );
-    k.request("10.3.0.1:50000", 0);
-    run_for(LOOK * 2).await;
-    let v = m.view().borrow().clone();
-    assert_eq!(v.log.last_of(Kind::Connections), None, "it opened a pool");
-    assert_eq!(v.log.total(), 2, "both requests of the pool");
-    k.open_active("10.3.0.1:50001");
-    run_for(LOOK * 2).await;
-    k.end("10.3.0.1:50002", true);
-    run_for(LOOK * 2).await;
-    let v = m.view().borrow().clone();
-    assert_eq!(v.log.last_of(Kind::Connections), None, "{:?}", v.log);
-    assert_eq!(
-        v.log.total(),
-        4,
-        "a pooled and a short connection: requests"
-    );
-    k.open_active("10.3.0.2:41000");
-    run_for(LOOK * 2).await;
-    let v = m.view().borrow().clone();
-    assert!(
-        v.log.last_of(Kind::Connections).is_some(),
-        "another peer: a client"
-    );
-    assert_eq!(v.log.total(), 5);
 }
