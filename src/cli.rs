@@ -265,6 +265,16 @@ pub struct ServeArgs {
     #[arg(long, env = "NGINX_DRAIN_REPORT_FILE", value_name = "PATH")]
     pub report_file: Option<PathBuf>,
 
+    /// Create a Kubernetes Event on the pod for each drain's outcome (reason
+    /// `Drained`, `DrainForced`…, the report's message), as `kubectl
+    /// describe pod` and event exporters show. Needs the pod's service
+    /// account token mounted, `create` on `events` in its namespace, and
+    /// the env `POD_UID` (downward API `metadata.uid`) beside `POD_NAME`
+    /// and `POD_NAMESPACE`. An Event that cannot be created is a log line;
+    /// the drain never waits on it.
+    #[arg(long, env = "NGINX_DRAIN_EVENTS", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub events: bool,
+
     /// Open HTTP connections before the oldest idle one is closed to make
     /// room (connections waiting on a drain are never closed). Lowered
     /// automatically to fit the process's file limit.

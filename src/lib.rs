@@ -12,6 +12,9 @@
 //!   quiet rule.
 //! - [`report`] is what is reported and the words for it (outcomes, quit
 //!   reasons): the JSON of `/prestop` and `/status`, the report file.
+//! - [`kube`] is all the sidecar knows of the Kubernetes API: the
+//!   in-cluster configuration and one call, an Event on its pod per drain
+//!   (`--events`).
 //! - [`http`] serves the hook and probes; [`metrics`] observes reports and
 //!   the snapshot; [`serve`] wires it all together, handles the sidecar's own
 //!   signals and maps errors to exit codes; [`cli`] is the flags.
@@ -53,6 +56,7 @@ pub mod drain;
 pub mod http;
 pub mod inject;
 pub mod inspect;
+pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod nginx;

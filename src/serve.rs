@@ -4,13 +4,14 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::auth::{Access, TokenError, TokenFile};
 use crate::cli::ServeArgs;
@@ -19,7 +20,8 @@ use crate::nginx::{Locator, PidFileError};
 use crate::report::Report;
 use crate::sockets::PortFilter;
 use crate::sockets::view::MonitorConfig;
-use crate::{drain, http};
+use crate::vocab::Outcome;
+use crate::{drain, http, kube};
 
 /// Exit codes, as in linkerd-await: each means one thing. [`Error::exit_code`]
 /// is the one place that maps an error to one.
@@ -106,6 +108,8 @@ pub struct Prepared {
     pub listener: std::net::TcpListener,
     /// Where to write each final report (atomically), if anywhere.
     pub report_file: Option<PathBuf>,
+    /// An Event on the pod for each drain (`--events`).
+    pub events: bool,
 }
 
 /// The whole `serve` command: check the configuration, start a small
@@ -226,6 +230,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared, ConfigError> {
         },
         listener,
         report_file: args.report_file.clone(),
+        events: args.events,
     })
 }
 
@@ -303,6 +308,7 @@ pub async fn run(
         http: http_opts,
         listener,
         report_file,
+        events,
     } = prepared;
     let listener = TcpListener::from_std(listener).map_err(Error::Listener)?;
     let local = listener.local_addr().ok();
@@ -331,8 +337,17 @@ pub async fn run(
         let _ = shutdown_tx.send(true);
     });
 
+    let events = events.then(kube::Events::in_cluster).and_then(|e| {
+        e.inspect(|e| {
+            tracing::info!(pod = %e.pod().name, uid = %e.pod().uid, "--events: each drain's outcome becomes an Event on the pod");
+        })
+        .inspect_err(|e| tracing::error!("no drain Events: {e}"))
+        .ok()
+    });
+    let posting: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
+    let posts = posting.clone();
     let on_report: drain::ReportSink = Arc::new(move |report: &Report| {
         observer.observe_report(report);
         if let Some(path) = &report_file
@@ -340,14 +355,58 @@ pub async fn run(
         {
             tracing::error!("cannot write --report-file {}: {e}", path.display());
         }
+        if let Some(events) = &events {
+            let events = events.clone();
+            let event = event_of(report);
+            let drain_id = report.drain_id.clone();
+            let task = tokio::spawn(async move {
+                match events.post(&event).await {
+                    Ok(()) => {
+                        tracing::info!(drain_id, reason = event.reason, "Event created on the pod")
+                    }
+                    Err(e) => tracing::warn!(
+                        drain_id,
+                        reason = event.reason,
+                        "the drain's Event was dropped: {e}"
+                    ),
+                }
+            });
+            posts.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        }
     });
     let (handle, owner) = drain::spawn(config, on_report, shutdown_rx);
     let (stop_http, stop_rx) = watch::channel(false);
     let server = tokio::spawn(http::serve(listener, handle, metrics, http_opts, stop_rx));
     let result = owner.await.map_err(Error::Owner);
+    // The Events still being created go out before the sidecar exits (each
+    // is bounded by kube::POST_LIMIT).
+    let pending = std::mem::take(&mut *posting.lock().unwrap_or_else(|e| e.into_inner()));
+    for task in pending {
+        let _ = tokio::time::timeout(kube::POST_LIMIT + Duration::from_secs(1), task).await;
+    }
     let _ = stop_http.send(true);
     let _ = server.await;
     let code = result.as_ref().map_or_else(Error::exit_code, |()| exit::OK);
     tracing::info!(code, "nginx-drain exiting");
     result
+}
+
+/// A drain's outcome in Kubernetes' words: a CamelCase reason, `Warning`
+/// when it did not succeed, and the report's one-sentence message (which
+/// names the fix on a failure).
+fn event_of(report: &Report) -> kube::Event {
+    let reason = match report.outcome {
+        Outcome::Drained => "Drained",
+        Outcome::StreamsClosed => "DrainedStreamsClosed",
+        Outcome::Forced => "DrainForced",
+        Outcome::Timeout => "DrainTimedOut",
+        Outcome::NotRunning => "NginxNotRunning",
+        Outcome::NginxDied => "NginxDied",
+        Outcome::Error => "DrainFailed",
+    };
+    kube::Event {
+        warning: !report.outcome.is_success(),
+        reason,
+        message: format!("drain {}: {}", report.drain_id, report.message),
+    }
 }

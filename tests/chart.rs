@@ -90,7 +90,44 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
             .iter()
             .map(|e| e["name"].as_str().unwrap())
             .collect();
-        assert_eq!(envs, ["POD_NAME", "POD_NAMESPACE", "POD_IP", "HOST_IP"]);
+        let events = sets.contains(&"events.enabled=true");
+        let mut want = vec![
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "POD_IP",
+            "HOST_IP",
+            "POD_UID",
+            "NODE_NAME",
+        ];
+        if events {
+            want.push("NGINX_DRAIN_EVENTS");
+        }
+        assert_eq!(envs, want, "{name}");
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        let api_mount = |c: &Value| {
+            c["volumeMounts"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+            })
+        };
+        if events {
+            // Create Events in this namespace, nothing else; the token in
+            // the sidecar only.
+            let role = kind(&objs, "Role")[0];
+            assert_eq!(
+                role["rules"],
+                serde_json::json!([{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]),
+                "{name}"
+            );
+            let binding = kind(&objs, "RoleBinding")[0];
+            let account = kind(&objs, "ServiceAccount")[0];
+            assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
+            assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+            assert!(api_mount(sidecar), "{name}: the sidecar has the API token");
+        } else {
+            assert!(kind(&objs, "Role").is_empty(), "{name}");
+            assert!(!api_mount(sidecar), "{name}");
+        }
         // No secret to copy: the hook is the kubelet's by its address.
         assert!(args.contains(&"--allow-kubelet=true"), "{name}: {args:?}");
         // Readiness is the wiring: a misconfigured pod never turns Ready.
@@ -104,6 +141,7 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
             .iter()
             .find(|c| c["name"] == "nginx")
             .unwrap();
+        assert!(!api_mount(nginx), "{name}: NGINX never gets the API token");
         let hook = &nginx["lifecycle"]["preStop"]["httpGet"];
         assert_eq!(hook["path"], "/prestop");
         assert_eq!(hook["port"], 10266);

@@ -83,6 +83,9 @@ fn chart_values() -> Vec<String> {
         "drain.image.repository=localhost/nginx-drain",
         &format!("drain.image.tag={version}"),
         "drain.image.pullPolicy=Never",
+        // Each drain's outcome as an Event on its pod (a Role, a
+        // ServiceAccount, the token projected into the sidecar only).
+        "events.enabled=true",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -121,6 +124,47 @@ fn install(c: &Cluster) -> Target {
         "nginx",
         DOWNLOAD_BYTES,
     )
+}
+
+/// Every old pod has one Event from its sidecar, as `kubectl describe pod`
+/// lists them (by the pod's name and uid): `Drained`, `Normal`, the
+/// report's drain id and message.
+fn assert_drain_events(c: &Cluster, p: &Phase) {
+    for pod in &p.pods {
+        let out = c.kubectl_ok(&[
+            "-n",
+            NS,
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={},involvedObject.kind=Pod", pod.name),
+            "-o",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ours: Vec<&serde_json::Value> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["source"]["component"] == "nginx-drain")
+            .collect();
+        assert_eq!(ours.len(), 1, "{}: one drain Event: {out}", pod.name);
+        let e = ours[0];
+        assert_eq!(e["reason"], "Drained", "{e:#}");
+        assert_eq!(e["type"], "Normal", "{e:#}");
+        assert!(e["involvedObject"]["uid"].is_string(), "{e:#}");
+        let id = pod.report["drain_id"].as_str().unwrap();
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains(id) && message.contains(pod.report["message"].as_str().unwrap()),
+            "{}: {message}",
+            pod.name
+        );
+        println!(
+            "{}: Event {} {}: {message}",
+            pod.name, e["type"], e["reason"]
+        );
+    }
 }
 
 /// What every phase must give the user.
@@ -804,6 +848,7 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     rollout::print("rollout restart", &p, DOWNLOAD_BYTES);
     assert_clean("rollout", &p);
     assert_eq!(p.pods.len(), 3);
+    assert_drain_events(&c, &p);
 
     // 2. Evictions through the Eviction API, as `kubectl drain` and cluster
     //    autoscalers make them: every pod, the PDB (minAvailable 1)

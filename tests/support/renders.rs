@@ -28,7 +28,7 @@ pub fn helm() -> Option<String> {
 }
 
 /// The chart's value sets that the tests render, each by name.
-pub const CHART_MATRIX: [(&str, &[&str]); 9] = [
+pub const CHART_MATRIX: [(&str, &[&str]); 10] = [
     (
         "your own nginx",
         &["charts/nginx-drain/examples/own-nginx-values.yaml"],
@@ -51,6 +51,7 @@ pub const CHART_MATRIX: [(&str, &[&str]); 9] = [
         ],
     ),
     ("service monitor", &["serviceMonitor.enabled=true"]),
+    ("drain events", &["events.enabled=true"]),
     (
         "alerts and dashboard",
         &["prometheusRule.enabled=true", "dashboard.enabled=true"],

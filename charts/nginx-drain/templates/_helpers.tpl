@@ -16,8 +16,14 @@
 {{- end -}}
 {{- end -}}
 
+{{/* A ServiceAccount is created when asked, or for drain Events when no
+account is named. */}}
+{{- define "nginx-drain.createServiceAccount" -}}
+{{- if or .Values.serviceAccount.create (and .Values.events.enabled (not .Values.serviceAccount.name)) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "nginx-drain.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
+{{- if include "nginx-drain.createServiceAccount" . -}}
 {{- default (include "nginx-drain.fullname" .) .Values.serviceAccount.name -}}
 {{- else -}}
 {{- default "default" .Values.serviceAccount.name -}}
@@ -191,6 +197,15 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
     # (hookAccess.kubelet).
     - name: HOST_IP
       valueFrom: {fieldRef: {fieldPath: status.hostIP}}
+    # The pod's uid and node, for the drain Events (events.enabled).
+    - name: POD_UID
+      valueFrom: {fieldRef: {fieldPath: metadata.uid}}
+    - name: NODE_NAME
+      valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+    {{- if .Values.events.enabled }}
+    - name: NGINX_DRAIN_EVENTS
+      value: "true"
+    {{- end }}
     {{- with .Values.drain.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -229,10 +244,19 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
     capabilities:
       drop: [ALL]
     seccompProfile: {type: RuntimeDefault}
-  {{- if .Values.token.enabled }}
+  {{- if or .Values.token.enabled .Values.events.enabled }}
   volumeMounts:
+    {{- if .Values.token.enabled }}
     - name: drain-token
       mountPath: /var/run/nginx-drain
       readOnly: true
+    {{- end }}
+    {{- if .Values.events.enabled }}
+    # The API token for the Events, in the sidecar only (the pod does not
+    # automount it).
+    - name: drain-api
+      mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+      readOnly: true
+    {{- end }}
   {{- end }}
 {{- end -}}
