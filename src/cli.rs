@@ -48,16 +48,64 @@ pub enum Command {
     /// namespace and the grace arithmetic in every workload that runs NGINX.
     /// What it did goes to stderr. Idempotent and deterministic.
     Inject(InjectArgs),
+    /// A mutating admission webhook (HTTPS) that wires Pods at CREATE by
+    /// the same rules as `inject`, for pods no pipeline renders (GitOps,
+    /// operators' Deployments): opt-in by the namespace label
+    /// `nginx-drain.io/inject=enabled` or the pod annotation
+    /// `nginx-drain.io/inject: enabled`; the annotation `disabled` opts a
+    /// pod out. A pod it cannot wire is admitted unchanged, with an
+    /// admission warning that says why. Install: charts/nginx-drain-webhook.
+    Webhook(WebhookArgs),
 }
 
-/// `nginx-drain inject`'s flags. Where a flag is not given, the value comes
-/// from the workload (its NGINX container's securityContext, ports and the
-/// pod's grace period) or from what inject knows of the controller.
+/// `nginx-drain webhook`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Address to serve admission reviews on (HTTPS only). `[::]:8443` is
+    /// dual-stack; in pods without IPv6 it falls back to 0.0.0.0:8443.
+    #[arg(long, env = "NGINX_DRAIN_WEBHOOK_LISTEN", default_value = "[::]:8443", value_parser = parse_listen, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// The serving certificate (PEM, the chain), read again when it
+    /// changes on disk (a rotated Secret): the API server's connections
+    /// keep being served by the old one until the new one loads.
+    #[arg(
+        long,
+        env = "NGINX_DRAIN_WEBHOOK_TLS_CERT",
+        default_value = "/etc/nginx-drain-webhook/tls/tls.crt",
+        value_name = "PATH"
+    )]
+    pub tls_cert: PathBuf,
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "NGINX_DRAIN_WEBHOOK_TLS_KEY",
+        default_value = "/etc/nginx-drain-webhook/tls/tls.key",
+        value_name = "PATH"
+    )]
+    pub tls_key: PathBuf,
+    #[command(flatten)]
+    pub wiring: WiringArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `nginx-drain inject`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct InjectArgs {
     /// The manifests to read; `-` or none: stdin.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub wiring: WiringArgs,
+}
+
+/// How a workload is wired: `inject`'s and `webhook`'s flags, one set for
+/// both (one implementation of the wiring). Where a flag is not given, the
+/// value comes from the workload (its NGINX container's securityContext,
+/// ports and the pod's grace period) or from what is known of the
+/// controller.
+#[derive(Debug, Clone, Args)]
+pub struct WiringArgs {
     /// The sidecar's image.
     #[arg(long, default_value = concat!("nginx-drain:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
     pub image: String,

@@ -15,6 +15,7 @@
 //! - [`kube`] is all the sidecar knows of the Kubernetes API: the
 //!   in-cluster configuration and one call, an Event on its pod per drain
 //!   (`--events`).
+//! - [`webhook`] serves `inject`'s wiring as a mutating admission webhook.
 //! - [`http`] serves the hook and probes; [`metrics`] observes reports and
 //!   the snapshot; [`serve`] wires it all together, handles the sidecar's own
 //!   signals and maps errors to exit codes; [`cli`] is the flags.
@@ -63,4 +64,5 @@ pub mod nginx;
 pub mod report;
 pub mod serve;
 pub mod sockets;
+pub mod webhook;
 pub mod wiring;

@@ -39,6 +39,16 @@ fn main() -> ExitCode {
         Command::Check(args) => inspected(inspect::check(&args)),
         Command::Status(args) => inspected(inspect::status(&args)),
         Command::Inject(args) => injected(&args),
+        Command::Webhook(args) => {
+            logging::init(args.log.log_format, &args.log.log_level);
+            match nginx_drain::webhook::main(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(serve::exit::CONFIG)
+                }
+            }
+        }
     }
 }
 
@@ -60,7 +70,7 @@ fn injected(args: &nginx_drain::cli::InjectArgs) -> ExitCode {
         eprintln!("nginx-drain inject: cannot read {from}: {e}");
         return ExitCode::from(serve::exit::CONFIG);
     }
-    match nginx_drain::inject::inject(&input, args) {
+    match nginx_drain::inject::inject(&input, &args.wiring) {
         Ok(done) => {
             for n in &done.notes {
                 eprintln!("nginx-drain inject: {n}");

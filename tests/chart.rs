@@ -495,3 +495,100 @@ fn the_rules_catch_what_the_api_server_would_reject() {
         .is_empty()
     );
 }
+
+/// The webhook's chart: lint, schemas, `restricted`, and what makes it safe
+/// to run cluster-wide: never blocks a pod, never sees its own namespace or
+/// kube-system, no RBAC, a caBundle that is the CA of the served pair.
+#[test]
+fn the_webhook_chart_renders_a_webhook_that_never_blocks_a_pod() {
+    let Some(helm) = helm() else { return };
+    let chart = "charts/nginx-drain-webhook";
+    let lint = Command::new(&helm)
+        .args(["lint", "--strict", chart])
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    for sets in [
+        &[][..],
+        &["annotationOptIn=false", "tls.certManager.enabled=true"][..],
+    ] {
+        let mut cmd = Command::new(&helm);
+        cmd.args(["template", "ndw", chart, "--namespace", "ndw"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let yaml = String::from_utf8(out.stdout).unwrap();
+        let objs = objects(&yaml);
+        let cert_manager = sets.contains(&"tls.certManager.enabled=true");
+        if !cert_manager {
+            // (cert-manager's kinds are not in Kubernetes' schemas.)
+            validate_workload(&yaml, Some("1.29.0"), "deployment");
+        }
+        let deploy = kind(&objs, "Deployment")[0];
+        // `restricted` (the API server enforces it in tests/cluster.rs).
+        let pod = &deploy["spec"]["template"]["spec"];
+        let c = &pod["containers"][0]["securityContext"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(c["allowPrivilegeEscalation"], false);
+        assert_eq!(c["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(deploy["spec"]["replicas"], 2);
+        assert_eq!(
+            deploy["spec"]["template"]["spec"]["automountServiceAccountToken"],
+            false
+        );
+        assert!(kind(&objs, "Role").is_empty() && kind(&objs, "ClusterRole").is_empty());
+        assert_eq!(kind(&objs, "PodDisruptionBudget").len(), 1);
+        let mwc = kind(&objs, "MutatingWebhookConfiguration")[0];
+        let hooks = mwc["webhooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), if sets.is_empty() { 2 } else { 1 });
+        for h in hooks {
+            assert_eq!(h["failurePolicy"], "Ignore");
+            assert_eq!(h["sideEffects"], "None");
+            assert_eq!(h["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+            let excluded = h["namespaceSelector"]["matchExpressions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["key"] == "kubernetes.io/metadata.name")
+                .unwrap();
+            assert_eq!(excluded["operator"], "NotIn");
+            for ns in ["ndw", "kube-system"] {
+                assert!(
+                    excluded["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|v| v == ns),
+                    "{ns} excluded: {excluded}"
+                );
+            }
+        }
+        if cert_manager {
+            assert_eq!(
+                mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+                "ndw/ndw-nginx-drain-webhook"
+            );
+            assert!(kind(&objs, "Secret").is_empty());
+        } else {
+            let secret = kind(&objs, "Secret")[0];
+            assert_eq!(
+                hooks[0]["clientConfig"]["caBundle"], secret["data"]["ca.crt"],
+                "the caBundle is the Secret's CA"
+            );
+        }
+    }
+}

@@ -939,8 +939,307 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
         assert_eq!(p.pods.len(), 2);
     }
 
+    // 6. The admission webhook: a labelled namespace's plain Deployment
+    //    wired at creation and rolled, opt-out and annotation opt-in, the
+    //    webhook down, and its certificate rotated while pods are created.
+    webhook_cases(&c);
+
     println!(
         "real-cluster cases: {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+const WEBHOOK_NS: &str = "nginx-drain-webhook";
+const WEB_NS: &str = "web";
+
+/// A plain NGINX Deployment and its Service, nothing of nginx-drain in it.
+fn plain_deployment(name: &str, replicas: u32) -> String {
+    json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": WEB_NS},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {
+                            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                            "containers": [{
+                                "name": "nginx",
+                                "image": "localhost/rig-nginx:1.22.1-nonroot",
+                                "imagePullPolicy": "Never",
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 2},
+                                "securityContext": {
+                                    "runAsUser": 101, "runAsGroup": 101, "runAsNonRoot": true,
+                                    "allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                            }],
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": WEB_NS},
+                "spec": {
+                    "selector": {"app": name},
+                    "ports": [{"port": 80, "targetPort": "http"}],
+                },
+            },
+        ],
+    })
+    .to_string()
+}
+
+/// The pods of `app` in the web namespace: (name, wired).
+fn web_pods(c: &Cluster, app: &str) -> Vec<(String, bool)> {
+    let v = c.kubectl_json(&["-n", WEB_NS, "get", "pods", "-l", &format!("app={app}")]);
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let wired = p["spec"]["initContainers"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "nginx-drain"))
+                && p["metadata"]["annotations"]["nginx-drain.io/injected"].is_string();
+            (p["metadata"]["name"].as_str().unwrap().to_string(), wired)
+        })
+        .collect()
+}
+
+fn webhook_helm(c: &Cluster, action: &str, extra: &[&str]) -> String {
+    let helm = std::env::var("NGINX_DRAIN_HELM").unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    let image_tag = format!("image.tag={version}");
+    let sidecar = format!("wiring.image=localhost/nginx-drain:{version}");
+    let bridge = format!("wiring.allowCIDRs={{{BRIDGE_IP}/32}}");
+    let mut args = vec![
+        helm.as_str(),
+        action,
+        "ndw",
+        "charts/nginx-drain-webhook",
+        "--namespace",
+        WEBHOOK_NS,
+        "--set",
+        "image.repository=localhost/nginx-drain",
+        "--set",
+        &image_tag,
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        &sidecar,
+        "--set",
+        &bridge,
+        "--wait",
+        "--timeout",
+        "180s",
+    ];
+    args.extend_from_slice(extra);
+    c.sh(&args)
+}
+
+fn webhook_cases(c: &Cluster) {
+    let started = Instant::now();
+    c.kubectl_ok(&["create", "namespace", WEBHOOK_NS]);
+    c.kubectl_ok(&[
+        "label",
+        "namespace",
+        WEBHOOK_NS,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    println!("{}", webhook_helm(c, "install", &[]));
+    c.kubectl_ok(&["create", "namespace", WEB_NS]);
+    c.kubectl_ok(&[
+        "label",
+        "namespace",
+        WEB_NS,
+        "nginx-drain.io/inject=enabled",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+
+    // A plain Deployment in the labelled namespace: wired at creation, and
+    // rolled under traffic without a failed request.
+    let out = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        plain_deployment("plain", 3).as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = rollout::ready_target(c, WEB_NS, "plain", "app=plain", "nginx", DOWNLOAD_BYTES);
+    let pods = web_pods(c, "plain");
+    assert!(
+        pods.len() == 3 && pods.iter().all(|(_, w)| *w),
+        "every pod wired by the webhook: {pods:?}"
+    );
+    let p = rollout::run(c, &t, 3, || {
+        c.kubectl_ok(&["-n", WEB_NS, "rollout", "restart", "deployment/plain"]);
+        rollout::rollout_status(c, &t);
+        "webhook-wired Deployment: kubectl rollout restart, rollout finished".into()
+    });
+    rollout::print("webhook-wired rollout restart", &p, DOWNLOAD_BYTES);
+    assert_clean("webhook-wired rollout", &p);
+
+    // Opt-out by annotation; opt-in by annotation elsewhere.
+    let pod = |ns: &str, name: &str, annotation: Option<&str>| {
+        let mut v = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {
+                // Admission is what is tested: the pods never run.
+                "nodeSelector": {"nginx-drain.io/test": "never-scheduled"},
+                "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "nginx",
+                    "image": "localhost/rig-nginx:1.22.1-nonroot",
+                    "imagePullPolicy": "Never",
+                    "ports": [{"containerPort": 8080}],
+                    "securityContext": {
+                        "runAsUser": 101, "runAsNonRoot": true,
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }],
+            },
+        });
+        if let Some(a) = annotation {
+            v["metadata"]["annotations"] = json!({"nginx-drain.io/inject": a});
+        }
+        v.to_string()
+    };
+    let create = |yaml: String| {
+        let out = c.kubectl_stdin(&["create", "-f", "-", "-o", "json"], yaml.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let warnings = String::from_utf8_lossy(&out.stderr).into_owned();
+        let wired = v["spec"]["initContainers"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "nginx-drain"));
+        (wired, warnings)
+    };
+    let (wired, _) = create(pod(WEB_NS, "opted-out", Some("disabled")));
+    assert!(!wired, "the opt-out annotation is honoured");
+    c.kubectl_ok(&["create", "namespace", "elsewhere"]);
+    let (wired, _) = create(pod("elsewhere", "not-asked", None));
+    assert!(
+        !wired,
+        "outside a labelled namespace, only the annotation opts in"
+    );
+    let (wired, _) = create(pod("elsewhere", "asked", Some("enabled")));
+    assert!(wired, "the opt-in annotation is honoured");
+    // A pod it cannot wire: admitted unchanged, the warning says why.
+    let mut short = serde_json::from_str::<Value>(&pod(WEB_NS, "short-grace", None)).unwrap();
+    short["spec"]["terminationGracePeriodSeconds"] = json!(4);
+    let (wired, warnings) = create(short.to_string());
+    assert!(!wired);
+    assert!(
+        warnings.contains("nginx-drain: not wired") && warnings.contains("--grace-period"),
+        "kubectl shows why: {warnings}"
+    );
+
+    // Rotation: new CA and certificate (the bundle keeps the old CA) while
+    // pods are created, until both replicas serve the new pair.
+    let reloaded = |c: &Cluster| {
+        let logs = c.kubectl(&[
+            "-n",
+            WEBHOOK_NS,
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=nginx-drain-webhook",
+            "--prefix",
+            "--tail=-1",
+        ]);
+        let text = String::from_utf8_lossy(&logs.stdout).into_owned();
+        text.lines()
+            .filter(|l| l.contains("serving certificate reloaded"))
+            .filter_map(|l| l.split(']').next())
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    println!(
+        "{}",
+        webhook_helm(c, "upgrade", &["--set", "tls.rotate=true"])
+    );
+    let rotated = Instant::now();
+    let mut created = 0;
+    let mut unwired = Vec::new();
+    while created < 200 {
+        created += 1;
+        let name = format!("during-rotation-{created}");
+        let (wired, warnings) = create(pod(WEB_NS, &name, None));
+        if !wired {
+            unwired.push(format!("{name}: {warnings}"));
+        }
+        if reloaded(c) >= 2 {
+            // A few more on the new pair.
+            for k in 0..3 {
+                let name = format!("after-rotation-{k}");
+                let (wired, warnings) = create(pod(WEB_NS, &name, None));
+                if !wired {
+                    unwired.push(format!("{name}: {warnings}"));
+                }
+            }
+            break;
+        }
+        assert!(
+            rotated.elapsed() < HANG,
+            "the webhook never loaded the rotated certificate"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!(
+        "webhook rotation: {created} pods created while the replicas loaded the new pair ({:.0} s), {} unwired",
+        rotated.elapsed().as_secs_f64(),
+        unwired.len()
+    );
+    assert!(
+        unwired.is_empty(),
+        "admissions failed during rotation: {unwired:#?}"
+    );
+
+    // The webhook down: pods are still created, unwired.
+    c.kubectl_ok(&[
+        "-n",
+        WEBHOOK_NS,
+        "scale",
+        "deployment/ndw-nginx-drain-webhook",
+        "--replicas=0",
+    ]);
+    let deadline = Instant::now() + HANG;
+    while !c.kubectl_json(&[
+        "-n",
+        WEBHOOK_NS,
+        "get",
+        "endpoints",
+        "ndw-nginx-drain-webhook",
+    ])["subsets"]
+        .is_null()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook's endpoints never emptied"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (wired, _) = create(pod(WEB_NS, "while-down", None));
+    assert!(!wired, "created unwired while the webhook is down");
+    println!("webhook cases: {:.1} s", started.elapsed().as_secs_f64());
 }

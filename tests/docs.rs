@@ -63,14 +63,17 @@ fn flags_in_table(section: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     for row in section.lines().filter(|l| l.starts_with("| `--")) {
         // `a\|b` is a pipe inside a cell.
         let row = row.replace("\\|", "/");
+        // Every `--flag` the first cell names (one row may list several).
         let first = row.split('|').nth(1).unwrap();
-        let name: String = first
-            .trim()
-            .trim_start_matches('`')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
-        flags.insert(name);
+        for code in first.split('`').skip(1).step_by(2) {
+            if code.starts_with("--") {
+                let name: String = code
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                flags.insert(name);
+            }
+        }
         let second = row.split('|').nth(2).unwrap_or("");
         for word in second.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("NGINX_DRAIN_") {
@@ -100,6 +103,7 @@ fn the_configuration_reference_lists_every_flag_and_variable_and_no_other() {
     for (command, heading) in [
         ("serve", "## `nginx-drain serve`"),
         ("inject", "## `nginx-drain inject`"),
+        ("webhook", "## `nginx-drain webhook`"),
     ] {
         let (flags, envs) = flags_in_help(&help(command));
         let (documented, documented_envs) = flags_in_table(section(&doc, heading));
@@ -185,11 +189,17 @@ fn documented_values(readme: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_charts_readme_lists_every_value_and_no_other() {
+    for chart in ["charts/nginx-drain", "charts/nginx-drain-webhook"] {
+        chart_readme_lists_every_value(chart);
+    }
+}
+
+fn chart_readme_lists_every_value(chart: &str) {
     let values: serde_norway::Value =
-        serde_norway::from_str(&read("charts/nginx-drain/values.yaml")).unwrap();
+        serde_norway::from_str(&read(&format!("{chart}/values.yaml"))).unwrap();
     let mut paths = BTreeSet::new();
     key_paths(&values, "", &mut paths);
-    let documented = documented_values(&read("charts/nginx-drain/README.md"));
+    let documented = documented_values(&read(&format!("{chart}/README.md")));
     // A path is documented when it or a parent is (`nginx.resources` covers
     // its requests and limits); a parent is covered by its children.
     let covered = |p: &str| {
@@ -202,7 +212,7 @@ fn the_charts_readme_lists_every_value_and_no_other() {
     let stale: Vec<&String> = documented.iter().filter(|d| !paths.contains(*d)).collect();
     assert!(
         missing.is_empty() && stale.is_empty(),
-        "values.yaml keys missing from the chart README's table: {missing:?}; documented but not in values.yaml: {stale:?}"
+        "{chart}: values.yaml keys missing from the chart README's table: {missing:?}; documented but not in values.yaml: {stale:?}"
     );
 }
 
@@ -211,6 +221,7 @@ fn markdown_files() -> Vec<PathBuf> {
         root().join("README.md"),
         root().join("ARCHITECTURE.md"),
         root().join("charts/nginx-drain/README.md"),
+        root().join("charts/nginx-drain-webhook/README.md"),
     ];
     for e in std::fs::read_dir(root().join("docs")).unwrap() {
         let p = e.unwrap().path();

@@ -338,8 +338,7 @@ proptest! {
     /// reads again, and injecting it again changes nothing.
     #[test]
     fn inject_reads_any_stream_and_is_idempotent(text in manifest_lines()) {
-        let opts = nginx_drain::cli::InjectArgs {
-            file: None,
+        let opts = nginx_drain::cli::WiringArgs {
             image: "nginx-drain:fuzz".into(),
             container: None,
             uid: Some(101),
@@ -436,8 +435,7 @@ proptest! {
     /// anew, keeps all its text, and injecting again changes nothing.
     #[test]
     fn inject_wires_any_way_a_deployment_is_written(text in written_deployment()) {
-        let opts = nginx_drain::cli::InjectArgs {
-            file: None,
+        let opts = nginx_drain::cli::WiringArgs {
             image: "nginx-drain:fuzz".into(),
             container: None,
             uid: None,

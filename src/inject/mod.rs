@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde_norway::{Mapping, Value};
 
 use crate::budget::max_worker_shutdown_timeout;
-use crate::cli::InjectArgs;
+use crate::cli::WiringArgs;
 use controllers::{Controller, describe_hook, is_client_port};
 
 /// The sidecar's container name: how `inject` recognises its own work.
@@ -64,7 +64,7 @@ struct ConfigMap {
 }
 
 /// Injects the sidecar into every workload of `input` that runs NGINX.
-pub fn inject(input: &str, opts: &InjectArgs) -> Result<Injected, InjectError> {
+pub fn inject(input: &str, opts: &WiringArgs) -> Result<Injected, InjectError> {
     let mut docs = stream::split(input);
     let mut trees = Vec::with_capacity(docs.len());
     let mut values: Vec<Option<Value>> = Vec::with_capacity(docs.len());
@@ -96,6 +96,7 @@ pub fn inject(input: &str, opts: &InjectArgs) -> Result<Injected, InjectError> {
         edits: Vec::new(),
         namespace: None,
         container_found: false,
+        pod_only: false,
     };
     for (i, v) in values.iter_mut().enumerate() {
         let Some(v) = v else { continue };
@@ -143,6 +144,28 @@ pub fn inject(input: &str, opts: &InjectArgs) -> Result<Injected, InjectError> {
     })
 }
 
+/// Wires one Pod as the API server is about to create it (the webhook), by
+/// the rules `inject` applies to a workload: true when it changed. `notes`
+/// gets what was done, and what needs more than the Pod (a controller's
+/// ConfigMap key, which only `inject` can edit). `pod` must carry its
+/// namespace in `metadata` (the admission request's).
+pub(crate) fn wire_pod_object(
+    pod: &mut Value,
+    opts: &WiringArgs,
+    notes: &mut Vec<String>,
+) -> Result<bool, InjectError> {
+    let mut ctx = Wiring {
+        opts,
+        notes,
+        configmaps: &[],
+        edits: Vec::new(),
+        namespace: None,
+        container_found: false,
+        pod_only: true,
+    };
+    wire_object(pod, &mut ctx)
+}
+
 /// Calls `f` on `v` and, for a `List`, on each of its items.
 fn for_each_object(v: &Value, f: &mut impl FnMut(&Value)) {
     f(v);
@@ -165,7 +188,7 @@ fn label(obj: &Value) -> String {
 
 /// What wiring one object needs besides the object.
 struct Wiring<'a> {
-    opts: &'a InjectArgs,
+    opts: &'a WiringArgs,
     notes: &'a mut Vec<String>,
     /// The stream's ConfigMaps before any edit.
     configmaps: &'a [ConfigMap],
@@ -176,6 +199,9 @@ struct Wiring<'a> {
     namespace: Option<String>,
     /// `--container` named a container of some workload.
     container_found: bool,
+    /// Only the object itself can change (the webhook): a ConfigMap is
+    /// never in reach.
+    pod_only: bool,
 }
 
 /// Wires one object (a `List`'s items each); true when it changed.
@@ -234,7 +260,7 @@ fn wire_object(obj: &mut Value, ctx: &mut Wiring<'_>) -> Result<bool, InjectErro
 
 /// Where an object of a kind inject does not know runs an NGINX image: the
 /// path of the `containers` list and the container's name.
-fn runs_nginx(v: &Value, opts: &InjectArgs, path: &str) -> Option<(String, String)> {
+fn runs_nginx(v: &Value, opts: &WiringArgs, path: &str) -> Option<(String, String)> {
     match v {
         Value::Mapping(m) => {
             if let Some(containers) = m.get("containers").and_then(Value::as_sequence) {
@@ -331,7 +357,7 @@ fn has_sidecar(pod: &Value) -> bool {
 fn find_nginx(
     pod: &Value,
     what: &str,
-    opts: &InjectArgs,
+    opts: &WiringArgs,
     notes: &mut Vec<String>,
     found_named: &mut bool,
 ) -> Result<Option<(usize, Controller)>, InjectError> {
@@ -506,7 +532,9 @@ fn worker_shutdown(
             .filter(|c| c.name == name)
             .filter_map(|c| c.namespace.as_deref())
             .collect();
-        let where_ = if elsewhere.is_empty() {
+        let where_ = if ctx.pod_only {
+            "is out of the webhook's reach (it changes only the Pod)".to_string()
+        } else if elsewhere.is_empty() {
             "is not in the input".to_string()
         } else {
             format!(
@@ -747,7 +775,7 @@ fn wire_pod(pod: &mut Value, what: &str, ctx: &mut Wiring<'_>) -> Result<bool, I
 /// Kubernetes' 30 s) and the drain budget it leaves; refused under 3 s.
 fn grace_and_budget(
     what: &str,
-    opts: &InjectArgs,
+    opts: &WiringArgs,
     in_spec: Option<i64>,
 ) -> Result<(i64, i64), InjectError> {
     let grace = match (opts.grace_period, in_spec) {
@@ -797,7 +825,7 @@ fn set_drain_hook(lifecycle: &mut Value, port: u16) -> Option<String> {
 
 /// The sidecar container.
 fn sidecar(
-    opts: &InjectArgs,
+    opts: &WiringArgs,
     budget: i64,
     grace: i64,
     ports: &[u16],
@@ -906,7 +934,7 @@ fn sidecar(
 fn wire_nginx_proxy(
     obj: &mut Value,
     what: &str,
-    opts: &InjectArgs,
+    opts: &WiringArgs,
     notes: &mut Vec<String>,
 ) -> Result<bool, InjectError> {
     let Some(k8s) = obj.get_mut("spec").and_then(|s| s.get_mut("kubernetes")) else {

@@ -1,8 +1,7 @@
 use super::*;
 
-fn opts() -> InjectArgs {
-    InjectArgs {
-        file: None,
+fn opts() -> WiringArgs {
+    WiringArgs {
         image: "nginx-drain:test".into(),
         container: None,
         uid: None,
@@ -250,7 +249,7 @@ fn what_cannot_work_is_refused_with_the_fix() {
         assert!(e.contains(fix), "{input}: {e}");
     }
     // With what was missing, the same inputs wire.
-    let o = InjectArgs {
+    let o = WiringArgs {
         uid: Some(0),
         ..opts()
     };
@@ -271,7 +270,7 @@ fn what_cannot_work_is_refused_with_the_fix() {
 #[test]
 fn a_container_name_that_matches_nothing_is_an_error() {
     let two = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      containers: [{name: web, image: 'nginx:1.27'}]\n---\nkind: Deployment\nmetadata: {name: b}\nspec:\n  template:\n    spec:\n      containers: [{name: proxy, image: 'nginx:1.27'}]\n";
-    let o = |name: &str| InjectArgs {
+    let o = |name: &str| WiringArgs {
         container: Some(name.into()),
         uid: Some(0),
         ..opts()
@@ -397,7 +396,7 @@ fn kong_and_apisix_lose_their_fixed_waits() {
     let apisix = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      containers:\n      - name: apisix\n        image: apache/apisix:3.16.0-ubuntu\n        lifecycle: {preStop: {exec: {command: [/bin/sh, -c, sleep 30]}}}\n";
     let out = inject(
         apisix,
-        &InjectArgs {
+        &WiringArgs {
             native: false,
             ..opts()
         },
@@ -419,7 +418,7 @@ fn kong_and_apisix_lose_their_fixed_waits() {
 
 #[test]
 fn allowed_ranges_reach_the_sidecar() {
-    let opts = InjectArgs {
+    let opts = WiringArgs {
         allow_cidrs: vec![
             "10.244.0.1/32".parse().unwrap(),
             "fd00::/64".parse().unwrap(),
