@@ -333,11 +333,13 @@ fn haproxy_l7(rig: &Rig, work: &Path) {
     );
     // HAProxy's pool churns (pool-purge-delay 1s): its new connections are
     // judged as new connections, so the quit waits about three of their
-    // gaps after the last one; the quiet rule, never --max-delay, ends it.
-    // (The time is a benchmark's figure; this bound only catches a hang.)
+    // gaps after the last one (CI: 10 s after DOWN, 13 s after the hook, of
+    // a short and sparse history); the quiet rule, never --max-delay (15 s
+    // after the hook), ends it. The time is a benchmark's figure; this
+    // bound only catches a hang.
     assert_eq!(r["traffic"]["sigquit_reason"], "quiet", "{r:#}");
     assert!(
-        gone_after_down < 10.0,
+        gone_after_down < 20.0,
         "the old pod gone {gone_after_down:.3} s after HAProxy marked it down"
     );
     assert!(
