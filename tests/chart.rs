@@ -110,6 +110,23 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
                     .any(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
             })
         };
+        // Every mount names a volume of the pod (the API server refuses
+        // the Deployment otherwise; the schemas do not see it).
+        let volumes: Vec<&str> = pod["volumes"]
+            .as_array()
+            .map(|v| v.iter().map(|v| v["name"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        for c in pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_array().into_iter().flatten())
+        {
+            for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                let v = m["name"].as_str().unwrap();
+                assert!(volumes.contains(&v), "{name}: {} mounts {v}, which is no volume", c["name"]);
+            }
+        }
         if events {
             // Create Events in this namespace, nothing else; the token in
             // the sidecar only.
