@@ -160,8 +160,17 @@ impl Events {
         if roots.is_empty() {
             return Err(sa_error("CA", &ca, "no certificate in it".into()));
         }
+        // Read once now, so that a token this UID cannot read (projected
+        // tokens are 0600 root's unless the pod sets fsGroup or every
+        // container runs as one UID) is said at the start.
         let token = service_account.join("token");
-        std::fs::metadata(&token).map_err(|e| sa_error("token", &token, e.to_string()))?;
+        std::fs::read(&token).map_err(|e| {
+            sa_error(
+                "token",
+                &token,
+                format!("{e}; a projected token is readable by the pod's fsGroup: set securityContext.fsGroup to the sidecar's group"),
+            )
+        })?;
         // ring: a static build for both architectures with no C toolchain
         // beyond the cross gcc (aws-lc-rs needs cmake and its own build).
         // Its missing post-quantum key exchange does not matter for an

@@ -141,6 +141,10 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
             assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
             assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
             assert!(api_mount(sidecar), "{name}: the sidecar has the API token");
+            assert_eq!(
+                pod["securityContext"]["fsGroup"], sidecar["securityContext"]["runAsGroup"],
+                "{name}: the projected token is readable by the sidecar's group"
+            );
         } else {
             assert!(kind(&objs, "Role").is_empty(), "{name}");
             assert!(!api_mount(sidecar), "{name}");

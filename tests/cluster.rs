@@ -148,7 +148,25 @@ fn assert_drain_events(c: &Cluster, p: &Phase) {
             .iter()
             .filter(|e| e["source"]["component"] == "nginx-drain")
             .collect();
-        assert_eq!(ours.len(), 1, "{}: one drain Event: {out}", pod.name);
+        if ours.len() != 1 {
+            let logs = c.kubectl(&[
+                "-n",
+                NS,
+                "logs",
+                "-l",
+                &format!("app.kubernetes.io/instance={RELEASE}"),
+                "-c",
+                "nginx-drain",
+                "--tail=40",
+            ]);
+            panic!(
+                "{}: one drain Event, not {}: {out}\nthe new pods' sidecar logs: {}{}",
+                pod.name,
+                ours.len(),
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
         let e = ours[0];
         assert_eq!(e["reason"], "Drained", "{e:#}");
         assert_eq!(e["type"], "Normal", "{e:#}");
