@@ -117,7 +117,13 @@ fn main() {
     let bin = std::env::var("NGINX_DRAIN_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_nginx-drain").to_string());
     let mut child = Command::new(&bin)
-        .args(["webhook", "--listen", &addr.to_string(), "--log-level", "warn"])
+        .args([
+            "webhook",
+            "--listen",
+            &addr.to_string(),
+            "--log-level",
+            "warn",
+        ])
         .arg("--tls-cert")
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key")
@@ -151,7 +157,10 @@ fn main() {
         let cpu0 = cpu_time(pid);
         tokio::time::sleep(Duration::from_secs(SECONDS)).await;
         let idle = (cpu_time(pid) - cpu0).as_secs_f64() / SECONDS as f64;
-        println!("webhook idle: {:.3} % of a core over {SECONDS} s", idle * 100.0);
+        println!(
+            "webhook idle: {:.3} % of a core over {SECONDS} s",
+            idle * 100.0
+        );
         println!("| connections | reviews | p50 ms | p99 ms | max ms | CPU (% of a core) |");
         println!("|---|---|---|---|---|---|");
         for reuse in [true, false] {
@@ -174,7 +183,11 @@ fn main() {
             times.sort();
             println!(
                 "| {} | {n} at {RATE}/s | {:.2} | {:.2} | {:.2} | {:.2} |",
-                if reuse { "one, kept alive" } else { "a new one each (TLS handshake)" },
+                if reuse {
+                    "one, kept alive"
+                } else {
+                    "a new one each (TLS handshake)"
+                },
                 quantile(&times, 0.5),
                 quantile(&times, 0.99),
                 quantile(&times, 1.0),
@@ -182,7 +195,10 @@ fn main() {
             );
         }
     });
-    println!("webhook peak RSS: {:.1} MiB", rss_peak_kib(child.id()) as f64 / 1024.0);
+    println!(
+        "webhook peak RSS: {:.1} MiB",
+        rss_peak_kib(child.id()) as f64 / 1024.0
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

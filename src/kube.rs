@@ -281,15 +281,7 @@ impl Events {
 /// The Event object: a `v1` Event on the pod, counted once, stamped now.
 fn body(pod: &PodRef, node: Option<&str>, event: &Event, now: SystemTime) -> serde_json::Value {
     let at = humantime::format_rfc3339_seconds(now).to_string();
-    let mut message = event.message.clone();
-    if message.len() > MESSAGE_LIMIT {
-        let mut cut = MESSAGE_LIMIT - 3;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
-    }
+    let message = crate::vocab::cut_to(event.message.clone(), MESSAGE_LIMIT);
     json!({
         "apiVersion": "v1",
         "kind": "Event",

@@ -260,6 +260,21 @@ pub(crate) fn parse_nginx_time(v: &str) -> Option<Duration> {
     humantime::parse_duration(v).ok()
 }
 
+/// `text` cut to at most `limit` bytes at a character boundary, with `...`
+/// where it was cut (an API server's field limit: an Event's message, an
+/// admission warning).
+pub(crate) fn cut_to(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut at = limit.saturating_sub(3);
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str("...");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

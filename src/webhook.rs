@@ -414,16 +414,7 @@ fn decide(
 
 /// An admission warning: prefixed, and cut to what the API server keeps.
 fn warning(text: &str) -> String {
-    let mut w = format!("nginx-drain: {text}");
-    if w.len() > WARNING_LIMIT {
-        let mut cut = WARNING_LIMIT - 3;
-        while !w.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        w.truncate(cut);
-        w.push_str("...");
-    }
-    w
+    crate::vocab::cut_to(format!("nginx-drain: {text}"), WARNING_LIMIT)
 }
 
 #[allow(deprecated)] // See kube.rs: ring keeps the static build simple.

@@ -124,7 +124,11 @@ fn every_value_set_renders_valid_objects_wired_for_the_drain() {
         {
             for m in c["volumeMounts"].as_array().into_iter().flatten() {
                 let v = m["name"].as_str().unwrap();
-                assert!(volumes.contains(&v), "{name}: {} mounts {v}, which is no volume", c["name"]);
+                assert!(
+                    volumes.contains(&v),
+                    "{name}: {} mounts {v}, which is no volume",
+                    c["name"]
+                );
             }
         }
         if events {

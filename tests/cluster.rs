@@ -149,16 +149,16 @@ fn assert_drain_events(c: &Cluster, p: &Phase) {
             .filter(|e| e["source"]["component"] == "nginx-drain")
             .collect();
         if ours.len() != 1 {
-            let logs = c.kubectl(&[
-                "-n",
-                NS,
-                "logs",
-                "-l",
-                &format!("app.kubernetes.io/instance={RELEASE}"),
+            // (`kubectl logs` cannot reach the rig's kubelet by its name:
+            // its files, in the rig's mount namespace.)
+            let logs = c.rig(&[
+                "in",
+                "sh",
                 "-c",
-                "nginx-drain",
-                "--tail=40",
-            ]);
+                &format!("grep -h -i -e event -e token -e kube /var/log/pods/{NS}_*/nginx-drain/*.log | tail -n 20"),
+            ])
+            .output()
+            .unwrap();
             panic!(
                 "{}: one drain Event, not {}: {out}\nthe new pods' sidecar logs: {}{}",
                 pod.name,

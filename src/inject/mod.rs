@@ -1006,4 +1006,4 @@ fn wire_nginx_proxy(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,6 +1,8 @@
 use super::*;
 
-fn opts() -> WiringArgs {
+/// The wiring flags at their defaults, with a test image (the webhook's
+/// tests wire with these too).
+pub(crate) fn opts() -> WiringArgs {
     WiringArgs {
         image: "nginx-drain:test".into(),
         container: None,

@@ -2,18 +2,7 @@ use super::*;
 use base64::Engine as _;
 
 fn wiring() -> WiringArgs {
-    WiringArgs {
-        image: "nginx-drain:test".into(),
-        container: None,
-        uid: None,
-        ports: Vec::new(),
-        native: true,
-        grace_period: None,
-        margin: 5,
-        max_delay: Duration::from_secs(15),
-        hook_port: 10266,
-        allow_cidrs: Vec::new(),
-    }
+    crate::inject::tests::opts()
 }
 
 /// A Pod as a ReplicaSet creates it: generateName, no name, its namespace
