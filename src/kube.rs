@@ -374,3 +374,135 @@ mod tests {
         assert!(err.contains("no certificate"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod over_tls {
+    //! The Event's POST over real TLS to a stand-in API server on loopback
+    //! (rustls, a certificate for 127.0.0.1 from a CA the service account
+    //! directory holds, as in a pod).
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls_pki_types::PrivateKeyDer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An API server that answers every request with `status` and the
+    /// request it got.
+    async fn api_server(
+        dir: &Path,
+        status: &'static str,
+    ) -> (u16, tokio::task::JoinHandle<String>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        std::fs::write(dir.join("token"), "the-token\n").unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body by its Content-Length.
+            loop {
+                let n = tls.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let body = r#"{"kind":"Status","message":"events is forbidden: User \"system:serviceaccount:shop:default\" cannot create resource \"events\""}"#;
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(answer.as_bytes()).await.unwrap();
+            tls.shutdown().await.unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (port, served)
+    }
+
+    fn event() -> Event {
+        Event {
+            warning: false,
+            reason: "Drained",
+            message: "drain 7ebae3f3: nginx exited gracefully".into(),
+        }
+    }
+
+    fn pod() -> PodRef {
+        PodRef {
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            uid: "u-1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_is_posted_to_the_pods_namespace_with_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, served) = api_server(dir.path(), "201 Created").await;
+        let events = Events::new("127.0.0.1".into(), port, dir.path(), pod(), None).unwrap();
+        events.post(&event()).await.unwrap();
+        let got = served.await.unwrap();
+        assert!(got.starts_with("POST /api/v1/namespaces/shop/events HTTP/1.1\r\n"), "{got}");
+        assert!(got.contains("authorization: Bearer the-token\r\n"), "{got}");
+        let body: serde_json::Value =
+            serde_json::from_str(&got[got.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(body["involvedObject"]["uid"], "u-1");
+        assert_eq!(body["reason"], "Drained");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_rbac_to_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, served) = api_server(dir.path(), "403 Forbidden").await;
+        let events = Events::new("127.0.0.1".into(), port, dir.path(), pod(), None).unwrap();
+        let err = events.post(&event()).await.unwrap_err().to_string();
+        served.await.unwrap();
+        assert!(
+            err.contains("`create` on `events` in namespace shop") && err.contains("cannot create resource"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_is_one_error_in_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, served) = api_server(dir.path(), "201 Created").await;
+        served.abort();
+        let events = Events::new("127.0.0.1".into(), port, dir.path(), pod(), None).unwrap();
+        let err = events.post(&event()).await.unwrap_err().to_string();
+        assert!(err.contains("cannot reach the API server at 127.0.0.1:"), "{err}");
+    }
+}

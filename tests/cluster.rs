@@ -129,7 +129,7 @@ fn install(c: &Cluster) -> Target {
 /// Every old pod has one Event from its sidecar, as `kubectl describe pod`
 /// lists them (by the pod's name and uid): `Drained`, `Normal`, the
 /// report's drain id and message.
-fn assert_drain_events(c: &Cluster, p: &Phase) {
+fn assert_drain_events(c: &Cluster, p: &Phase, sidecar_log: &str) {
     for pod in &p.pods {
         let out = c.kubectl_ok(&[
             "-n",
@@ -149,22 +149,17 @@ fn assert_drain_events(c: &Cluster, p: &Phase) {
             .filter(|e| e["source"]["component"] == "nginx-drain")
             .collect();
         if ours.len() != 1 {
-            // (`kubectl logs` cannot reach the rig's kubelet by its name:
-            // its files, in the rig's mount namespace.)
-            let logs = c.rig(&[
-                "in",
-                "sh",
-                "-c",
-                &format!("grep -h -i -e event -e token -e kube /var/log/pods/{NS}_*/nginx-drain/*.log | tail -n 20"),
-            ])
-            .output()
-            .unwrap();
+            let said: Vec<&str> = sidecar_log
+                .lines()
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.contains("event") || l.contains("token") || l.contains("sigterm")
+                })
+                .collect();
             panic!(
-                "{}: one drain Event, not {}: {out}\nthe new pods' sidecar logs: {}{}",
+                "{}: one drain Event, not {}: {out}\nthe old sidecars said: {said:#?}",
                 pod.name,
                 ours.len(),
-                String::from_utf8_lossy(&logs.stdout),
-                String::from_utf8_lossy(&logs.stderr)
             );
         }
         let e = ours[0];
@@ -851,6 +846,20 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
         started.elapsed().as_secs_f64()
     );
 
+    // The old pods' sidecar logs, kept from their files while they last
+    // (for what an Event's absence would need explaining).
+    let sidecar_log = tempfile::NamedTempFile::new().unwrap();
+    let mut tail = c
+        .rig(&[
+            "in",
+            "sh",
+            "-c",
+            &format!("exec tail -q -n +1 -F /var/log/pods/{NS}_*/nginx-drain/*.log"),
+        ])
+        .stdout(sidecar_log.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // 1. A rolling update.
     let p = rollout::run(&c, &t, 3, || {
         c.kubectl_ok(&[
@@ -866,7 +875,9 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     rollout::print("rollout restart", &p, DOWNLOAD_BYTES);
     assert_clean("rollout", &p);
     assert_eq!(p.pods.len(), 3);
-    assert_drain_events(&c, &p);
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert_drain_events(&c, &p, &std::fs::read_to_string(sidecar_log.path()).unwrap());
 
     // 2. Evictions through the Eviction API, as `kubectl drain` and cluster
     //    autoscalers make them: every pod, the PDB (minAvailable 1)
