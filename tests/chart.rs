@@ -571,6 +571,10 @@ fn the_webhook_chart_renders_a_webhook_that_never_blocks_a_pod() {
         assert_eq!(c["allowPrivilegeEscalation"], false);
         assert_eq!(c["capabilities"]["drop"], serde_json::json!(["ALL"]));
         assert_eq!(deploy["spec"]["replicas"], 2);
+        // The image's entrypoint runs `serve`: the webhook names its own.
+        let c0 = &pod["containers"][0];
+        assert_eq!(c0["command"], serde_json::json!(["/nginx-drain"]));
+        assert_eq!(c0["args"][0], "webhook");
         assert_eq!(
             deploy["spec"]["template"]["spec"]["automountServiceAccountToken"],
             false

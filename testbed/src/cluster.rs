@@ -114,7 +114,29 @@ impl Cluster {
         let up = c.rig(&["up"]).output().expect("run rig.sh up");
         ok("rig.sh up", &up);
         eprintln!("{}", String::from_utf8_lossy(&up.stdout).trim());
+        c.default_route_for_pods();
         c
+    }
+
+    /// The rig's CNI (bridge + host-local) gives pods only their subnet's
+    /// route; the CNIs clusters run (flannel, Calico, Cilium, kubenet, the
+    /// clouds') give them a default route too, through which a pod reaches
+    /// the API server's Service (`KUBERNETES_SERVICE_HOST`, for the drain
+    /// Events). The same bridge config with a default route through the
+    /// bridge: containerd reads the config again for each pod created after.
+    fn default_route_for_pods(&self) {
+        let conf = self.home.join("run/cni/net.d/10-cluster-rig.conflist");
+        let Ok(text) = std::fs::read_to_string(&conf) else {
+            panic!("the rig's CNI config is not at {}", conf.display());
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("the rig's CNI config");
+        let ipam = &mut v["plugins"][0]["ipam"];
+        assert!(ipam.is_object(), "the rig's CNI config has no ipam: {text}");
+        ipam["routes"] = serde_json::json!([{"dst": "0.0.0.0/0"}]);
+        // Written beside, then renamed over: containerd never reads half.
+        let tmp = conf.with_extension("tmp");
+        std::fs::write(&tmp, v.to_string()).expect("write the CNI config");
+        std::fs::rename(&tmp, &conf).expect("replace the CNI config");
     }
 
     /// `rig.sh ARGS` with the rig's `$RIG` and the suite's binaries.
