@@ -430,7 +430,11 @@ mod over_tls {
                 if let Some(end) = text.find("\r\n\r\n") {
                     let len: usize = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap_or(0);
                     if got.len() >= end + 4 + len {
                         break;
@@ -475,7 +479,10 @@ mod over_tls {
         let events = Events::new("127.0.0.1".into(), port, dir.path(), pod(), None).unwrap();
         events.post(&event()).await.unwrap();
         let got = served.await.unwrap();
-        assert!(got.starts_with("POST /api/v1/namespaces/shop/events HTTP/1.1\r\n"), "{got}");
+        assert!(
+            got.starts_with("POST /api/v1/namespaces/shop/events HTTP/1.1\r\n"),
+            "{got}"
+        );
         assert!(got.contains("authorization: Bearer the-token\r\n"), "{got}");
         let body: serde_json::Value =
             serde_json::from_str(&got[got.find("\r\n\r\n").unwrap() + 4..]).unwrap();
@@ -491,7 +498,8 @@ mod over_tls {
         let err = events.post(&event()).await.unwrap_err().to_string();
         served.await.unwrap();
         assert!(
-            err.contains("`create` on `events` in namespace shop") && err.contains("cannot create resource"),
+            err.contains("`create` on `events` in namespace shop")
+                && err.contains("cannot create resource"),
             "{err}"
         );
     }
@@ -503,6 +511,9 @@ mod over_tls {
         served.abort();
         let events = Events::new("127.0.0.1".into(), port, dir.path(), pod(), None).unwrap();
         let err = events.post(&event()).await.unwrap_err().to_string();
-        assert!(err.contains("cannot reach the API server at 127.0.0.1:"), "{err}");
+        assert!(
+            err.contains("cannot reach the API server at 127.0.0.1:"),
+            "{err}"
+        );
     }
 }

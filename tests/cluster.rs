@@ -58,7 +58,16 @@ fn cluster() -> Option<Cluster> {
         &i.project,
         &i.binary,
         &i.kube_bin,
-        &[testbed::cluster::nonroot_nginx()],
+        &[
+            testbed::cluster::nonroot_nginx(),
+            // The same NGINX under the name users' Deployments give it
+            // (inject and the webhook know NGINX by its image).
+            testbed::cluster::ExtraImage {
+                tag: PLAIN_NGINX,
+                containerfile: "FROM localhost/rig-nginx:1.22.1-nonroot\n",
+                files: &[],
+            },
+        ],
     ))
 }
 
@@ -883,7 +892,11 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     assert_eq!(p.pods.len(), 3);
     let _ = tail.kill();
     let _ = tail.wait();
-    assert_drain_events(&c, &p, &std::fs::read_to_string(sidecar_log.path()).unwrap());
+    assert_drain_events(
+        &c,
+        &p,
+        &std::fs::read_to_string(sidecar_log.path()).unwrap(),
+    );
 
     // 2. Evictions through the Eviction API, as `kubectl drain` and cluster
     //    autoscalers make them: every pod, the PDB (minAvailable 1)
@@ -986,6 +999,8 @@ fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
 }
 
 const WEBHOOK_NS: &str = "nginx-drain-webhook";
+/// NGINX 1.22 as UID 101 on 8080, named as plain NGINX images are.
+const PLAIN_NGINX: &str = "localhost/nginx:1.22.1-nonroot";
 const WEB_NS: &str = "web";
 
 /// A plain NGINX Deployment and its Service, nothing of nginx-drain in it.
@@ -1007,7 +1022,7 @@ fn plain_deployment(name: &str, replicas: u32) -> String {
                             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                             "containers": [{
                                 "name": "nginx",
-                                "image": "localhost/rig-nginx:1.22.1-nonroot",
+                                "image": PLAIN_NGINX,
                                 "imagePullPolicy": "Never",
                                 "ports": [{"name": "http", "containerPort": 8080}],
                                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 2},
@@ -1084,6 +1099,27 @@ fn webhook_helm(c: &Cluster, action: &str, extra: &[&str]) -> String {
     c.sh(&args)
 }
 
+/// What the webhook's pods logged and how the API server sees its
+/// configuration, for a failure's message.
+fn webhook_diagnostics(c: &Cluster) -> String {
+    let logs = c
+        .rig(&[
+            "in",
+            "sh",
+            "-c",
+            &format!("tail -n 15 /var/log/pods/{WEBHOOK_NS}_*/webhook/*.log; grep -i webhook \"$RIG\"/logs/kube-apiserver.log | tail -n 5"),
+        ])
+        .output()
+        .unwrap();
+    let config = c.kubectl(&["get", "mutatingwebhookconfigurations", "-o", "yaml"]);
+    format!(
+        "webhook logs and the API server's: {}{}\nconfiguration: {}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr),
+        String::from_utf8_lossy(&config.stdout)
+    )
+}
+
 fn webhook_cases(c: &Cluster) {
     let started = Instant::now();
     c.kubectl_ok(&["create", "namespace", WEBHOOK_NS]);
@@ -1118,7 +1154,8 @@ fn webhook_cases(c: &Cluster) {
     let pods = web_pods(c, "plain");
     assert!(
         pods.len() == 3 && pods.iter().all(|(_, w)| *w),
-        "every pod wired by the webhook: {pods:?}"
+        "every pod wired by the webhook: {pods:?}\n{}",
+        webhook_diagnostics(c)
     );
     let p = rollout::run(c, &t, 3, || {
         c.kubectl_ok(&["-n", WEB_NS, "rollout", "restart", "deployment/plain"]);
@@ -1140,7 +1177,7 @@ fn webhook_cases(c: &Cluster) {
                 "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{
                     "name": "nginx",
-                    "image": "localhost/rig-nginx:1.22.1-nonroot",
+                    "image": PLAIN_NGINX,
                     "imagePullPolicy": "Never",
                     "ports": [{"containerPort": 8080}],
                     "securityContext": {
@@ -1192,22 +1229,22 @@ fn webhook_cases(c: &Cluster) {
 
     // Rotation: new CA and certificate (the bundle keeps the old CA) while
     // pods are created, until both replicas serve the new pair.
+    // The replicas that loaded a new pair, by their log files (`kubectl
+    // logs` cannot reach the rig's kubelet by its name).
     let reloaded = |c: &Cluster| {
-        let logs = c.kubectl(&[
-            "-n",
-            WEBHOOK_NS,
-            "logs",
-            "-l",
-            "app.kubernetes.io/name=nginx-drain-webhook",
-            "--prefix",
-            "--tail=-1",
-        ]);
-        let text = String::from_utf8_lossy(&logs.stdout).into_owned();
-        text.lines()
-            .filter(|l| l.contains("serving certificate reloaded"))
-            .filter_map(|l| l.split(']').next())
-            .collect::<BTreeSet<_>>()
-            .len()
+        let out = c
+            .rig(&[
+                "in",
+                "sh",
+                "-c",
+                &format!("grep -l 'serving certificate reloaded' /var/log/pods/{WEBHOOK_NS}_*/webhook/*.log | wc -l"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(0)
     };
     println!(
         "{}",
