@@ -251,7 +251,9 @@ fn the_index_holds_both_platforms_and_its_archive_loads() {
         println!("{one}: {what}");
         assert!(what.starts_with(&format!("linux/{arch} ")), "{what}");
         let size: u64 = what.split(' ').nth(1).unwrap().parse().unwrap();
-        assert!(size <= 5_000_000, "{one}: {size} bytes, goal <= 5 MB");
+        // 4.0 MB until TLS came in (rustls and ring, for the webhook and the
+        // drain Events): 6.5 MB.
+        assert!(size <= 7_000_000, "{one}: {size} bytes, goal <= 7 MB");
         for label in [
             "org.opencontainers.image.version",
             "org.opencontainers.image.revision",
