@@ -1313,6 +1313,9 @@ fn webhook_cases(c: &Cluster) {
     }
     let (wired, warnings) = create(pod(WEB_NS, "while-down", None));
     assert!(!wired, "created unwired while the webhook is down");
-    println!("webhook down: the pod was created unwired; kubectl said: {:?}", warnings.trim());
+    println!(
+        "webhook down: the pod was created unwired; kubectl said: {:?}",
+        warnings.trim()
+    );
     println!("webhook cases: {:.1} s", started.elapsed().as_secs_f64());
 }
