@@ -381,7 +381,6 @@ mod over_tls {
     //! (rustls, a certificate for 127.0.0.1 from a CA the service account
     //! directory holds, as in a pod).
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls_pki_types::PrivateKeyDer;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -391,17 +390,8 @@ mod over_tls {
         dir: &Path,
         status: &'static str,
     ) -> (u16, tokio::task::JoinHandle<String>) {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        let pair = testbed::tls::pair(&["127.0.0.1"]);
+        std::fs::write(dir.join("ca.crt"), &pair.ca_pem).unwrap();
         std::fs::write(dir.join("token"), "the-token\n").unwrap();
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -410,8 +400,8 @@ mod over_tls {
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                vec![CertificateDer::from(pair.cert_der)],
+                PrivateKeyDer::try_from(pair.key_der).unwrap(),
             )
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

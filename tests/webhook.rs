@@ -14,11 +14,10 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 
-/// A CA and a serving certificate for 127.0.0.1 that it signed, as PEM.
+/// A CA and a serving certificate for 127.0.0.1 that it signed.
 struct Pair {
     ca: CertificateDer<'static>,
     cert_pem: String,
@@ -27,21 +26,12 @@ struct Pair {
 }
 
 fn pair() -> Pair {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let p = testbed::tls::pair(&["127.0.0.1", "localhost"]);
     Pair {
-        ca: ca.der().clone(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        cert: cert.der().clone(),
+        ca: CertificateDer::from(p.ca_der),
+        cert_pem: p.cert_pem,
+        key_pem: p.key_pem,
+        cert: CertificateDer::from(p.cert_der),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod rollout;
 pub mod scenario;
 pub mod sidecar;
 pub mod strategies;
+pub mod tls;
 pub mod ws;
 
 use std::net::TcpListener;
