@@ -58,6 +58,19 @@ pub enum Command {
     Webhook(WebhookArgs),
 }
 
+impl Default for WiringArgs {
+    /// The flags' own defaults, read from their clap attributes: no second
+    /// copy of them to drift (the tests wire with these).
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            wiring: WiringArgs,
+        }
+        Only::parse_from(["nginx-drain"]).wiring
+    }
+}
+
 /// `nginx-drain webhook`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct WebhookArgs {

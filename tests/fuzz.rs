@@ -340,15 +340,8 @@ proptest! {
     fn inject_reads_any_stream_and_is_idempotent(text in manifest_lines()) {
         let opts = nginx_drain::cli::WiringArgs {
             image: "nginx-drain:fuzz".into(),
-            container: None,
             uid: Some(101),
-            ports: Vec::new(),
-            native: true,
-            grace_period: None,
-            margin: 5,
-            max_delay: Duration::from_secs(15),
-            hook_port: 10266,
-            allow_cidrs: Vec::new(),
+            ..Default::default()
         };
         if let Ok(out) = nginx_drain::inject::inject(&text, &opts) {
             let again = nginx_drain::inject::inject(&out.output, &opts)
@@ -437,15 +430,7 @@ proptest! {
     fn inject_wires_any_way_a_deployment_is_written(text in written_deployment()) {
         let opts = nginx_drain::cli::WiringArgs {
             image: "nginx-drain:fuzz".into(),
-            container: None,
-            uid: None,
-            ports: Vec::new(),
-            native: true,
-            grace_period: None,
-            margin: 5,
-            max_delay: Duration::from_secs(15),
-            hook_port: 10266,
-            allow_cidrs: Vec::new(),
+            ..Default::default()
         };
         let out = nginx_drain::inject::inject(&text, &opts)
             .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;

@@ -5,15 +5,7 @@ use super::*;
 pub(crate) fn opts() -> WiringArgs {
     WiringArgs {
         image: "nginx-drain:test".into(),
-        container: None,
-        uid: None,
-        ports: Vec::new(),
-        native: true,
-        grace_period: None,
-        margin: 5,
-        max_delay: Duration::from_secs(15),
-        hook_port: 10266,
-        allow_cidrs: Vec::new(),
+        ..WiringArgs::default()
     }
 }
 
