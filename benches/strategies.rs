@@ -2,7 +2,8 @@
 //! real NGINX and traffic, side by side, several runs per cell; a Markdown
 //! table and SVG timelines.
 //!
-//! Run: `cargo bench --bench strategies -- [--runs N] [--out DIR] [--quick]`
+//! Run: `cargo bench --bench strategies -- [--runs N] [--out DIR] [--quick]
+//! [--cells TEXT] [--strategies TEXT]`
 //! (defaults: 3 runs, docs/bench). `--quick` is one tiny cell, for checking
 //! that the harness still works. Runs in PID and network namespaces of its
 //! own (root), so that `pgrep -x nginx` and the census see only this run.
@@ -70,7 +71,8 @@ fn main() {
     ];
     // 16 connections at 200 requests/s, warm for over a minute before the
     // deletion (the sidecar's whole history), going on for the lag: the
-    // balancer's deregistration. Two downloads in flight.
+    // balancer's deregistration. Two downloads in flight, each on an idle
+    // connection of the pool (everything comes through the balancer).
     let pool = Traffic {
         rate: 0.0,
         warmup: Duration::from_secs(61),
@@ -155,15 +157,29 @@ fn main() {
     // `--cells TEXT` reruns only the cells whose name contains TEXT; each
     // cell's table is kept in its own file and results.md joins them all.
     let only = flag("--cells");
+    // `--strategies TEXT` runs only the strategies whose name contains TEXT
+    // (the tables then hold only those rows).
+    let only_strategies = flag("--strategies");
     for (cell, traffic, strategies) in &cells {
         if only.as_deref().is_some_and(|o| !cell.contains(o)) {
             continue;
         }
         let mut rows = Vec::new();
         for &s in strategies {
+            if only_strategies
+                .as_deref()
+                .is_some_and(|o| !s.to_string().contains(o))
+            {
+                continue;
+            }
             let outcomes: Vec<Outcome> = (0..runs)
                 .map(|_| rt.block_on(strategies::run(bin, s, *traffic)))
                 .collect();
+            for o in &outcomes {
+                if let Some(r) = &o.report {
+                    eprintln!("{cell}, {s}: {r}");
+                }
+            }
             let name = format!("{}--{}", render::slug(cell), render::slug(&s.to_string()));
             if let Err(e) = render::draw(
                 &out_dir.join(format!("{name}.svg")),

@@ -259,6 +259,18 @@ pub struct ServeArgs {
     #[arg(long = "ignore-peer", env = "NGINX_DRAIN_IGNORE_PEER", value_delimiter = ',', value_parser = parse_net, value_name = "CIDR")]
     pub ignore_peers: Vec<IpNet>,
 
+    /// Peers that reach NGINX only through a keep-alive pool: a balancer
+    /// that connects from addresses of its own (an L7 load balancer in IP
+    /// mode, HAProxy, the ingress controller in front of an app). Their new
+    /// connections are the pool's churn and count as its requests, so the
+    /// quit follows the pool a quiet period after it stops, not three of its
+    /// sparse reconnects. Never list an address other clients share (a
+    /// node's, behind kube-proxy's SNAT): their new connections would be
+    /// judged by the pool's rate. Repeatable; an address or a CIDR; env:
+    /// comma-separated. Default: none (every new connection is a client).
+    #[arg(long = "pool-peer", env = "NGINX_DRAIN_POOL_PEER", value_delimiter = ',', value_parser = parse_net, value_name = "CIDR")]
+    pub pool_peers: Vec<IpNet>,
+
     /// Learn the kubelet's address from the requests it makes to the
     /// sidecar (probes with User-Agent `kube-probe/`, hooks with
     /// `kube-lifecycle/`; other callers teach nothing) and stop counting its

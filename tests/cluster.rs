@@ -269,9 +269,12 @@ fn readme_manifest() -> String {
 
 /// Kinds no API server serves without a CRD that is not installed here.
 const NOT_SERVED: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
+/// Kinds the renders hold that live outside any namespace.
+const CLUSTER_SCOPED: [&str; 1] = ["MutatingWebhookConfiguration"];
 
 /// Every render the chart tests check (the chart's value sets, each overlay
-/// on its upstream chart) and docs/controllers.md's manifest, created with `kubectl create --dry-run=server`,
+/// on its upstream chart), docs/controllers.md's manifest and the webhook's
+/// chart, created with `kubectl create --dry-run=server`,
 /// each in a namespace of its own that enforces and warns `restricted`:
 /// accepted, and no Pod Security warning for a workload's template. Each
 /// pod template is also created as a Pod (`--dry-run=server`), where the
@@ -291,6 +294,33 @@ fn server_side_dry_run(c: &Cluster) {
         );
     }
     all.push(("docs/controllers.md's manifest".into(), readme_manifest()));
+    // The webhook's own chart, as installed by default (self-managed
+    // certificate) and with its certificate rotated.
+    for (case, sets) in [
+        ("webhook chart", &[][..]),
+        (
+            "webhook chart, tls.rotate",
+            &["--set", "tls.rotate=true"][..],
+        ),
+    ] {
+        let out = std::process::Command::new(&helm)
+            .args([
+                "template",
+                "dry",
+                "charts/nginx-drain-webhook",
+                "--namespace",
+                renders::NAMESPACE,
+            ])
+            .args(sets)
+            .output()
+            .expect("helm");
+        assert!(
+            out.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        all.push((case.into(), String::from_utf8(out.stdout).unwrap()));
+    }
     let mut pods = 0;
     for (n, (case, yaml)) in all.iter().enumerate() {
         let ns = format!("dry-run-{n}");
@@ -308,8 +338,11 @@ fn server_side_dry_run(c: &Cluster) {
             .into_iter()
             .filter(|o| !NOT_SERVED.contains(&o["kind"].as_str().unwrap_or_default()))
             .map(|mut o| {
-                if o["metadata"]["namespace"] == renders::NAMESPACE
-                    || o["metadata"]["namespace"].is_null()
+                let cluster_scoped =
+                    CLUSTER_SCOPED.contains(&o["kind"].as_str().unwrap_or_default());
+                if !cluster_scoped
+                    && (o["metadata"]["namespace"] == renders::NAMESPACE
+                        || o["metadata"]["namespace"].is_null())
                 {
                     o["metadata"]["namespace"] = json!(ns);
                 }
@@ -842,11 +875,19 @@ fn haproxy_l4_rollout(c: &Cluster, t: &Target) -> (Phase, String) {
 fn a_real_cluster_rolls_evicts_and_scales_the_chart_without_a_failed_request() {
     let Some(c) = cluster() else { return };
     let started = Instant::now();
-    // NGINX_DRAIN_CLUSTER_ONLY=webhook: the webhook's cases alone (while
-    // working on them; CI runs everything).
-    if std::env::var("NGINX_DRAIN_CLUSTER_ONLY").as_deref() == Ok("webhook") {
-        webhook_cases(&c);
-        return;
+    // NGINX_DRAIN_CLUSTER_ONLY=webhook: the webhook's cases alone; =dry-run:
+    // the server-side dry runs alone (while working on them; CI runs
+    // everything).
+    match std::env::var("NGINX_DRAIN_CLUSTER_ONLY").as_deref() {
+        Ok("webhook") => {
+            webhook_cases(&c);
+            return;
+        }
+        Ok("dry-run") => {
+            server_side_dry_run(&c);
+            return;
+        }
+        _ => {}
     }
     // 0. Every render the tests make, accepted by the API server; inject
     //    keeps the upstream charts' Pod Security verdict.
@@ -1050,6 +1091,151 @@ fn plain_deployment(name: &str, replicas: u32) -> String {
     .to_string()
 }
 
+/// The provisioner stand-in's identity: a ServiceAccount that may read
+/// ConfigMaps and create Deployments in the web namespace, nothing else.
+const PROVISIONER: &str = "system:serviceaccount:nginx-drain-webhook:provisioner";
+
+/// A controller that creates an NGINX Deployment at run time, as NGF's
+/// provisioner does for each Gateway: here each ConfigMap labelled
+/// `gateway.example/class=nginx` in the web namespace is a Gateway, and the
+/// controller (a reconcile loop every 500 ms, as the ServiceAccount
+/// [`PROVISIONER`]) creates `<name>-nginx` for it. The webhook must wire its
+/// pods: the Deployment itself carries no trace of nginx-drain.
+fn provisioned_deployment_is_wired(c: &Cluster) {
+    c.kubectl_ok(&["-n", WEBHOOK_NS, "create", "serviceaccount", "provisioner"]);
+    c.kubectl_ok(&[
+        "-n",
+        WEB_NS,
+        "create",
+        "role",
+        "provisioner",
+        "--verb=get,list,watch",
+        "--resource=configmaps",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        WEB_NS,
+        "create",
+        "role",
+        "provisioner-deployments",
+        "--verb=get,list,create",
+        "--resource=deployments.apps",
+    ]);
+    for role in ["provisioner", "provisioner-deployments"] {
+        c.kubectl_ok(&[
+            "-n",
+            WEB_NS,
+            "create",
+            "rolebinding",
+            role,
+            &format!("--role={role}"),
+            &format!("--serviceaccount={WEBHOOK_NS}:provisioner"),
+        ]);
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let created = std::thread::scope(|s| {
+        let controller = s.spawn(|| {
+            let mut created = Vec::new();
+            let deadline = Instant::now() + HANG;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let gateways = c.kubectl_json(&[
+                    "--as",
+                    PROVISIONER,
+                    "-n",
+                    WEB_NS,
+                    "get",
+                    "configmaps",
+                    "-l",
+                    "gateway.example/class=nginx",
+                ]);
+                for g in gateways["items"].as_array().into_iter().flatten() {
+                    let gw = g["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let name = format!("{gw}-nginx");
+                    if created.contains(&name) {
+                        continue;
+                    }
+                    let mut d: Value = serde_json::from_str(&plain_deployment(&name, 2)).unwrap();
+                    let mut deployment = d["items"][0].take();
+                    deployment["metadata"]["ownerReferences"] = json!([{
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "name": gw, "uid": g["metadata"]["uid"],
+                    }]);
+                    let out = c.kubectl_stdin(
+                        &["--as", PROVISIONER, "create", "-f", "-"],
+                        deployment.to_string().as_bytes(),
+                    );
+                    assert!(
+                        out.status.success(),
+                        "the provisioner could not create {name}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    created.push(name);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            created
+        });
+        c.kubectl_ok(&[
+            "-n",
+            WEB_NS,
+            "create",
+            "configmap",
+            "edge",
+            "--from-literal=listeners=http:80",
+        ]);
+        c.kubectl_ok(&[
+            "-n",
+            WEB_NS,
+            "label",
+            "configmap",
+            "edge",
+            "gateway.example/class=nginx",
+        ]);
+        let deadline = Instant::now() + HANG;
+        while Instant::now() < deadline
+            && c.kubectl(&["-n", WEB_NS, "get", "deployment", "edge-nginx"])
+                .status
+                .code()
+                != Some(0)
+        {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        c.kubectl_ok(&[
+            "-n",
+            WEB_NS,
+            "rollout",
+            "status",
+            "deployment/edge-nginx",
+            "--timeout=180s",
+        ]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        controller.join().expect("the provisioner")
+    });
+    assert_eq!(
+        created,
+        ["edge-nginx"],
+        "the provisioner made one Deployment"
+    );
+    let d = c.kubectl_json(&["-n", WEB_NS, "get", "deployment", "edge-nginx"]);
+    assert!(
+        !d["spec"]["template"].to_string().contains("nginx-drain"),
+        "the Deployment as its controller wrote it: {d:#}"
+    );
+    let pods = web_pods(c, "edge-nginx");
+    assert!(
+        pods.len() == 2 && pods.iter().all(|(_, w)| *w),
+        "the provisioned Deployment's pods wired by the webhook (and Ready: the sidecar's wiring checks passed): {pods:?}\n{}",
+        webhook_diagnostics(c)
+    );
+    println!(
+        "provisioner stand-in: Deployment edge-nginx created by {PROVISIONER}; both pods wired and Ready"
+    );
+    c.kubectl_ok(&["-n", WEB_NS, "delete", "configmap", "edge", "--wait=false"]);
+}
+
 /// The pods of `app` in the web namespace: (name, wired).
 fn web_pods(c: &Cluster, app: &str) -> Vec<(String, bool)> {
     let v = c.kubectl_json(&["-n", WEB_NS, "get", "pods", "-l", &format!("app={app}")]);
@@ -1164,6 +1350,11 @@ fn webhook_cases(c: &Cluster) {
     });
     rollout::print("webhook-wired rollout restart", &p, DOWNLOAD_BYTES);
     assert_clean("webhook-wired rollout", &p);
+
+    // A Deployment that no one rendered: a small controller (standing in
+    // for NGINX Gateway Fabric's provisioner) creates one per Gateway it
+    // sees, as its own ServiceAccount; the webhook wires its pods.
+    provisioned_deployment_is_wired(c);
 
     // Opt-out by annotation; opt-in by annotation elsewhere.
     let pod = |ns: &str, name: &str, annotation: Option<&str>| {

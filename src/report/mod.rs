@@ -151,7 +151,8 @@ pub(crate) struct TrafficReport {
     /// Requests per second on connections already open, over the minute
     /// before the hook.
     pub(crate) requests_per_second_before_hook: f64,
-    /// Requests on connections already open between the hook and SIGQUIT.
+    /// Requests on connections already open between the hook and SIGQUIT
+    /// (with `--pool-peer`, the listed balancers' new connections too).
     pub(crate) requests_during_wait: u64,
     /// The last request seen on a connection already open (before SIGQUIT).
     pub(crate) last_request_at: Option<String>,

@@ -2,7 +2,9 @@
 //! how many connections each holds, and which connections are new.
 //!
 //! Invariant kept here: connections from `--ignore-peer` ranges and to the
-//! sidecar's own port never count as arrivals.
+//! sidecar's own port never count as arrivals; a new connection from a
+//! `--pool-peer` range counts as a request of its pool, never as a new
+//! client.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +28,10 @@ pub struct PortFilter {
     pub exclude: BTreeSet<u16>,
     /// `--ignore-peer`: the node (kubelet probes and hooks).
     pub ignore_peers: Vec<IpNet>,
+    /// `--pool-peer`: peers that reach NGINX only through a keep-alive pool
+    /// (a balancer, an ingress controller): their new connections are the
+    /// pool's own churn, counted with its requests.
+    pub pool_peers: Vec<IpNet>,
 }
 
 impl PortFilter {
@@ -34,6 +40,11 @@ impl PortFilter {
     }
     pub(crate) fn peer_counts(&self, peer: &SocketAddr) -> bool {
         !self.ignore_peers.iter().any(|n| n.contains(&peer.ip()))
+    }
+    /// Whether a new connection from `peer` is a request of its pool (see
+    /// `--pool-peer`), not a new client.
+    pub(crate) fn pool_peer(&self, peer: &SocketAddr) -> bool {
+        self.pool_peers.iter().any(|n| n.contains(&peer.ip()))
     }
 }
 
@@ -190,6 +201,20 @@ pub struct Requests {
 }
 
 impl Requests {
+    /// A new connection from a `--pool-peer`: its first request (its later
+    /// ones are added by [`Requests::add`]). `activity`: its `tcp_info`,
+    /// when it is open (when its last data came).
+    fn add_pool_connection(&mut self, activity: Option<&Activity>, counted: bool) {
+        self.n = self.n.saturating_add(1);
+        self.conns += u32::from(!counted);
+        if let Some(a) = activity {
+            self.latest_ms_ago = Some(
+                self.latest_ms_ago
+                    .map_or(a.last_data_recv_ms, |m| m.min(a.last_data_recv_ms)),
+            );
+        }
+    }
+
     fn add(&mut self, n: u32, a: &Activity) {
         if n == 0 {
             return;
@@ -478,7 +503,11 @@ impl<'a> CensusBuilder<'a> {
             } else {
                 open && was & WAS_OPEN == 0
             };
-            if is_new {
+            if is_new && self.filter.pool_peer(&s.peer) {
+                let counted = open && requests > 0 && s.activity.is_some();
+                self.requests
+                    .add_pool_connection(s.activity.as_ref().filter(|_| open), counted);
+            } else if is_new {
                 self.new.push((id, s.peer.ip()));
             }
         }
@@ -739,6 +768,54 @@ mod tests {
             }),
             ..sock(state::ESTABLISHED, "10.1.0.5:80", peer)
         }
+    }
+
+    /// `--pool-peer`: a new connection from a balancer that only pools is a
+    /// request of its pool (its first request, and its later ones), even
+    /// when it is gone by the census (TIME_WAIT: its destroy event counts
+    /// it, see the sampler); from any other peer, a new client.
+    #[test]
+    fn a_new_connection_from_a_pool_peer_is_a_request_of_its_pool() {
+        let l = sock(state::LISTEN, "0.0.0.0:80", "0.0.0.0:0");
+        let f = PortFilter {
+            pool_peers: vec!["10.2.0.0/24".parse().unwrap()],
+            ..filter()
+        };
+        assert!(f.pool_peer(&"10.2.0.9:1".parse().unwrap()));
+        assert!(!f.pool_peer(&"10.3.0.9:1".parse().unwrap()));
+        let mut seen = BTreeSet::new();
+        let take = |socks: &[Sock], before: Option<Census>, seen: &mut BTreeSet<u16>| {
+            Census::take_with(socks, &f, seen, before, (None, 0), false)
+        };
+        let (a, _) = take(&[l, active("10.2.0.9:40000", 1, 1, 5, 0)], None, &mut seen);
+        let (_, new) = take(
+            &[
+                l,
+                active("10.2.0.9:40000", 1, 1, 900, 0),
+                // The balancer's new connection, with a second request.
+                active("10.2.0.9:40001", 2, 2, 20, 0),
+                // One with its first request only.
+                active("10.2.0.8:40002", 1, 1, 30, 0),
+                // A client of its own.
+                active("10.3.0.7:41000", 1, 1, 10, 0),
+            ],
+            Some(a),
+            &mut seen,
+        );
+        assert_eq!(new.n, 1, "the client's connection is new");
+        assert_eq!(
+            new.peers.as_deref(),
+            Some(&[("10.3.0.7".parse().unwrap(), 1)][..])
+        );
+        assert_eq!(
+            new.requests,
+            Requests {
+                n: 3,
+                conns: 2,
+                latest_ms_ago: Some(20)
+            },
+            "the pool's two new connections are three requests"
+        );
     }
 
     /// Requests on connections already open are counted from their data

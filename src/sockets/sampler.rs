@@ -259,6 +259,9 @@ pub(crate) struct Sampler<S: Sources> {
     kubelet: Vec<(IpAddr, ProbeBudget)>,
     /// Arrivals from destroy events not recorded yet, by peer.
     short: Vec<IpAddr>,
+    /// Of the destroy events read, those from a `--pool-peer`: requests of
+    /// its pool, recorded as such (not yet recorded).
+    pool_short: u32,
     /// Accepts not accounted for at the last tick.
     unattributed: u64,
     /// Arrivals recorded since the last census (its sample's count).
@@ -318,6 +321,7 @@ impl<S: Sources> Sampler<S> {
             accepted_at_census: None,
             ended_unseen: 0,
             short: Vec::new(),
+            pool_short: 0,
             kubelet: Vec::new(),
             unattributed: 0,
             since_census: 0,
@@ -403,6 +407,15 @@ impl<S: Sources> Sampler<S> {
                 add_peers(Some(Box::default()), &short),
             );
         }
+        if self.pool_short > 0 {
+            let n = std::mem::take(&mut self.pool_short);
+            self.log_changed = true;
+            self.log.record_requests(Arrivals {
+                at: Instant::now(),
+                span: Duration::ZERO,
+                n,
+            });
+        }
     }
 
     /// Accounts for the connections that ended (see [`Sampler::read_destroyed`]).
@@ -429,7 +442,12 @@ impl<S: Sources> Sampler<S> {
             }
             self.ended_unseen += 1;
             tracing::trace!(local = %s.local, peer = %s.peer, state = s.state, counted, "ended unseen");
-            if counted && self.filter.peer_counts(&s.peer) {
+            if !(counted && self.filter.peer_counts(&s.peer)) {
+                continue;
+            }
+            if self.filter.pool_peer(&s.peer) {
+                self.pool_short += 1;
+            } else {
                 self.short.push(s.peer.ip());
             }
         }

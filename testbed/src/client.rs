@@ -101,7 +101,26 @@ pub async fn start_from(
     path: &str,
     extra_headers: &str,
 ) -> Result<Download, Failure> {
-    let mut stream = connect(from, addr).await?;
+    start_on(
+        connect(from, addr).await?,
+        addr,
+        method,
+        path,
+        extra_headers,
+    )
+    .await
+}
+
+/// Sends one request (`Connection: close`) on a connection already open
+/// (one of a balancer's pooled connections), returning once the response
+/// head has arrived.
+pub async fn start_on(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+) -> Result<Download, Failure> {
     let agent = if extra_headers.to_ascii_lowercase().contains("user-agent:") {
         ""
     } else {

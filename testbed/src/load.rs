@@ -421,6 +421,14 @@ impl Pool {
         Ok(Pool { addr, from, conns })
     }
 
+    /// Takes `n` of the pool's connections out of its schedule: idle
+    /// pooled connections, for requests of their own (a balancer sends a
+    /// download on one of its pool's connections, not a new one).
+    pub fn split_off(&mut self, n: usize) -> Vec<tokio::net::TcpStream> {
+        let keep = self.conns.len().saturating_sub(n);
+        self.conns.split_off(keep)
+    }
+
     /// Sends `rate` requests a second over the pool until `until` (at most
     /// `rate` x the time left, plus one per connection): each connection
     /// its share, staggered. As a balancer does, a connection NGINX closed

@@ -67,7 +67,8 @@ pub struct Traffic {
     /// A balancer's warm keep-alive pool: this many connections, opened
     /// (and used once) before anything else starts, carrying `pool_rate`
     /// requests a second until the lag ends (the balancer's stop); its
-    /// failed requests count with the rest.
+    /// failed requests count with the rest. With a pool, the downloads come
+    /// on idle connections of it (one more each), not on new ones.
     pub pool_conns: usize,
     pub pool_rate: f64,
     pub grace: Duration,
@@ -111,6 +112,9 @@ pub struct Outcome {
     pub overhead: Option<f64>,
     pub timeline: Timeline,
     pub marks: Marks,
+    /// nginx-drain's report: its message and the quiet rule's reasons (what
+    /// ended the wait), for reading a cell's outliers.
+    pub report: Option<String>,
 }
 
 const BUCKET: Duration = Duration::from_millis(100);
@@ -135,14 +139,18 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
     let addr = nginx.addr();
     // Reap the master as soon as it exits (a prompt PID 1).
     nginx.reap_in_background();
-    let pool = if t.pool_conns > 0 {
-        Some(
-            load::Pool::open(addr, None, t.pool_conns)
-                .await
-                .expect("the pool connects"),
-        )
+    // Behind a balancer's pool, the downloads come on idle connections of
+    // its pool too (opened and used with the rest, then idle until the
+    // download): all of a pooled cell's traffic reaches NGINX through the
+    // balancer, as it does behind an L7 balancer or an ingress controller.
+    let (pool, mut pooled_idle) = if t.pool_conns > 0 {
+        let mut p = load::Pool::open(addr, None, t.pool_conns + t.downloads)
+            .await
+            .expect("the pool connects");
+        let idle = p.split_off(t.downloads);
+        (Some(p), idle)
     } else {
-        None
+        (None, Vec::new())
     };
     let sidecar = match strategy {
         Strategy::NginxDrain => {
@@ -202,7 +210,11 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
     tokio::time::sleep_until(deletion - Duration::from_millis(300)).await;
     let mut downloads = Vec::new();
     for _ in 0..t.downloads {
-        if let Ok(d) = client::start(addr, "GET", "/blob?rate=500k", "").await {
+        let d = match pooled_idle.pop() {
+            Some(conn) => client::start_on(conn, addr, "GET", "/blob?rate=500k", "").await,
+            None => client::start(addr, "GET", "/blob?rate=500k", "").await,
+        };
+        if let Ok(d) = d {
             let started = Instant::now();
             downloads.push(tokio::spawn(async move {
                 (started, d.finish().await, Instant::now())
@@ -213,6 +225,7 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
 
     let gone = || !nginx.is_running();
     let mut sigquit = None;
+    let mut report = None;
     // The preStop hook.
     match strategy {
         Strategy::NoPreStop => {}
@@ -263,9 +276,21 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
             let s = sidecar.as_ref().expect("sidecar");
             if let Ok(r) = client::get(s.addr, "/prestop", t.grace).await
                 && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body)
-                && let Some(ms) = v["durations"]["hook_to_sigquit_ms"].as_u64()
             {
-                sigquit = Some(deletion + Duration::from_millis(ms));
+                if let Some(ms) = v["durations"]["hook_to_sigquit_ms"].as_u64() {
+                    sigquit = Some(deletion + Duration::from_millis(ms));
+                }
+                let t = &v["traffic"];
+                report = Some(format!(
+                    "{} | {} after {} ms: {} | new {} during the wait, requests {} during the wait, last request {}",
+                    v["message"].as_str().unwrap_or_default(),
+                    t["sigquit_reason"],
+                    t["wait_before_sigquit_ms"],
+                    t["quiet_period_reason"].as_str().unwrap_or_default(),
+                    t["arrivals_during_wait"],
+                    t["requests_during_wait"],
+                    t["last_request_at"],
+                ));
             }
         }
     }
@@ -377,5 +402,6 @@ pub async fn run(bin: &Path, strategy: Strategy, t: Traffic) -> Outcome {
         },
         load,
         timeline: tl,
+        report,
     }
 }

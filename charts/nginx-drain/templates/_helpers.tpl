@@ -164,6 +164,9 @@ and it must leave the kubelet at least 2 s (its minimum after the hook).
     - --grace-period={{ .Values.terminationGracePeriodSeconds }}s
     - --min-delay={{ .Values.drain.minDelay }}
     - --max-delay={{ .Values.drain.maxDelay }}
+    {{- range .Values.drain.poolPeers }}
+    - --pool-peer={{ . }}
+    {{- end }}
     - --on-failure={{ .Values.drain.onFailure }}
     - --log-format={{ .Values.drain.logFormat }}
     - --log-level={{ .Values.drain.logLevel }}

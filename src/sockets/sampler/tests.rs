@@ -205,9 +205,13 @@ fn sock(st: u8, local: &str, peer: &str) -> Sock {
 }
 
 fn spawn(script: &Script) -> Monitor {
+    spawn_with(script, PortFilter::default())
+}
+
+fn spawn_with(script: &Script, filter: PortFilter) -> Monitor {
     let config = MonitorConfig {
         method: CensusMethod::Netlink,
-        filter: PortFilter::default(),
+        filter,
     };
     Monitor::spawn_with(config, script.clone(), script.counter())
 }
@@ -488,4 +492,39 @@ async fn a_failed_census_keeps_the_one_before() {
     let v = m.view().borrow().clone();
     assert_eq!(v.log.total(), 1, "counted once the census works again");
     assert_eq!(first_seen(&v), Some(before), "its age is kept");
+}
+
+/// `--pool-peer`: the balancer's new connections, whether a census sees
+/// them open or only their destroy events do, are requests of its pool;
+/// another peer's are new connections, and every accept is accounted for.
+#[tokio::test(start_paused = true)]
+async fn a_pool_peers_new_connections_are_requests_of_its_pool() {
+    let k = Script::new();
+    let m = spawn_with(
+        &k,
+        PortFilter {
+            pool_peers: vec!["10.3.0.1/32".parse().unwrap()],
+            ..Default::default()
+        },
+    );
+    run_for(LOOK).await;
+    k.open("10.3.0.1:50001");
+    run_for(LOOK).await;
+    k.end("10.3.0.1:50002", true);
+    run_for(LOOK).await;
+    let v = m.view().borrow().clone();
+    assert_eq!(v.log.total(), 2);
+    assert_eq!(v.log.last_of(Kind::Connections), None, "no new client");
+    assert!(v.log.last_of(Kind::Requests).is_some());
+    assert_eq!(v.unattributed, 0);
+    k.open("10.3.0.2:50003");
+    k.end("10.3.0.2:50004", true);
+    run_for(LOOK).await;
+    let v = m.view().borrow().clone();
+    assert_eq!(v.log.total(), 4);
+    assert!(
+        v.log.last_of(Kind::Connections).is_some(),
+        "another peer's connections are clients"
+    );
+    assert_eq!(v.unattributed, 0);
 }
