@@ -9,10 +9,12 @@
 //! and pods of other namespaces to [`Path::Annotated`] (wired only when the
 //! annotation says `enabled`).
 //!
-//! It never refuses a pod: what it cannot wire is admitted unchanged, with
-//! an admission warning that says why (`kubectl` prints it), and the chart
-//! sets `failurePolicy: Ignore`, so pods are created when the webhook is
-//! down. The serving certificate is read again when its files change (a
+//! It never refuses a pod: what it cannot wire is admitted with its spec
+//! unchanged, with an admission warning that says why (`kubectl` prints
+//! it) and the annotation [`NOT_WIRED`], and the chart sets `failurePolicy:
+//! Ignore`, so pods are created when the webhook is down; its admission
+//! policy (run by the API server itself) then warns of a pod that was
+//! opted in and carries neither the sidecar nor that annotation. The serving certificate is read again when its files change (a
 //! rotated Secret): handshakes use the old one until the new one loads.
 
 use std::net::SocketAddr;
@@ -38,6 +40,11 @@ use crate::inject;
 pub const OPT_IN: &str = "nginx-drain.io/inject";
 /// The annotation the webhook adds to a pod it wired.
 pub const INJECTED: &str = "nginx-drain.io/injected";
+/// The annotation the webhook adds to a pod it was asked to wire and left
+/// unwired (its spec unchanged): why, for `kubectl describe pod`, and so
+/// that the chart's admission policy can tell a pod the webhook reviewed
+/// from one it never saw (the webhook down: `failurePolicy: Ignore`).
+pub const NOT_WIRED: &str = "nginx-drain.io/not-wired";
 
 /// The API server sends at most 3 MiB in a request.
 const BODY_LIMIT: usize = 3 << 20;
@@ -372,12 +379,7 @@ fn decide(
                 }
             };
             let mut patch = vec![json!({"op": "replace", "path": "/spec", "value": spec})];
-            let version = env!("CARGO_PKG_VERSION");
-            if pod["metadata"]["annotations"].is_object() {
-                patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", INJECTED.replace('/', "~1")), "value": version}));
-            } else {
-                patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": {(INJECTED): version}}));
-            }
+            patch.push(annotate(pod, INJECTED, env!("CARGO_PKG_VERSION")));
             // What the user must still do (a ConfigMap key the webhook
             // cannot reach) is a warning; what was done is the log's.
             let warnings: Vec<String> = notes
@@ -398,18 +400,39 @@ fn decide(
             let asked = opt
                 .as_deref()
                 .is_some_and(|o| o == "enabled" || o == "true");
-            let warnings = if asked && !said.contains("already has") {
+            let wired_before = said.contains("already has");
+            let warnings = if asked && !wired_before {
                 vec![warning(&format!("not wired: {said}"))]
             } else {
                 Vec::new()
             };
-            (None, warnings, false, said)
+            // Reviewed and left unwired: the annotation says why (a pod
+            // already wired is left exactly as it is).
+            let patch = (!wired_before)
+                .then(|| Json::Array(vec![annotate(pod, NOT_WIRED, &reason(&said))]));
+            (patch, warnings, false, said)
         }
         Err(e) => {
             let said = format!("not wired: {e}");
-            (None, vec![warning(&said)], false, said)
+            let patch = Json::Array(vec![annotate(pod, NOT_WIRED, &reason(&e.to_string()))]);
+            (Some(patch), vec![warning(&said)], false, said)
         }
     }
+}
+
+/// A JSON Patch operation that sets one annotation of `pod` (adding the
+/// map when the pod has none).
+fn annotate(pod: &Json, key: &str, value: &str) -> Json {
+    if pod["metadata"]["annotations"].is_object() {
+        json!({"op": "add", "path": format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1")), "value": value})
+    } else {
+        json!({"op": "add", "path": "/metadata/annotations", "value": {(key): value}})
+    }
+}
+
+/// What [`NOT_WIRED`] says: the reason, cut short.
+fn reason(said: &str) -> String {
+    crate::vocab::cut_to(said.to_string(), WARNING_LIMIT)
 }
 
 /// An admission warning: prefixed, and cut to what the API server keeps.

@@ -528,6 +528,21 @@ fn the_rules_catch_what_the_api_server_would_reject() {
 fn the_webhook_chart_renders_a_webhook_that_never_blocks_a_pod() {
     let Some(helm) = helm() else { return };
     let chart = "charts/nginx-drain-webhook";
+    // Before Kubernetes 1.30 (no ValidatingAdmissionPolicy v1): the rest
+    // renders, valid for 1.29, without the policy.
+    let out = Command::new(&helm)
+        .args(["template", "ndw", chart, "--namespace", "ndw"])
+        .args(["--kube-version", "1.29.0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    validate_workload(&yaml, Some("1.29.0"), "deployment");
+    assert!(kind(&objects(&yaml), "ValidatingAdmissionPolicy").is_empty());
     let lint = Command::new(&helm)
         .args(["lint", "--strict", chart])
         .output()
@@ -557,8 +572,18 @@ fn the_webhook_chart_renders_a_webhook_that_never_blocks_a_pod() {
         let cert_manager = sets.contains(&"tls.certManager.enabled=true");
         if !cert_manager {
             // (cert-manager's kinds are not in Kubernetes' schemas.)
-            validate_workload(&yaml, Some("1.29.0"), "deployment");
+            validate_workload(&yaml, None, "deployment");
         }
+        // The warning for pods created while the webhook did not answer:
+        // a policy the API server runs itself, that only warns.
+        let policy = kind(&objs, "ValidatingAdmissionPolicy")[0];
+        assert_eq!(policy["spec"]["failurePolicy"], "Ignore");
+        let binding = kind(&objs, "ValidatingAdmissionPolicyBinding")[0];
+        assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            serde_json::json!(["Warn"])
+        );
         let deploy = kind(&objs, "Deployment")[0];
         // `restricted` (the API server enforces it in tests/cluster.rs).
         let pod = &deploy["spec"]["template"]["spec"];

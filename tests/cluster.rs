@@ -270,7 +270,11 @@ fn readme_manifest() -> String {
 /// Kinds no API server serves without a CRD that is not installed here.
 const NOT_SERVED: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
 /// Kinds the renders hold that live outside any namespace.
-const CLUSTER_SCOPED: [&str; 1] = ["MutatingWebhookConfiguration"];
+const CLUSTER_SCOPED: [&str; 3] = [
+    "MutatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
 
 /// Every render the chart tests check (the chart's value sets, each overlay
 /// on its upstream chart), docs/controllers.md's manifest and the webhook's
@@ -1298,11 +1302,14 @@ fn webhook_diagnostics(c: &Cluster) -> String {
         .output()
         .unwrap();
     let config = c.kubectl(&["get", "mutatingwebhookconfigurations", "-o", "yaml"]);
+    let policy = c.kubectl(&["get", "validatingadmissionpolicies", "-o", "yaml"]);
     format!(
-        "webhook logs and the API server's: {}{}\nconfiguration: {}",
+        "webhook logs and the API server's: {}{}\nconfiguration: {}\npolicies: {}{}",
         String::from_utf8_lossy(&logs.stdout),
         String::from_utf8_lossy(&logs.stderr),
-        String::from_utf8_lossy(&config.stdout)
+        String::from_utf8_lossy(&config.stdout),
+        String::from_utf8_lossy(&policy.stdout),
+        String::from_utf8_lossy(&policy.stderr)
     )
 }
 
@@ -1417,6 +1424,10 @@ fn webhook_cases(c: &Cluster) {
         warnings.contains("nginx-drain: not wired") && warnings.contains("--grace-period"),
         "kubectl shows why: {warnings}"
     );
+    assert!(
+        !warnings.contains("did not answer"),
+        "a pod the webhook reviewed is not said to be unseen: {warnings}"
+    );
 
     // Rotation: new CA and certificate (the bundle keeps the old CA) while
     // pods are created, until both replicas serve the new pair.
@@ -1507,6 +1518,13 @@ fn webhook_cases(c: &Cluster) {
     println!(
         "webhook down: the pod was created unwired; kubectl said: {:?}",
         warnings.trim()
+    );
+    // The chart's admission policy, run by the API server itself, says so.
+    assert!(
+        warnings.contains("nginx-drain: not wired: the webhook")
+            && warnings.contains("did not answer"),
+        "kubectl warns of a pod created unwired while the webhook was down: {warnings:?}\n{}",
+        webhook_diagnostics(c)
     );
     println!("webhook cases: {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -147,8 +147,15 @@ fn a_wired_pod_is_left_as_it_is() {
 
 #[test]
 fn a_pod_it_cannot_wire_is_admitted_unchanged_with_a_warning_that_says_why() {
-    let r = answer(&request(pod(json!({}), 4)), Path::Namespace);
-    assert!(r["patch"].is_null(), "{r}");
+    let object = pod(json!({}), 4);
+    let r = answer(&request(object.clone()), Path::Namespace);
+    let admitted = patched(object.clone(), &r);
+    assert_eq!(admitted["spec"], object["spec"], "its spec unchanged");
+    let note = admitted["metadata"]["annotations"][NOT_WIRED]
+        .as_str()
+        .unwrap();
+    assert!(note.contains("--grace-period"), "{note}");
+    assert!(note.len() <= WARNING_LIMIT, "{}", note.len());
     let w = r["warnings"][0].as_str().unwrap();
     assert!(w.starts_with("nginx-drain: not wired:"), "{w}");
     assert!(w.contains("--grace-period"), "{w}");
@@ -157,12 +164,23 @@ fn a_pod_it_cannot_wire_is_admitted_unchanged_with_a_warning_that_says_why() {
     // Asked for by annotation, but no NGINX in it: said too.
     let mut object = pod(json!({OPT_IN: "enabled"}), 30);
     object["spec"]["containers"][0]["image"] = json!("redis:7");
-    let r = answer(&request(object), Path::Annotated);
-    assert!(r["patch"].is_null(), "{r}");
+    let r = answer(&request(object.clone()), Path::Annotated);
+    let admitted = patched(object.clone(), &r);
+    assert_eq!(admitted["spec"], object["spec"], "its spec unchanged");
     assert!(
         r["warnings"][0].as_str().unwrap().contains("not wired"),
         "{r}"
     );
+    // In a labelled namespace, a pod without NGINX: no warning (most pods
+    // there are not NGINX), and the annotation says why.
+    object["metadata"]["annotations"] = json!({});
+    let r = answer(&request(object.clone()), Path::Namespace);
+    assert!(r["warnings"].is_null(), "{r}");
+    let admitted = patched(object, &r);
+    let note = admitted["metadata"]["annotations"][NOT_WIRED]
+        .as_str()
+        .unwrap();
+    assert!(note.contains("no NGINX container"), "{note}");
 }
 
 #[test]
