@@ -14,8 +14,9 @@
 //! it) and the annotation [`NOT_WIRED`], and the chart sets `failurePolicy:
 //! Ignore`, so pods are created when the webhook is down; its admission
 //! policy (run by the API server itself) then warns of a pod that was
-//! opted in and carries neither the sidecar nor that annotation. The serving certificate is read again when its files change (a
-//! rotated Secret): handshakes use the old one until the new one loads.
+//! opted in and carries neither the sidecar nor that annotation. The
+//! serving certificate is read again when its files change (a rotated
+//! Secret): handshakes use the old one until the new one loads.
 
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
@@ -400,7 +401,7 @@ fn decide(
             let asked = opt
                 .as_deref()
                 .is_some_and(|o| o == "enabled" || o == "true");
-            let wired_before = said.contains("already has");
+            let wired_before = inject::has_sidecar(&value["spec"]);
             let warnings = if asked && !wired_before {
                 vec![warning(&format!("not wired: {said}"))]
             } else {

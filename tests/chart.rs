@@ -7,6 +7,7 @@
 //! helm these tests are skipped, loudly, and under CI that is a failure.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -14,7 +15,7 @@ use serde_json::Value;
 mod support;
 use support::pod_rules;
 use support::renders::{
-    CHART, CHART_MATRIX, controller_config, helm, objects, overlay_renders, render, rendered,
+    self, CHART, CHART_MATRIX, controller_config, helm, objects, overlay_renders, render, rendered,
     upstream_charts, validate_workload,
 };
 
@@ -530,17 +531,7 @@ fn the_webhook_chart_renders_a_webhook_that_never_blocks_a_pod() {
     let chart = "charts/nginx-drain-webhook";
     // Before Kubernetes 1.30 (no ValidatingAdmissionPolicy v1): the rest
     // renders, valid for 1.29, without the policy.
-    let out = Command::new(&helm)
-        .args(["template", "ndw", chart, "--namespace", "ndw"])
-        .args(["--kube-version", "1.29.0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = String::from_utf8(out.stdout).unwrap();
+    let yaml = renders::template(&helm, Path::new(chart), &["--kube-version", "1.29.0"]);
     validate_workload(&yaml, Some("1.29.0"), "deployment");
     assert!(kind(&objects(&yaml), "ValidatingAdmissionPolicy").is_empty());
     let lint = Command::new(&helm)

@@ -307,23 +307,8 @@ fn server_side_dry_run(c: &Cluster) {
             &["--set", "tls.rotate=true"][..],
         ),
     ] {
-        let out = std::process::Command::new(&helm)
-            .args([
-                "template",
-                "dry",
-                "charts/nginx-drain-webhook",
-                "--namespace",
-                renders::NAMESPACE,
-            ])
-            .args(sets)
-            .output()
-            .expect("helm");
-        assert!(
-            out.status.success(),
-            "{case}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        all.push((case.into(), String::from_utf8(out.stdout).unwrap()));
+        let yaml = renders::template(&helm, Path::new("charts/nginx-drain-webhook"), sets);
+        all.push((case.into(), yaml));
     }
     let mut pods = 0;
     for (n, (case, yaml)) in all.iter().enumerate() {

@@ -64,17 +64,33 @@ struct Pod {
     ip: IpAddr,
 }
 
-fn start_pods(rig: &Rig, names: [&str; 2], sets: &[&str]) -> [Pod; 2] {
-    names.map(|name| {
-        let (pod, _) = pod_manifest(name, sets);
-        let (static_name, id, ip) = start_pod(rig, name, &pod, true);
+/// The two pods `PREFIX-a` and `PREFIX-b` (`-c`, `-d` with `pool_peer`:
+/// the chart's `drain.poolPeers` then lists the balancer's address, the
+/// pods' only client, so its reconnects are its pool's requests).
+fn start_pods(rig: &Rig, prefix: &str, pool_peer: bool) -> [Pod; 2] {
+    let peer = format!("drain.poolPeers={{{CLIENT_IP}/32}}");
+    let sets: &[&str] = if pool_peer { &[&peer] } else { &[] };
+    let names = if pool_peer { ["c", "d"] } else { ["a", "b"] };
+    names.map(|n| {
+        let name = format!("{prefix}-{n}");
+        let (pod, _) = pod_manifest(&name, sets);
+        let (static_name, id, ip) = start_pod(rig, &name, &pod, true);
         Pod {
-            name: name.into(),
+            name,
             static_name,
             id,
             ip,
         }
     })
+}
+
+/// A case's name in messages: the balancer, and `--pool-peer` when set.
+fn case_name(balancer: &str, pool_peer: bool) -> String {
+    if pool_peer {
+        format!("{balancer}, --pool-peer")
+    } else {
+        balancer.to_string()
+    }
 }
 
 /// Deletes `pod`'s manifest: the kubelet terminates it.
@@ -244,22 +260,10 @@ fn a_balancers_keep_alive_pool_is_drained_without_a_failed_request() {
 }
 
 /// HAProxy as an L7 balancer in front of two pods; the kubelet deletes one.
-/// `pool_peer`: the chart's `drain.poolPeers` lists HAProxy's address (it
-/// is the pods' only client), so its reconnects are its pool's requests.
+/// `pool_peer`: see [`start_pods`].
 fn haproxy_l7(rig: &Rig, work: &Path, pool_peer: bool) {
-    let case = if pool_peer {
-        "haproxy, --pool-peer"
-    } else {
-        "haproxy"
-    };
-    let peer = format!("drain.poolPeers={{{CLIENT_IP}/32}}");
-    let sets: &[&str] = if pool_peer { &[&peer] } else { &[] };
-    let names = if pool_peer {
-        ["pool-c", "pool-d"]
-    } else {
-        ["pool-a", "pool-b"]
-    };
-    let [a, b] = start_pods(rig, names, sets);
+    let case = &case_name("haproxy", pool_peer);
+    let [a, b] = start_pods(rig, "pool", pool_peer);
     let config = work.join(format!("haproxy-{}.cfg", a.name));
     std::fs::write(
         &config,
@@ -384,22 +388,11 @@ fn haproxy_l7(rig: &Rig, work: &Path, pool_peer: bool) {
 
 /// An NGINX front proxy pooling its upstreams, as an ingress controller
 /// does; the deleted pod leaves its upstream with a reload 1 s after the
-/// deletion. `pool_peer`: the chart's `drain.poolPeers` lists the front
-/// proxy's address (its `proxy_bind`; the pods' only client).
+/// deletion. `pool_peer`: see [`start_pods`] (the front proxy's address
+/// is its `proxy_bind`).
 fn nginx_front_proxy(rig: &Rig, work: &Path, pool_peer: bool) {
-    let case = if pool_peer {
-        "front proxy, --pool-peer"
-    } else {
-        "front proxy"
-    };
-    let peer = format!("drain.poolPeers={{{CLIENT_IP}/32}}");
-    let sets: &[&str] = if pool_peer { &[&peer] } else { &[] };
-    let names = if pool_peer {
-        ["front-c", "front-d"]
-    } else {
-        ["front-a", "front-b"]
-    };
-    let [a, b] = start_pods(rig, names, sets);
+    let case = &case_name("front proxy", pool_peer);
+    let [a, b] = start_pods(rig, "front", pool_peer);
     std::thread::sleep(Duration::from_secs(3));
     let (nginx, sidecar) = nginx_and_sidecar(rig, &a.name, &a.id, "nginx");
     let upstream = work.join(format!("upstream-{}.conf", a.name));

@@ -344,8 +344,8 @@ fn push(v: &mut Value, key: &str, item: Value) {
     slot.as_sequence_mut().expect("a list").push(item);
 }
 
-/// Whether a pod already runs the sidecar.
-fn has_sidecar(pod: &Value) -> bool {
+/// Whether a pod spec already runs the sidecar.
+pub(crate) fn has_sidecar(pod: &Value) -> bool {
     seq(pod, "containers")
         .iter()
         .chain(seq(pod, "initContainers"))

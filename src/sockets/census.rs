@@ -208,10 +208,7 @@ impl Requests {
         self.n = self.n.saturating_add(1);
         self.conns += u32::from(!counted);
         if let Some(a) = activity {
-            self.latest_ms_ago = Some(
-                self.latest_ms_ago
-                    .map_or(a.last_data_recv_ms, |m| m.min(a.last_data_recv_ms)),
-            );
+            self.latest(a);
         }
     }
 
@@ -221,6 +218,11 @@ impl Requests {
         }
         self.n = self.n.saturating_add(n);
         self.conns += 1;
+        self.latest(a);
+    }
+
+    /// The latest request is the one whose client data came last.
+    fn latest(&mut self, a: &Activity) {
         self.latest_ms_ago = Some(
             self.latest_ms_ago
                 .map_or(a.last_data_recv_ms, |m| m.min(a.last_data_recv_ms)),
